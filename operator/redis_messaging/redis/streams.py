@@ -1,0 +1,618 @@
+"""Declared streams and consumer groups: create them, measure them, trim them safely, reclaim orphans.
+
+Everything here takes a synchronous ``redis.Redis`` client connected to the one node (a sentinel
+master, or the cluster shard that owns the stream's slot) and never raises because a stream or a
+group is missing: that is reported in the result instead.
+
+Measurement (:func:`collect`) costs one pipelined round trip per node per tick, whatever the number
+of streams and groups: ``XLEN`` and ``XINFO GROUPS`` for every watched stream. ``XINFO GROUPS``
+reports lag and entries-read since Redis 7.0. Redis reports a *null* lag when it cannot know it
+(an entry was deleted after the group's last-delivered-id, or the group was created at an
+arbitrary id); a null lag is unknown, never 0. It is then counted, in a second round trip, by a
+bounded scan of the entries after the last-delivered-id (at most ``estimate_cap`` entries, counted
+server-side so no entry crosses the network) and marked as estimated.
+
+Retention (:func:`trim`) trims by the declared policy (``maxLen`` or ``minAge``) but, unless the
+policy says ``unsafe``, never past an entry that some group has not been delivered yet or still has
+pending.
+
+Reclaim (:func:`reclaim_orphans`) moves the pending entries of consumers whose process is gone to a
+live consumer, and deletes a consumer only when it has nothing pending, atomically, because
+``XGROUP DELCONSUMER`` throws a consumer's pending entries away.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.client import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from redis_messaging.api.models import Stream
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ESTIMATE_CAP = 10_000
+"""At most this many entries are counted to estimate a null lag."""
+LAG_SINCE = (7, 0, 0)
+"""XINFO GROUPS reports entries-read and lag since this Redis version."""
+DEFAULT_TRIM_SCAN = 100_000
+"""A maxLen trim that has to find its boundary removes at most this many entries per call."""
+
+_MAX_SEQ = 2**64 - 1
+_DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h|d)")
+_DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+# Number of entries after an id (exclusive), at most ARGV[2], counted server-side.
+_COUNT_AFTER = """
+local r = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
+return #r
+"""
+
+# The id of the ARGV[1]-th oldest entry, or false when the stream is shorter.
+_NTH_ID = """
+local n = tonumber(ARGV[1])
+local r = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', n)
+if #r < n then return false end
+return r[n][1]
+"""
+
+# Delete consumer ARGV[2] of group ARGV[1] only if it has no pending entry; 1 when deleted.
+# Done in one script so no entry can be delivered to it between the check and the delete.
+_DELETE_IF_EMPTY = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #p > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers: replies may be bytes or str depending on the client's decode_responses.
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def parse_id(entry_id: str) -> tuple[int, int]:
+    """``"1700000000000-3"`` -> ``(1700000000000, 3)``; a bare ``"5"`` means ``(5, 0)``."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def format_id(parts: tuple[int, int]) -> str:
+    return f"{parts[0]}-{parts[1]}"
+
+
+def next_id(entry_id: str) -> str:
+    """The smallest id greater than ``entry_id`` (works on every Redis version, unlike ``(id``)."""
+    ms, seq = parse_id(entry_id)
+    return format_id((ms + 1, 0) if seq == _MAX_SEQ else (ms, seq + 1))
+
+
+def duration_ms(text: str) -> int:
+    """``"1h30m"`` -> 5400000; the format of ``StreamRetention.minAge``."""
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {text!r}")
+    return sum(int(n) * _DURATION_MS[u] for n, u in parts)
+
+
+def _is_missing_key(exc: BaseException) -> bool:
+    return isinstance(exc, ResponseError) and "no such key" in str(exc).lower()
+
+
+def _is_missing_group(exc: BaseException) -> bool:
+    return isinstance(exc, ResponseError) and "nogroup" in str(exc).lower()
+
+
+# ---------------------------------------------------------------------------------------------
+# Node wrapper: what is learnt once per client.
+
+
+class StreamsNode:
+    """A client plus what is learnt once about its server (the version), never per tick.
+
+    :func:`collect` and friends accept a plain ``Redis`` too; they then keep one
+    :class:`StreamsNode` per client object (weakly referenced), so the version is still read once.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        estimate_cap: int = DEFAULT_ESTIMATE_CAP,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if estimate_cap < 1:
+            raise ValueError("estimate_cap must be at least 1")
+        self.client = client
+        self.estimate_cap = estimate_cap
+        self.clock = clock
+        self.version: tuple[int, int, int] | None = None
+
+    @property
+    def reports_lag(self) -> bool:
+        """Whether XINFO GROUPS has lag and entries-read (None: not known yet)."""
+        return self.version is not None and self.version >= LAG_SINCE
+
+    def learn_version(self, info: Any) -> None:
+        raw = info.get("redis_version", "0.0.0") if isinstance(info, Mapping) else "0.0.0"
+        numbers = [int(p) for p in re.findall(r"[0-9]+", _text(raw))[:3]]
+        numbers += [0] * (3 - len(numbers))
+        self.version = (numbers[0], numbers[1], numbers[2])
+        if not self.reports_lag:
+            log.warning(
+                "Redis %s reports no lag in XINFO GROUPS (needs 7.0); every lag will be estimated",
+                ".".join(map(str, self.version)),
+            )
+
+
+_nodes: weakref.WeakKeyDictionary[Redis, StreamsNode] = weakref.WeakKeyDictionary()
+
+
+def node_of(client: Redis | StreamsNode) -> StreamsNode:
+    """The :class:`StreamsNode` of a client (created on first use, then kept with the client)."""
+    if isinstance(client, StreamsNode):
+        return client
+    node = _nodes.get(client)
+    if node is None:
+        node = _nodes[client] = StreamsNode(client)
+    return node
+
+
+def _client(client: Redis | StreamsNode) -> Redis:
+    return client.client if isinstance(client, StreamsNode) else client
+
+
+# ---------------------------------------------------------------------------------------------
+# Groups as declared.
+
+
+@dataclass(frozen=True)
+class GroupsEnsured:
+    created: tuple[str, ...]
+    """Groups created by this call (empty when they all existed)."""
+    pruned: tuple[str, ...] = ()
+    """Groups destroyed because they are not declared and the stream says ``prune``."""
+
+
+def ensure_groups(client: Redis | StreamsNode, stream: Stream) -> GroupsEnsured:
+    """Create the declared groups that do not exist (``XGROUP CREATE ... MKSTREAM``), idempotently.
+
+    ``BUSYGROUP`` (the group exists, maybe created by someone else a moment ago) is success.
+    With ``stream.prune``, groups that exist but are not declared are destroyed, pending entries
+    and all: that is what pruning means. One round trip, plus one more when something is pruned.
+    """
+    r = _client(client)
+    pipe = r.pipeline(transaction=False)
+    for group in stream.groups:
+        pipe.xgroup_create(stream.name, group.name, id=group.start_id, mkstream=True)
+    if stream.prune:
+        pipe.xinfo_groups(stream.name)
+    replies = pipe.execute(raise_on_error=False)
+
+    created: list[str] = []
+    for group, reply in zip(stream.groups, replies, strict=False):
+        if isinstance(reply, Exception):
+            if isinstance(reply, ResponseError) and "BUSYGROUP" in str(reply):
+                continue
+            raise reply
+        created.append(group.name)
+
+    pruned: list[str] = []
+    if stream.prune:
+        info = replies[len(stream.groups)]
+        if isinstance(info, Exception):
+            if not _is_missing_key(info):
+                raise info
+            info = []
+        declared = {g.name for g in stream.groups}
+        extra = [_text(g["name"]) for g in info if _text(g["name"]) not in declared]
+        if extra:
+            pipe = r.pipeline(transaction=False)
+            for name in extra:
+                pipe.xgroup_destroy(stream.name, name)
+            for name, reply in zip(extra, pipe.execute(raise_on_error=False), strict=True):
+                if isinstance(reply, Exception):
+                    log.warning("could not prune group %s of stream %s: %s", name, stream.name, reply)
+                elif reply:
+                    pruned.append(name)
+    if created or pruned:
+        log.info("stream %s: created groups %s, pruned %s", stream.name, created, pruned)
+    return GroupsEnsured(created=tuple(created), pruned=tuple(pruned))
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement.
+
+
+@dataclass(frozen=True)
+class Target:
+    """A stream to measure, and which of its groups (None: every group it has)."""
+
+    stream: str
+    groups: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(cls, stream: Stream) -> Target:
+        """The groups declared in a stream spec."""
+        return cls(stream.name, tuple(g.name for g in stream.groups))
+
+
+@dataclass(frozen=True)
+class GroupMeasurement:
+    """One consumer group at one instant; satisfies ``redis_messaging.autoscale.decide.GroupSample``."""
+
+    stream: str
+    group: str
+    at: float
+    lag: int | None = None
+    """Entries not delivered to the group yet; None when unknown (never read as 0)."""
+    lag_estimated: bool = False
+    """Redis reported a null lag and this one was counted (at most the estimate cap)."""
+    lag_capped: bool = False
+    """The estimate reached the cap: the true lag is at least ``lag``."""
+    pending: int | None = None
+    entries_read: int | None = None
+    consumers: int | None = None
+    last_delivered_id: str | None = None
+    error: str | None = None
+    """Why nothing could be measured, e.g. ``"stream orders does not exist"``."""
+
+    @property
+    def backlog(self) -> int | None:
+        if self.lag is None or self.pending is None:
+            return None
+        return self.lag + self.pending
+
+
+@dataclass(frozen=True)
+class StreamMeasurement:
+    stream: str
+    at: float
+    length: int | None
+    groups: tuple[GroupMeasurement, ...]
+    error: str | None = None
+
+    def group(self, name: str) -> GroupMeasurement | None:
+        return next((g for g in self.groups if g.group == name), None)
+
+
+def _targets(targets: Iterable[Target | Stream | str]) -> list[Target]:
+    merged: dict[str, Target] = {}
+    for t in targets:
+        target = Target.of(t) if isinstance(t, Stream) else Target(t) if isinstance(t, str) else t
+        seen = merged.get(target.stream)
+        if seen is None:
+            merged[target.stream] = target
+        elif seen.groups is not None:
+            more = None if target.groups is None else tuple(dict.fromkeys(seen.groups + target.groups))
+            merged[target.stream] = Target(target.stream, more)
+    return list(merged.values())
+
+
+def collect(
+    client: Redis | StreamsNode,
+    targets: Iterable[Target | Stream | str],
+    *,
+    estimate_cap: int | None = None,
+) -> list[StreamMeasurement]:
+    """Measure every group of every target stream of one node in one pipelined round trip.
+
+    A second round trip happens only when some lag is null (and on Redis < 7.0, where every lag
+    is estimated). The first call on a client also asks for the server version, in the same
+    pipeline. Missing streams and groups, and an unreachable node, come back as measurements
+    with ``error`` set; this function does not raise for them.
+    """
+    node = node_of(client)
+    cap = estimate_cap or node.estimate_cap
+    wanted = _targets(targets)
+    if not wanted:
+        return []
+
+    pipe = node.client.pipeline(transaction=False)
+    ask_version = node.version is None
+    if ask_version:
+        pipe.info("server")
+    for t in wanted:
+        pipe.xlen(t.stream)
+        pipe.xinfo_groups(t.stream)
+    try:
+        replies = pipe.execute(raise_on_error=False)
+    except RedisError as exc:
+        at = node.clock()
+        return [_failed(t, at, f"redis unreachable: {exc}") for t in wanted]
+    at = node.clock()
+    if ask_version:
+        info = replies.pop(0)
+        if not isinstance(info, Exception):
+            node.learn_version(info)
+
+    out: list[StreamMeasurement] = []
+    to_estimate: list[tuple[int, int]] = []  # (stream index, group index)
+    for i, t in enumerate(wanted):
+        length, groups_info = replies[2 * i], replies[2 * i + 1]
+        if isinstance(groups_info, Exception):
+            message = (
+                f"stream {t.stream} does not exist" if _is_missing_key(groups_info)
+                else f"stream {t.stream}: {groups_info}"
+            )
+            out.append(_failed(t, at, message))
+            continue
+        by_name = {_text(g["name"]): g for g in groups_info}
+        names = t.groups if t.groups is not None else tuple(by_name)
+        measured: list[GroupMeasurement] = []
+        for name in names:
+            g = by_name.get(name)
+            if g is None:
+                measured.append(GroupMeasurement(
+                    t.stream, name, at, error=f"group {name} of stream {t.stream} does not exist"
+                ))
+                continue
+            lag = _opt_int(g.get("lag"))
+            if lag is None:
+                to_estimate.append((i, len(measured)))
+            measured.append(GroupMeasurement(
+                stream=t.stream,
+                group=name,
+                at=at,
+                lag=lag,
+                pending=_opt_int(g.get("pending")),
+                entries_read=_opt_int(g.get("entries-read")),
+                consumers=_opt_int(g.get("consumers")),
+                last_delivered_id=_text(g.get("last-delivered-id", "0-0")),
+            ))
+        out.append(StreamMeasurement(
+            stream=t.stream,
+            at=at,
+            length=None if isinstance(length, Exception) else int(length),
+            groups=tuple(measured),
+        ))
+
+    if to_estimate:
+        out = _estimate(node, out, to_estimate, cap)
+    return out
+
+
+def _failed(target: Target, at: float, message: str) -> StreamMeasurement:
+    groups = tuple(GroupMeasurement(target.stream, g, at, error=message) for g in target.groups or ())
+    return StreamMeasurement(target.stream, at, None, groups, error=message)
+
+
+def _estimate(
+    node: StreamsNode, out: list[StreamMeasurement], where: Sequence[tuple[int, int]], cap: int
+) -> list[StreamMeasurement]:
+    """Count, server-side and bounded, the entries after each null-lag group's last-delivered-id."""
+    pipe = node.client.pipeline(transaction=False)
+    for i, j in where:
+        g = out[i].groups[j]
+        pipe.eval(_COUNT_AFTER, 1, g.stream, next_id(g.last_delivered_id or "0-0"), str(cap))
+    try:
+        counts = pipe.execute(raise_on_error=False)
+    except RedisError as exc:
+        log.warning("could not estimate null lags: %s", exc)
+        return out
+    groups = [list(s.groups) for s in out]
+    for (i, j), count in zip(where, counts, strict=True):
+        if isinstance(count, Exception):
+            log.warning("could not estimate the lag of %s/%s: %s", out[i].stream, groups[i][j].group, count)
+            continue
+        n = int(count)
+        g = groups[i][j]
+        groups[i][j] = GroupMeasurement(
+            stream=g.stream, group=g.group, at=g.at, lag=n, lag_estimated=True, lag_capped=n >= cap,
+            pending=g.pending, entries_read=g.entries_read, consumers=g.consumers,
+            last_delivered_id=g.last_delivered_id,
+        )
+    return [
+        StreamMeasurement(s.stream, s.at, s.length, tuple(gs), s.error)
+        for s, gs in zip(out, groups, strict=True)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Retention.
+
+
+def _min_id(ids: Iterable[str]) -> str | None:
+    parsed = [parse_id(i) for i in ids]
+    return format_id(min(parsed)) if parsed else None
+
+
+def safe_boundary(client: Redis | StreamsNode, stream: Stream) -> str | None:
+    """The oldest id that some group still needs, or None when no group needs anything.
+
+    A group needs every entry after its last-delivered-id and every entry it has pending. A group
+    that is declared but not created yet with an explicit start id needs what follows that id.
+    """
+    r = _client(client)
+    try:
+        info = r.xinfo_groups(stream.name)
+    except ResponseError as exc:
+        if _is_missing_key(exc):
+            return None
+        raise
+    groups: list[Any] = list(info)
+    candidates = [next_id(_text(g["last-delivered-id"])) for g in groups]
+    with_pending = [_text(g["name"]) for g in groups if int(g.get("pending") or 0) > 0]
+    if with_pending:
+        pipe = r.pipeline(transaction=False)
+        for name in with_pending:
+            pipe.xpending(stream.name, name)
+        for summary in pipe.execute(raise_on_error=False):
+            if isinstance(summary, Exception):
+                raise summary
+            if summary.get("min") is not None:
+                candidates.append(_text(summary["min"]))
+    existing = {_text(g["name"]) for g in groups}
+    for group in stream.groups:
+        if group.name not in existing and group.start_id != "$":
+            candidates.append(next_id(group.start_id) if group.start_id != "0" else "0-1")
+    return _min_id(candidates)
+
+
+def trim(
+    client: Redis | StreamsNode,
+    stream: Stream,
+    *,
+    now_ms: int | None = None,
+    approximate: bool = False,
+    max_scan: int = DEFAULT_TRIM_SCAN,
+) -> int:
+    """Apply the stream's retention policy; return how many entries were removed.
+
+    ``maxLen`` keeps the newest entries, ``minAge`` the entries younger than the age (by the
+    server's clock unless ``now_ms`` is given; stream ids start with the time they were added in
+    milliseconds). Unless ``retention.unsafe``, the trim is ``XTRIM MINID`` at the smaller of the
+    policy's boundary and :func:`safe_boundary`, so no entry that a group has not been delivered
+    or still has pending is removed. A safe ``maxLen`` trim has to find its boundary entry and
+    removes at most ``max_scan`` entries per call; the next call continues.
+    """
+    policy = stream.retention
+    if policy.max_len is None and policy.min_age is None:
+        return 0
+    r = _client(client)
+    key = stream.name
+
+    if policy.min_age is not None:
+        if now_ms is None:
+            seconds, micros = r.time()
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
+        age_boundary = format_id((max(0, now_ms - duration_ms(policy.min_age)), 0))
+    if policy.unsafe:
+        if policy.max_len is not None:
+            removed = int(r.xtrim(key, maxlen=policy.max_len, approximate=approximate))
+        else:
+            removed = int(r.xtrim(key, minid=age_boundary, approximate=approximate))
+        return removed
+
+    needed = safe_boundary(r, stream)
+    if policy.max_len is not None:
+        pipe = r.pipeline(transaction=False)
+        pipe.xlen(key)
+        pipe.xrange(key, "-", "+", count=1)
+        length, first = pipe.execute()
+        excess = int(length) - policy.max_len
+        if excess <= 0 or not first:
+            return 0
+        if needed is not None and parse_id(needed) <= parse_id(_text(first[0][0])):
+            return 0  # the oldest entry is still needed: nothing can go
+        # The first entry the policy keeps is the (excess + 1)-th oldest.
+        nth = r.eval(_NTH_ID, 1, key, str(min(excess, max_scan) + 1))
+        if nth is None:
+            return 0
+        boundary = _text(nth)
+    else:
+        boundary = age_boundary
+    if needed is not None and parse_id(needed) < parse_id(boundary):
+        log.info("stream %s: retention stops at %s, still needed by a group (policy: %s)",
+                 key, needed, boundary)
+        boundary = needed
+    return int(r.xtrim(key, minid=boundary, approximate=approximate))
+
+
+# ---------------------------------------------------------------------------------------------
+# Consumers whose process is gone.
+
+
+@dataclass(frozen=True)
+class Reclaimed:
+    claimed: int
+    """Pending entries moved from dead consumers to the claimer."""
+    deleted: int
+    """Dead consumers deleted (only ever with nothing pending)."""
+    orphaned: int = 0
+    """Entries still pending with dead consumers after this call (none claimable, or the bound hit)."""
+
+
+def pending_by_consumer(client: Redis | StreamsNode, stream: str, group: str) -> dict[str, int]:
+    """Pending entries of every consumer of a group, zeros included (e.g. for pod-deletion-cost).
+
+    A missing stream or group gives an empty mapping.
+    """
+    r = _client(client)
+    try:
+        consumers = r.xinfo_consumers(stream, group)
+    except ResponseError as exc:
+        if _is_missing_key(exc) or _is_missing_group(exc):
+            return {}
+        raise
+    return {_text(c["name"]): int(c["pending"]) for c in consumers}
+
+
+def reclaim_orphans(
+    client: Redis | StreamsNode,
+    stream: str,
+    group: str,
+    live_consumers: set[str],
+    claimer: str | None,
+    *,
+    batch: int = 1000,
+    max_entries: int = 100_000,
+    min_idle_ms: int = 0,
+) -> Reclaimed:
+    """Give the pending entries of dead consumers to ``claimer``; delete dead consumers left empty.
+
+    A consumer is dead when its name is not in ``live_consumers`` (consumer name = pod name, see
+    :mod:`redis_messaging.consumer`). Its pending entries are listed with ``XPENDING ... consumer``
+    and moved with ``XCLAIM ... JUSTID`` in batches of ``batch``, at most ``max_entries`` per call;
+    the claimer finds them when it re-reads its own pending entries. With ``claimer`` None
+    (no live consumer) nothing is claimed. A dead consumer is deleted only when it has nothing
+    pending, checked and deleted in one Lua script. Entries deleted from the stream while pending
+    are dropped from the pending list by ``XCLAIM`` (Redis >= 7.0) and not counted.
+    """
+    if batch < 1 or max_entries < 0:
+        raise ValueError("batch must be at least 1 and max_entries not negative")
+    pending = pending_by_consumer(client, stream, group)
+    dead = {name: n for name, n in pending.items() if name not in live_consumers}
+    if not dead:
+        return Reclaimed(0, 0)
+    r = _client(client)
+    claimed = 0
+    if claimer is not None:
+        budget = max_entries
+        for name, count in dead.items():
+            rounds = -(-min(count, budget) // batch) + 1  # bounded: one more to see the end
+            for _ in range(rounds):
+                if budget <= 0:
+                    break
+                rows = r.xpending_range(stream, group, "-", "+", min(batch, budget), consumername=name)
+                ids: list[Any] = [_text(row["message_id"]) for row in rows]
+                if not ids:
+                    break
+                moved = r.xclaim(stream, group, claimer, min_idle_ms, ids, justid=True)
+                budget -= len(ids)
+                claimed += len(moved)
+                if len(ids) < batch or not moved:
+                    break
+        if claimed:
+            log.info("stream %s group %s: claimed %d pending entries of dead consumers for %s",
+                     stream, group, claimed, claimer)
+
+    pipe = r.pipeline(transaction=False)
+    names = list(dead)
+    for name in names:
+        pipe.eval(_DELETE_IF_EMPTY, 1, stream, group, name)
+    deleted = 0
+    for name, reply in zip(names, pipe.execute(raise_on_error=False), strict=True):
+        if isinstance(reply, Exception):
+            log.warning("could not delete consumer %s of %s/%s: %s", name, stream, group, reply)
+        elif int(reply) == 1:
+            deleted += 1
+    left = pending_by_consumer(client, stream, group)
+    orphaned = sum(n for name, n in left.items() if name not in live_consumers)
+    return Reclaimed(claimed=claimed, deleted=deleted, orphaned=orphaned)
