@@ -108,12 +108,12 @@ class RoundTrips:
 
 class _CountingConnection(Connection):
     def __init__(self, *args: Any, round_trips: RoundTrips, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._round_trips = round_trips
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         self._round_trips.count += 1
-        super().send_packed_command(command, check_health)
+        super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
 
 
 def counting_client(server: RedisServer) -> tuple[Redis, RoundTrips]:
