@@ -251,6 +251,21 @@ def test_min_age_retention_is_safe_too(r: Redis) -> None:
     assert first_id(r, "orders") == "70-0"
 
 
+def test_with_both_policies_an_entry_goes_when_either_says_so(r: Redis) -> None:
+    add(r, "orders", 100)  # ids 1-0 .. 100-0
+    spec = stream("orders", retention=StreamRetention(max_len=50, min_age="1s"))
+    assert trim(r, spec, now_ms=1030) == 50  # maxLen is the stricter: keep 51..100
+    assert trim(r, spec, now_ms=1080) == 29  # now minAge is: keep 80..100
+    assert first_id(r, "orders") == "80-0"
+
+
+def test_a_safe_max_len_trim_is_bounded_per_call_and_resumes(r: Redis) -> None:
+    add(r, "orders", 100)
+    spec = stream("orders", retention=StreamRetention(max_len=10))
+    assert [trim(r, spec, max_scan=30) for _ in range(4)] == [30, 30, 30, 0]
+    assert r.xlen("orders") == 10
+
+
 def test_no_policy_trims_nothing(r: Redis) -> None:
     add(r, "orders", 10)
     assert trim(r, stream("orders")) == 0

@@ -461,7 +461,7 @@ def safe_boundary(client: Redis | StreamsNode, stream: Stream) -> str | None:
     existing = {_text(g["name"]) for g in groups}
     for group in stream.groups:
         if group.name not in existing and group.start_id != "$":
-            candidates.append(next_id(group.start_id) if group.start_id != "0" else "0-1")
+            candidates.append(next_id(group.start_id))
     return _min_id(candidates)
 
 
@@ -477,10 +477,11 @@ def trim(
 
     ``maxLen`` keeps the newest entries, ``minAge`` the entries younger than the age (by the
     server's clock unless ``now_ms`` is given; stream ids start with the time they were added in
-    milliseconds). Unless ``retention.unsafe``, the trim is ``XTRIM MINID`` at the smaller of the
-    policy's boundary and :func:`safe_boundary`, so no entry that a group has not been delivered
-    or still has pending is removed. A safe ``maxLen`` trim has to find its boundary entry and
-    removes at most ``max_scan`` entries per call; the next call continues.
+    milliseconds); with both, an entry goes when either says so. Unless ``retention.unsafe``, the
+    trim is ``XTRIM MINID`` at the smaller of the policy's boundary and :func:`safe_boundary`, so no
+    entry that a group has not been delivered or still has pending is removed. A safe ``maxLen``
+    trim has to find its boundary entry and removes at most ``max_scan`` entries per call; the next
+    call continues.
     """
     policy = stream.retention
     if policy.max_len is None and policy.min_age is None:
@@ -488,36 +489,41 @@ def trim(
     r = _client(client)
     key = stream.name
 
+    age_boundary: str | None = None
     if policy.min_age is not None:
         if now_ms is None:
             seconds, micros = r.time()
             now_ms = int(seconds) * 1000 + int(micros) // 1000
         age_boundary = format_id((max(0, now_ms - duration_ms(policy.min_age)), 0))
+
     if policy.unsafe:
+        removed = 0
         if policy.max_len is not None:
-            removed = int(r.xtrim(key, maxlen=policy.max_len, approximate=approximate))
-        else:
-            removed = int(r.xtrim(key, minid=age_boundary, approximate=approximate))
+            removed += int(r.xtrim(key, maxlen=policy.max_len, approximate=approximate))
+        if age_boundary is not None:
+            removed += int(r.xtrim(key, minid=age_boundary, approximate=approximate))
         return removed
 
     needed = safe_boundary(r, stream)
+    boundaries = [] if age_boundary is None else [age_boundary]
     if policy.max_len is not None:
         pipe = r.pipeline(transaction=False)
         pipe.xlen(key)
         pipe.xrange(key, "-", "+", count=1)
         length, first = pipe.execute()
-        excess = int(length) - policy.max_len
-        if excess <= 0 or not first:
+        if not first:
             return 0
         if needed is not None and parse_id(needed) <= parse_id(_text(first[0][0])):
             return 0  # the oldest entry is still needed: nothing can go
-        # The first entry the policy keeps is the (excess + 1)-th oldest.
-        nth = r.eval(_NTH_ID, 1, key, str(min(excess, max_scan) + 1))
-        if nth is None:
-            return 0
-        boundary = _text(nth)
-    else:
-        boundary = age_boundary
+        excess = int(length) - policy.max_len
+        if excess > 0:
+            # The first entry the policy keeps is the (excess + 1)-th oldest.
+            nth = r.eval(_NTH_ID, 1, key, str(min(excess, max_scan) + 1))
+            if nth is not None:
+                boundaries.append(_text(nth))
+    if not boundaries:
+        return 0
+    boundary = max(boundaries, key=parse_id)
     if needed is not None and parse_id(needed) < parse_id(boundary):
         log.info("stream %s: retention stops at %s, still needed by a group (policy: %s)",
                  key, needed, boundary)
