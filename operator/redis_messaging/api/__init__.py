@@ -1,0 +1,1 @@
+"""The RedisMessaging API: pydantic models and the CRD generated from them."""
