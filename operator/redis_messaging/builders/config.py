@@ -1,0 +1,281 @@
+"""redis.conf, sentinel.conf and the start, probe and pre-stop scripts.
+
+The files land in one ConfigMap. Nothing secret is ever rendered here: the scripts read the
+password from the mounted auth Secret at start-up and write it into the process's private
+runtime configuration (an in-memory volume, mode 0600), so it is in no ConfigMap, no environment
+value and no command line.
+
+Per-pod facts (the pod's own stable hostname, the address to bind) come from the environment the
+StatefulSet gives each pod; test fixtures run the same scripts with those variables pointing at
+loopback addresses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from redis_messaging.api.models import RedisMessagingSpec
+from redis_messaging.builders import names
+from redis_messaging.builders.names import Owner
+
+# Applied before the user's redis.config, so users may override them.
+MESSAGING_DEFAULTS: dict[str, str] = {
+    # A message broker must refuse writes rather than silently evict stream entries.
+    "maxmemory-policy": "noeviction",
+    "tcp-keepalive": "60",
+    "timeout": "0",
+}
+
+
+def _persistence_lines(spec: RedisMessagingSpec) -> list[str]:
+    p = spec.persistence
+    aof = p.mode in ("aof", "both")
+    rdb = p.mode in ("rdb", "both")
+    lines = [
+        f"appendonly {'yes' if aof else 'no'}",
+        f"appendfsync {p.appendfsync}",
+        "aof-use-rdb-preamble yes",
+        f'save "{p.rdb_save if rdb else ""}"',
+    ]
+    return lines
+
+
+def min_replicas_to_write(spec: RedisMessagingSpec, replicas: int) -> int:
+    """An isolated master stops accepting writes; never more than the replicas that exist."""
+    return min(spec.redis.min_replicas_to_write, max(replicas - 1, 0))
+
+
+def redis_conf(spec: RedisMessagingSpec, *, replicas: int, cluster: bool = False) -> str:
+    lines = [
+        "# Rendered by redis-messaging-operator. Per-pod lines and auth are added at start-up.",
+        f"port {names.REDIS_PORT}",
+        "protected-mode no",
+        f"dir {names.DATA_MOUNT}",
+        "appenddirname appendonlydir",
+        "dbfilename dump.rdb",
+        *_persistence_lines(spec),
+        "replica-read-only yes",
+        "repl-diskless-sync yes",
+        "repl-diskless-load disabled",
+        f"min-replicas-to-write {min_replicas_to_write(spec, replicas)}",
+        f"min-replicas-max-lag {spec.redis.min_replicas_max_lag}",
+    ]
+    if cluster:
+        lines += [
+            "cluster-enabled yes",
+            f"cluster-config-file {names.DATA_MOUNT}/nodes.conf",
+            f"cluster-node-timeout {spec.cluster.node_timeout}",
+            "cluster-preferred-endpoint-type hostname",
+            "cluster-require-full-coverage no",
+            "cluster-allow-replica-migration no",
+        ]
+    merged = {**MESSAGING_DEFAULTS, **dict(spec.redis.config)}
+    lines += [f"{key} {value}" for key, value in sorted(merged.items())]
+    return "\n".join(lines) + "\n"
+
+
+def sentinel_conf(spec: RedisMessagingSpec) -> str:
+    lines = [
+        "# Rendered by redis-messaging-operator. The monitor block follows from sentinel-monitor.conf.",
+        f"port {names.SENTINEL_PORT}",
+        "protected-mode no",
+        f"dir {names.RUN_MOUNT}",
+        "sentinel resolve-hostnames yes",
+        "sentinel announce-hostnames yes",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def sentinel_monitor_conf(spec: RedisMessagingSpec, owner: Owner) -> str:
+    """The monitor block; the start script replaces @MASTER@ with the master it finds."""
+    s = spec.sentinel
+    m = owner.master_name
+    lines = [
+        f"sentinel monitor {m} @MASTER@ {names.REDIS_PORT} {s.quorum}",
+        f"sentinel down-after-milliseconds {m} {s.down_after_milliseconds}",
+        f"sentinel failover-timeout {m} {s.failover_timeout}",
+        f"sentinel parallel-syncs {m} {s.parallel_syncs}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# Shared shell functions: read the password, talk to Redis with a bounded timeout.
+COMMON_SH = r"""# Sourced by the other scripts.
+conf_dir="${RMSG_CONFIG_DIR:-/etc/redis-messaging}"
+auth_dir="${RMSG_AUTH_DIR:-/etc/redis-messaging-auth}"
+run_dir="${RMSG_RUN_DIR:-/run/redis}"
+redis_port="${RMSG_REDIS_PORT:-6379}"
+sentinel_port="${RMSG_SENTINEL_PORT:-26379}"
+if [ -z "${RMSG_SELF_HOST:-}" ]; then
+  RMSG_SELF_HOST="$(hostname).${RMSG_HEADLESS_SERVICE}.${POD_NAMESPACE}.svc.${RMSG_CLUSTER_DOMAIN:-cluster.local}"
+fi
+if [ -f "$auth_dir/password" ]; then
+  REDISCLI_AUTH="$(cat "$auth_dir/password")"
+  export REDISCLI_AUTH
+fi
+
+# rcli HOST PORT ARGS...: redis-cli with a deadline, raw output, no error on an unreachable host.
+rcli() {
+  host="$1"; port="$2"; shift 2
+  timeout "${RMSG_CLI_TIMEOUT:-3}" redis-cli --no-auth-warning -h "$host" -p "$port" --raw "$@" 2>/dev/null
+}
+
+# quote VALUE: a redis.conf string literal.
+quote() {
+  printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"
+}
+
+# sentinel_master: the master host the first answering Sentinel knows, if any.
+sentinel_master() {
+  for s in ${RMSG_SENTINEL_HOSTS:-}; do
+    addr="$(rcli "$s" "$sentinel_port" SENTINEL get-master-addr-by-name "$RMSG_MASTER_NAME" | head -n 1)"
+    if [ -n "$addr" ]; then printf '%s' "$addr"; return 0; fi
+  done
+  return 1
+}
+
+# redis_master: a Redis pod that says it is a master with replicas attached, else none.
+redis_master() {
+  for h in ${RMSG_REDIS_HOSTS:-}; do
+    [ "$h" = "$RMSG_SELF_HOST" ] && continue
+    info="$(rcli "$h" "$redis_port" INFO replication | tr -d '\r')"
+    case "$info" in
+      *role:master*connected_slaves:[1-9]*) printf '%s' "$h"; return 0 ;;
+    esac
+  done
+  return 1
+}
+"""
+
+REDIS_START_SH = r"""#!/bin/sh
+# Starts redis-server: the rendered redis.conf, this pod's announce address, auth from the Secret,
+# and in sentinel mode `replicaof` the master that the Sentinels (or a live master) name.
+set -eu
+. "${RMSG_CONFIG_DIR:-/etc/redis-messaging}/common.sh"
+umask 077
+mkdir -p "$run_dir"
+conf="$run_dir/redis.conf"
+cp "$conf_dir/redis.conf" "$conf"
+{
+  echo "bind ${RMSG_BIND:-* -::*}"
+  if [ "${RMSG_MODE:-sentinel}" = cluster ]; then
+    echo "cluster-announce-hostname $RMSG_SELF_HOST"
+    if [ -n "${RMSG_ANNOUNCE_IP:-}" ]; then echo "cluster-announce-ip $RMSG_ANNOUNCE_IP"; fi
+  else
+    echo "replica-announce-ip $RMSG_SELF_HOST"
+  fi
+  if [ -n "${REDISCLI_AUTH:-}" ]; then
+    echo "requirepass $(quote "$REDISCLI_AUTH")"
+    echo "masterauth $(quote "$REDISCLI_AUTH")"
+  fi
+} >>"$conf"
+if [ "${RMSG_MODE:-sentinel}" = sentinel ]; then
+  master="$(sentinel_master || redis_master || true)"
+  [ -n "$master" ] || master="$RMSG_SEED_HOST"
+  if [ "$master" != "$RMSG_SELF_HOST" ]; then
+    echo "replicaof $master $redis_port" >>"$conf"
+  fi
+fi
+exec redis-server "$conf"
+"""
+
+SENTINEL_START_SH = r"""#!/bin/sh
+# Starts redis-sentinel with the rendered sentinel.conf, this pod's announce hostname, auth from the
+# Secret, and a monitor block naming the master the other Sentinels (or a live master) know.
+set -eu
+. "${RMSG_CONFIG_DIR:-/etc/redis-messaging}/common.sh"
+umask 077
+mkdir -p "$run_dir"
+conf="$run_dir/sentinel.conf"
+master="$(sentinel_master || redis_master || true)"
+[ -n "$master" ] || master="$RMSG_SEED_HOST"
+{
+  cat "$conf_dir/sentinel.conf"
+  echo "bind ${RMSG_BIND:-* -::*}"
+  echo "sentinel announce-ip $RMSG_SELF_HOST"
+  sed "s/@MASTER@/$master/" "$conf_dir/sentinel-monitor.conf"
+  if [ -n "${REDISCLI_AUTH:-}" ]; then
+    echo "requirepass $(quote "$REDISCLI_AUTH")"
+    echo "sentinel sentinel-pass $(quote "$REDISCLI_AUTH")"
+    echo "sentinel auth-pass $RMSG_MASTER_NAME $(quote "$REDISCLI_AUTH")"
+  fi
+} >"$conf"
+exec redis-sentinel "$conf"
+"""
+
+PROBE_SH = r"""#!/bin/sh
+# probe.sh liveness|readiness [redis|sentinel]
+# liveness: the process answers (LOADING and MASTERDOWN count as alive).
+# readiness: redis answers PONG and is a master or a replica with its link up; sentinel answers PONG.
+. "${RMSG_CONFIG_DIR:-/etc/redis-messaging}/common.sh"
+kind="${2:-redis}"
+port="$redis_port"; [ "$kind" = sentinel ] && port="$sentinel_port"
+host="${RMSG_PROBE_HOST:-127.0.0.1}"
+reply="$(rcli "$host" "$port" PING)"
+case "$1" in
+  liveness)
+    case "$reply" in PONG|LOADING*|MASTERDOWN*|BUSY*) exit 0 ;; *) exit 1 ;; esac ;;
+  readiness)
+    [ "$reply" = PONG ] || exit 1
+    [ "$kind" = sentinel ] && exit 0
+    info="$(rcli "$host" "$port" INFO replication | tr -d '\r')"
+    case "$info" in
+      *role:master*) exit 0 ;;
+      *master_link_status:up*) exit 0 ;;
+      *) exit 1 ;;
+    esac ;;
+esac
+exit 1
+"""
+
+PRESTOP_SH = r"""#!/bin/sh
+# Before a master stops, ask Sentinel to fail over and wait (bounded) until this pod is a replica,
+# so a planned restart costs one switch-over instead of down-after-milliseconds of unavailability.
+. "${RMSG_CONFIG_DIR:-/etc/redis-messaging}/common.sh"
+host="${RMSG_PROBE_HOST:-127.0.0.1}"
+info="$(rcli "$host" "$redis_port" INFO replication | tr -d '\r')"
+case "$info" in
+  *role:master*connected_slaves:[1-9]*) ;;
+  *) exit 0 ;;
+esac
+for s in ${RMSG_SENTINEL_HOSTS:-}; do
+  if [ "$(rcli "$s" "$sentinel_port" SENTINEL FAILOVER "$RMSG_MASTER_NAME")" = OK ]; then break; fi
+done
+deadline=$(( $(date +%s) + ${RMSG_PRESTOP_SECONDS:-30} ))
+while [ "$(date +%s)" -lt "$deadline" ]; do
+  case "$(rcli "$host" "$redis_port" INFO replication | tr -d '\r')" in
+    *role:slave*) exit 0 ;;
+  esac
+  sleep 1
+done
+exit 0
+"""
+
+
+def config_files(spec: RedisMessagingSpec, owner: Owner) -> dict[str, str]:
+    """Every file of the ConfigMap, by key."""
+    files = {
+        "common.sh": COMMON_SH,
+        "redis-start.sh": REDIS_START_SH,
+        "probe.sh": PROBE_SH,
+    }
+    if spec.mode == "sentinel":
+        files.update(
+            {
+                "redis.conf": redis_conf(spec, replicas=spec.redis.replicas),
+                "sentinel.conf": sentinel_conf(spec),
+                "sentinel-monitor.conf": sentinel_monitor_conf(spec, owner),
+                "sentinel-start.sh": SENTINEL_START_SH,
+                "prestop.sh": PRESTOP_SH,
+            }
+        )
+    else:
+        files["redis.conf"] = redis_conf(spec, replicas=1 + spec.cluster.replicas_per_shard, cluster=True)
+    return dict(sorted(files.items()))
+
+
+def content_hash(data: object) -> str:
+    """A short stable hash of JSON-serialisable data (config, desired objects)."""
+    raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(raw).hexdigest()[:16]

@@ -1,0 +1,151 @@
+"""Pieces of pod templates shared by every Redis and Sentinel workload."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis_messaging.api.models import RedisMessagingSpec, ResourceRequirements
+from redis_messaging.builders import names
+from redis_messaging.builders.names import Owner
+
+Obj = dict[str, Any]
+
+DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}}
+REDIS_UID = 999  # the uid of the redis user in the official redis images
+
+
+def resources(res: ResourceRequirements, default: Obj | None = None) -> Obj:
+    out: Obj = {}
+    if res.requests:
+        out["requests"] = dict(res.requests)
+    if res.limits:
+        out["limits"] = dict(res.limits)
+    return out or dict(default or {})
+
+
+def container_security_context() -> Obj:
+    """What the `restricted` Pod Security Standard asks of every container."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security_context(spec: RedisMessagingSpec) -> Obj:
+    if spec.pod.security_context is not None:
+        return dict(spec.pod.security_context)
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": REDIS_UID,
+        "runAsGroup": REDIS_UID,
+        "fsGroup": REDIS_UID,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def scheduling(spec: RedisMessagingSpec, selector: dict[str, str]) -> Obj:
+    """Affinity, spread and placement; by default one pod of a kind per node, spread over zones."""
+    out: Obj = {}
+    if spec.pod.affinity is not None:
+        out["affinity"] = dict(spec.pod.affinity)
+    else:
+        out["affinity"] = {
+            "podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 100,
+                        "podAffinityTerm": {
+                            "topologyKey": "kubernetes.io/hostname",
+                            "labelSelector": {"matchLabels": dict(selector)},
+                        },
+                    }
+                ]
+            }
+        }
+    if spec.pod.topology_spread_constraints is not None:
+        out["topologySpreadConstraints"] = [dict(c) for c in spec.pod.topology_spread_constraints]
+    else:
+        out["topologySpreadConstraints"] = [
+            {
+                "maxSkew": 1,
+                "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": dict(selector)},
+            }
+        ]
+    if spec.pod.tolerations:
+        out["tolerations"] = [dict(t) for t in spec.pod.tolerations]
+    if spec.pod.node_selector:
+        out["nodeSelector"] = dict(spec.pod.node_selector)
+    if spec.pod.priority_class_name:
+        out["priorityClassName"] = spec.pod.priority_class_name
+    if spec.pod.image_pull_secrets:
+        out["imagePullSecrets"] = [{"name": n} for n in spec.pod.image_pull_secrets]
+    return out
+
+
+def downward_env() -> list[Obj]:
+    return [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+
+
+def env(values: dict[str, str]) -> list[Obj]:
+    return [{"name": k, "value": v} for k, v in values.items()]
+
+
+def exec_probe(command: list[str], *, initial: int, period: int, timeout: int, failures: int) -> Obj:
+    return {
+        "exec": {"command": command},
+        "initialDelaySeconds": initial,
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+    }
+
+
+def config_volumes(owner: Owner, auth_secret: str | None) -> tuple[list[Obj], list[Obj]]:
+    """Volumes and mounts for the ConfigMap, the auth Secret and the private runtime dir."""
+    volumes: list[Obj] = [
+        {"name": "config", "configMap": {"name": owner.config_map, "defaultMode": 0o555}},
+        {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+    ]
+    mounts: list[Obj] = [
+        {"name": "config", "mountPath": names.CONFIG_MOUNT, "readOnly": True},
+        {"name": "run", "mountPath": names.RUN_MOUNT},
+        # a private in-memory /tmp for redis-cli in the scripts; the root filesystem is read-only
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
+    ]
+    if auth_secret:
+        volumes.append(
+            {"name": "auth", "secret": {"secretName": auth_secret, "defaultMode": 0o400,
+                                        "items": [{"key": "password", "path": "password"}]}}
+        )
+        mounts.append({"name": "auth", "mountPath": names.AUTH_MOUNT, "readOnly": True})
+    return volumes, mounts
+
+
+def exporter_container(spec: RedisMessagingSpec, auth_secret: str | None) -> Obj:
+    """redis_exporter sidecar; its password comes from the Secret by reference, never a value."""
+    exp = spec.monitoring.exporter
+    env_vars: list[Obj] = [{"name": "REDIS_ADDR", "value": f"redis://127.0.0.1:{names.REDIS_PORT}"}]
+    if auth_secret:
+        env_vars.append(
+            {"name": "REDIS_PASSWORD",
+             "valueFrom": {"secretKeyRef": {"name": auth_secret, "key": "password"}}}
+        )
+    return {
+        "name": "exporter",
+        "image": exp.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "env": env_vars,
+        "ports": [{"name": "metrics", "containerPort": names.EXPORTER_PORT, "protocol": "TCP"}],
+        "resources": resources(exp.resources, {"requests": {"cpu": "10m", "memory": "32Mi"}}),
+        "securityContext": container_security_context(),
+    }
