@@ -52,6 +52,7 @@ BINARIES = ("etcd", "kube-apiserver")
 
 ADMIN_USER = "admin"
 OPERATOR_USER = "operator"
+CONTROLLER_MANAGER_USER = "controller-manager"
 MASTERS_GROUP = "system:masters"
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 
@@ -404,7 +405,10 @@ class ControlPlane:
         startup_timeout: float = STARTUP_TIMEOUT,
         pki_backend: PkiBackend = "auto",
         extra_apiserver_args: Iterable[str] = (),
+        with_controller_manager: bool = True,
     ) -> None:
+        self.with_controller_manager = with_controller_manager
+        self._controller_manager: _Process | None = None
         self.assets_dir = assets_dir if assets_dir is not None else locate_assets()
         self.startup_timeout = startup_timeout
         self.pki_backend: PkiBackend = pki_backend
@@ -470,7 +474,7 @@ class ControlPlane:
             shutil.rmtree(workdir, ignore_errors=True)
 
     def _stop_processes(self) -> None:
-        for attr in ("_apiserver", "_etcd"):
+        for attr in ("_controller_manager", "_apiserver", "_etcd"):
             process: _Process | None = getattr(self, attr)
             setattr(self, attr, None)
             if process is not None:
@@ -552,7 +556,7 @@ class ControlPlane:
         generate_pki(workdir / "pki", self.pki_backend)
         (workdir / "cert-dir").mkdir()
         (workdir / "audit-policy.json").write_text(json.dumps(AUDIT_POLICY, indent=2) + "\n")
-        tokens = {user: secrets.token_urlsafe(32) for user in (ADMIN_USER, OPERATOR_USER)}
+        tokens = {user: secrets.token_urlsafe(32) for user in (ADMIN_USER, OPERATOR_USER, CONTROLLER_MANAGER_USER)}
         # token,user,uid,"group1,group2"
         token_file = workdir / "tokens.csv"
         token_file.write_text(
@@ -622,6 +626,34 @@ class ControlPlane:
             self.apiserver_log_path,
         )
         self._wait_for_apiserver()
+        self._start_controller_manager()
+
+    def _start_controller_manager(self) -> None:
+        """kube-controller-manager, when its binary is there: StatefulSet and Deployment controllers,
+        garbage collection through owner references, namespace deletion. No kubelet runs, so the
+        pods it creates stay Pending."""
+        binary = self.assets_dir / "kube-controller-manager"
+        if not self.with_controller_manager or not binary.exists():
+            return
+        pki = self.workdir / "pki"
+        self._controller_manager = _Process(
+            "kube-controller-manager",
+            [
+                str(binary),
+                f"--kubeconfig={self._identities[CONTROLLER_MANAGER_USER].kubeconfig}",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                "--leader-elect=false",
+                "--secure-port=0",
+                "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service,-route",
+                "--concurrent-gc-syncs=5",
+            ],
+            self.workdir / "kube-controller-manager.log",
+        )
+
+    @property
+    def has_controller_manager(self) -> bool:
+        return self._controller_manager is not None and self._controller_manager.exited() is None
 
     def _wait_until(self, process: _Process, check: Callable[[], bool], what: str, deadline: float) -> None:
         while True:

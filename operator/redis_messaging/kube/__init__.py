@@ -1,0 +1,1 @@
+"""Talking to the Kubernetes API (the only package importing the kubernetes client)."""

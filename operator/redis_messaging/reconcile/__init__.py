@@ -1,0 +1,1 @@
+"""One idempotent reconcile pass and the periodic safety net."""

@@ -1,0 +1,267 @@
+"""One idempotent reconcile pass: validate -> ensure children -> check and heal -> status.
+
+Create, update, resume and the periodic timer all run :func:`sync`. A pass that finds nothing to
+change sends no write to the API server: children are compared with their live copies before any
+apply, and the status is patched only when it differs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets
+import string
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+
+from redis_messaging.api import models
+from redis_messaging.builders import UnsupportedSpec, build, names, sentinel
+from redis_messaging.builders.names import Owner
+from redis_messaging.kube.client import Kube, KubeError, needs_apply, with_applied_hash
+from redis_messaging.reconcile import conditions as cond
+from redis_messaging.reconcile.topology import Topology, TopologyReport
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+PASSWORD_ALPHABET = string.ascii_letters + string.digits
+
+
+def utcnow() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Context:
+    kube: Kube
+    cluster_domain: str = "cluster.local"
+    topology: Topology | None = None
+    clock: Callable[[], str] = utcnow
+
+
+@dataclass
+class Outcome:
+    actions: list[str] = field(default_factory=list)
+    status_written: bool = False
+    retry_after: float | None = None
+    invalid: str | None = None
+
+
+class SpecProblem(Exception):
+    """A resource that cannot be reconciled until a human changes something."""
+
+    def __init__(self, reason: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after
+
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock_for(uid: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(uid, threading.Lock())
+
+
+def owner_of(body: Obj, cluster_domain: str) -> Owner:
+    meta = body["metadata"]
+    return Owner(name=meta["name"], namespace=meta["namespace"], uid=meta.get("uid", ""),
+                 cluster_domain=cluster_domain)
+
+
+def validation_message(exc: pydantic.ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"])
+        parts.append(f"spec.{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def generate_password(length: int = 32) -> str:
+    return "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(length))
+
+
+def ensure_auth(ctx: Context, spec: models.RedisMessagingSpec, owner: Owner, actions: list[str]) -> str | None:
+    """The default user's password: from the named Secret, or a generated one created once."""
+    name = sentinel.auth_secret_name(spec, owner)
+    if name is None:
+        return None
+    secret = ctx.kube.get("Secret", owner.namespace, name)
+    if secret is None:
+        if spec.auth.secret_name:
+            raise SpecProblem("AuthSecretMissing",
+                              f"Secret {name} named in spec.auth.secretName does not exist", 30)
+        obj = sentinel.generated_auth_secret(owner)
+        obj["stringData"] = {"password": generate_password()}
+        secret = ctx.kube.create(obj)
+        actions.append(f"Created Secret {name} with a generated password")
+    import base64
+
+    raw = (secret.get("data") or {}).get("password")
+    if not raw:
+        raise SpecProblem("AuthSecretInvalid", f"Secret {name} has no key 'password'", 30)
+    return base64.b64decode(raw).decode()
+
+
+def ensure_children(ctx: Context, owner: Owner, desired: list[Obj], actions: list[str]) -> dict[tuple[str, str], Obj]:
+    """Apply every desired object whose live copy differs; return the live objects by (kind, name)."""
+    selector = names.instance_selector(owner)
+    live: dict[tuple[str, str], Obj] = {}
+    for kind in dict.fromkeys(o["kind"] for o in desired):
+        for item in ctx.kube.list(kind, owner.namespace, selector):
+            live[(kind, item["metadata"]["name"])] = item
+    for obj in desired:
+        key = (obj["kind"], obj["metadata"]["name"])
+        why = needs_apply(obj, live.get(key))
+        if why is None:
+            continue
+        live[key] = ctx.kube.apply(with_applied_hash(obj))
+        verb = "Created" if why == "missing" else "Updated"
+        actions.append(f"{verb} {key[0]} {key[1]}" + ("" if why == "missing" else f" ({why})"))
+    return live
+
+
+def _ready(sts: Obj | None) -> int:
+    return int(((sts or {}).get("status") or {}).get("readyReplicas") or 0)
+
+
+def _conditions(spec: models.RedisMessagingSpec, owner: Owner, live: dict[tuple[str, str], Obj],
+                report: TopologyReport | None, changed: bool) -> tuple[list[cond.Cond], dict[str, Any]]:
+    redis_ready = _ready(live.get(("StatefulSet", owner.redis_sts)))
+    sentinel_ready = _ready(live.get(("StatefulSet", owner.sentinel_sts)))
+    pods_ready = redis_ready >= spec.redis.replicas and sentinel_ready >= spec.sentinel.replicas
+    pods_msg = (f"redis {redis_ready}/{spec.redis.replicas} ready, "
+                f"sentinel {sentinel_ready}/{spec.sentinel.replicas} ready")
+    extra: dict[str, Any] = {"readyReplicas": redis_ready}
+    out = []
+    if report is None or report.available is None:
+        available = cond.Cond(cond.AVAILABLE, False if report is None else None,
+                              report.reason if report else "WaitingForPods",
+                              report.message if report else pods_msg)
+    else:
+        available = cond.Cond(cond.AVAILABLE, report.available, report.reason, report.message)
+    healthy = report is not None and report.healthy
+    ready = pods_ready and healthy
+    if ready:
+        out.append(cond.Cond(cond.READY, True, "Ready", pods_msg))
+    elif not pods_ready:
+        out.append(cond.Cond(cond.READY, False, "WaitingForPods", pods_msg))
+    else:
+        out.append(cond.Cond(cond.READY, False, report.reason if report else "TopologyUnchecked",
+                             report.message if report else "no topology controller for this mode"))
+    out.append(available)
+    progressing = changed or not pods_ready
+    out.append(cond.Cond(cond.PROGRESSING, progressing,
+                         "Applying" if changed else ("RollingOut" if not pods_ready else "Stable"),
+                         "child objects changed in this pass" if changed else pods_msg))
+    # Serving, but not as declared: pods missing or the topology needs attention.
+    degraded = bool(report and report.available and (not pods_ready or not report.healthy))
+    out.append(cond.Cond(cond.DEGRADED, degraded, "Degraded" if degraded else "AsExpected",
+                         (report.message if report else "") if degraded else ""))
+    if report is not None:
+        if report.master is not None:
+            extra["master"] = report.master
+        extra.update(report.status)
+    return out, extra
+
+
+def _write_status(ctx: Context, body: Obj, new_conditions: list[cond.Cond], extra: dict[str, Any],
+                  outcome: Outcome) -> None:
+    meta = body["metadata"]
+    old = body.get("status") or {}
+    generation = meta.get("generation")
+    merged = cond.merge(old.get("conditions") or [], new_conditions, now=ctx.clock(), generation=generation)
+    status = {**{k: v for k, v in old.items() if k in ("master",)}, **extra,
+              "observedGeneration": generation, "conditions": merged}
+    comparable = {k: old.get(k) for k in status}
+    if comparable == status:
+        return
+    for c in cond.transitions(old.get("conditions") or [], merged):
+        if c["type"] == cond.READY or (c["type"] == cond.DEGRADED and c["status"] == "True"):
+            warn = (c["type"] == cond.DEGRADED) or (c["status"] == "False" and c["reason"] in
+                                                    ("InvalidSpec", "AuthSecretMissing", "AuthSecretInvalid",
+                                                     "Unsupported"))
+            ctx.kube.event(body, reason=f"{c['type']}{c['status']}" if not warn else c["reason"],
+                           message=f"{c['type']}={c['status']} ({c['reason']}): {c['message']}",
+                           type_="Warning" if warn else "Normal")
+    ctx.kube.patch_status(models.KIND, meta["namespace"], meta["name"], status)
+    outcome.status_written = True
+
+
+def sync(body: Obj, ctx: Context) -> Outcome:
+    """Run one pass over the resource ``body`` (as the API server returned it)."""
+    owner = owner_of(body, ctx.cluster_domain)
+    with _lock_for(owner.uid or f"{owner.namespace}/{owner.name}"):
+        return _sync(body, ctx, owner)
+
+
+def _problem(ctx: Context, body: Obj, outcome: Outcome, reason: str, message: str,
+             retry_after: float | None) -> Outcome:
+    outcome.invalid = message
+    outcome.retry_after = retry_after
+    conds = [
+        cond.Cond(cond.READY, False, reason, message),
+        cond.Cond(cond.AVAILABLE, None, reason, message),
+        cond.Cond(cond.PROGRESSING, False, reason, message),
+        cond.Cond(cond.DEGRADED, True, reason, message),
+    ]
+    _write_status(ctx, body, conds, {}, outcome)
+    return outcome
+
+
+def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
+    outcome = Outcome()
+    # 1. validate: what the schema could not refuse.
+    try:
+        spec = models.parse_spec(body.get("spec") or {})
+        if spec.mode != "sentinel":
+            raise UnsupportedSpec("cluster mode is not available in this version of the operator")
+    except pydantic.ValidationError as exc:
+        return _problem(ctx, body, outcome, "InvalidSpec", validation_message(exc), None)
+    except UnsupportedSpec as exc:
+        return _problem(ctx, body, outcome, "Unsupported", str(exc), None)
+
+    # 2. ensure children, in order.
+    try:
+        password = ensure_auth(ctx, spec, owner, outcome.actions)
+        desired = build(spec, owner, password=password)
+        live = ensure_children(ctx, owner, desired, outcome.actions)
+    except SpecProblem as exc:
+        return _problem(ctx, body, outcome, exc.reason, exc.message, exc.retry_after)
+    except KubeError as exc:
+        if exc.status == 422:  # the API server refused an object we built from this spec
+            return _problem(ctx, body, outcome, "InvalidSpec", f"a child object was refused: {exc.message}", None)
+        raise
+    for action in outcome.actions:
+        ctx.kube.event(body, reason=action.split(" ", 1)[0], message=action)
+
+    # 3. check and heal the topology.
+    report: TopologyReport | None = None
+    if ctx.topology is not None:
+        pods = ctx.kube.list("Pod", owner.namespace, names.instance_selector(owner))
+        report = ctx.topology.check_and_heal(spec, owner, pods)
+        for act in report.actions:
+            ctx.kube.event(body, reason=act.reason, message=act.message,
+                           type_="Warning" if act.warning else "Normal")
+            outcome.actions.append(f"{act.reason}: {act.message}")
+        outcome.retry_after = report.retry_after
+
+    # 4. status.
+    new_conditions, extra = _conditions(spec, owner, live, report, bool(outcome.actions))
+    extra["connection"] = {
+        "secretName": owner.connection_secret,
+        "host": owner.service_host(owner.master_service),
+        "port": names.REDIS_PORT,
+        "sentinelHost": owner.service_host(owner.sentinel_service),
+        "sentinelPort": names.SENTINEL_PORT,
+        "masterName": owner.master_name,
+    }
+    _write_status(ctx, body, new_conditions, extra, outcome)
+    return outcome
