@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Sets up everything the project needs on a fresh Debian machine with Go and Python 3.11+:
+# Redis (Debian's redis-server, redis-sentinel, redis-tools), the control-plane binaries of the
+# `kube` tier (built from Go modules, cached outside the repo), and a virtualenv in .venv with the
+# package and its development tools. Safe to run again: every step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export RMSG_CACHE="${RMSG_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/redis-messaging-operator}"
+mkdir -p "$RMSG_CACHE"
+step() { printf '\n== %s\n' "$*"; }
+
+step "Debian packages"
+missing=()
+for pkg in redis-server redis-sentinel redis-tools iproute2 openssl; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The package's own redis-server service is not used; the tests start their own processes.
+  $SUDO service redis-server stop >/dev/null 2>&1 || true
+fi
+redis-server --version
+
+step "control plane (etcd, kube-apiserver, kube-controller-manager)"
+command -v go >/dev/null || { echo "Go is needed to build the control plane (or set KUBEBUILDER_ASSETS)"; exit 1; }
+if [ -z "${KUBEBUILDER_ASSETS:-}" ]; then
+  bash .ci/control-plane.sh etcd kube-apiserver kube-controller-manager | tail -n 1
+fi
+
+step "Python virtualenv (.venv)"
+stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  python3 -m venv .venv
+  PIP_CACHE_DIR="$RMSG_CACHE/pip" .venv/bin/pip install -q --upgrade pip
+  PIP_CACHE_DIR="$RMSG_CACHE/pip" .venv/bin/pip install -q -e '.[dev]'
+  touch "$stamp"
+fi
+.venv/bin/redis-messaging --help >/dev/null && echo "redis-messaging installed in .venv"
