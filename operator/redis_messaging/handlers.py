@@ -10,8 +10,11 @@ import kopf
 
 from redis_messaging.api import models
 from redis_messaging.kube.client import Kube
+from redis_messaging.reconcile.addresses import Addresses, DnsAddresses, MapAddresses
+from redis_messaging.reconcile.failover_watch import FailoverWatchers
 from redis_messaging.reconcile.resync import Registry, resync_forever
-from redis_messaging.reconcile.sync import Context, sync
+from redis_messaging.reconcile.sentinel_topology import SentinelTopology
+from redis_messaging.reconcile.sync import Context, Outcome, owner_of, sync
 from redis_messaging.settings import OperatorSettings
 
 SETTINGS = OperatorSettings()
@@ -31,10 +34,15 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 8
+    kube = Kube.from_environment(SETTINGS.field_manager)
+    addresses: Addresses = (MapAddresses.from_file(SETTINGS.address_map) if SETTINGS.address_map
+                            else DnsAddresses())
     _state["ctx"] = Context(
-        kube=Kube.from_environment(SETTINGS.field_manager),
+        kube=kube,
         cluster_domain=SETTINGS.cluster_domain,
+        topologies={"sentinel": SentinelTopology(addresses, timeout=SETTINGS.redis_timeout_seconds)},
     )
+    _state["watchers"] = FailoverWatchers(kube, addresses)
 
 
 @kopf.on.login()
@@ -50,10 +58,22 @@ def _context() -> Context:
     return ctx  # type: ignore[no-any-return]
 
 
+def _after_pass(body: dict[str, Any], outcome: Outcome) -> None:
+    """Keep the failover watch of a sentinel-mode resource running with what it needs."""
+    watchers: FailoverWatchers | None = _state.get("watchers")
+    if watchers is None or outcome.spec is None or outcome.spec.mode != "sentinel":
+        return
+    watchers.ensure(owner_of(body, SETTINGS.cluster_domain), redis_replicas=outcome.spec.redis.replicas,
+                    sentinel_replicas=outcome.spec.sentinel.replicas, password=outcome.password)
+
+
 def _run(body: kopf.Body) -> None:
+    # A resource that needs another look soon gets it from the periodic loop, not from a Kopf retry:
+    # retries write progress annotations, and waiting for pods or Sentinel is not an error.
     outcome = sync(dict(body), _context())
+    _after_pass(dict(body), outcome)
     if outcome.retry_after is not None:
-        raise kopf.TemporaryError(outcome.invalid or "waiting for the topology", delay=outcome.retry_after)
+        REGISTRY.schedule(Registry.key_of(body), outcome.retry_after)
 
 
 @kopf.on.create(*RESOURCE)
@@ -67,17 +87,23 @@ def reconcile(body: kopf.Body, **_: Any) -> None:
 def remember(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     """Feed the registry of the periodic pass (watch events add no finalizer and write nothing)."""
     REGISTRY.observe(event.get("type"), body)
+    watchers: FailoverWatchers | None = _state.get("watchers")
+    if watchers is not None and (event.get("type") == "DELETED" or body.get("metadata", {}).get("deletionTimestamp")):
+        watchers.stop(body["metadata"]["namespace"], body["metadata"]["name"])
 
 
-def _periodic_pass(body: dict[str, Any]) -> None:
+def _periodic_pass(body: dict[str, Any]) -> float | None:
     outcome = sync(body, _context())
+    _after_pass(body, outcome)
     if outcome.actions:
         logging.getLogger(__name__).info("periodic pass of %s/%s: %s", body["metadata"]["namespace"],
                                          body["metadata"]["name"], "; ".join(outcome.actions))
+    return outcome.retry_after
 
 
 @kopf.on.startup()
 async def start_resync(**_: Any) -> None:
+    REGISTRY.clear()  # an operator restarted in the same process starts from what it watches now
     stopped = asyncio.Event()
     task = asyncio.create_task(
         resync_forever(REGISTRY, _periodic_pass, SETTINGS.resync_seconds, stopped), name="resync")
@@ -90,3 +116,7 @@ async def stop_resync(**_: Any) -> None:
     if task is not None:
         stopped.set()
         await task
+    watchers: FailoverWatchers | None = _state.pop("watchers", None)
+    if watchers is not None:
+        await asyncio.to_thread(watchers.stop_all)
+    REGISTRY.clear()

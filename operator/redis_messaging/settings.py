@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -20,10 +18,11 @@ class OperatorSettings(BaseSettings):
     autoscale_tick_seconds: float = Field(2.0, gt=0, description="How often lag is measured.")
     cluster_domain: str = Field("cluster.local", description="DNS suffix of Service names.")
     field_manager: str = Field("redis-messaging-operator", description="Server-side apply field manager.")
-    address_mode: Literal["dns", "pod-ip"] = Field(
-        "dns",
-        description="How the operator reaches Redis pods: their stable DNS names (in-cluster) or "
-        "their pod IPs (an operator running outside the cluster network).",
+    address_map: str | None = Field(
+        None,
+        description="A JSON file mapping pods to host:port, for an operator outside the cluster network "
+        '(e.g. through port-forwards): {"redis": {"ns/pod": "host:port"}, "sentinel": {...}}. '
+        "Without it, pods are reached by their stable DNS names.",
     )
     redis_timeout_seconds: float = Field(2.0, gt=0, description="Socket timeout of Redis commands.")
     liveness_endpoint: str = Field("http://0.0.0.0:8080/healthz", description="Kopf's liveness probe.")

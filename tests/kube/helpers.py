@@ -139,4 +139,5 @@ def operator_running(namespace: str, *, extra_env: dict[str, str] | None = None)
     output = runner.output
     assert runner.exception is None, output[-4000:]
     assert runner.exit_code == 0, output[-4000:]
-    assert "Traceback" not in output, output[-6000:]
+    where = output.find("Traceback")
+    assert where < 0, output[max(0, where - 1500):where + 4000]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,38 +20,68 @@ Key = tuple[str, str]
 
 
 class Registry:
-    """The latest body of every resource the operator watches, from watch events."""
+    """The latest body of every resource the operator watches, from watch events, and when each
+    is due for its next pass."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._bodies: dict[Key, dict[str, Any]] = {}
+        self._due: dict[Key, float] = {}
+        self._clock = clock
+
+    @staticmethod
+    def key_of(body: Mapping[str, Any]) -> Key:
+        meta = body.get("metadata") or {}
+        return (meta.get("namespace", ""), meta.get("name", ""))
 
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        meta = body.get("metadata") or {}
-        key = (meta.get("namespace", ""), meta.get("name", ""))
-        if event_type == "DELETED" or meta.get("deletionTimestamp"):
+        key = self.key_of(body)
+        if event_type == "DELETED" or (body.get("metadata") or {}).get("deletionTimestamp"):
             self._bodies.pop(key, None)
+            self._due.pop(key, None)
         else:
             self._bodies[key] = dict(body)
 
-    def snapshot(self) -> dict[Key, dict[str, Any]]:
-        return dict(self._bodies)
+    def schedule(self, key: Key, after: float) -> None:
+        """The next pass of ``key`` in ``after`` seconds (sooner wins over later)."""
+        due = self._clock() + after
+        self._due[key] = min(due, self._due.get(key, due))
+
+    def due(self, interval: float) -> list[tuple[Key, dict[str, Any]]]:
+        """Resources whose pass is due; a resource seen for the first time is due after ``interval``."""
+        now = self._clock()
+        out = []
+        for key, body in list(self._bodies.items()):
+            when = self._due.setdefault(key, now + interval)
+            if when <= now:
+                out.append((key, body))
+        return out
+
+    def done(self, key: Key, after: float) -> None:
+        if key in self._bodies:
+            self._due[key] = self._clock() + after
 
     def get(self, key: Key) -> dict[str, Any] | None:
         return self._bodies.get(key)
 
+    def clear(self) -> None:
+        self._bodies.clear()
+        self._due.clear()
 
-async def resync_forever(registry: Registry, run_pass: Callable[[dict[str, Any]], object],
-                         interval: float, stopped: asyncio.Event) -> None:
-    """Run ``run_pass`` (blocking; in a worker thread) over every known resource each period."""
+
+async def resync_forever(registry: Registry, run_pass: Callable[[dict[str, Any]], float | None],
+                         interval: float, stopped: asyncio.Event, *, tick: float = 0.25) -> None:
+    """Run ``run_pass`` (blocking; in a worker thread) for every resource when it is due: every
+    ``interval`` seconds, or sooner when the previous pass asked to come back (its return value)."""
     while not stopped.is_set():
-        for key, body in registry.snapshot().items():
+        for key, body in registry.due(interval):
             if stopped.is_set():
                 break
-            if registry.get(key) is None:  # deleted meanwhile
-                continue
+            retry: float | None = None
             try:
-                await asyncio.to_thread(run_pass, body)
+                retry = await asyncio.to_thread(run_pass, body)
             except Exception as exc:  # one broken resource must not stop the others' passes
                 log.error("periodic pass of %s/%s failed: %s: %s", *key, type(exc).__name__, exc)
+                retry = min(interval, 10.0)
+            registry.done(key, retry if retry is not None else interval)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopped.wait(), timeout=interval)
+            await asyncio.wait_for(stopped.wait(), timeout=tick)

@@ -39,7 +39,7 @@ def utcnow() -> str:
 class Context:
     kube: Kube
     cluster_domain: str = "cluster.local"
-    topology: Topology | None = None
+    topologies: dict[str, Topology] = field(default_factory=dict)  # by mode
     clock: Callable[[], str] = utcnow
 
 
@@ -49,6 +49,8 @@ class Outcome:
     status_written: bool = False
     retry_after: float | None = None
     invalid: str | None = None
+    spec: models.RedisMessagingSpec | None = None
+    password: str | None = None
 
 
 class SpecProblem(Exception):
@@ -128,6 +130,19 @@ def ensure_children(ctx: Context, owner: Owner, desired: list[Obj], actions: lis
     return live
 
 
+def move_role_labels(kube: Kube, owner: Owner, pods: list[Obj], roles: dict[str, str]) -> list[tuple[str, str]]:
+    """Set the role label each pod should carry; the new master first, so the master Service is
+    never left without an endpoint longer than needed. Returns what was changed."""
+    current = {p["metadata"]["name"]: ((p["metadata"].get("labels") or {}).get(names.LABEL_ROLE)) for p in pods}
+    order = sorted(roles, key=lambda pod: roles[pod] != names.ROLE_MASTER)
+    changed = []
+    for pod in order:
+        if pod in current and current[pod] != roles[pod]:
+            kube.label_pod(owner.namespace, pod, {names.LABEL_ROLE: roles[pod]})
+            changed.append((pod, f"pod {pod} labelled {names.LABEL_ROLE}={roles[pod]}"))
+    return changed
+
+
 def _ready(sts: Obj | None) -> int:
     return int(((sts or {}).get("status") or {}).get("readyReplicas") or 0)
 
@@ -191,7 +206,13 @@ def _write_status(ctx: Context, body: Obj, new_conditions: list[cond.Cond], extr
             ctx.kube.event(body, reason=f"{c['type']}{c['status']}" if not warn else c["reason"],
                            message=f"{c['type']}={c['status']} ({c['reason']}): {c['message']}",
                            type_="Warning" if warn else "Normal")
-    ctx.kube.patch_status(models.KIND, meta["namespace"], meta["name"], status)
+    try:
+        ctx.kube.patch_status(models.KIND, meta["namespace"], meta["name"], status)
+    except KubeError as exc:
+        if exc.status == 404:  # deleted while the pass ran: nothing left to report on
+            log.info("%s/%s was deleted during the pass", meta["namespace"], meta["name"])
+            return
+        raise
     outcome.status_written = True
 
 
@@ -243,10 +264,15 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
         ctx.kube.event(body, reason=action.split(" ", 1)[0], message=action)
 
     # 3. check and heal the topology.
+    outcome.spec, outcome.password = spec, password
     report: TopologyReport | None = None
-    if ctx.topology is not None:
+    topology = ctx.topologies.get(spec.mode)
+    if topology is not None:
         pods = ctx.kube.list("Pod", owner.namespace, names.instance_selector(owner))
-        report = ctx.topology.check_and_heal(spec, owner, pods)
+        report = topology.check_and_heal(spec, owner, pods, password)
+        for _pod, why in move_role_labels(ctx.kube, owner, pods, report.labels):
+            outcome.actions.append(why)
+            ctx.kube.event(body, reason="RoleLabelMoved", message=why)
         for act in report.actions:
             ctx.kube.event(body, reason=act.reason, message=act.message,
                            type_="Warning" if act.warning else "Normal")

@@ -27,9 +27,11 @@ class TopologyReport:
     message: str = ""
     actions: list[Action] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)  # extra status fields (shards, ...)
+    labels: dict[str, str] = field(default_factory=dict)  # pod name -> role label value
     retry_after: float | None = None
 
 
 class Topology(Protocol):
-    def check_and_heal(self, spec: RedisMessagingSpec, owner: Owner, pods: list[dict[str, Any]]) -> TopologyReport:
+    def check_and_heal(self, spec: RedisMessagingSpec, owner: Owner, pods: list[dict[str, Any]],
+                       password: str | None) -> TopologyReport:
         """Inspect the running Redis processes, repair what needs repair, report."""

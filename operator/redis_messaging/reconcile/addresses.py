@@ -1,0 +1,83 @@
+"""Where a pod's Redis or Sentinel listens: the one place that maps pods to reachable addresses.
+
+In a cluster the operator reaches pods by the stable DNS names of their headless Service, which
+are also the names they announce to each other and to Sentinel. An operator outside the cluster
+network (a laptop with port-forwards, a test harness with processes on loopback) uses a map.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+from redis_messaging.builders import names
+from redis_messaging.builders.names import Owner
+
+Address = tuple[str, int]
+
+
+class Addresses(Protocol):
+    def redis(self, owner: Owner, pod: str) -> Address:
+        """The address of the redis-server of ``pod``."""
+
+    def sentinel(self, owner: Owner, pod: str) -> Address:
+        """The address of the redis-sentinel of ``pod``."""
+
+    def pod_of(self, owner: Owner, host: str) -> str | None:
+        """The pod that announces ``host`` (what Redis and Sentinel report), if it is one of ours."""
+
+
+class DnsAddresses:
+    """Stable hostnames through the headless Services (what the pods announce themselves)."""
+
+    def redis(self, owner: Owner, pod: str) -> Address:
+        return owner.pod_host(pod, owner.redis_headless), names.REDIS_PORT
+
+    def sentinel(self, owner: Owner, pod: str) -> Address:
+        return owner.pod_host(pod, owner.sentinel_headless), names.SENTINEL_PORT
+
+    def pod_of(self, owner: Owner, host: str) -> str | None:
+        pod, _, rest = host.partition(".")
+        suffix = f".{owner.namespace}.svc.{owner.cluster_domain}"
+        if rest in (owner.redis_headless + suffix, owner.sentinel_headless + suffix):
+            return pod
+        return None
+
+
+class MapAddresses:
+    """Explicit addresses by pod name ("namespace/pod" or "pod"), and the hosts those pods announce."""
+
+    def __init__(self, redis: dict[str, Address], sentinel: dict[str, Address] | None = None) -> None:
+        self._redis = dict(redis)
+        self._sentinel = dict(sentinel or {})
+        self._hosts = {addr[0]: pod.rsplit("/", 1)[-1] for pod, addr in {**self._redis, **self._sentinel}.items()}
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> MapAddresses:
+        """``{"redis": {"ns/pod": "host:port"}, "sentinel": {...}}``"""
+        raw = json.loads(Path(path).read_text())
+
+        def parse(section: dict[str, str]) -> dict[str, Address]:
+            out = {}
+            for pod, hostport in section.items():
+                host, _, port = hostport.rpartition(":")
+                out[pod] = (host, int(port))
+            return out
+
+        return cls(parse(raw.get("redis", {})), parse(raw.get("sentinel", {})))
+
+    def _lookup(self, table: dict[str, Address], owner: Owner, pod: str, default_port: int) -> Address:
+        found = table.get(f"{owner.namespace}/{pod}") or table.get(pod)
+        if found is None:
+            return (f"unmapped-{pod}.invalid", default_port)
+        return found
+
+    def redis(self, owner: Owner, pod: str) -> Address:
+        return self._lookup(self._redis, owner, pod, names.REDIS_PORT)
+
+    def sentinel(self, owner: Owner, pod: str) -> Address:
+        return self._lookup(self._sentinel, owner, pod, names.SENTINEL_PORT)
+
+    def pod_of(self, owner: Owner, host: str) -> str | None:
+        return self._hosts.get(host)

@@ -1,0 +1,286 @@
+"""Sentinel-mode topology: observe Redis and Sentinel processes, and the few commands that heal them.
+
+Every function takes addresses (host, port) and a password; none knows about Kubernetes. Reads are
+pipelined, one round trip per process. Nothing here decides anything: the plan is made by
+:mod:`redis_messaging.reconcile.sentinel_topology` from what these functions observe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.backoff import NoBackoff
+from redis.client import Redis
+from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+
+class Connections:
+    """One client per address, reused across passes (its pool reconnects by itself).
+
+    No retries: a pass observes many processes, and an unreachable one must cost one timeout, not
+    several; the next pass is the retry."""
+
+    def __init__(self, password: str | None, *, timeout: float = 2.0) -> None:
+        self.password = password
+        self.timeout = timeout
+        self._clients: dict[Address, Redis] = {}
+        self._lock = threading.Lock()
+
+    def get(self, address: Address) -> Redis:
+        with self._lock:
+            client = self._clients.get(address)
+            if client is None:
+                client = Redis(host=address[0], port=address[1], password=self.password,
+                               socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
+                               decode_responses=True, retry=Retry(NoBackoff(), 0))
+                self._clients[address] = client
+            return client
+
+    def set_password(self, password: str | None) -> None:
+        if password == self.password:
+            return
+        self.close()
+        self.password = password
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+
+def _cmd(client: Redis, *args: str) -> Any:
+    """A raw command (redis-py leaves execute_command untyped)."""
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+# ---------------------------------------------------------------------------------------------
+# Observation
+
+
+@dataclass(frozen=True)
+class RedisNode:
+    address: Address
+    reachable: bool
+    role: str = ""  # "master" | "slave"
+    master: Address | None = None  # for a replica: the master it follows
+    link_up: bool = False
+    offset: int = 0  # master_repl_offset on a master, slave_repl_offset on a replica
+    replicas: tuple[Address, ...] = ()
+    error: str = ""
+
+    @property
+    def is_master(self) -> bool:
+        return self.reachable and self.role == "master"
+
+
+def _parse_info(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        if ":" in line and not line.startswith("#"):
+            key, _, value = line.partition(":")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def observe_redis(conns: Connections, address: Address) -> RedisNode:
+    try:
+        raw = _cmd(conns.get(address), "INFO", "replication")
+    except (RedisError, OSError) as exc:
+        return RedisNode(address, reachable=False, error=f"{type(exc).__name__}: {exc}")
+    parsed: dict[str, Any] = raw if isinstance(raw, dict) else _parse_info(str(raw))
+    replicas = []
+    for key, value in parsed.items():
+        if str(key).startswith("slave") and str(key)[5:].isdigit():
+            fields = value if isinstance(value, dict) else dict(
+                part.split("=", 1) for part in str(value).split(",") if "=" in part)
+            if "ip" in fields and "port" in fields:
+                replicas.append((str(fields["ip"]), int(fields["port"])))
+    info = {str(k): str(v) for k, v in parsed.items()}
+    role = info.get("role", "")
+    if role == "master":
+        return RedisNode(address, True, role, offset=int(info.get("master_repl_offset", 0) or 0),
+                         replicas=tuple(replicas))
+    master = (info.get("master_host", ""), int(info.get("master_port", 0) or 0))
+    return RedisNode(address, True, role, master=master, link_up=info.get("master_link_status") == "up",
+                     offset=int(info.get("slave_repl_offset", 0) or 0))
+
+
+@dataclass(frozen=True)
+class SentinelNode:
+    address: Address
+    reachable: bool
+    monitoring: bool = False
+    master: Address | None = None
+    flags: frozenset[str] = frozenset()
+    failover_state: str = ""
+    config: dict[str, str] = field(default_factory=dict)
+    replicas: tuple[Address, ...] = ()
+    sentinels: tuple[Address, ...] = ()
+    error: str = ""
+
+    @property
+    def failing_over(self) -> bool:
+        return bool({"failover_in_progress", "promoted"} & self.flags) or self.failover_state not in (
+            "", "none", "failover_state_none")
+
+    @property
+    def master_down(self) -> bool:
+        return bool({"o_down", "s_down"} & self.flags)
+
+
+def _pairs(reply: Any) -> dict[str, str]:
+    if isinstance(reply, dict):
+        return {str(k): str(v) for k, v in reply.items()}
+    items = list(reply or [])
+    return {str(items[i]): str(items[i + 1]) for i in range(0, len(items) - 1, 2)}
+
+
+def _addresses(reply: Any) -> tuple[Address, ...]:
+    out = []
+    for entry in reply or []:
+        fields = _pairs(entry)
+        if "ip" in fields and "port" in fields:
+            out.append((fields["ip"], int(fields["port"])))
+    return tuple(out)
+
+
+def observe_sentinel(conns: Connections, address: Address, master_name: str) -> SentinelNode:
+    client = conns.get(address)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for sub in ("MASTER", "REPLICAS", "SENTINELS"):
+            pipe.execute_command("SENTINEL", sub, master_name)  # type: ignore[no-untyped-call]
+        replies = pipe.execute(raise_on_error=False)
+    except (RedisError, OSError) as exc:
+        return SentinelNode(address, reachable=False, error=f"{type(exc).__name__}: {exc}")
+    master_reply, replicas_reply, sentinels_reply = replies
+    if isinstance(master_reply, ResponseError):
+        if "No such master" in str(master_reply):
+            return SentinelNode(address, reachable=True, monitoring=False)
+        return SentinelNode(address, reachable=True, error=str(master_reply))
+    info = _pairs(master_reply)
+    return SentinelNode(
+        address,
+        reachable=True,
+        monitoring=True,
+        master=(info.get("ip", ""), int(info.get("port", 0) or 0)),
+        flags=frozenset(f for f in info.get("flags", "").split(",") if f),
+        failover_state=info.get("failover-state", ""),
+        config={k: info[k] for k in ("quorum", "down-after-milliseconds", "failover-timeout",
+                                     "parallel-syncs") if k in info},
+        replicas=() if isinstance(replicas_reply, ResponseError) else _addresses(replicas_reply),
+        sentinels=() if isinstance(sentinels_reply, ResponseError) else _addresses(sentinels_reply),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+def replicate(conns: Connections, address: Address, master: Address) -> None:
+    _cmd(conns.get(address), "REPLICAOF", master[0], str(master[1]))
+
+
+def promote(conns: Connections, address: Address) -> None:
+    _cmd(conns.get(address), "REPLICAOF", "NO", "ONE")
+
+
+def sentinel_monitor(conns: Connections, address: Address, master_name: str, master: Address,
+                     quorum: int, settings: dict[str, str]) -> None:
+    """(Re)point one Sentinel at ``master``, then set its options (auth-pass included)."""
+    client = conns.get(address)
+    try:
+        _cmd(client, "SENTINEL", "REMOVE", master_name)
+    except ResponseError as exc:
+        if "No such master" not in str(exc):
+            raise
+    _cmd(client, "SENTINEL", "MONITOR", master_name, master[0], str(master[1]), str(quorum))
+    sentinel_set(conns, address, master_name, settings)
+
+
+def sentinel_set(conns: Connections, address: Address, master_name: str, settings: dict[str, str]) -> None:
+    if not settings:
+        return
+    args: list[str] = []
+    for key, value in settings.items():
+        args += [key, value]
+    _cmd(conns.get(address), "SENTINEL", "SET", master_name, *args)
+
+
+def sentinel_reset(conns: Connections, address: Address, master_name: str) -> None:
+    _cmd(conns.get(address), "SENTINEL", "RESET", master_name)
+
+
+def sentinel_failover(conns: Connections, address: Address, master_name: str) -> None:
+    _cmd(conns.get(address), "SENTINEL", "FAILOVER", master_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Following failovers as they happen
+
+
+@dataclass(frozen=True)
+class SwitchMaster:
+    master_name: str
+    old: Address
+    new: Address
+    received_at: float  # time.monotonic()
+
+
+def parse_switch_master(data: str) -> SwitchMaster | None:
+    parts = data.split()
+    if len(parts) != 5:
+        return None
+    name, old_host, old_port, new_host, new_port = parts
+    return SwitchMaster(name, (old_host, int(old_port)), (new_host, int(new_port)), time.monotonic())
+
+
+def watch_switch_master(conns: Connections, sentinels: Callable[[], Iterable[Address]], master_name: str,
+                        on_switch: Callable[[SwitchMaster], None], stopped: threading.Event,
+                        *, poll: float = 0.5, max_backoff: float = 5.0) -> None:
+    """Subscribe to ``+switch-master`` on one reachable Sentinel at a time until ``stopped``.
+
+    A broken connection moves on to the next Sentinel; when none answers, the next round waits
+    longer (up to ``max_backoff``). ``on_switch`` runs in this thread.
+    """
+    backoff = poll
+    last_error = ""
+    while not stopped.is_set():
+        for address in list(sentinels()):
+            if stopped.is_set():
+                return
+            pubsub = conns.get(address).pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe("+switch-master")
+                if last_error:
+                    log.info("sentinel %s:%s: subscribed to +switch-master", *address)
+                last_error, backoff = "", poll
+                while not stopped.is_set():
+                    message = pubsub.get_message(timeout=poll)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    event = parse_switch_master(str(message.get("data", "")))
+                    if event is not None and event.master_name == master_name:
+                        on_switch(event)
+            except (RedisError, OSError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                if error != last_error:
+                    log.info("sentinel %s:%s: no subscription (%s); trying the next one", *address, error)
+                last_error = error
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    pubsub.close()
+        stopped.wait(backoff)
+        backoff = min(backoff * 2, max_backoff)
