@@ -166,8 +166,9 @@ cp "$conf_dir/redis.conf" "$conf"
     echo "replica-announce-ip $RMSG_SELF_HOST"
   fi
   if [ -n "${REDISCLI_AUTH:-}" ]; then
-    echo "requirepass $(quote "$REDISCLI_AUTH")"
-    echo "masterauth $(quote "$REDISCLI_AUTH")"
+    # printf, not echo: dash's echo (the image's /bin/sh) would undo the backslash escaping of quote.
+    printf 'requirepass %s\n' "$(quote "$REDISCLI_AUTH")"
+    printf 'masterauth %s\n' "$(quote "$REDISCLI_AUTH")"
   fi
 } >>"$conf"
 if [ "${RMSG_MODE:-sentinel}" = sentinel ]; then
@@ -196,9 +197,9 @@ master="$(sentinel_master || redis_master || true)"
   echo "sentinel announce-ip $RMSG_SELF_HOST"
   sed "s/@MASTER@/$master/" "$conf_dir/sentinel-monitor.conf"
   if [ -n "${REDISCLI_AUTH:-}" ]; then
-    echo "requirepass $(quote "$REDISCLI_AUTH")"
-    echo "sentinel sentinel-pass $(quote "$REDISCLI_AUTH")"
-    echo "sentinel auth-pass $RMSG_MASTER_NAME $(quote "$REDISCLI_AUTH")"
+    printf 'requirepass %s\n' "$(quote "$REDISCLI_AUTH")"
+    printf 'sentinel sentinel-pass %s\n' "$(quote "$REDISCLI_AUTH")"
+    printf 'sentinel auth-pass %s %s\n' "$RMSG_MASTER_NAME" "$(quote "$REDISCLI_AUTH")"
   fi
 } >"$conf"
 exec redis-sentinel "$conf"
@@ -232,6 +233,8 @@ exit 1
 PRESTOP_SH = r"""#!/bin/sh
 # Before a master stops, ask Sentinel to fail over and wait (bounded) until this pod is a replica,
 # so a planned restart costs one switch-over instead of down-after-milliseconds of unavailability.
+# Writes are paused first, and this pod follows the new master as soon as the Sentinels name it:
+# what the old master acknowledged after the promotion would be lost when it becomes a replica.
 . "${RMSG_CONFIG_DIR:-/etc/redis-messaging}/common.sh"
 host="${RMSG_PROBE_HOST:-127.0.0.1}"
 info="$(rcli "$host" "$redis_port" INFO replication | tr -d '\r')"
@@ -239,16 +242,24 @@ case "$info" in
   *role:master*connected_slaves:[1-9]*) ;;
   *) exit 0 ;;
 esac
+seconds="${RMSG_PRESTOP_SECONDS:-30}"
+rcli "$host" "$redis_port" CLIENT PAUSE "$((seconds * 1000))" WRITE >/dev/null
+asked=""
 for s in ${RMSG_SENTINEL_HOSTS:-}; do
-  if [ "$(rcli "$s" "$sentinel_port" SENTINEL FAILOVER "$RMSG_MASTER_NAME")" = OK ]; then break; fi
+  if [ "$(rcli "$s" "$sentinel_port" SENTINEL FAILOVER "$RMSG_MASTER_NAME")" = OK ]; then asked=1; break; fi
 done
-deadline=$(( $(date +%s) + ${RMSG_PRESTOP_SECONDS:-30} ))
-while [ "$(date +%s)" -lt "$deadline" ]; do
+deadline=$(( $(date +%s) + seconds ))
+while [ -n "$asked" ] && [ "$(date +%s)" -lt "$deadline" ]; do
   case "$(rcli "$host" "$redis_port" INFO replication | tr -d '\r')" in
-    *role:slave*) exit 0 ;;
+    *role:slave*) break ;;
   esac
-  sleep 1
+  master="$(sentinel_master || true)"
+  if [ -n "$master" ] && [ "$master" != "$RMSG_SELF_HOST" ]; then
+    rcli "$host" "$redis_port" REPLICAOF "$master" "$redis_port" >/dev/null
+  fi
+  sleep 0.2
 done
+rcli "$host" "$redis_port" CLIENT UNPAUSE >/dev/null
 exit 0
 """
 
