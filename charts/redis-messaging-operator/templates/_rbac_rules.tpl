@@ -1,0 +1,94 @@
+{{/*
+The RBAC rules, written once and used by the ClusterRole (rbac.scope=cluster) or split between a
+small ClusterRole and one Role per watched namespace (rbac.scope=namespaces).
+Each rule says why it is there. tests/kube/test_rbac.py proves every verb needed: it runs the
+operator with only these rules, then once without each verb, and sees a 403 or a stalled resource.
+*/}}
+
+{{/* Cluster-level reads: what cannot be granted by a Role. */}}
+{{- define "redis-messaging-operator.rules.cluster" -}}
+# -- What the framework (Kopf) needs, cluster-wide -------------------------------------------------
+# Kopf lists and watches CustomResourceDefinitions to find the RedisMessaging resource and to notice
+# when its CRD is installed, upgraded or removed while the operator runs.
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- if .Values.watchNamespaces }}
+# Kopf lists and watches Namespaces when it serves named namespaces (watchNamespaces), to start
+# serving one as soon as it exists.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- end }}
+{{- end }}
+
+{{/* Rules on the objects of the namespaces the operator serves. */}}
+{{- define "redis-messaging-operator.rules.namespaced" -}}
+# -- What the framework (Kopf) needs ---------------------------------------------------------------
+# Kopf lists and watches RedisMessaging resources: their events start every reconcile pass.
+- apiGroups: ["redis-messaging.dev"]
+  resources: ["redismessagings"]
+  verbs: ["list", "watch"]
+# Kopf records what it handled in annotations of the resource (last-handled-configuration).
+- apiGroups: ["redis-messaging.dev"]
+  resources: ["redismessagings"]
+  verbs: ["patch"]
+# -- What the operator needs -----------------------------------------------------------------------
+# Status: conditions, observedGeneration, the master and the connection details.
+- apiGroups: ["redis-messaging.dev"]
+  resources: ["redismessagings/status"]
+  verbs: ["patch"]
+# Every child carries an ownerReference with blockOwnerDeletion (deleting a resource removes its
+# children); clusters with the OwnerReferencesPermissionEnforcement admission plugin (OpenShift)
+# allow setting it only to those who may update the owner's finalizers.
+- apiGroups: ["redis-messaging.dev"]
+  resources: ["redismessagings/finalizers"]
+  verbs: ["update"]
+# The default user's password: read from its Secret (generated, or named in spec.auth.secretName);
+# a generated one is created once.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+# Children in the core group: the ConfigMap (redis.conf, sentinel.conf), the Secrets (<name>-auth,
+# <name>-connection) and the Services. Listed by instance label to compare with the desired objects,
+# then written by server-side apply (a PATCH, which needs create when it creates the object).
+- apiGroups: [""]
+  resources: ["configmaps", "secrets", "services"]
+  verbs: ["list", "create", "patch"]
+# Children: the redis and Sentinel StatefulSets, listed and applied like the objects above.
+- apiGroups: ["apps"]
+  resources: ["statefulsets"]
+  verbs: ["list", "create", "patch"]
+# Children: the PodDisruptionBudgets of redis and Sentinel, listed and applied like the objects above.
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["list", "create", "patch"]
+# Pods of a resource: listed to check the topology; their role label (what the master Service
+# selects) follows the master chosen by Sentinel.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "patch"]
+# Events for every action of the operator (and for the handler failures Kopf reports).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+# -- Upcoming capabilities of the operator: granted now, not used by this version ------------------
+# Consumer autoscaling: reads and sets the replicas of the consumers of a stream group through the
+# scale subresource of their Deployment or StatefulSet.
+- apiGroups: ["apps"]
+  resources: ["deployments/scale", "statefulsets/scale"]
+  verbs: ["get", "patch"]
+# Consumer autoscaling: never fights a HorizontalPodAutoscaler that scales the same target.
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["list"]
+# Volume expansion: grows the PersistentVolumeClaims of the redis pods in place.
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "list", "patch"]
+# Volume expansion: re-creates the redis StatefulSet (its volumeClaimTemplates are immutable) while
+# orphaning its pods, so no pod restarts.
+- apiGroups: ["apps"]
+  resources: ["statefulsets"]
+  verbs: ["delete"]
+{{- end }}
