@@ -16,6 +16,16 @@ class OperatorSettings(BaseSettings):
     )
     resync_seconds: float = Field(30.0, gt=0, description="Period of the safety-net reconcile pass.")
     autoscale_tick_seconds: float = Field(2.0, gt=0, description="How often lag is measured.")
+    status_interval_seconds: float = Field(
+        10.0, gt=0,
+        description="status.streams is written at once when a replica count, a rule of a decision or an "
+        "error changes, and otherwise (lag and pending only) at most this often.",
+    )
+    reclaim_interval_seconds: float = Field(
+        10.0, gt=0,
+        description="How often consumers whose pod is gone are looked for and their pending entries "
+        "claimed back (one XINFO CONSUMERS round trip per node and one pod list per resource).",
+    )
     cluster_domain: str = Field("cluster.local", description="DNS suffix of Service names.")
     field_manager: str = Field("redis-messaging-operator", description="Server-side apply field manager.")
     address_map: str | None = Field(

@@ -369,21 +369,26 @@ class ShardStatus(Model):
 
 class GroupStatus(Model):
     name: str
-    lag: int | None = None
+    lag: int | None = Field(None, description="Entries not delivered to the group yet; absent when unknown.")
     lag_estimated: bool = False
-    pending: int | None = None
-    orphaned_pending: int | None = None
+    pending: int | None = Field(None, description="Entries delivered to a consumer and not acknowledged.")
+    orphaned_pending: int | None = Field(
+        None, description="Pending entries of consumers whose pod is gone and that no live consumer could take."
+    )
     consumers: int | None = None
     current_replicas: int | None = None
     desired_replicas: int | None = None
-    last_decision: str | None = None
+    last_decision: str | None = Field(None, description="Why the autoscaler wants desiredReplicas, in words.")
+    last_scale_time: str | None = Field(None, description="When the operator last patched the target's scale.")
+    error: str | None = Field(None, description="Why the group could not be measured or scaled.")
 
 
 class StreamStatus(Model):
     name: str
     length: int | None = None
     shard: str | None = None
-    trimmed: int = 0
+    trimmed: int = Field(0, description="Entries removed by retention since the operator started.")
+    error: str | None = None
     groups: list[GroupStatus] = Field(default_factory=list)
 
 

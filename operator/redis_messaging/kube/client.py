@@ -145,8 +145,8 @@ class Kube:
 
     # -- raw ----------------------------------------------------------------------------------
     def _call(self, method: str, path: str, *, body: Any = None, query: Iterable[tuple[str, str]] = (),
-              content_type: str | None = None) -> Any:
-        headers = {"Accept": "application/json", "Content-Type": content_type or "application/json"}
+              content_type: str | None = None, accept: str = "application/json") -> Any:
+        headers = {"Accept": accept, "Content-Type": content_type or "application/json"}
         method_, url, headers, payload_, _ = self.api.param_serialize(
             method=method, resource_path=path, query_params=list(query), header_params=headers,
             body=body, auth_settings=["BearerToken"],
@@ -172,6 +172,15 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
+
+    def list_metadata(self, kind: str, namespace: str, selector: str | None = None) -> list[Obj]:
+        """Only the metadata of the objects (names, labels, annotations, deletionTimestamp): a pod list
+        without specs and statuses, for when names are all that is needed."""
+        query = [("labelSelector", selector)] if selector else []
+        result = self._call("GET", KINDS[kind].path(namespace), query=query,
+                            accept="application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1")
+        items: list[Obj] = result.get("items") or []
+        return items
 
     def list(self, kind: str, namespace: str, selector: str | None = None) -> list[Obj]:
         query = [("labelSelector", selector)] if selector else []
@@ -219,6 +228,9 @@ class Kube:
 
     def label_pod(self, namespace: str, name: str, labels: dict[str, str | None]) -> Obj:
         return self.merge_patch("Pod", namespace, name, {"metadata": {"labels": labels}})
+
+    def annotate(self, kind: str, namespace: str, name: str, annotations: dict[str, str | None]) -> Obj:
+        return self.merge_patch(kind, namespace, name, {"metadata": {"annotations": annotations}})
 
     def scale(self, kind: str, namespace: str, name: str, replicas: int) -> Obj:
         return self.merge_patch(kind, namespace, name, {"spec": {"replicas": replicas}}, sub="scale")
