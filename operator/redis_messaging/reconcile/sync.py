@@ -23,6 +23,8 @@ from redis_messaging.builders import UnsupportedSpec, build, names, sentinel
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube, KubeError, needs_apply, with_applied_hash
 from redis_messaging.reconcile import conditions as cond
+from redis_messaging.reconcile import streams as streams_step
+from redis_messaging.reconcile.streams import StreamsReport, StreamsStep
 from redis_messaging.reconcile.topology import Topology, TopologyReport
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ class Context:
     kube: Kube
     cluster_domain: str = "cluster.local"
     topologies: dict[str, Topology] = field(default_factory=dict)  # by mode
+    streams: StreamsStep | None = None  # groups, retention and autoscale conflicts; None: skipped
     clock: Callable[[], str] = utcnow
 
 
@@ -51,6 +54,7 @@ class Outcome:
     invalid: str | None = None
     spec: models.RedisMessagingSpec | None = None
     password: str | None = None
+    streams: StreamsReport | None = None
 
 
 class SpecProblem(Exception):
@@ -206,6 +210,10 @@ def _write_status(ctx: Context, body: Obj, new_conditions: list[cond.Cond], extr
             ctx.kube.event(body, reason=f"{c['type']}{c['status']}" if not warn else c["reason"],
                            message=f"{c['type']}={c['status']} ({c['reason']}): {c['message']}",
                            type_="Warning" if warn else "Normal")
+        elif c["type"] == streams_step.AUTOSCALE_CONFLICT and c["status"] == "True":
+            ctx.kube.event(body, reason=c["type"], message=c["message"], type_="Warning")
+        elif c["type"] == streams_step.STREAMS_READY and c["reason"] == "StreamsFailed":
+            ctx.kube.event(body, reason=c["reason"], message=c["message"], type_="Warning")
     try:
         ctx.kube.patch_status(models.KIND, meta["namespace"], meta["name"], status)
     except KubeError as exc:
@@ -279,8 +287,20 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
             outcome.actions.append(f"{act.reason}: {act.message}")
         outcome.retry_after = report.retry_after
 
-    # 4. status.
+    # 4. streams: declared groups and retention on the master, and who else scales their consumers.
+    if ctx.streams is not None:
+        master = report.master if report is not None and report.available else None
+        outcome.streams = ctx.streams.run(spec, owner, master, password,
+                                          waiting=report.message if report is not None else "")
+        for act in outcome.streams.actions if outcome.streams is not None else ():
+            ctx.kube.event(body, reason=act.reason, message=act.message,
+                           type_="Warning" if act.warning else "Normal")
+            outcome.actions.append(f"{act.reason}: {act.message}")
+
+    # 5. status.
     new_conditions, extra = _conditions(spec, owner, live, report, bool(outcome.actions))
+    if outcome.streams is not None:
+        new_conditions += outcome.streams.conditions
     extra["connection"] = {
         "secretName": owner.connection_secret,
         "host": owner.service_host(owner.master_service),

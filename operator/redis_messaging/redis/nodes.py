@@ -1,0 +1,173 @@
+"""The Redis nodes that hold a resource's streams, and the stream work the operator runs on them.
+
+* :class:`Placement`: which node owns which stream. In sentinel mode the master owns every stream;
+  cluster mode adds the slot ranges of its shard masters and answers by the slot of each stream's key,
+  so callers that loop over :meth:`Placement.by_node` need no change.
+* :class:`Pools`: one set of clients per resource (its password from the reconcile pass), shared by the
+  reconcile pass (groups, retention) and the autoscaler (measurement, reclaim). One client per node
+  address; what is learnt about a server (its version) is learnt once per client.
+* :func:`provision`, :func:`consumers` and :func:`reclaim` wrap :mod:`redis_messaging.redis.streams`
+  so that a Redis failure comes back as a value or as :class:`NodeUnavailable`: the layers above never
+  import the Redis client.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from redis_messaging.api.models import Stream
+from redis_messaging.redis import sentinel as rs
+from redis_messaging.redis import streams as st
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+GroupKey = tuple[str, str]  # (stream, group)
+
+
+class NodeUnavailable(RuntimeError):
+    """A Redis node did not answer, or refused a command, e.g. a master that became a replica."""
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str  # the pod, e.g. orders-redis-0
+    address: Address
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the streams of one resource live. Sentinel mode: every stream on the master."""
+
+    master: Node
+
+    def by_node(self, streams: Iterable[Stream]) -> list[tuple[Node, list[Stream]]]:
+        """The streams grouped by the node that owns them, in declaration order."""
+        grouped: dict[Node, list[Stream]] = {}
+        for stream in streams:
+            grouped.setdefault(self.node_of(stream.name), []).append(stream)
+        return list(grouped.items())
+
+    def node_of(self, stream: str) -> Node:
+        """The node that owns ``stream`` (cluster mode: the master of the shard of its key's slot)."""
+        return self.master
+
+
+class Pools:
+    """Clients of every resource, by resource key ("namespace/name" or uid), reused across passes."""
+
+    def __init__(self, *, timeout: float = 2.0) -> None:
+        self.timeout = timeout
+        self._connections: dict[str, rs.Connections] = {}
+        self._lock = threading.Lock()
+
+    def node(self, key: str, password: str | None, address: Address) -> st.StreamsNode:
+        with self._lock:
+            conns = self._connections.get(key)
+            if conns is None:
+                conns = self._connections[key] = rs.Connections(password, timeout=self.timeout)
+            conns.set_password(password)
+            return st.node_of(conns.get(address))
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            conns = self._connections.pop(key, None)
+        if conns is not None:
+            conns.close()
+
+    def close_all(self) -> None:
+        with self._lock:
+            all_conns = list(self._connections.values())
+            self._connections.clear()
+        for conns in all_conns:
+            conns.close()
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if not isinstance(exc, ResponseError) else str(exc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Groups and retention (the reconcile pass)
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    stream: str
+    created: tuple[str, ...] = ()
+    pruned: tuple[str, ...] = ()
+    trimmed: int = 0
+    error: str | None = None
+
+
+def provision(node: st.StreamsNode, stream: Stream) -> Provisioned:
+    """Create the declared groups (pruning undeclared ones when asked), then apply retention."""
+    try:
+        ensured = st.ensure_groups(node, stream)
+    except (RedisError, OSError) as exc:
+        return Provisioned(stream.name, error=f"stream {stream.name}: groups not ensured: {_describe(exc)}")
+    try:
+        trimmed = st.trim(node, stream)
+    except (RedisError, OSError) as exc:
+        return Provisioned(stream.name, ensured.created, ensured.pruned,
+                           error=f"stream {stream.name}: retention not applied: {_describe(exc)}")
+    return Provisioned(stream.name, ensured.created, ensured.pruned, trimmed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Consumers (the autoscaler)
+
+
+@dataclass(frozen=True)
+class Consumer:
+    pending: int
+    idle_ms: int
+
+
+def consumers(node: st.StreamsNode, groups: Sequence[GroupKey]) -> dict[GroupKey, dict[str, Consumer]]:
+    """The consumers of every group, in one pipelined round trip (``XINFO CONSUMERS`` per group).
+
+    A missing stream or group has no consumers. Raises :class:`NodeUnavailable` when the node does
+    not answer; a group whose reply is another error is left out (and logged).
+    """
+    if not groups:
+        return {}
+    pipe = node.client.pipeline(transaction=False)
+    for stream, group in groups:
+        pipe.xinfo_consumers(stream, group)
+    try:
+        replies = pipe.execute(raise_on_error=False)
+    except (RedisError, OSError) as exc:
+        raise NodeUnavailable(_describe(exc)) from None
+    out: dict[GroupKey, dict[str, Consumer]] = {}
+    for key, reply in zip(groups, replies, strict=True):
+        if isinstance(reply, Exception):
+            text = str(reply).lower()
+            if "no such key" in text or "nogroup" in text:
+                out[key] = {}
+            else:
+                log.warning("consumers of %s/%s: %s", key[0], key[1], reply)
+            continue
+        rows: list[Any] = list(reply)
+        out[key] = {_text(c["name"]): Consumer(int(c.get("pending") or 0), int(c.get("idle") or 0))
+                    for c in rows}
+    return out
+
+
+def reclaim(node: st.StreamsNode, stream: str, group: str, live: set[str], claimer: str | None,
+            *, min_idle_ms: int = 0) -> st.Reclaimed:
+    """:func:`redis_messaging.redis.streams.reclaim_orphans`, raising :class:`NodeUnavailable`."""
+    try:
+        return st.reclaim_orphans(node, stream, group, live, claimer, min_idle_ms=min_idle_ms)
+    except (RedisError, OSError) as exc:
+        raise NodeUnavailable(f"{stream}/{group}: {_describe(exc)}") from None
