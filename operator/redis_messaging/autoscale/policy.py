@@ -1,0 +1,140 @@
+"""Pure choices of the autoscale loop, apart from the code that acts on them.
+
+* which pods a scale-down should remove first (``controller.kubernetes.io/pod-deletion-cost``);
+* which consumers are orphans (their pod is gone) and which live consumer takes their entries;
+* what ``status.streams`` says, and whether a change is worth a write now or can wait.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis_messaging.api import models
+
+Obj = dict[str, Any]
+GroupKey = tuple[str, str]  # (stream, group)
+
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+MAX_DELETION_COST = 2**31 - 1  # the annotation is an int32
+
+
+@dataclass(frozen=True)
+class PodView:
+    name: str
+    terminating: bool = False
+    deletion_cost: str | None = None
+
+
+def pod_views(items: Iterable[Obj]) -> dict[str, PodView]:
+    """Pods (or their metadata only) by name."""
+    out = {}
+    for item in items:
+        meta = item.get("metadata") or {}
+        out[meta["name"]] = PodView(
+            meta["name"],
+            terminating=bool(meta.get("deletionTimestamp")),
+            deletion_cost=(meta.get("annotations") or {}).get(DELETION_COST),
+        )
+    return out
+
+
+def deletion_costs(pods: Iterable[PodView], pending: Mapping[str, int]) -> dict[str, str]:
+    """The deletion-cost annotations to set before a scale-down, only those that differ from now.
+
+    The ReplicaSet controller removes pods with a lower cost first. A pod's cost is the number of
+    entries its consumer has pending (consumer name = pod name), so the pods that would hand back the
+    fewest entries go first; a pod with no consumer costs 0. Terminating pods are left alone.
+    """
+    out = {}
+    for pod in pods:
+        if pod.terminating:
+            continue
+        cost = str(min(max(pending.get(pod.name, 0), 0), MAX_DELETION_COST))
+        if pod.deletion_cost != cost:
+            out[pod.name] = cost
+    return out
+
+
+def orphans(pending: Mapping[str, int], pods: Mapping[str, PodView]) -> tuple[set[str], str | None]:
+    """(consumers whose pod does not exist, the live consumer to give their entries to or None).
+
+    The claimer is a consumer whose pod exists and is not terminating, the one with the fewest pending
+    entries (then by name, so the choice is stable).
+    """
+    dead = {name for name in pending if name not in pods}
+    candidates = [name for name in pending if name in pods and not pods[name].terminating]
+    claimer = min(candidates, key=lambda name: (pending[name], name), default=None)
+    return dead, claimer
+
+
+# ---------------------------------------------------------------------------------------------
+# status.streams
+
+
+@dataclass
+class GroupView:
+    """What the loop knows about one group, for status and metrics."""
+
+    lag: int | None = None
+    lag_estimated: bool = False
+    pending: int | None = None
+    orphaned_pending: int | None = None
+    consumers: int | None = None
+    current_replicas: int | None = None
+    desired_replicas: int | None = None
+    last_decision: str | None = None
+    last_scale_time: str | None = None
+    error: str | None = None
+
+
+def shape_status(streams: Sequence[models.Stream], views: Mapping[GroupKey, GroupView],
+                 lengths: Mapping[str, int | None], stream_errors: Mapping[str, str],
+                 trimmed: Mapping[str, int]) -> list[Obj]:
+    """``status.streams`` for the declared streams, in declaration order, unknown values left out."""
+    out = []
+    for stream in streams:
+        groups = []
+        for group in stream.groups:
+            view = views.get((stream.name, group.name)) or GroupView()
+            groups.append(models.GroupStatus(
+                name=group.name, lag=view.lag, lag_estimated=view.lag_estimated, pending=view.pending,
+                orphaned_pending=view.orphaned_pending, consumers=view.consumers,
+                current_replicas=view.current_replicas, desired_replicas=view.desired_replicas,
+                last_decision=view.last_decision, last_scale_time=view.last_scale_time, error=view.error,
+            ))
+        status = models.StreamStatus(name=stream.name, length=lengths.get(stream.name),
+                                     trimmed=trimmed.get(stream.name, 0), error=stream_errors.get(stream.name),
+                                     groups=groups)
+        out.append(status.model_dump(by_alias=True, exclude_none=True))
+    return out
+
+
+_NUMBERS = re.compile(r"[0-9]+(\.[0-9]+)?")
+
+
+def actionable(streams: Sequence[Obj] | None) -> tuple[Any, ...]:
+    """The part of ``status.streams`` a user acts on: replica counts, errors, and which rules made the
+    decision (its reason with the numbers left out: "backlog # ... -> #" stays the same while the
+    backlog moves, "scale-down held" or "capped at max" appear and disappear)."""
+    out: list[Any] = []
+    for stream in streams or ():
+        out.append((stream.get("name"), stream.get("error")))
+        for group in stream.get("groups") or ():
+            reason = group.get("lastDecision")
+            out.append((group.get("name"), group.get("currentReplicas"), group.get("desiredReplicas"),
+                        group.get("error"), None if reason is None else _NUMBERS.sub("#", reason)))
+    return tuple(out)
+
+
+def should_write(new: Sequence[Obj], written: Sequence[Obj] | None, *, since_written: float,
+                 interval: float) -> bool:
+    """Write ``new`` now? Never when nothing changed; at once when something actionable changed;
+    otherwise (lag and pending moved) once ``interval`` seconds have passed since the last write."""
+    if written is not None and list(new) == list(written):
+        return False
+    if actionable(new) != actionable(written):
+        return True
+    return since_written >= interval
