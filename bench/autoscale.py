@@ -7,7 +7,7 @@
 3. From a backlog crossing the target to the decision: entries are added until one group's backlog
    crosses ``backlogPerReplica``, then collect + decide run. The operator's loop adds the wait for
    the next tick (2 s by default) and the kube layer adds the scale subresource patch: neither is
-   measured here.
+   measured here (bench/autoscale_e2e.py measures both through the running operator).
 
 Run: ``PYTHONPATH=operator python3 bench/autoscale.py [--streams 100 --groups 10 --ticks 20]``.
 """
@@ -197,7 +197,7 @@ def main() -> int:
         print(f"  collect + decide:        {ms(crossing)}")
         print(f"  decide alone:            {ms(decide_only)} ({per_decision * 1e6:.1f} us on average)")
         print("  not measured here: the wait for the next tick (at most the tick interval, 2 s by default)")
-        print("  and the scale subresource patch, which belongs to the kube layer.")
+        print("  and the scale subresource patch, which belongs to the kube layer: see bench/autoscale_e2e.py.")
         print(f"  last reason: {d.reason}")
         client.close()
         plain.close()
