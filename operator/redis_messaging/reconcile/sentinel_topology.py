@@ -267,15 +267,24 @@ class SentinelTopology:
                 return False
             if pod != master and not (node.link_up and node.master and obs.pod_of(node.master[0]) == master):
                 return False
-        return all(s.reachable for s in obs.sentinels.values())
+        # Sentinel can only fail over to replicas it knows, with peers it knows.
+        replicas = {p for p in obs.redis if p != master}
+        expected_peers = len(obs.sentinels) - 1
+        for s in obs.sentinels.values():
+            if not s.reachable or {obs.pod_of(h) for h, _ in s.replicas} < replicas:
+                return False
+            if len({obs.pod_of(h) for h, _ in s.sentinels} - {None}) < expected_peers:
+                return False
+        return True
 
     @staticmethod
     def _summary(obs: Observation, master: str | None) -> str:
         up = sum(1 for n in obs.redis.values() if n.reachable)
         linked = sum(1 for n in obs.redis.values() if n.reachable and n.role == "slave" and n.link_up)
         sent = sum(1 for s in obs.sentinels.values() if s.reachable)
+        known = min((len(s.replicas) for s in obs.sentinels.values() if s.reachable), default=0)
         return (f"master {master}; redis {up}/{len(obs.redis)} reachable, {linked} replicas in sync; "
-                f"sentinel {sent}/{len(obs.sentinels)} reachable")
+                f"sentinel {sent}/{len(obs.sentinels)} reachable, each knowing at least {known} replicas")
 
     def _execute(self, step: Step, spec: RedisMessagingSpec, owner: Owner, conns: rs.Connections,
                  password: str | None) -> Action:
