@@ -180,7 +180,8 @@ class OperatorMetrics:
 
     def forget_resource(self, namespace: str, resource: str) -> None:
         for family in self.registry.families():
-            family.remove(namespace=namespace, resource=resource)
+            if set(RESOURCE) <= set(family.labels):
+                family.remove(namespace=namespace, resource=resource)
 
 
 async def serve(registry: Registry, port: int, host: str | None = None) -> web.AppRunner | None:

@@ -82,7 +82,7 @@ def test_consumers_of_every_group_come_in_one_round_trip(server: RedisServer, r:
 
 def test_an_unreachable_node_raises_node_unavailable() -> None:
     pools = Pools(timeout=0.5)
-    node = pools.node("ns/orders", None, ("127.0.0.1", free_port()))
+    node = pools.node(("ns", "orders"), None, ("127.0.0.1", free_port()))
     with pytest.raises(NodeUnavailable):
         consumers(node, [("orders", "billing")])
     with pytest.raises(NodeUnavailable):
@@ -94,9 +94,9 @@ def test_an_unreachable_node_raises_node_unavailable() -> None:
 def test_pools_reuse_clients_and_renew_them_with_a_new_password(server: RedisServer) -> None:
     pools = Pools()
     address = (server.host, server.port)
-    a = pools.node("ns/orders", None, address)
-    assert pools.node("ns/orders", None, address) is a
-    assert pools.node("ns/other", None, address) is not a
-    assert pools.node("ns/orders", "changed", address) is not a
-    pools.forget("ns/orders")
+    a = pools.node(("ns", "orders"), None, address)
+    assert pools.node(("ns", "orders"), None, address) is a
+    assert pools.node(("ns", "other"), None, address) is not a
+    assert pools.node(("ns", "orders"), "changed", address) is not a
+    pools.forget(("ns", "orders"))
     pools.close_all()

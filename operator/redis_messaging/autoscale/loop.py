@@ -161,7 +161,7 @@ class Autoscaler:
 
     def _forget_locked(self, key: Key) -> None:
         if self._resources.pop(key, None) is not None:
-            self.pools.forget(f"{key[0]}/{key[1]}")
+            self.pools.forget(key)
             self.metrics.forget_resource(*key)
 
     def resources(self) -> list[Key]:
@@ -204,10 +204,12 @@ class Autoscaler:
             runtime.views.pop(stale)
             runtime.orphaned.pop(stale, None)
             self.metrics.forget_group(owner.namespace, owner.name, *stale)
+        for state_key in [k for k in runtime.states if (k[0], k[1]) not in declared_keys]:
+            runtime.states.pop(state_key)
         scaled: list[Scaled] = []
         pods: dict[str, policy.PodView] | None = None
         for node, streams in declared.placement.by_node(declared.spec.streams):
-            client = self.pools.node(f"{owner.namespace}/{owner.name}", declared.password, node.address)
+            client = self.pools.node((owner.namespace, owner.name), declared.password, node.address)
             poll_start = self.monotonic()
             measured = collect(client, [Target.of(s) for s in streams])
             self.metrics.poll_seconds.observe(self.monotonic() - poll_start, namespace=owner.namespace,

@@ -36,11 +36,6 @@ STREAMS_READY = "StreamsReady"
 AUTOSCALE_CONFLICT = "AutoscaleConflict"
 
 
-def resource_key(namespace: str, name: str) -> str:
-    """The key of a resource's Redis clients (shared by the pass and the autoscaler)."""
-    return f"{namespace}/{name}"
-
-
 # ---------------------------------------------------------------------------------------------
 # Conflicts: pure
 
@@ -149,9 +144,8 @@ class StreamsStep:
         node = Node(master, self.addresses.redis(owner, master))
         report.placement = Placement(node)
         errors = []
-        key = resource_key(owner.namespace, owner.name)
         for where, streams in report.placement.by_node(spec.streams):
-            client = self.pools.node(key, password, where.address)
+            client = self.pools.node((owner.namespace, owner.name), password, where.address)
             for stream in streams:
                 done = provision(client, stream)
                 start = {g.name: g.start_id for g in stream.groups}

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 GroupKey = tuple[str, str]  # (stream, group)
+Resource = tuple[str, str]  # (namespace, name) of a RedisMessaging
 
 
 class NodeUnavailable(RuntimeError):
@@ -60,24 +61,24 @@ class Placement:
 
 
 class Pools:
-    """Clients of every resource, by resource key ("namespace/name" or uid), reused across passes."""
+    """Clients of every resource, by (namespace, name), reused across passes and ticks."""
 
     def __init__(self, *, timeout: float = 2.0) -> None:
         self.timeout = timeout
-        self._connections: dict[str, rs.Connections] = {}
+        self._connections: dict[Resource, rs.Connections] = {}
         self._lock = threading.Lock()
 
-    def node(self, key: str, password: str | None, address: Address) -> st.StreamsNode:
+    def node(self, resource: Resource, password: str | None, address: Address) -> st.StreamsNode:
         with self._lock:
-            conns = self._connections.get(key)
+            conns = self._connections.get(resource)
             if conns is None:
-                conns = self._connections[key] = rs.Connections(password, timeout=self.timeout)
+                conns = self._connections[resource] = rs.Connections(password, timeout=self.timeout)
             conns.set_password(password)
             return st.node_of(conns.get(address))
 
-    def forget(self, key: str) -> None:
+    def forget(self, resource: Resource) -> None:
         with self._lock:
-            conns = self._connections.pop(key, None)
+            conns = self._connections.pop(resource, None)
         if conns is not None:
             conns.close()
 
