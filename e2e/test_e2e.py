@@ -1,0 +1,129 @@
+"""The operator in a real cluster (kind through e2e/run-kind.sh): installed by the chart, running the
+image, serving resources with real pods, volumes, Sentinels and failovers."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+from e2e_support import PLURAL, Cluster, eventually, resource
+
+REDIS_IMAGE = os.environ.get("E2E_REDIS_IMAGE", "redis:7.2")
+SPEC: dict[str, Any] = {
+    "mode": "sentinel",
+    "image": REDIS_IMAGE,
+    "redis": {"replicas": 3},
+    "sentinel": {"replicas": 3, "quorum": 2, "downAfterMilliseconds": 3000},
+    "persistence": {"mode": "aof", "storage": {"size": "1Gi"}},
+}
+READY_TIMEOUT = 300.0
+
+
+def ready(cluster: Cluster, namespace: str, name: str = "orders", spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    cluster.apply(namespace, resource(name, spec or SPEC))
+    eventually(lambda: (c := cluster.condition(namespace, name, "Ready")) and c["status"] == "True",
+               timeout=READY_TIMEOUT, interval=2, what=f"{name} Ready")
+    return cluster.get(namespace, PLURAL, name)
+
+
+def test_sentinel_resource_becomes_ready(cluster: Cluster, namespace: str) -> None:
+    body = ready(cluster, namespace)
+    status = body["status"]
+    assert status["observedGeneration"] == body["metadata"]["generation"]
+    master = status["master"]
+    assert cluster.masters(namespace, "orders") == [master]
+    info = cluster.redis_cli(namespace, master, "INFO", "replication")
+    assert "role:master" in info
+    assert "connected_slaves:2" in info
+    table = cluster.kubectl("get", "rmsg", "-n", namespace)
+    assert "orders" in table
+    assert "True" in table
+    connection = json.loads(cluster.kubectl("get", "secret", "orders-connection", "-n", namespace, "-o", "json"))
+    assert {"host", "port", "sentinelHost", "masterName", "password", "url"} <= set(connection["data"])
+    pvcs = json.loads(cluster.kubectl("get", "pvc", "-n", namespace, "-o", "json"))["items"]
+    assert sorted(p["status"]["phase"] for p in pvcs) == ["Bound"] * 3
+
+
+def test_written_data_survives_deleting_the_master_pod(cluster: Cluster, namespace: str) -> None:
+    old = ready(cluster, namespace)["status"]["master"]
+    script = "for i = 1, 1000 do redis.call('SET', 'key:' .. i, i) end return 1000"
+    assert cluster.redis_cli(namespace, old, "EVAL", script, "0") == "1000"
+    acked = int(cluster.redis_cli(namespace, old, "WAIT", "2", "10000"))
+    assert acked >= 1, "no replica acknowledged the writes"
+
+    cluster.kubectl("delete", "pod", old, "-n", namespace, "--wait=false")
+
+    def followed() -> str | None:
+        new = cluster.get(namespace, PLURAL, "orders")["status"].get("master")
+        return new if new and new != old and cluster.masters(namespace, "orders") == [new] else None
+
+    new = eventually(followed, timeout=90, interval=0.5, what="status.master and role label follow the failover")
+    assert "role:master" in cluster.redis_cli(namespace, new, "INFO", "replication")
+    assert cluster.redis_cli(namespace, new, "DBSIZE") == "1000"
+    assert cluster.redis_cli(namespace, new, "GET", "key:1000") == "1000"
+    # The deleted pod comes back as a replica of the new master; the resource is Ready again.
+    eventually(lambda: (c := cluster.condition(namespace, "orders", "Ready")) and c["status"] == "True",
+               timeout=READY_TIMEOUT, interval=2, what="Ready again after the failover")
+    assert cluster.masters(namespace, "orders") == [new]
+    assert "role:slave" in cluster.redis_cli(namespace, old, "INFO", "replication")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"redis": {"replicas": 0}}, "should be greater than or equal to 1"),
+        ({"sentinel": {"replicas": 3, "quorum": 4}}, "sentinel.quorum must not exceed sentinel.replicas"),
+        ({"mode": "standalone"}, 'Unsupported value: "standalone"'),
+        ({"redis": {"replicaCount": 3}}, "replicaCount"),
+    ],
+    ids=["zero replicas", "quorum above sentinels", "unknown mode", "misspelled field"],
+)
+def test_bad_resource_is_refused_by_kubectl_apply(cluster: Cluster, namespace: str, spec: dict[str, Any],
+                                                  message: str) -> None:
+    result = cluster.apply(namespace, resource("broken", spec), check=False)
+    assert result.returncode != 0, result.stdout
+    assert message in result.stderr, result.stderr
+    assert "broken" not in cluster.kubectl("get", "rmsg", "-n", namespace)
+
+
+@pytest.mark.skip(reason="cluster mode not implemented yet")
+def test_cluster_mode_scales_out_without_losing_keys(cluster: Cluster, namespace: str) -> None:
+    spec = {"mode": "cluster", "image": REDIS_IMAGE, "cluster": {"shards": 3, "replicasPerShard": 1},
+            "persistence": {"storage": {"size": "1Gi"}}}
+    body = ready(cluster, namespace, "events", spec)
+    first = body["status"]["shards"][0]["master"]
+    script = "for i = 1, 1000 do redis.call('SET', 'k{' .. i .. '}', i) end return 1000"
+    cluster.redis_cli(namespace, first, "-c", "EVAL", script, "0")
+    cluster.kubectl("patch", "rmsg", "events", "-n", namespace, "--type=merge", "-p",
+                    json.dumps({"spec": {"cluster": {"shards": 4}}}))
+
+    def spread() -> bool:
+        shards = cluster.get(namespace, PLURAL, "events")["status"].get("shards") or []
+        return len(shards) == 4 and all(s.get("slots") for s in shards)
+
+    eventually(spread, timeout=READY_TIMEOUT, interval=2, what="slots spread over 4 shards")
+    assert cluster.redis_cli(namespace, first, "-c", "DBSIZE")
+
+
+@pytest.mark.skip(reason="autoscaler not wired yet")
+def test_consumers_scale_with_the_backlog(cluster: Cluster, namespace: str) -> None:
+    consumers = {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "billing-worker"},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "billing-worker"}},
+                 "template": {"metadata": {"labels": {"app": "billing-worker"}},
+                              "spec": {"containers": [{"name": "worker", "image": REDIS_IMAGE,
+                                                       "command": ["sleep", "infinity"]}]}}},
+    }
+    cluster.apply(namespace, consumers)
+    spec = {**SPEC, "streams": [{"name": "orders", "groups": [{"name": "billing", "autoscale": {
+        "target": {"kind": "Deployment", "name": "billing-worker"},
+        "minReplicas": 0, "maxReplicas": 5, "backlogPerReplica": 10}}]}]}
+    master = ready(cluster, namespace, spec=spec)["status"]["master"]
+    cluster.redis_cli(namespace, master, "EVAL",
+                      "for i = 1, 200 do redis.call('XADD', 'orders', '*', 'n', i) end return 200", "0")
+    eventually(lambda: cluster.get(namespace, "deployment", "billing-worker")["spec"]["replicas"] == 5,
+               timeout=30, interval=0.5, what="consumers scaled to maxReplicas on a backlog of 200")
+    groups = cluster.get(namespace, PLURAL, "orders")["status"]["streams"][0]["groups"]
+    assert groups[0]["lag"] == 200
