@@ -275,3 +275,48 @@ def test_a_horizontal_pod_autoscaler_on_the_same_deployment_makes_the_operator_r
     cleared = api.condition(namespace, "orders", "AutoscaleConflict")
     assert cleared is not None
     assert cleared["status"] == "False"
+
+
+@pytest.fixture
+def keda_crd(api: Api) -> Iterator[None]:
+    """A minimal ScaledObject CRD (KEDA's group and version), removed afterwards: the other tests see
+    the API server of a cluster without KEDA (listing ScaledObjects is a 404)."""
+    ext = client.ApiextensionsV1Api(api.api)
+    name = "scaledobjects.keda.sh"
+    body = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": name},
+            "spec": {"group": "keda.sh", "scope": "Namespaced",
+                     "names": {"kind": "ScaledObject", "plural": "scaledobjects", "singular": "scaledobject"},
+                     "versions": [{"name": "v1alpha1", "served": True, "storage": True, "schema": {
+                         "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
+    ext.create_custom_resource_definition(body)
+
+    def established() -> bool:
+        crd = ext.read_custom_resource_definition(name)
+        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+
+    try:
+        eventually(established, what="ScaledObject CRD Established")
+        yield
+    finally:
+        ext.delete_custom_resource_definition(name)
+
+
+def test_a_keda_scaled_object_on_the_same_deployment_makes_the_operator_refuse(
+        api: Api, namespace: str, control_plane: ControlPlane, needs_controllers: None, keda_crd: None,
+        operator: Any, r: Redis) -> None:
+    add(r, 480)
+    deployment(api, namespace, 0)
+    api.custom.create_namespaced_custom_object("keda.sh", "v1alpha1", namespace, "scaledobjects", {
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "billing"},
+        "spec": {"scaleTargetRef": {"name": DEPLOYMENT}, "triggers": []}})
+    since = time.time()
+    api.create(namespace, resource(start_id="0"))
+    conflict = eventually(lambda: (c := api.condition(namespace, "orders", "AutoscaleConflict"))
+                          and c["status"] == "True" and c, timeout=30, what="AutoscaleConflict")
+    assert "ScaledObject billing" in conflict["message"]
+    eventually(lambda: (g := group_status(api, namespace)) and g.get("lag") == 480, timeout=15,
+               what="status.streams measured")
+    time.sleep(4.5)  # two autoscaler ticks or more with a backlog of 480
+    assert scale_writes(control_plane, namespace, since) == []
+    assert replicas(api, namespace) == 0
