@@ -63,12 +63,12 @@ def namespace(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[str]
             cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, None, None]:
-    outcome = yield
-    report = outcome.get_result()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     if report.when != "call" or not report.failed or "E2E_KUBECONFIG" not in os.environ:
-        return
+        return report
     cluster = Cluster(Path(os.environ["E2E_KUBECONFIG"]))
     namespace = getattr(item, "e2e_namespace", None)
     if namespace:
@@ -76,3 +76,4 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.sections.append((f"pods in {namespace}", cluster.kubectl(
             "get", "pods,rmsg", "-n", namespace, "-o", "wide", check=False)))
     report.sections.append(("operator log", cluster.operator_log()))
+    return report

@@ -338,8 +338,8 @@ def run_operator(plane: ControlPlane, helm: Helm, monkeypatch: pytest.MonkeyPatc
     run = Run(ns, user, time.time())
     watch = ["--namespace", ns] if scope == "namespaces" else ["--all-namespaces"]
     with contextlib.ExitStack() as stack:
-        runner = stack.enter_context(KopfRunner(["run", "--standalone", *watch, "-m", "redis_messaging.handlers"],
-                                                timeout=60))
+        runner = KopfRunner(["run", "--standalone", *watch, "-m", "redis_messaging.handlers"], timeout=60)
+        stack.enter_context(runner)
         post(plane, f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}", rmsg(NAME, SPEC))
         redis_started = False
         deadline = time.monotonic() + timeout
