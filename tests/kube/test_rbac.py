@@ -11,7 +11,8 @@ The API server of this module also runs the OwnerReferencesPermissionEnforcement
 (OpenShift enables it), which is what makes `redismessagings/finalizers: update` necessary.
 
 Pods are played by one real redis-server on loopback (through REDIS_MESSAGING_ADDRESS_MAP), so the
-topology step finds a master and moves the role label: the only way `pods: patch` is ever used.
+topology step finds a master and moves the role label, and the resource's two autoscaled stream
+groups (one scaling a Deployment, one a StatefulSet) see a backlog and scale their targets.
 """
 
 from __future__ import annotations
@@ -73,16 +74,17 @@ PROVEN: dict[Grant, str] = {
     ("", "pods", "list"): "the topology cannot be checked",
     ("", "pods", "patch"): "the master Service never follows the master",
     ("", "events", "create"): "no Events",
+    ("apps", "deployments/scale", "get"): "the autoscaler cannot read a Deployment's replicas",
+    ("apps", "deployments/scale", "patch"): "the autoscaler cannot scale a Deployment",
+    ("apps", "statefulsets/scale", "get"): "the autoscaler cannot read a StatefulSet's replicas",
+    ("apps", "statefulsets/scale", "patch"): "the autoscaler cannot scale a StatefulSet",
+    ("autoscaling", "horizontalpodautoscalers", "list"): "no check for a conflicting HPA",
+    ("keda.sh", "scaledobjects", "list"): "no check for a conflicting KEDA ScaledObject",
 }
 
 # Granted by the chart for capabilities that are not wired into the operator yet: nothing here can
 # fail without them today. Move a grant to PROVEN when its capability lands.
 UPCOMING: dict[Grant, str] = {
-    ("apps", "deployments/scale", "get"): "consumer autoscaling",
-    ("apps", "deployments/scale", "patch"): "consumer autoscaling",
-    ("apps", "statefulsets/scale", "get"): "consumer autoscaling",
-    ("apps", "statefulsets/scale", "patch"): "consumer autoscaling",
-    ("autoscaling", "horizontalpodautoscalers", "list"): "consumer autoscaling (never fight an HPA)",
     ("", "persistentvolumeclaims", "get"): "volume expansion",
     ("", "persistentvolumeclaims", "list"): "volume expansion",
     ("", "persistentvolumeclaims", "patch"): "volume expansion",
@@ -90,8 +92,20 @@ UPCOMING: dict[Grant, str] = {
 }
 
 NAME = "orders"
+STREAM = "orders"
+BACKLOG = 25  # entries waiting when the groups are created: 3 consumers at 10 per replica
+WORKERS = {"Deployment": "billing-worker", "StatefulSet": "audit-worker"}
+
+
+def _group(name: str, kind: str) -> dict[str, Any]:
+    return {"name": name, "startId": "0", "autoscale": {
+        "target": {"kind": kind, "name": WORKERS[kind]}, "minReplicas": 0, "maxReplicas": 3,
+        "backlogPerReplica": 10, "scaleDownStabilizationSeconds": 0, "idleSecondsBeforeZero": 0}}
+
+
 SPEC = {"mode": "sentinel", "redis": {"replicas": 1}, "sentinel": {"replicas": 1, "quorum": 1},
-        "persistence": {"storage": {"size": "1Gi"}}}
+        "persistence": {"storage": {"size": "1Gi"}},
+        "streams": [{"name": STREAM, "groups": [_group("billing", "Deployment"), _group("audit", "StatefulSet")]}]}
 CHILDREN = {
     ("configmaps", "orders-config"), ("secrets", "orders-auth"), ("secrets", "orders-connection"),
     ("services", "orders-redis-headless"), ("services", "orders-master"), ("services", "orders-replicas"),
@@ -250,6 +264,18 @@ def redis_with_password(binary: str, port: int, password: str, workdir: Path) ->
             process.wait()
 
 
+def backlog(port: int, password: str) -> None:
+    """Entries in the stream before the operator creates its groups (from id 0): lag for both groups."""
+    from redis.client import Redis
+
+    client = Redis(host="127.0.0.1", port=port, password=password, socket_timeout=5)
+    try:
+        for i in range(BACKLOG):
+            client.xadd(STREAM, {"n": str(i)})
+    finally:
+        client.close()
+
+
 def use_kubeconfig(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
     """What the `operator_kubeconfig` fixture of conftest.py does, for another identity."""
     monkeypatch.setenv("KUBECONFIG", str(path))
@@ -295,6 +321,12 @@ def expected_state(plane: ControlPlane, ns: str) -> list[str]:
     pod = get(plane, f"/api/v1/namespaces/{ns}/pods/{NAME}-redis-0") or {}
     if (pod.get("metadata", {}).get("labels") or {}).get(f"{GROUP}/role") != "master":
         missing.append("role=master label on the redis pod")
+    if not status.get("streams"):
+        missing.append("status.streams")
+    for kind, worker in WORKERS.items():
+        scale = get(plane, f"/apis/apps/v1/namespaces/{ns}/{kind.lower()}s/{worker}/scale") or {}
+        if (scale.get("spec") or {}).get("replicas") != 3:
+            missing.append(f"{kind} {worker} scaled to 3 for a backlog of {BACKLOG}")
     events = (get(plane, f"/api/v1/namespaces/{ns}/events") or {}).get("items") or []
     if not any(e["involvedObject"]["name"] == NAME and e["reason"] == "Created" for e in events):
         missing.append("Created events")
@@ -325,6 +357,12 @@ def run_operator(plane: ControlPlane, helm: Helm, monkeypatch: pytest.MonkeyPatc
     post(plane, f"/api/v1/namespaces/{ns}/pods", {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{NAME}-redis-0", "labels": redis_pod_labels(ns)},
         "spec": {"containers": [{"name": "redis", "image": "redis:7.2"}]}})
+    for kind, worker in WORKERS.items():
+        post(plane, f"/apis/apps/v1/namespaces/{ns}/{kind.lower()}s", {
+            "apiVersion": "apps/v1", "kind": kind, "metadata": {"name": worker},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": worker}},
+                     "template": {"metadata": {"labels": {"app": worker}},
+                                  "spec": {"containers": [{"name": "worker", "image": "busybox:1.36"}]}}}})
     port = free_port()
     address_map = tmp_path / f"addresses-{ns}.json"
     address_map.write_text(json.dumps({"redis": {f"{NAME}-redis-0": f"127.0.0.1:{port}"},
@@ -332,6 +370,8 @@ def run_operator(plane: ControlPlane, helm: Helm, monkeypatch: pytest.MonkeyPatc
     # The operator reads its settings from the environment when it starts (older versions: at import).
     monkeypatch.setenv("REDIS_MESSAGING_ADDRESS_MAP", str(address_map))
     monkeypatch.setenv("REDIS_MESSAGING_METRICS_PORT", "0")
+    monkeypatch.setenv("REDIS_MESSAGING_AUTOSCALE_TICK_SECONDS", "0.5")
+    monkeypatch.setenv("REDIS_MESSAGING_STATUS_INTERVAL_SECONDS", "1")
     monkeypatch.setattr(handlers, "SETTINGS", OperatorSettings())
 
     user = f"system:serviceaccount:{ns}:{account}"
@@ -350,6 +390,7 @@ def run_operator(plane: ControlPlane, helm: Helm, monkeypatch: pytest.MonkeyPatc
                     password = base64.b64decode(secret["data"]["password"]).decode()
                     stack.enter_context(redis_with_password(redis_binary, port, password, tmp_path / ns))
                     redis_started = True
+                    backlog(port, password)
             run.forbidden = [e for e in plane.audit_events(run.started, user, stage=None)
                              if (e.get("responseStatus") or {}).get("code") == 403]
             run.missing = expected_state(plane, ns)

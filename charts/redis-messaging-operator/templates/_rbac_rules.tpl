@@ -63,8 +63,9 @@ operator with only these rules, then once without each verb, and sees a 403 or a
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["list", "create", "patch"]
-# Pods of a resource: listed to check the topology; their role label (what the master Service
-# selects) follows the master chosen by Sentinel.
+# Pods: those of a resource are listed to check the topology, and their role label (what the master
+# Service selects) follows the master chosen by Sentinel; consumer pods are listed to find the
+# consumers whose pod is gone, and get a pod-deletion-cost annotation before a scale-down.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "patch"]
@@ -72,16 +73,22 @@ operator with only these rules, then once without each verb, and sees a 403 or a
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-# -- Upcoming capabilities of the operator: granted now, not used by this version ------------------
 # Consumer autoscaling: reads and sets the replicas of the consumers of a stream group through the
-# scale subresource of their Deployment or StatefulSet.
+# scale subresource of their Deployment or StatefulSet. (Consumer pods are listed, and annotated with
+# a pod-deletion-cost before a scale-down, through the pods rule above.)
 - apiGroups: ["apps"]
   resources: ["deployments/scale", "statefulsets/scale"]
   verbs: ["get", "patch"]
-# Consumer autoscaling: never fights a HorizontalPodAutoscaler that scales the same target.
+# Consumer autoscaling: refuses to fight a HorizontalPodAutoscaler that scales the same target.
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["list"]
+# Consumer autoscaling: refuses to fight a KEDA ScaledObject that scales the same target. Without
+# KEDA the list is a 404, which the operator expects; without this rule it is a 403 even then.
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects"]
+  verbs: ["list"]
+# -- Upcoming capabilities of the operator: granted now, not used by this version ------------------
 # Volume expansion: grows the PersistentVolumeClaims of the redis pods in place.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
