@@ -107,7 +107,6 @@ def test_cluster_mode_scales_out_without_losing_keys(cluster: Cluster, namespace
     assert cluster.redis_cli(namespace, first, "-c", "DBSIZE")
 
 
-@pytest.mark.skip(reason="autoscaler not wired yet")
 def test_consumers_scale_with_the_backlog(cluster: Cluster, namespace: str) -> None:
     consumers = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "billing-worker"},
@@ -125,5 +124,11 @@ def test_consumers_scale_with_the_backlog(cluster: Cluster, namespace: str) -> N
                       "for i = 1, 200 do redis.call('XADD', 'orders', '*', 'n', i) end return 200", "0")
     eventually(lambda: cluster.get(namespace, "deployment", "billing-worker")["spec"]["replicas"] == 5,
                timeout=30, interval=0.5, what="consumers scaled to maxReplicas on a backlog of 200")
-    groups = cluster.get(namespace, PLURAL, "orders")["status"]["streams"][0]["groups"]
-    assert groups[0]["lag"] == 200
+
+    def reported() -> dict[str, Any] | None:
+        streams = cluster.get(namespace, PLURAL, "orders")["status"].get("streams") or []
+        group = streams[0]["groups"][0] if streams else None
+        return group if group and group.get("lag") == 200 else None
+
+    group = eventually(reported, timeout=30, interval=1, what="status.streams reports the backlog")
+    assert group["desiredReplicas"] == 5
