@@ -29,6 +29,9 @@ if [ -z "${KUBEBUILDER_ASSETS:-}" ]; then
   bash .ci/control-plane.sh etcd kube-apiserver kube-controller-manager | tail -n 1
 fi
 
+step "helm (charts/build-helm.sh)"
+bash charts/build-helm.sh | tail -n 1
+
 step "Python virtualenv (.venv)"
 stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
