@@ -229,10 +229,19 @@ class PrometheusRule(Model):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
+class GrafanaDashboard(Model):
+    enabled: bool = False
+    labels: dict[str, str] = Field(
+        default_factory=lambda: {"grafana_dashboard": "1"},
+        description="Labels of the dashboard ConfigMap; the Grafana sidecar picks up grafana_dashboard=1.",
+    )
+
+
 class Monitoring(Model):
     exporter: Exporter = Field(default_factory=Exporter)
     service_monitor: ServiceMonitor = Field(default_factory=ServiceMonitor)
     prometheus_rule: PrometheusRule = Field(default_factory=PrometheusRule)
+    grafana_dashboard: GrafanaDashboard = Field(default_factory=GrafanaDashboard)
 
 
 class PodSpec(Model):

@@ -131,10 +131,11 @@ def config_volumes(owner: Owner, auth_secret: str | None) -> tuple[list[Obj], li
     return volumes, mounts
 
 
-def exporter_container(spec: RedisMessagingSpec, auth_secret: str | None) -> Obj:
-    """redis_exporter sidecar; its password comes from the Secret by reference, never a value."""
+def exporter_container(spec: RedisMessagingSpec, auth_secret: str | None, port: int = names.REDIS_PORT) -> Obj:
+    """redis_exporter sidecar (of a redis-server, or of a Sentinel with ``port``: it then exports the
+    redis_sentinel_* metrics); its password comes from the Secret by reference, never a value."""
     exp = spec.monitoring.exporter
-    env_vars: list[Obj] = [{"name": "REDIS_ADDR", "value": f"redis://127.0.0.1:{names.REDIS_PORT}"}]
+    env_vars: list[Obj] = [{"name": "REDIS_ADDR", "value": f"redis://127.0.0.1:{port}"}]
     if auth_secret:
         env_vars.append(
             {"name": "REDIS_PASSWORD",

@@ -229,13 +229,16 @@ def sentinel_statefulset(spec: RedisMessagingSpec, owner: Owner) -> Obj:
     config_hash = config.content_hash(
         {k: cfg[k] for k in ("sentinel.conf", "sentinel-monitor.conf", "sentinel-start.sh", "common.sh")}
     )
+    containers = [container]
+    if spec.monitoring.exporter.enabled:  # redis_sentinel_* metrics: quorum, agreement on the master
+        containers.append(pods.exporter_container(spec, auth, names.SENTINEL_PORT))
     sts_spec: Obj = {
         "serviceName": owner.sentinel_headless,
         "replicas": spec.sentinel.replicas,
         "podManagementPolicy": "Parallel",
         "updateStrategy": {"type": "OnDelete"},
         "selector": {"matchLabels": names.selector_labels(owner, names.COMPONENT_SENTINEL)},
-        "template": _pod_template(spec, owner, names.COMPONENT_SENTINEL, [container], volumes, config_hash),
+        "template": _pod_template(spec, owner, names.COMPONENT_SENTINEL, containers, volumes, config_hash),
     }
     return {"apiVersion": "apps/v1", "kind": "StatefulSet",
             "metadata": meta(owner, owner.sentinel_sts, names.COMPONENT_SENTINEL), "spec": sts_spec}

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -131,6 +132,7 @@ class Kube:
     def __init__(self, api: kubernetes.client.ApiClient, field_manager: str) -> None:
         self.api = api
         self.field_manager = field_manager
+        self._discovery: dict[str, tuple[float, frozenset[str]]] = {}  # api version -> (expires, kinds)
 
     @classmethod
     def from_environment(cls, field_manager: str) -> Kube:
@@ -190,6 +192,24 @@ class Kube:
             item.setdefault("apiVersion", KINDS[kind].api_version)
             item.setdefault("kind", kind)
         return items
+
+    def served_kinds(self, api_version: str, *, ttl: float = 300.0, missing_ttl: float = 60.0) -> frozenset[str]:
+        """The kinds the API server serves under ``api_version`` (discovery), cached: ``ttl`` seconds,
+        ``missing_ttl`` while the group is not served, so CRDs installed later are seen soon."""
+        now = time.monotonic()
+        cached = self._discovery.get(api_version)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        path = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        try:
+            found = self._call("GET", path)
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+            found = {}
+        kinds = frozenset(r["kind"] for r in found.get("resources") or [] if "/" not in r.get("name", ""))
+        self._discovery[api_version] = (now + (ttl if kinds else missing_ttl), kinds)
+        return kinds
 
     # -- writes -------------------------------------------------------------------------------
     def apply(self, obj: Obj) -> Obj:

@@ -23,6 +23,7 @@ from redis_messaging.builders import UnsupportedSpec, build, names, sentinel
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube, KubeError, needs_apply, with_applied_hash
 from redis_messaging.reconcile import conditions as cond
+from redis_messaging.reconcile import monitoring as monitoring_step
 from redis_messaging.reconcile import streams as streams_step
 from redis_messaging.reconcile.streams import StreamsReport, StreamsStep
 from redis_messaging.reconcile.topology import Topology, TopologyReport
@@ -212,7 +213,8 @@ def _write_status(ctx: Context, body: Obj, new_conditions: list[cond.Cond], extr
                            type_="Warning" if warn else "Normal")
         elif c["type"] == streams_step.AUTOSCALE_CONFLICT and c["status"] == "True":
             ctx.kube.event(body, reason=c["type"], message=c["message"], type_="Warning")
-        elif c["type"] == streams_step.STREAMS_READY and c["reason"] == "StreamsFailed":
+        elif (c["type"], c["reason"]) in ((streams_step.STREAMS_READY, "StreamsFailed"),
+                                          (monitoring_step.MONITORING_READY, monitoring_step.SKIPPED)):
             ctx.kube.event(body, reason=c["reason"], message=c["message"], type_="Warning")
     try:
         ctx.kube.patch_status(models.KIND, meta["namespace"], meta["name"], status)
@@ -261,7 +263,10 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
     try:
         password = ensure_auth(ctx, spec, owner, outcome.actions)
         desired = build(spec, owner, password=password)
+        monitoring = monitoring_step.plan(ctx.kube, spec, owner)  # CRD kinds only where they are served
+        desired += monitoring.objects
         live = ensure_children(ctx, owner, desired, outcome.actions)
+        outcome.actions += monitoring_step.prune(ctx.kube, owner, desired, live)
     except SpecProblem as exc:
         return _problem(ctx, body, outcome, exc.reason, exc.message, exc.retry_after)
     except KubeError as exc:
@@ -301,6 +306,8 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
     new_conditions, extra = _conditions(spec, owner, live, report, bool(outcome.actions))
     if outcome.streams is not None:
         new_conditions += outcome.streams.conditions
+    if monitoring.condition is not None:
+        new_conditions.append(monitoring.condition)
     extra["connection"] = {
         "secretName": owner.connection_secret,
         "host": owner.service_host(owner.master_service),
