@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from redis_messaging.api.models import RedisMessagingSpec
-from redis_messaging.builders import sentinel
+from redis_messaging.builders import cluster, sentinel
 from redis_messaging.builders.names import Owner
 
 
@@ -17,4 +17,6 @@ def build(spec: RedisMessagingSpec, owner: Owner, *, password: str | None) -> li
     """Every child object of one resource, in apply order (the generated auth Secret excluded)."""
     if spec.mode == "sentinel":
         return sentinel.build(spec, owner, password=password)
-    raise UnsupportedSpec("cluster mode is not available in this version of the operator")
+    if spec.mode == "cluster":
+        return cluster.build(spec, owner, password=password)
+    raise UnsupportedSpec(f"mode {spec.mode!r} is not available in this version of the operator")

@@ -103,6 +103,34 @@ class Owner:
         """The name Sentinel monitors the master under."""
         return self.name
 
+    @property
+    def cluster_service(self) -> str:
+        """Cluster mode: the client Service in front of every shard pod (a seed for cluster clients)."""
+        return f"{self.name}-cluster"
+
+    def shard(self, index: int) -> str:
+        """Cluster mode: the StatefulSet (and PodDisruptionBudget) of one shard."""
+        return f"{self.name}-shard-{index}"
+
+    def shard_pod(self, index: int, ordinal: int) -> str:
+        return f"{self.shard(index)}-{ordinal}"
+
+    def shard_of_pod(self, pod: str) -> tuple[int, int] | None:
+        """``(shard index, ordinal)`` of a shard pod's name, None for any other name."""
+        prefix = f"{self.name}-shard-"
+        if not pod.startswith(prefix):
+            return None
+        index, sep, ordinal = pod[len(prefix):].partition("-")
+        if not sep or not index.isdigit() or not ordinal.isdigit():
+            return None
+        return int(index), int(ordinal)
+
+    def shard_of_object(self, name: str) -> int | None:
+        """The shard index of a shard StatefulSet's (or PodDisruptionBudget's) name, None otherwise."""
+        prefix = f"{self.name}-shard-"
+        rest = name[len(prefix):] if name.startswith(prefix) else ""
+        return int(rest) if rest.isdigit() else None
+
     def redis_pod(self, ordinal: int) -> str:
         return f"{self.redis_sts}-{ordinal}"
 
