@@ -51,6 +51,7 @@ KINDS: dict[str, Kind] = {
     "Service": Kind("v1", "services"),
     "Pod": Kind("v1", "pods"),
     "PersistentVolumeClaim": Kind("v1", "persistentvolumeclaims"),
+    "StorageClass": Kind("storage.k8s.io/v1", "storageclasses", namespaced=False),
     "Event": Kind("v1", "events"),
     "StatefulSet": Kind("apps/v1", "statefulsets"),
     "Deployment": Kind("apps/v1", "deployments"),

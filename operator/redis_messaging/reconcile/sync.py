@@ -25,6 +25,7 @@ from redis_messaging.kube.client import Kube, KubeError, needs_apply, with_appli
 from redis_messaging.reconcile import conditions as cond
 from redis_messaging.reconcile import monitoring as monitoring_step
 from redis_messaging.reconcile import streams as streams_step
+from redis_messaging.reconcile import volumes as volumes_step
 from redis_messaging.reconcile.streams import StreamsReport, StreamsStep
 from redis_messaging.reconcile.topology import Topology, TopologyReport
 
@@ -214,7 +215,9 @@ def _write_status(ctx: Context, body: Obj, new_conditions: list[cond.Cond], extr
         elif c["type"] == streams_step.AUTOSCALE_CONFLICT and c["status"] == "True":
             ctx.kube.event(body, reason=c["type"], message=c["message"], type_="Warning")
         elif (c["type"], c["reason"]) in ((streams_step.STREAMS_READY, "StreamsFailed"),
-                                          (monitoring_step.MONITORING_READY, monitoring_step.SKIPPED)):
+                                          (monitoring_step.MONITORING_READY, monitoring_step.SKIPPED),
+                                          (volumes_step.VOLUMES_EXPANDED, volumes_step.NOT_ALLOWED),
+                                          (volumes_step.VOLUMES_EXPANDED, volumes_step.FAILED)):
             ctx.kube.event(body, reason=c["reason"], message=c["message"], type_="Warning")
     try:
         ctx.kube.patch_status(models.KIND, meta["namespace"], meta["name"], status)
@@ -265,6 +268,9 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
         desired = build(spec, owner, password=password)
         monitoring = monitoring_step.plan(ctx.kube, spec, owner)  # CRD kinds only where they are served
         desired += monitoring.objects
+        # Larger volumes: claims grown, StatefulSet re-created (held back while it terminates).
+        volumes = volumes_step.VolumesStep(ctx.kube).run(owner, desired, persistence=spec.persistence.mode != "none")
+        desired, outcome.actions = volumes.desired, outcome.actions + volumes.actions
         live = ensure_children(ctx, owner, desired, outcome.actions)
         outcome.actions += monitoring_step.prune(ctx.kube, owner, desired, live)
     except SpecProblem as exc:
@@ -308,6 +314,10 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
         new_conditions += outcome.streams.conditions
     if monitoring.condition is not None:
         new_conditions.append(monitoring.condition)
+    if volumes.condition is not None:
+        new_conditions.append(volumes.condition)
+    if volumes.retry_after is not None:
+        outcome.retry_after = min(volumes.retry_after, outcome.retry_after or volumes.retry_after)
     extra["connection"] = {
         "secretName": owner.connection_secret,
         "host": owner.service_host(owner.master_service),
