@@ -390,8 +390,10 @@ class Autoscaler:
 
         with self._lock:
             trimmed = dict(runtime.trimmed)
+        placement = declared.placement
+        shards = {s.name: placement.node_of(s.name).shard for s in declared.spec.streams} if placement else {}
         status = policy.shape_status(declared.spec.streams, runtime.views, runtime.lengths,
-                                     runtime.stream_errors, trimmed)
+                                     runtime.stream_errors, trimmed, shards)
         now = self.monotonic()
         if not policy.should_write(status, runtime.written, since_written=now - runtime.written_at,
                                    interval=self.status_interval):

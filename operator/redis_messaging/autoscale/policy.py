@@ -92,8 +92,9 @@ class GroupView:
 
 def shape_status(streams: Sequence[models.Stream], views: Mapping[GroupKey, GroupView],
                  lengths: Mapping[str, int | None], stream_errors: Mapping[str, str],
-                 trimmed: Mapping[str, int]) -> list[Obj]:
-    """``status.streams`` for the declared streams, in declaration order, unknown values left out."""
+                 trimmed: Mapping[str, int], shards: Mapping[str, str | None] | None = None) -> list[Obj]:
+    """``status.streams`` for the declared streams, in declaration order, unknown values left out.
+    ``shards``: cluster mode, the shard that holds each stream."""
     out = []
     for stream in streams:
         groups = []
@@ -106,6 +107,7 @@ def shape_status(streams: Sequence[models.Stream], views: Mapping[GroupKey, Grou
                 last_decision=view.last_decision, last_scale_time=view.last_scale_time, error=view.error,
             ))
         status = models.StreamStatus(name=stream.name, length=lengths.get(stream.name),
+                                     shard=(shards or {}).get(stream.name),
                                      trimmed=trimmed.get(stream.name, 0), error=stream_errors.get(stream.name),
                                      groups=groups)
         out.append(status.model_dump(by_alias=True, exclude_none=True))

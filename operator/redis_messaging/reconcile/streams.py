@@ -16,7 +16,7 @@ Nothing here raises for Redis or for a missing KEDA: a problem becomes a conditi
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,9 +126,24 @@ class StreamsStep:
         self.addresses = addresses
         self.pools = pools
 
+    def placement(self, owner: Owner, master: str | None,
+                  shards: Sequence[Mapping[str, Any]] | None) -> Placement | None:
+        """Sentinel mode: the master. Cluster mode: ``status.shards`` as the topology reports it."""
+        if shards is not None:
+            served = []
+            for shard in shards:
+                if shard.get("master") and shard.get("slots"):
+                    ranges = [tuple(int(x) for x in part.split("-")) for part in str(shard["slots"]).split(",")]
+                    node = Node(shard["master"], self.addresses.redis(owner, shard["master"]), shard.get("name"))
+                    served.append((node, [(r[0], r[-1]) for r in ranges]))
+            return Placement.sharded(served)
+        if master is None:
+            return None
+        return Placement(Node(master, self.addresses.redis(owner, master)))
+
     def run(self, spec: RedisMessagingSpec, owner: Owner, master: str | None, password: str | None,
-            *, waiting: str = "") -> StreamsReport | None:
-        """None when the resource declares no stream."""
+            *, waiting: str = "", shards: Sequence[Mapping[str, Any]] | None = None) -> StreamsReport | None:
+        """None when the resource declares no stream. ``shards``: cluster mode's ``status.shards``."""
         if not spec.streams:
             return None
         report = StreamsReport()
@@ -136,13 +151,12 @@ class StreamsStep:
             self._check_conflicts(spec, owner, report)
         else:
             report.conflicts = {}
-        if master is None:
+        report.placement = self.placement(owner, master, shards)
+        if report.placement is None:
             report.conditions.append(cond.Cond(
                 STREAMS_READY, False, "WaitingForMaster",
                 f"streams and groups are provisioned once a master is reachable ({waiting or 'no master yet'})"))
             return report
-        node = Node(master, self.addresses.redis(owner, master))
-        report.placement = Placement(node)
         errors = []
         for where, streams in report.placement.by_node(spec.streams):
             client = self.pools.node((owner.namespace, owner.name), password, where.address)
@@ -168,7 +182,8 @@ class StreamsStep:
             groups = sum(len(s.groups) for s in spec.streams)
             report.conditions.append(cond.Cond(
                 STREAMS_READY, True, "Provisioned",
-                f"{len(spec.streams)} stream(s) and {groups} group(s) as declared on {master}"))
+                f"{len(spec.streams)} stream(s) and {groups} group(s) as declared on "
+                f"{master if shards is None else 'the shards that own them'}"))
         return report
 
     def _check_conflicts(self, spec: RedisMessagingSpec, owner: Owner, report: StreamsReport) -> None:

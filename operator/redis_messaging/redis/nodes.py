@@ -1,8 +1,8 @@
 """The Redis nodes that hold a resource's streams, and the stream work the operator runs on them.
 
 * :class:`Placement`: which node owns which stream. In sentinel mode the master owns every stream;
-  cluster mode adds the slot ranges of its shard masters and answers by the slot of each stream's key,
-  so callers that loop over :meth:`Placement.by_node` need no change.
+  in cluster mode the master of the shard serving the slot of the stream's key (:meth:`Placement.sharded`),
+  so callers that loop over :meth:`Placement.by_node` send every command to the node that owns the key.
 * :class:`Pools`: one set of clients per resource (its password from the reconcile pass), shared by the
   reconcile pass (groups, retention) and the autoscaler (measurement, reclaim). One client per node
   address; what is learnt about a server (its version) is learnt once per client.
@@ -22,6 +22,7 @@ from typing import Any
 from redis.exceptions import RedisError, ResponseError
 
 from redis_messaging.api.models import Stream
+from redis_messaging.redis import cluster as rc
 from redis_messaging.redis import sentinel as rs
 from redis_messaging.redis import streams as st
 
@@ -40,13 +41,24 @@ class NodeUnavailable(RuntimeError):
 class Node:
     name: str  # the pod, e.g. orders-redis-0
     address: Address
+    shard: str | None = None  # cluster mode: the shard it is the master of, e.g. orders-shard-1
 
 
 @dataclass(frozen=True)
 class Placement:
-    """Where the streams of one resource live. Sentinel mode: every stream on the master."""
+    """Where the streams of one resource live. Sentinel mode: every stream on the master. Cluster
+    mode: the master of the shard whose slot ranges hold the slot of the stream's key."""
 
     master: Node
+    slots: tuple[tuple[int, int, Node], ...] = ()  # cluster mode: (first slot, last slot, master)
+
+    @classmethod
+    def sharded(cls, shards: Sequence[tuple[Node, Sequence[tuple[int, int]]]]) -> Placement | None:
+        """Cluster mode: every shard master with the slot ranges it serves; None without any master."""
+        slots = tuple(sorted((start, end, node) for node, ranges in shards for start, end in ranges))
+        if not slots:
+            return None
+        return cls(master=slots[0][2], slots=slots)
 
     def by_node(self, streams: Iterable[Stream]) -> list[tuple[Node, list[Stream]]]:
         """The streams grouped by the node that owns them, in declaration order."""
@@ -57,7 +69,13 @@ class Placement:
 
     def node_of(self, stream: str) -> Node:
         """The node that owns ``stream`` (cluster mode: the master of the shard of its key's slot)."""
-        return self.master
+        if not self.slots:
+            return self.master
+        slot = rc.slot_of(stream)
+        for start, end, node in self.slots:
+            if start <= slot <= end:
+                return node
+        return self.master  # a slot no shard serves: the command fails there and says so
 
 
 class Pools:

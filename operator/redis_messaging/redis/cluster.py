@@ -1,0 +1,462 @@
+"""Cluster-mode topology: observe Redis Cluster nodes, and the commands that build, reshard and heal it.
+
+Every function takes addresses (host, port) and a password; none knows about Kubernetes. A node is
+observed in one pipelined round trip (``CLUSTER NODES``, ``CLUSTER INFO``, ``INFO replication``,
+``DBSIZE``). Nothing here decides anything: :mod:`redis_messaging.reconcile.cluster_topology` plans
+from what these functions observe.
+
+Moving slots (:class:`SlotMover`) follows the protocol of the Redis Cluster specification, batched:
+for a batch of slots, ``CLUSTER SETSLOT <slot> IMPORTING`` on the target and ``MIGRATING`` on the
+source (one pipeline each), then rounds of ``CLUSTER GETKEYSINSLOT`` and ``MIGRATE ... KEYS`` for every
+slot of the batch in one pipeline per round, a check that no key is left (``COUNTKEYSINSLOT``), and
+``CLUSTER SETSLOT <slot> NODE`` on the target, then the source, then every other master. Every step
+can be repeated, so a batch interrupted anywhere is finished by running it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.backoff import NoBackoff
+from redis.client import Redis
+from redis.crc import key_slot
+from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
+
+from redis_messaging.redis.sentinel import Connections
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+SLOTS = 16384
+BUS_PORT_OFFSET = 10000
+
+__all__ = [
+    "SLOTS", "Address", "ClusterNode", "Connections", "NodeView", "RawConnections", "SlotMover",
+    "add_slots", "forget", "meet", "observe", "parse_nodes", "ranges", "replicate", "reset", "resolve",
+    "slot_of", "stabilize",
+]
+
+
+def slot_of(key: str | bytes) -> int:
+    """The hash slot of a key (CRC16 of the key or of its ``{hash tag}``, modulo 16384)."""
+    return int(key_slot(key.encode() if isinstance(key, str) else key))
+
+
+def ranges(slots: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted slots as inclusive ``(start, end)`` ranges: ``[0, 1, 2, 7]`` -> ``[(0, 2), (7, 7)]``."""
+    out: list[tuple[int, int]] = []
+    for s in sorted(set(slots)):
+        if out and out[-1][1] == s - 1:
+            out[-1] = (out[-1][0], s)
+        else:
+            out.append((s, s))
+    return out
+
+
+def _cmd(client: Redis, *args: Any) -> Any:
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, ResponseError) else f"{type(exc).__name__}: {exc}"
+
+
+class RawConnections:
+    """Clients that return bytes (keys may be any bytes), with a long timeout: for moving keys."""
+
+    def __init__(self, password: str | None, *, timeout: float = 60.0) -> None:
+        self.password = password
+        self.timeout = timeout
+        self._clients: dict[Address, Redis] = {}
+        self._lock = threading.Lock()
+
+    def get(self, address: Address) -> Redis:
+        with self._lock:
+            client = self._clients.get(address)
+            if client is None:
+                client = Redis(host=address[0], port=address[1], password=self.password,
+                               socket_timeout=self.timeout, socket_connect_timeout=min(self.timeout, 5.0),
+                               decode_responses=False, retry=Retry(NoBackoff(), 0))
+                self._clients[address] = client
+            return client
+
+    def set_password(self, password: str | None) -> None:
+        if password != self.password:
+            self.close()
+            self.password = password
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+
+def resolve(host: str) -> str:
+    """The IP address of ``host`` (an IP is returned as is). ``CLUSTER MEET`` takes only addresses."""
+    infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for info in infos:
+            if info[0] == family:
+                return str(info[4][0])
+    raise OSError(f"{host} resolves to no address")
+
+
+# ---------------------------------------------------------------------------------------------
+# Observation
+
+
+@dataclass(frozen=True)
+class ClusterNode:
+    """One line of ``CLUSTER NODES``: a node as one observer sees it."""
+
+    id: str
+    ip: str
+    port: int
+    hostname: str
+    flags: frozenset[str]
+    master_id: str | None
+    connected: bool
+    config_epoch: int
+    slots: tuple[tuple[int, int], ...] = ()
+    migrating: tuple[tuple[int, str], ...] = ()  # (slot, target id): only on the observer's own line
+    importing: tuple[tuple[int, str], ...] = ()  # (slot, source id): only on the observer's own line
+
+    @property
+    def myself(self) -> bool:
+        return "myself" in self.flags
+
+    @property
+    def is_master(self) -> bool:
+        return "master" in self.flags
+
+    @property
+    def failed(self) -> bool:
+        """Agreed failing (``fail``), not only suspected (``fail?``)."""
+        return "fail" in self.flags
+
+    @property
+    def suspected(self) -> bool:
+        return "fail?" in self.flags
+
+    @property
+    def in_handshake(self) -> bool:
+        return "handshake" in self.flags
+
+    @property
+    def no_address(self) -> bool:
+        return "noaddr" in self.flags
+
+    @property
+    def slot_count(self) -> int:
+        return sum(end - start + 1 for start, end in self.slots)
+
+    def slot_set(self) -> set[int]:
+        return {s for start, end in self.slots for s in range(start, end + 1)}
+
+
+def _parse_address(text: str) -> tuple[str, int, str]:
+    """``ip:port@cport[,hostname]`` -> (ip, port, hostname)."""
+    endpoint, _, hostname = text.partition(",")
+    hostport = endpoint.split("@", 1)[0]
+    ip, _, port = hostport.rpartition(":")
+    return ip.strip("[]"), int(port or 0), hostname
+
+
+def parse_nodes(text: str) -> list[ClusterNode]:
+    """Parse the reply of ``CLUSTER NODES``."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 8:
+            continue
+        ip, port, hostname = _parse_address(parts[1])
+        slots: list[tuple[int, int]] = []
+        migrating: list[tuple[int, str]] = []
+        importing: list[tuple[int, str]] = []
+        for token in parts[8:]:
+            if token.startswith("["):
+                body = token.strip("[]")
+                if "->-" in body:
+                    slot, _, target = body.partition("->-")
+                    migrating.append((int(slot), target))
+                elif "-<-" in body:
+                    slot, _, source = body.partition("-<-")
+                    importing.append((int(slot), source))
+                continue
+            start, _, end = token.partition("-")
+            slots.append((int(start), int(end or start)))
+        out.append(ClusterNode(
+            id=parts[0], ip=ip, port=port, hostname=hostname,
+            flags=frozenset(f for f in parts[2].split(",") if f and f != "noflags"),
+            master_id=None if parts[3] == "-" else parts[3],
+            connected=parts[7] == "connected",
+            config_epoch=int(parts[6]) if parts[6].isdigit() else 0,
+            slots=tuple(slots), migrating=tuple(migrating), importing=tuple(importing),
+        ))
+    return out
+
+
+def _info_fields(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        if ":" in line and not line.startswith("#"):
+            key, _, value = line.partition(":")
+            out[key.strip()] = value.strip()
+    return out
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What one cluster node says: its table of nodes, its cluster state, its replication link."""
+
+    address: Address
+    reachable: bool
+    error: str = ""
+    nodes: tuple[ClusterNode, ...] = ()
+    state: str = ""  # cluster_state: ok | fail
+    slots_assigned: int = 0  # cluster_slots_assigned
+    current_epoch: int = 0
+    link_up: bool = False  # a replica: master_link_status is up
+    keys: int = 0
+
+    @property
+    def myself(self) -> ClusterNode | None:
+        return next((n for n in self.nodes if n.myself), None)
+
+    @property
+    def id(self) -> str | None:
+        me = self.myself
+        return me.id if me is not None else None
+
+    def node(self, node_id: str) -> ClusterNode | None:
+        return next((n for n in self.nodes if n.id == node_id), None)
+
+    @property
+    def alone(self) -> bool:
+        """Knows no other node: fresh (or reset), not part of any cluster."""
+        return len(self.nodes) <= 1
+
+
+def observe(conns: Connections, address: Address) -> NodeView:
+    """One node's view, in one pipelined round trip; an unreachable or loading node says why."""
+    try:
+        pipe = conns.get(address).pipeline(transaction=False)
+        pipe.execute_command("CLUSTER", "NODES")  # type: ignore[no-untyped-call]
+        pipe.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
+        pipe.execute_command("INFO", "replication")  # type: ignore[no-untyped-call]
+        pipe.execute_command("DBSIZE")  # type: ignore[no-untyped-call]
+        nodes, info, replication, keys = pipe.execute(raise_on_error=True)
+    except (RedisError, OSError) as exc:
+        return NodeView(address, reachable=False, error=_describe(exc))
+    fields = _info_fields(str(info))
+    repl = replication if isinstance(replication, dict) else _info_fields(str(replication))
+    return NodeView(
+        address,
+        reachable=True,
+        nodes=tuple(parse_nodes(str(nodes))),
+        state=fields.get("cluster_state", ""),
+        slots_assigned=int(fields.get("cluster_slots_assigned", 0) or 0),
+        current_epoch=int(fields.get("cluster_current_epoch", 0) or 0),
+        link_up=str(repl.get("master_link_status", "")) == "up",
+        keys=int(keys or 0),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+def meet(conns: Connections, address: Address, ip: str, port: int) -> None:
+    """``CLUSTER MEET``: the node at ``address`` shakes hands with the node at ``ip:port``."""
+    _cmd(conns.get(address), "CLUSTER", "MEET", ip, str(port), str(port + BUS_PORT_OFFSET))
+
+
+def add_slots(conns: Connections, address: Address, slot_ranges: Sequence[tuple[int, int]]) -> None:
+    """``CLUSTER ADDSLOTSRANGE``: only for slots no node of the cluster claims."""
+    args: list[str] = []
+    for start, end in slot_ranges:
+        args += [str(start), str(end)]
+    if args:
+        _cmd(conns.get(address), "CLUSTER", "ADDSLOTSRANGE", *args)
+
+
+def replicate(conns: Connections, address: Address, master_id: str) -> None:
+    _cmd(conns.get(address), "CLUSTER", "REPLICATE", master_id)
+
+
+def forget(conns: Connections, address: Address, node_id: str) -> bool:
+    """``CLUSTER FORGET``; False when the node did not know ``node_id`` (already forgotten)."""
+    try:
+        _cmd(conns.get(address), "CLUSTER", "FORGET", node_id)
+    except ResponseError as exc:
+        if "unknown node" in str(exc).lower():
+            return False
+        raise
+    return True
+
+
+def reset(conns: Connections, address: Address) -> None:
+    """``CLUSTER RESET HARD``: the node forgets every other node and takes a new id (it must be empty)."""
+    _cmd(conns.get(address), "CLUSTER", "RESET", "HARD")
+
+
+def stabilize(conns: Connections, address: Address, slots: Sequence[int]) -> None:
+    """``CLUSTER SETSLOT <slot> STABLE`` for every slot, in one pipeline: drop importing/migrating marks."""
+    pipe = conns.get(address).pipeline(transaction=False)
+    for slot in slots:
+        pipe.execute_command("CLUSTER", "SETSLOT", str(slot), "STABLE")  # type: ignore[no-untyped-call]
+    pipe.execute(raise_on_error=True)
+
+
+def bump_epoch(conns: Connections, address: Address) -> None:
+    _cmd(conns.get(address), "CLUSTER", "BUMPEPOCH")
+
+
+# ---------------------------------------------------------------------------------------------
+# Moving slots
+
+
+class MigrationError(RuntimeError):
+    """A batch could not finish; running it again continues where it stopped."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A master taking part in a move: where the operator reaches it, where the cluster reaches it."""
+
+    id: str
+    address: Address  # what the operator connects to
+    cluster_ip: str  # what the source's MIGRATE connects to (the address the node announces)
+    cluster_port: int
+
+
+Hook = Callable[[str, Sequence[int]], None]
+"""Called at each stage of a batch (``opened``, ``migrated``, ``assigned``) with its slots; a test
+raises from it to interrupt a migration at that exact point."""
+
+
+@dataclass
+class MoveStats:
+    slots: int = 0
+    keys: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+
+
+class SlotMover:
+    """Moves slots between two masters in pipelined batches (see the module docstring)."""
+
+    def __init__(self, raw: RawConnections, *, batch_slots: int = 256, keys_per_migrate: int = 1000,
+                 migrate_timeout_ms: int = 30_000, max_rounds: int = 1000, hook: Hook | None = None) -> None:
+        self.raw = raw
+        self.batch_slots = batch_slots
+        self.keys_per_migrate = keys_per_migrate
+        self.migrate_timeout_ms = migrate_timeout_ms
+        self.max_rounds = max_rounds
+        self.hook = hook
+
+    def move(self, source: Endpoint, target: Endpoint, slots: Sequence[int], others: Sequence[Address] = (),
+             *, deadline: float | None = None) -> MoveStats:
+        """Move ``slots`` (owned by ``source``, or half-moved to ``target``) batch by batch, until done
+        or ``deadline`` (time.monotonic()) has passed at the end of a batch. ``others``: the other
+        masters, told the new owner at once instead of by gossip."""
+        stats = MoveStats()
+        started = time.monotonic()
+        todo = sorted(slots)
+        for i in range(0, len(todo), self.batch_slots):
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            batch = todo[i:i + self.batch_slots]
+            stats.keys += self._move_batch(source, target, batch, others)
+            stats.slots += len(batch)
+            stats.batches += 1
+        stats.seconds = time.monotonic() - started
+        return stats
+
+    def _stage(self, name: str, batch: Sequence[int]) -> None:
+        if self.hook is not None:
+            self.hook(name, batch)
+
+    def _pipeline_all(self, address: Address, commands: Iterable[Sequence[Any]]) -> list[Any]:
+        pipe = self.raw.get(address).pipeline(transaction=False)
+        for args in commands:
+            pipe.execute_command(*args)  # type: ignore[no-untyped-call]
+        return list(pipe.execute(raise_on_error=False))
+
+    def _move_batch(self, source: Endpoint, target: Endpoint, batch: Sequence[int],
+                    others: Sequence[Address]) -> int:
+        # 1. open: the target imports, the source migrates. Repeating either is harmless; "already
+        #    the owner" (target) or "not the owner" (source) means that side finished before.
+        replies = self._pipeline_all(target.address, (("CLUSTER", "SETSLOT", s, "IMPORTING", source.id)
+                                                      for s in batch))
+        _check(replies, batch, "importing on the target", ok=("already the owner",))
+        replies = self._pipeline_all(source.address, (("CLUSTER", "SETSLOT", s, "MIGRATING", target.id)
+                                                      for s in batch))
+        _check(replies, batch, "migrating on the source", ok=("not the owner",))
+        self._stage("opened", batch)
+
+        # 2. keys: rounds of GETKEYSINSLOT + MIGRATE for every slot still holding keys.
+        moved = 0
+        pending = list(batch)
+        auth = ["AUTH", self.raw.password] if self.raw.password is not None else []
+        for _ in range(self.max_rounds):
+            if not pending:
+                break
+            found = self._pipeline_all(source.address, (("CLUSTER", "GETKEYSINSLOT", s, self.keys_per_migrate)
+                                                        for s in pending))
+            commands = []
+            with_keys = []
+            for slot, keys in zip(pending, found, strict=True):
+                if isinstance(keys, Exception):
+                    raise MigrationError(f"slot {slot}: keys not listed on the source: {_describe(keys)}")
+                if keys:
+                    with_keys.append((slot, len(keys)))
+                    commands.append(("MIGRATE", target.cluster_ip, target.cluster_port, "", 0,
+                                     self.migrate_timeout_ms, "REPLACE", *auth, "KEYS", *keys))
+            if not commands:
+                break
+            results = self._pipeline_all(source.address, commands)
+            for (slot, count), result in zip(with_keys, results, strict=True):
+                if isinstance(result, Exception) and "NOKEY" not in str(result):
+                    raise MigrationError(f"slot {slot}: MIGRATE to {target.cluster_ip}:{target.cluster_port} "
+                                         f"failed: {_describe(result)}")
+                moved += count
+            # A slot that gave fewer keys than asked is empty now: new keys of a migrating slot are
+            # created on the target (ASK), and keys written meanwhile were moved by MIGRATE itself.
+            pending = [slot for slot, count in with_keys if count >= self.keys_per_migrate]
+        else:
+            raise MigrationError(f"slots {pending[:5]}... still hold keys after {self.max_rounds} rounds")
+        left = self._pipeline_all(source.address, (("CLUSTER", "COUNTKEYSINSLOT", s) for s in batch))
+        for slot, count in zip(batch, left, strict=True):
+            if isinstance(count, Exception) or int(count) != 0:
+                raise MigrationError(f"slot {slot} still holds keys on the source ({count}); the next pass "
+                                     "continues")
+        self._stage("migrated", batch)
+
+        # 3. assign: the target first (it bumps its config epoch, so its claim wins everywhere), then
+        #    the source (which refuses while it holds a key of the slot), then every other master.
+        replies = self._pipeline_all(target.address, (("CLUSTER", "SETSLOT", s, "NODE", target.id) for s in batch))
+        _check(replies, batch, "assignment on the target")
+        replies = self._pipeline_all(source.address, (("CLUSTER", "SETSLOT", s, "NODE", target.id) for s in batch))
+        _check(replies, batch, "assignment on the source")
+        for other in others:
+            try:
+                replies = self._pipeline_all(other, (("CLUSTER", "SETSLOT", s, "NODE", target.id) for s in batch))
+            except (RedisError, OSError) as exc:  # it learns from gossip instead
+                log.info("slots not announced to %s:%s directly: %s", *other, _describe(exc))
+        self._stage("assigned", batch)
+        return moved
+
+
+def _check(replies: Sequence[Any], batch: Sequence[int], what: str, ok: tuple[str, ...] = ()) -> None:
+    for slot, reply in zip(batch, replies, strict=True):
+        if isinstance(reply, Exception) and not any(text in str(reply) for text in ok):
+            raise MigrationError(f"slot {slot}: {what} refused: {_describe(reply)}")
