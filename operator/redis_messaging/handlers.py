@@ -15,6 +15,7 @@ from redis_messaging.autoscale.loop import Autoscaler, autoscale_forever
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube
 from redis_messaging.reconcile.addresses import Addresses, DnsAddresses, MapAddresses
+from redis_messaging.reconcile.cluster_topology import ClusterTopology
 from redis_messaging.reconcile.failover_watch import FailoverWatchers, Followed
 from redis_messaging.reconcile.resync import Registry, resync_forever
 from redis_messaging.reconcile.sentinel_topology import SentinelTopology
@@ -54,7 +55,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     _state["ctx"] = Context(
         kube=kube,
         cluster_domain=ours.cluster_domain,
-        topologies={"sentinel": SentinelTopology(addresses, timeout=ours.redis_timeout_seconds)},
+        topologies={"sentinel": SentinelTopology(addresses, timeout=ours.redis_timeout_seconds),
+                    "cluster": ClusterTopology(addresses, timeout=ours.redis_timeout_seconds)},
         streams=StreamsStep(kube, addresses, pools),
     )
     autoscaler = _state["autoscaler"] = Autoscaler(
@@ -83,15 +85,15 @@ def _context() -> Context:
 
 
 def _after_pass(body: dict[str, Any], outcome: Outcome) -> None:
-    """Keep the failover watch and the autoscaler of a sentinel-mode resource fed with what they need."""
+    """Keep the failover watch (sentinel mode) and the autoscaler fed with what they need."""
     owner = owner_of(body, _settings().cluster_domain)
     autoscaler: Autoscaler | None = _state.get("autoscaler")
-    if outcome.spec is None or outcome.spec.mode != "sentinel":
+    if outcome.spec is None:
         if autoscaler is not None:  # nothing to scale while the spec cannot be served
             autoscaler.forget(owner.namespace, owner.name)
         return
     watchers: FailoverWatchers | None = _state.get("watchers")
-    if watchers is not None:
+    if watchers is not None and outcome.spec.mode == "sentinel":
         watchers.ensure(owner, redis_replicas=outcome.spec.redis.replicas,
                         sentinel_replicas=outcome.spec.sentinel.replicas, password=outcome.password)
     if autoscaler is not None:

@@ -303,3 +303,27 @@ def test_invalid_spec_past_the_schema_gives_condition_and_event(api: Api, namesp
     sts = api.apps.read_namespaced_stateful_set("broken-redis", namespace)
     auth = next(v for v in sts.spec.template.spec.volumes if v.name == "auth")
     assert auth.secret.secret_name == "no-such-secret"
+
+
+def test_cluster_mode_yields_shard_children_and_waits_for_its_pods(api: Api, namespace: str,
+                                                                 operator: Any) -> None:
+    # mode: cluster used to be refused (Ready=False, reason Unsupported); now it is built.
+    api.create(namespace, rmsg("orders", {"mode": "cluster", "cluster": {"shards": 3, "replicasPerShard": 1}}))
+    wanted = {("ConfigMap", "orders-config"), ("Secret", "orders-auth"), ("Secret", "orders-connection"),
+              ("Service", "orders-redis-headless"), ("Service", "orders-cluster"),
+              *((kind, f"orders-shard-{i}") for kind in ("StatefulSet", "PodDisruptionBudget") for i in range(3))}
+    found = eventually(lambda: (c := children(api, namespace)) and set(c) >= wanted and c, what="cluster children")
+    assert ("StatefulSet", "orders-redis") not in found
+    assert ("StatefulSet", "orders-sentinel") not in found
+    assert found[("StatefulSet", "orders-shard-2")].spec.replicas == 2
+    conf = found[("ConfigMap", "orders-config")].data["redis.conf"]
+    assert "cluster-enabled yes" in conf
+    connection = {k: base64.b64decode(v).decode() for k, v in found[("Secret", "orders-connection")].data.items()}
+    assert connection["host"] == f"orders-cluster.{namespace}.svc.cluster.local"
+    assert len(connection["seeds"].split(",")) == 6
+    ready = eventually(lambda: (c := api.condition(namespace, "orders", "Ready")) and c, what="Ready condition")
+    assert ready["status"] == "False"
+    assert ready["reason"] != "Unsupported"
+    status = api.get(namespace, "orders")["status"]
+    assert status["connection"] == {"secretName": "orders-connection",
+                                    "host": f"orders-cluster.{namespace}.svc.cluster.local", "port": 6379}

@@ -22,6 +22,7 @@ from redis_messaging.api import models
 from redis_messaging.builders import UnsupportedSpec, build, names, sentinel
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube, KubeError, needs_apply, with_applied_hash
+from redis_messaging.reconcile import cluster_topology
 from redis_messaging.reconcile import conditions as cond
 from redis_messaging.reconcile import monitoring as monitoring_step
 from redis_messaging.reconcile import streams as streams_step
@@ -153,13 +154,41 @@ def _ready(sts: Obj | None) -> int:
     return int(((sts or {}).get("status") or {}).get("readyReplicas") or 0)
 
 
-def _conditions(spec: models.RedisMessagingSpec, owner: Owner, live: dict[tuple[str, str], Obj],
-                report: TopologyReport | None, changed: bool) -> tuple[list[cond.Cond], dict[str, Any]]:
+def _pods_ready(spec: models.RedisMessagingSpec, owner: Owner,
+                live: dict[tuple[str, str], Obj]) -> tuple[bool, str, int]:
+    """Whether every pod the spec asks for is ready, in words, and how many Redis pods are."""
+    if spec.mode == "cluster":
+        per_shard = 1 + spec.cluster.replicas_per_shard
+        ready = [_ready(live.get(("StatefulSet", owner.shard(i)))) for i in range(spec.cluster.shards)]
+        full = sum(1 for r in ready if r >= per_shard)
+        return (full == spec.cluster.shards,
+                f"shards {full}/{spec.cluster.shards} ready ({sum(ready)}/{per_shard * spec.cluster.shards} pods)",
+                sum(ready))
     redis_ready = _ready(live.get(("StatefulSet", owner.redis_sts)))
     sentinel_ready = _ready(live.get(("StatefulSet", owner.sentinel_sts)))
-    pods_ready = redis_ready >= spec.redis.replicas and sentinel_ready >= spec.sentinel.replicas
-    pods_msg = (f"redis {redis_ready}/{spec.redis.replicas} ready, "
-                f"sentinel {sentinel_ready}/{spec.sentinel.replicas} ready")
+    return (redis_ready >= spec.redis.replicas and sentinel_ready >= spec.sentinel.replicas,
+            f"redis {redis_ready}/{spec.redis.replicas} ready, "
+            f"sentinel {sentinel_ready}/{spec.sentinel.replicas} ready", redis_ready)
+
+
+def release_shards(kube: Kube, spec: models.RedisMessagingSpec, owner: Owner, release: list[str]) -> list[str]:
+    """Delete the StatefulSet and PodDisruptionBudget of shards the topology released (their slots
+    moved away, their nodes forgotten); never those of a shard the spec still declares."""
+    done = []
+    for name in release:
+        index = owner.shard_of_object(name)
+        if spec.mode != "cluster" or index is None or index < spec.cluster.shards:
+            continue
+        for kind in ("StatefulSet", "PodDisruptionBudget"):
+            if kube.get(kind, owner.namespace, name) is not None:
+                kube.delete(kind, owner.namespace, name)
+                done.append(f"Deleted {kind} {name}: its slots moved to the other shards and its nodes left")
+    return done
+
+
+def _conditions(spec: models.RedisMessagingSpec, owner: Owner, live: dict[tuple[str, str], Obj],
+                report: TopologyReport | None, changed: bool) -> tuple[list[cond.Cond], dict[str, Any]]:
+    pods_ready, pods_msg, redis_ready = _pods_ready(spec, owner, live)
     extra: dict[str, Any] = {"readyReplicas": redis_ready}
     out = []
     if report is None or report.available is None:
@@ -178,12 +207,17 @@ def _conditions(spec: models.RedisMessagingSpec, owner: Owner, live: dict[tuple[
         out.append(cond.Cond(cond.READY, False, report.reason if report else "TopologyUnchecked",
                              report.message if report else "no topology controller for this mode"))
     out.append(available)
-    progressing = changed or not pods_ready
-    out.append(cond.Cond(cond.PROGRESSING, progressing,
-                         "Applying" if changed else ("RollingOut" if not pods_ready else "Stable"),
-                         "child objects changed in this pass" if changed else pods_msg))
+    # Work the topology is doing on purpose (bootstrap, resharding): in progress, not degraded.
+    moving = report is not None and report.reason in cluster_topology.PROGRESSING_REASONS
+    progressing = changed or not pods_ready or moving
+    if moving and report is not None:
+        out.append(cond.Cond(cond.PROGRESSING, True, report.reason, report.message))
+    else:
+        out.append(cond.Cond(cond.PROGRESSING, progressing,
+                             "Applying" if changed else ("RollingOut" if not pods_ready else "Stable"),
+                             "child objects changed in this pass" if changed else pods_msg))
     # Serving, but not as declared: pods missing or the topology needs attention.
-    degraded = bool(report and report.available and (not pods_ready or not report.healthy))
+    degraded = bool(report and report.available and (not pods_ready or not (report.healthy or moving)))
     out.append(cond.Cond(cond.DEGRADED, degraded, "Degraded" if degraded else "AsExpected",
                          (report.message if report else "") if degraded else ""))
     if report is not None:
@@ -255,8 +289,6 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
     # 1. validate: what the schema could not refuse.
     try:
         spec = models.parse_spec(body.get("spec") or {})
-        if spec.mode != "sentinel":
-            raise UnsupportedSpec("cluster mode is not available in this version of the operator")
     except pydantic.ValidationError as exc:
         return _problem(ctx, body, outcome, "InvalidSpec", validation_message(exc), None)
     except UnsupportedSpec as exc:
@@ -275,6 +307,8 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
         outcome.actions += monitoring_step.prune(ctx.kube, owner, desired, live)
     except SpecProblem as exc:
         return _problem(ctx, body, outcome, exc.reason, exc.message, exc.retry_after)
+    except UnsupportedSpec as exc:
+        return _problem(ctx, body, outcome, "Unsupported", str(exc), None)
     except KubeError as exc:
         if exc.status == 422:  # the API server refused an object we built from this spec
             return _problem(ctx, body, outcome, "InvalidSpec", f"a child object was refused: {exc.message}", None)
@@ -297,12 +331,18 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
                            type_="Warning" if act.warning else "Normal")
             outcome.actions.append(f"{act.reason}: {act.message}")
         outcome.retry_after = report.retry_after
+        for why in release_shards(ctx.kube, spec, owner, report.release):
+            outcome.actions.append(why)
+            ctx.kube.event(body, reason="ShardRemoved", message=why)
 
     # 4. streams: declared groups and retention on the master, and who else scales their consumers.
     if ctx.streams is not None:
         master = report.master if report is not None and report.available else None
+        shards = None
+        if spec.mode == "cluster":  # every stream on the master of its key's slot
+            shards = report.status.get("shards", []) if report is not None and report.available else []
         outcome.streams = ctx.streams.run(spec, owner, master, password,
-                                          waiting=report.message if report is not None else "")
+                                          waiting=report.message if report is not None else "", shards=shards)
         for act in outcome.streams.actions if outcome.streams is not None else ():
             ctx.kube.event(body, reason=act.reason, message=act.message,
                            type_="Warning" if act.warning else "Normal")
@@ -325,6 +365,10 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
         "sentinelHost": owner.service_host(owner.sentinel_service),
         "sentinelPort": names.SENTINEL_PORT,
         "masterName": owner.master_name,
+    } if spec.mode == "sentinel" else {
+        "secretName": owner.connection_secret,
+        "host": owner.service_host(owner.cluster_service),
+        "port": names.REDIS_PORT,
     }
     _write_status(ctx, body, new_conditions, extra, outcome)
     return outcome

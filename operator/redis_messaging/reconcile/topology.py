@@ -29,6 +29,7 @@ class TopologyReport:
     status: dict[str, Any] = field(default_factory=dict)  # extra status fields (shards, ...)
     labels: dict[str, str] = field(default_factory=dict)  # pod name -> role label value
     retry_after: float | None = None
+    release: list[str] = field(default_factory=list)  # workloads whose job is done: the pass deletes them
 
 
 class Topology(Protocol):

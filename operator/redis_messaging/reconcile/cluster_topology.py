@@ -1,0 +1,707 @@
+"""Check and heal a cluster-mode topology: bootstrap, scale out and in, heal, report shards.
+
+The cluster bus decides failovers; the operator does what the cluster cannot do by itself. Every pass
+observes every node (one round trip each), makes a :func:`plan` (pure: observations in, steps out),
+executes it, and reports. The plan is a fixed order of phases; a phase with work to do returns its
+steps and the next pass, on a fresh observation, goes on:
+
+1. **join**: every reachable shard pod that the cluster does not know is met (``CLUSTER MEET``), and a
+   known node whose address changed (a rescheduled pod; ``nodes.conf`` is on its volume, its hostname
+   is stable) is met again at its new address. A node that knows another cluster with slots is never
+   merged in.
+2. **forget**: node ids that failed and whose pod now runs another node (it lost its volume) are
+   forgotten on every node, unless a live replica may still take over for them.
+3. **assign**: slots that no node claims are added to the master of the shard the even split gives
+   them to. On a fresh cluster that is the bootstrap; on a cluster holding slots it only fixes
+   coverage lost with a shard whose every node was replaced. A cluster that holds slots is never
+   re-created.
+4. **replicas**: every other pod of a shard replicates the shard's master (``CLUSTER REPLICATE``),
+   so each shard keeps ``replicasPerShard`` replicas after failovers and replaced pods.
+5. **open slots**: importing/migrating slots left by an interrupted migration are finished (keys
+   moved, slot assigned to the target), or made stable when their target is gone.
+6. **balance**: when every shard has its master and replicas in sync and the cluster state is ok,
+   slots move until every shard holds an even share (within one slot); shards beyond ``shards`` give
+   all theirs away, spread over every remaining shard. Migration runs in pipelined batches within a
+   time budget per pass; the cluster's own slot table and its open-slot marks are the record of
+   progress, so a pass after a crash anywhere continues where the last one stopped.
+7. **release**: a shard being removed that owns no slot any more is forgotten on every remaining
+   node, its nodes reset, and its StatefulSet handed back to the reconcile pass for deletion.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis_messaging.api.models import RedisMessagingSpec, ShardStatus
+from redis_messaging.builders import config, names
+from redis_messaging.builders.names import Owner
+from redis_messaging.reconcile.addresses import Addresses
+from redis_messaging.reconcile.topology import Action, TopologyReport
+from redis_messaging.redis import cluster as cl
+
+log = logging.getLogger(__name__)
+
+SLOTS = cl.SLOTS
+MIN_SHARDS = 3
+WAIT_SECONDS = 1.0
+PROGRESSING_REASONS = frozenset({"Joining", "Bootstrapping", "Resharding", "ScalingIn"})
+"""Reasons of a pass that works towards the declared topology on purpose: Progressing, not Degraded."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Slots: pure arithmetic
+
+
+def even_counts(shards: int) -> list[int]:
+    """How many slots each of ``shards`` shards holds when balanced (the first ones one more)."""
+    base, extra = divmod(SLOTS, shards)
+    return [base + (1 if i < extra else 0) for i in range(shards)]
+
+
+def even_ranges(shards: int) -> list[tuple[int, int]]:
+    """The contiguous range of each shard in an even split (what a fresh cluster starts with)."""
+    out = []
+    start = 0
+    for count in even_counts(shards):
+        out.append((start, start + count - 1))
+        start += count
+    return out
+
+
+def even_shard_of(slot: int, shards: int) -> int:
+    for i, (start, end) in enumerate(even_ranges(shards)):
+        if start <= slot <= end:
+            return i
+    raise ValueError(f"slot {slot} out of range")
+
+
+def format_ranges(slots: Sequence[tuple[int, int]]) -> str:
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in slots)
+
+
+@dataclass(frozen=True)
+class SlotMove:
+    source: int  # shard index
+    target: int
+    slots: tuple[int, ...]
+
+
+def balance(owned: dict[int, set[int]], shards: int) -> list[SlotMove]:
+    """The moves that leave shards ``0..shards-1`` with :func:`even_counts` slots each and every other
+    shard of ``owned`` with none. Donors give their highest slots; receivers are served in index order
+    so the result is deterministic and contiguous where it can be."""
+    want = dict(enumerate(even_counts(shards)))
+    give: dict[int, list[int]] = {}
+    need: dict[int, int] = {}
+    for shard in sorted(set(owned) | set(want)):
+        have = sorted(owned.get(shard, set()))
+        target = want.get(shard, 0)
+        if len(have) > target:
+            give[shard] = have[target:]
+        elif len(have) < target:
+            need[shard] = target - len(have)
+    moves: list[SlotMove] = []
+    receivers = [(shard, count) for shard, count in sorted(need.items())]
+    r = 0
+    for donor in sorted(give):
+        slots = give[donor]
+        while slots and r < len(receivers):
+            receiver, count = receivers[r]
+            chunk, slots = slots[:count], slots[count:]
+            moves.append(SlotMove(donor, receiver, tuple(chunk)))
+            if count > len(chunk):
+                receivers[r] = (receiver, count - len(chunk))
+            else:
+                r += 1
+    return moves
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+
+
+@dataclass(frozen=True)
+class Meet:
+    pod: str
+    via: str
+    ip: str
+    port: int
+    rejoin: bool = False
+
+
+@dataclass(frozen=True)
+class AddSlots:
+    pod: str
+    shard: int
+    slots: tuple[tuple[int, int], ...]
+    bootstrap: bool
+
+
+@dataclass(frozen=True)
+class Replicate:
+    pod: str
+    master: str
+    master_id: str
+
+
+@dataclass(frozen=True)
+class Forget:
+    node_id: str
+    pod: str | None
+    on: tuple[str, ...]
+    why: str
+
+
+@dataclass(frozen=True)
+class Reset:
+    pod: str
+
+
+@dataclass(frozen=True)
+class Move:
+    source: str  # pods
+    target: str
+    slots: tuple[int, ...]
+    source_shard: int
+    target_shard: int
+    resume: bool = False  # finishing slots an interrupted migration left open
+
+
+@dataclass(frozen=True)
+class Stabilize:
+    pod: str
+    slots: tuple[int, ...]
+
+
+Step = Meet | AddSlots | Replicate | Forget | Reset | Move | Stabilize
+
+
+@dataclass(frozen=True)
+class Observation:
+    views: dict[str, cl.NodeView]  # by pod: every expected pod, and the pods of shards being removed
+    members: dict[str, tuple[int, int]]  # pod -> (shard, ordinal), for every pod of views
+    shards: int
+    replicas_per_shard: int
+    min_good_replicas: int  # replicas in sync a master needs to accept writes (min-replicas-to-write)
+    pod_of: Callable[[str], str | None]  # announced hostname -> pod
+    ips: dict[str, str] = field(default_factory=dict)  # pod -> its current IP, where known
+    ports: dict[str, int] = field(default_factory=dict)  # pod -> its client port
+
+
+@dataclass(frozen=True)
+class ShardView:
+    index: int
+    master: str | None  # pod
+    master_id: str | None
+    replicas: tuple[str, ...]  # pods replicating the master, as the cluster says
+    in_sync: int  # replicas with their link up
+    slots: tuple[tuple[int, int], ...]
+    leaving: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: list[Step] = field(default_factory=list)
+    reason: str = "Healthy"
+    message: str = ""
+    available: bool | None = None
+    wait: bool = False
+    healthy: bool = False
+    shards: list[ShardView] = field(default_factory=list)
+    released: list[int] = field(default_factory=list)
+    roles: dict[str, str] = field(default_factory=dict)  # pod -> master | replica
+
+
+class _Analysis:
+    """What the plan needs to know, derived once from an observation."""
+
+    def __init__(self, obs: Observation) -> None:
+        self.obs = obs
+        self.reachable = {p: v for p, v in obs.views.items() if v.reachable and v.myself is not None}
+        self.expected = sorted((p for p in obs.views if obs.members[p][0] < obs.shards), key=obs.members.__getitem__)
+        self.leaving = sorted((p for p in obs.views if obs.members[p][0] >= obs.shards), key=obs.members.__getitem__)
+        self.leaving_shards = sorted({obs.members[p][0] for p in self.leaving})
+        self.anchor = self._anchor()
+        anchor_view = self.reachable.get(self.anchor) if self.anchor else None
+        self.table: dict[str, cl.ClusterNode] = {n.id: n for n in anchor_view.nodes} if anchor_view else {}
+        self.id_of = {p: v.id for p, v in self.reachable.items() if v.id is not None}
+        self.pod_by_id = {i: p for p, i in self.id_of.items()}
+
+    def _anchor(self) -> str | None:
+        """A reachable master holding slots that knows the most nodes (an expected pod first); on a
+        fresh cluster, the first reachable expected pod."""
+        members = self.obs.members
+        holding = [p for p, v in self.reachable.items() if v.myself and v.myself.is_master and v.myself.slots]
+        if holding:
+            return max(holding, key=lambda p: (len(self.reachable[p].nodes), members[p][0] < self.obs.shards,
+                                               -members[p][0], -members[p][1]))
+        candidates = [p for p in self.expected if p in self.reachable]
+        return candidates[0] if candidates else None
+
+    def pod_of_node(self, node: cl.ClusterNode) -> str | None:
+        pod = self.pod_by_id.get(node.id)
+        if pod is not None:
+            return pod
+        return self.obs.pod_of(node.hostname) if node.hostname else None
+
+    def node_of_pod(self, pod: str) -> cl.ClusterNode | None:
+        node_id = self.id_of.get(pod)
+        if node_id is not None:
+            return self.table.get(node_id)
+        found = [n for n in self.table.values() if n.hostname and self.obs.pod_of(n.hostname) == pod]
+        if not found:
+            return None
+        # The live one if several ids carry the pod's hostname (a replaced pod before its old id is forgotten).
+        return min(found, key=lambda n: (n.failed or n.no_address, not n.is_master))
+
+    def shard_pods(self, shard: int) -> list[str]:
+        return sorted((p for p, (s, _) in self.obs.members.items() if s == shard), key=self.obs.members.__getitem__)
+
+    def claimed(self) -> set[int]:
+        """Every slot some node claims, in any reachable node's view."""
+        out: set[int] = set()
+        for view in self.reachable.values():
+            for node in view.nodes:
+                out |= node.slot_set()
+        return out
+
+    def shard_master(self, shard: int) -> cl.ClusterNode | None:
+        pods = self.shard_pods(shard)
+        nodes = [(p, n) for p in pods if (n := self.node_of_pod(p)) is not None]
+        owning = [(p, n) for p, n in nodes if n.is_master and n.slots]
+        if owning:
+            return max(owning, key=lambda pn: (pn[1].slot_count, not pn[1].failed, -self.obs.members[pn[0]][1]))[1]
+        masters = [(p, n) for p, n in nodes if n.is_master and not n.failed and p in self.reachable]
+        if not masters:
+            return None
+        followed = Counter(n.master_id for _, n in nodes if n.master_id)
+        return max(masters, key=lambda pn: (followed[pn[1].id], -self.obs.members[pn[0]][1]))[1]
+
+    def shard_view(self, shard: int) -> ShardView:
+        master = self.shard_master(shard)
+        replicas: list[str] = []
+        in_sync = 0
+        if master is not None:
+            for node in self.table.values():
+                if node.master_id == master.id and not node.failed:
+                    pod = self.pod_of_node(node)
+                    replicas.append(pod or f"{node.hostname or node.ip}")
+                    view = self.reachable.get(pod or "")
+                    if view is not None and view.link_up:
+                        in_sync += 1
+        return ShardView(
+            index=shard,
+            master=self.pod_of_node(master) if master is not None else None,
+            master_id=master.id if master is not None else None,
+            replicas=tuple(sorted(replicas)),
+            in_sync=in_sync,
+            slots=master.slots if master is not None else (),
+            leaving=shard >= self.obs.shards,
+        )
+
+
+def _summary(a: _Analysis, shards: list[ShardView]) -> str:
+    up = sum(1 for p in a.expected if p in a.reachable)
+    state = a.reachable[a.anchor].state if a.anchor else "unknown"
+    parts = [f"cluster_state {state}; nodes {up}/{len(a.expected)} reachable"]
+    for s in shards:
+        if not s.leaving:
+            parts.append(f"shard {s.index}: {len(s.replicas)} replicas, {sum(e - b + 1 for b, e in s.slots)} slots")
+    return "; ".join(parts)
+
+
+def plan(obs: Observation, *, reshard: bool = True) -> Plan:
+    """The next steps for the cluster as observed (see the module docstring for the phases)."""
+    a = _Analysis(obs)
+    if obs.shards < MIN_SHARDS:
+        return Plan(reason="ScaleInRefused", wait=True,
+                    message=f"a Redis Cluster needs at least {MIN_SHARDS} shards; spec.cluster.shards is {obs.shards}")
+    if a.anchor is None:
+        return Plan(reason="WaitingForPods", available=None, wait=True,
+                    message=f"no cluster node answers (0/{len(a.expected)} reachable)")
+    anchor_view = a.reachable[a.anchor]
+    available = anchor_view.state == "ok"
+    roles = {p: ("master" if v.myself and v.myself.is_master else "replica") for p, v in a.reachable.items()
+             if v.myself is not None and (v.myself.is_master or v.myself.master_id)}
+
+    def shard_views() -> list[ShardView]:
+        return [a.shard_view(i) for i in [*range(obs.shards), *a.leaving_shards]]
+
+    def early(steps: list[Step], reason: str, message: str = "") -> Plan:
+        views = shard_views()
+        return Plan(steps=steps, reason=reason, message=message or _summary(a, views), available=available,
+                    wait=True, shards=views, roles=roles)
+
+    unreachable = [p for p in a.expected if p not in a.reachable]
+    bootstrapped = bool(a.claimed())
+    if not bootstrapped and unreachable:
+        return early([], "WaitingForPods", f"bootstrap waits for every node: {', '.join(unreachable)} "
+                     f"not reachable ({len(a.expected) - len(unreachable)}/{len(a.expected)})")
+
+    # 1. join
+    steps: list[Step] = []
+    foreign = []
+    for pod in a.expected:
+        view = a.reachable.get(pod)
+        if view is None or pod == a.anchor or view.id is None:
+            continue
+        ip = obs.ips.get(pod)
+        port = obs.ports.get(pod, names.REDIS_PORT)
+        known = a.table.get(view.id)
+        if known is None:
+            if any(n.slots for n in view.nodes):
+                foreign.append(pod)  # knows a cluster with slots that is not this one: never merged
+            elif ip:
+                steps.append(Meet(pod, a.anchor, ip, port))
+        elif ip and not known.in_handshake and (known.ip != ip or known.no_address) and not known.myself:
+            steps.append(Meet(pod, a.anchor, ip, port, rejoin=True))
+    if steps:
+        return early(steps, "Joining")
+    if any(n.in_handshake for n in a.table.values()):
+        return early([], "Joining", "waiting for cluster handshakes to finish")
+
+    # 2. forget node ids that are gone for good
+    for node in sorted(a.table.values(), key=lambda n: n.id):
+        if node.myself or not (node.failed or node.no_address):
+            continue
+        owner_pod = obs.pod_of(node.hostname) if node.hostname else None
+        current = a.reachable.get(owner_pod or "")
+        replaced = current is not None and current.id != node.id
+        stranger = owner_pod is None or owner_pod not in obs.members
+        if not (replaced or stranger):
+            continue  # its pod may come back with its nodes.conf
+        if node.is_master and any(n.master_id == node.id and not n.failed for n in a.table.values()):
+            continue  # a replica may still take over its slots
+        on = tuple(p for p, v in a.reachable.items() if v.node(node.id) is not None and v.id != node.id
+                   and (v.myself is None or v.myself.master_id != node.id))
+        if on:
+            why = (f"{owner_pod} runs a new node now" if replaced else
+                   f"{node.hostname or node.ip or 'an unknown address'} is not a pod of this resource")
+            steps.append(Forget(node.id, owner_pod, on, why))
+    if steps:
+        return early(steps, "Healing")
+
+    # 3. assign slots nobody claims (the bootstrap, or coverage lost with every node of a shard)
+    unowned = set(range(SLOTS)) - a.claimed()
+    if unowned:
+        if unreachable:
+            return early([], "WaitingForPods", f"{len(unowned)} slots are unassigned; waiting for every node "
+                         f"({', '.join(unreachable)} not reachable)")
+        joined = [p for p in a.expected if a.id_of.get(p) in a.table]
+        if len(joined) < len(a.expected):
+            return early([], "Joining", "waiting for every node to join before assigning slots")
+        by_shard: dict[int, list[int]] = {}
+        for slot in unowned:
+            by_shard.setdefault(even_shard_of(slot, obs.shards), []).append(slot)
+        for shard, free in sorted(by_shard.items()):
+            taker = a.shard_master(shard)
+            taker_pod = a.pod_of_node(taker) if taker is not None else None
+            if taker_pod is None or taker_pod not in a.reachable:
+                return early(steps, "WaitingForPods", f"shard {shard} has no master to take its slots")
+            steps.append(AddSlots(taker_pod, shard, tuple(cl.ranges(free)), bootstrap=not bootstrapped))
+        return early(steps, "Bootstrapping" if not bootstrapped else "Healing")
+
+    # 4. replicas follow their shard's master
+    problems = list(foreign)
+    for shard in range(obs.shards):
+        master = a.shard_master(shard)
+        master_pod = a.pod_of_node(master) if master is not None else None
+        if master is None or master_pod not in a.reachable or master.failed:
+            continue
+        for pod in a.shard_pods(shard):
+            view = a.reachable.get(pod)
+            if pod == master_pod or view is None or view.myself is None or view.id not in a.table:
+                continue
+            me = view.myself
+            if me.is_master and me.slots:
+                problems.append(f"{pod} and {master_pod} both serve slots of shard {shard}")
+            elif (me.is_master or me.master_id != master.id) and view.node(master.id) is not None:
+                steps.append(Replicate(pod, master_pod, master.id))
+    if steps:
+        return early(steps, "Healing")
+
+    # 5. slots an interrupted migration left open
+    opened: dict[tuple[str, str], set[int]] = {}
+    for view in a.reachable.values():
+        mine = view.myself
+        if mine is None:
+            continue
+        for slot, to in mine.migrating:
+            opened.setdefault((mine.id, to), set()).add(slot)
+        for slot, origin in mine.importing:
+            opened.setdefault((origin, mine.id), set()).add(slot)
+    for (source_id, target_id), open_slots in sorted(opened.items()):
+        source_pod, target_pod = a.pod_by_id.get(source_id), a.pod_by_id.get(target_id)
+        target_node = a.table.get(target_id)
+        target_ok = (target_pod is not None and target_node is not None and target_node.is_master
+                     and not target_node.failed and obs.members.get(target_pod, (obs.shards, 0))[0] < obs.shards)
+        listed = tuple(sorted(open_slots))
+        if source_pod is not None and target_ok and target_pod is not None:
+            steps.append(Move(source_pod, target_pod, listed, obs.members[source_pod][0],
+                              obs.members[target_pod][0], resume=True))
+        elif source_pod is not None and not target_ok:
+            steps.append(Stabilize(source_pod, listed))
+            if target_pod is not None:
+                steps.append(Stabilize(target_pod, listed))
+        elif target_pod is not None and source_id not in a.table:
+            steps.append(Stabilize(target_pod, listed))
+    if steps:
+        return early(steps, "Resharding", f"finishing {sum(len(s) for s in opened.values())} slots an "
+                     "interrupted migration left open")
+
+    views = shard_views()
+    by_index = {s.index: s for s in views}
+
+    # 6. balance
+    not_ready = []
+    for shard in range(obs.shards):
+        s = by_index[shard]
+        master_node = a.table.get(s.master_id or "")
+        if s.master is None or s.master not in a.reachable or master_node is None or master_node.failed:
+            not_ready.append(f"shard {shard} has no reachable master")
+        elif s.in_sync < min(obs.min_good_replicas, obs.replicas_per_shard):
+            not_ready.append(f"shard {shard} has {s.in_sync} replicas in sync")
+    for s in views:
+        if s.leaving and s.slots and s.master not in a.reachable:
+            not_ready.append(f"shard {s.index} (being removed) has no reachable master")
+        elif s.leaving and s.slots and s.in_sync < min(obs.min_good_replicas, obs.replicas_per_shard):
+            not_ready.append(f"shard {s.index} (being removed) has {s.in_sync} replicas in sync")
+    suspect = [n for n in a.table.values() if n.is_master and n.slots and (n.failed or n.suspected)]
+    calm = available and not suspect and not not_ready
+    owned = {s.index: {x for b, e in s.slots for x in range(b, e + 1)} for s in views if s.master is not None}
+    moves = balance(owned, obs.shards) if calm else []
+    if reshard and moves:
+        for move in moves:
+            giver, taker_pod = by_index[move.source].master, by_index[move.target].master
+            if giver is not None and taker_pod is not None:
+                steps.append(Move(giver, taker_pod, move.slots, move.source, move.target))
+        total = sum(len(m.slots) for m in moves)
+        return Plan(steps=steps, reason="Resharding", available=available, wait=True, shards=views, roles=roles,
+                    message=f"moving {total} slots: " + ", ".join(
+                        f"{len(m.slots)} from shard {m.source} to shard {m.target}" for m in moves))
+
+    # 7. release shards being removed once they own nothing
+    released = []
+    if calm and a.leaving_shards:
+        leaving_pods = set(a.leaving)
+        leaving_ids = {n.id for v in a.reachable.values() for n in v.nodes
+                       if a.pod_of_node(n) in leaving_pods}
+        leaving_ids |= {a.id_of[p] for p in a.leaving if p in a.id_of}
+        remaining = {p: v for p, v in a.reachable.items() if p not in leaving_pods}
+        if any(n.slots for v in a.reachable.values() for n in v.nodes if n.id in leaving_ids):
+            not_ready.append("a shard being removed still owns slots")
+        else:
+            for node_id in sorted(leaving_ids):
+                on = tuple(p for p, v in remaining.items() if v.node(node_id) is not None)
+                if on:
+                    steps.append(Forget(node_id, a.pod_by_id.get(node_id), on, "its shard is being removed"))
+            for pod in a.leaving:
+                view = a.reachable.get(pod)
+                if view is not None and not view.alone:
+                    steps.append(Reset(pod))
+            if not steps and not unreachable:
+                released = list(a.leaving_shards)
+        if steps:
+            return Plan(steps=steps, reason="ScalingIn", available=available, wait=True, shards=views, roles=roles,
+                        message=f"removing shards {a.leaving_shards}: forgetting their nodes")
+
+    # 8. report
+    covered = len(a.claimed()) == SLOTS
+    complete = all(len(by_index[i].replicas) >= obs.replicas_per_shard and by_index[i].in_sync >= obs.replicas_per_shard
+                   for i in range(obs.shards))
+    healthy = (calm and covered and complete and not unreachable and not problems and not a.leaving_shards
+               and not moves)
+    message = _summary(a, views)
+    if problems or not_ready:
+        message = f"{message}; " + "; ".join(problems + not_ready)
+    reason = "Healthy" if healthy else ("ShardRemoved" if released else
+                                        "Degraded" if available else "ClusterDown")
+    return Plan(steps=[], reason=reason, message=message, available=available, wait=not healthy,
+                healthy=healthy, shards=[v for v in views if not (released and v.index in released)],
+                released=released, roles=roles)
+
+
+# ---------------------------------------------------------------------------------------------
+# Execution
+
+
+class ClusterTopology:
+    """Observes the nodes of a cluster-mode resource, executes the plan, reports."""
+
+    def __init__(self, addresses: Addresses, *, timeout: float = 2.0, migrate_timeout: float = 60.0,
+                 reshard_budget: float = 20.0, batch_slots: int = 256, reshard: bool = True,
+                 hook: cl.Hook | None = None, resolve: Callable[[str], str] = cl.resolve) -> None:
+        self.addresses = addresses
+        self.timeout = timeout
+        self.migrate_timeout = migrate_timeout
+        self.reshard_budget = reshard_budget
+        self.batch_slots = batch_slots
+        self.reshard = reshard
+        self.hook = hook
+        self.resolve = resolve
+        self._connections: dict[str, tuple[cl.Connections, cl.RawConnections]] = {}
+        self._lock = threading.Lock()
+
+    def connections(self, owner: Owner, password: str | None) -> tuple[cl.Connections, cl.RawConnections]:
+        key = owner.uid or f"{owner.namespace}/{owner.name}"
+        with self._lock:
+            found = self._connections.get(key)
+            if found is None:
+                found = self._connections[key] = (cl.Connections(password, timeout=self.timeout),
+                                                   cl.RawConnections(password, timeout=self.migrate_timeout))
+            found[0].set_password(password)
+            found[1].set_password(password)
+            return found
+
+    def forget(self, owner: Owner) -> None:
+        with self._lock:
+            found = self._connections.pop(owner.uid or f"{owner.namespace}/{owner.name}", None)
+        if found is not None:
+            found[0].close()
+            found[1].close()
+
+    # -- observe ------------------------------------------------------------------------------
+    def observe(self, spec: RedisMessagingSpec, owner: Owner, pods: list[dict[str, Any]],
+                conns: cl.Connections) -> Observation:
+        shards, per = spec.cluster.shards, spec.cluster.replicas_per_shard
+        members: dict[str, tuple[int, int]] = {
+            owner.shard_pod(i, j): (i, j) for i in range(shards) for j in range(1 + per)}
+        for item in pods:  # pods of shards being removed, as Kubernetes knows them
+            where = owner.shard_of_pod(item.get("metadata", {}).get("name", ""))
+            if where is not None and where[0] >= shards:
+                members[owner.shard_pod(*where)] = where
+        views = {p: cl.observe(conns, self.addresses.redis(owner, p)) for p in members}
+
+        def pod_of(host: str) -> str | None:
+            return self.addresses.pod_of(owner, host)
+
+        # ... and as the cluster knows them (a pod list may lag behind, or not be given at all).
+        for view in list(views.values()):
+            for node in view.nodes:
+                pod = pod_of(node.hostname) if node.hostname else None
+                where = owner.shard_of_pod(pod) if pod else None
+                if pod and where is not None and where[0] >= shards and pod not in views:
+                    members[pod] = where
+                    views[pod] = cl.observe(conns, self.addresses.redis(owner, pod))
+        ips: dict[str, str] = {}
+        ports: dict[str, int] = {}
+        for pod, view in views.items():
+            if view.reachable:
+                host, port = self.addresses.redis(owner, pod)
+                ports[pod] = port
+                try:
+                    ips[pod] = self.resolve(host)
+                except OSError as exc:
+                    log.info("%s: %s does not resolve: %s", pod, host, exc)
+        return Observation(
+            views=views, members=members, shards=shards, replicas_per_shard=per,
+            min_good_replicas=config.min_replicas_to_write(spec, 1 + per),
+            pod_of=pod_of, ips=ips, ports=ports,
+        )
+
+    # -- check and heal -----------------------------------------------------------------------
+    def check_and_heal(self, spec: RedisMessagingSpec, owner: Owner, pods: list[dict[str, Any]],
+                       password: str | None) -> TopologyReport:
+        conns, raw = self.connections(owner, password)
+        obs = self.observe(spec, owner, pods, conns)
+        result = plan(obs, reshard=self.reshard)
+        actions: list[Action] = []
+        failed: list[str] = []
+        deadline = time.monotonic() + self.reshard_budget
+        for step in result.steps:
+            try:
+                action = self._execute(step, owner, obs, conns, raw, deadline)
+            except Exception as exc:  # report and retry on the next pass; never crash the pass
+                failed.append(f"{_describe_step(step)}: {type(exc).__name__}: {exc}")
+                if isinstance(step, Move):
+                    break  # later moves may depend on this one's slots
+                continue
+            if action is not None:
+                actions.append(action)
+        message = result.message
+        if failed:
+            message = f"{message}; failed: {'; '.join(failed)}"
+        shards = [ShardStatus(name=owner.shard(s.index), master=s.master, replicas=list(s.replicas),
+                              slots=format_ranges(s.slots)).model_dump(by_alias=True, exclude_none=True)
+                  for s in result.shards]
+        return TopologyReport(
+            master=None,
+            available=result.available,
+            healthy=result.healthy and not failed,
+            reason=result.reason if not failed else "HealingFailed",
+            message=message,
+            actions=actions,
+            status={"shards": shards},
+            labels={p: names.ROLE_MASTER if r == "master" else names.ROLE_REPLICA for p, r in result.roles.items()},
+            retry_after=WAIT_SECONDS if (result.wait or result.steps or failed) else None,
+            release=[owner.shard(i) for i in result.released],
+        )
+
+    def _endpoint(self, owner: Owner, obs: Observation, pod: str) -> cl.Endpoint:
+        view = obs.views[pod]
+        me = view.myself
+        if me is None:
+            raise cl.MigrationError(f"{pod} did not answer")
+        ip = me.ip or obs.ips.get(pod, "")
+        return cl.Endpoint(me.id, self.addresses.redis(owner, pod), ip, me.port or names.REDIS_PORT)
+
+    def _execute(self, step: Step, owner: Owner, obs: Observation, conns: cl.Connections,
+                 raw: cl.RawConnections, deadline: float) -> Action | None:
+        addr = self.addresses
+        if isinstance(step, Meet):
+            cl.meet(conns, addr.redis(owner, step.via), step.ip, step.port)
+            if step.rejoin:
+                return Action("NodeRejoined", f"{step.pod} met again at its new address {step.ip}")
+            return Action("NodeJoined", f"{step.pod} joined the cluster")
+        if isinstance(step, AddSlots):
+            cl.add_slots(conns, addr.redis(owner, step.pod), step.slots)
+            count = sum(e - b + 1 for b, e in step.slots)
+            if step.bootstrap:
+                return Action("SlotsAssigned", f"shard {step.shard} ({step.pod}) serves {count} slots "
+                              f"{format_ranges(step.slots)}")
+            return Action("SlotCoverageFixed", f"{count} slots no node served ({format_ranges(step.slots)}) "
+                          f"are now served by shard {step.shard} ({step.pod}); their data was lost", warning=True)
+        if isinstance(step, Replicate):
+            cl.replicate(conns, addr.redis(owner, step.pod), step.master_id)
+            return Action("ReplicaAttached", f"{step.pod} now replicates {step.master}")
+        if isinstance(step, Forget):
+            forgotten = [p for p in step.on if cl.forget(conns, addr.redis(owner, p), step.node_id)]
+            if not forgotten:
+                return None
+            return Action("NodeForgotten", f"node {step.node_id[:8]} ({step.pod or 'unknown pod'}) forgotten on "
+                          f"{len(forgotten)} nodes: {step.why}")
+        if isinstance(step, Reset):
+            cl.reset(conns, addr.redis(owner, step.pod))
+            return Action("NodeReset", f"{step.pod} left the cluster (its shard is being removed)")
+        if isinstance(step, Stabilize):
+            cl.stabilize(conns, addr.redis(owner, step.pod), step.slots)
+            return Action("SlotsStabilized", f"{len(step.slots)} open slots on {step.pod} closed: their "
+                          "migration target is gone", warning=True)
+        if time.monotonic() > deadline:
+            return None  # the next pass continues
+        source = self._endpoint(owner, obs, step.source)
+        target = self._endpoint(owner, obs, step.target)
+        others = [addr.redis(owner, p) for p, v in obs.views.items()
+                  if v.reachable and v.myself is not None and v.myself.is_master
+                  and p not in (step.source, step.target)]
+        mover = cl.SlotMover(raw, batch_slots=self.batch_slots, hook=self.hook)
+        stats = mover.move(source, target, step.slots, others, deadline=deadline)
+        if not stats.slots:
+            return None
+        verb = "finished moving" if step.resume else "moved"
+        more = "" if stats.slots == len(step.slots) else f" ({len(step.slots) - stats.slots} left for the next pass)"
+        return Action("SlotsMigrated", f"{verb} {stats.slots} slots and {stats.keys} keys from shard "
+                      f"{step.source_shard} ({step.source}) to shard {step.target_shard} ({step.target}) in "
+                      f"{stats.seconds:.2f}s{more}")
+
+
+def _describe_step(step: Step) -> str:
+    if isinstance(step, Move):
+        return f"moving {len(step.slots)} slots from {step.source} to {step.target}"
+    return type(step).__name__ + " " + getattr(step, "pod", "")

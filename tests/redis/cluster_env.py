@@ -1,0 +1,381 @@
+"""Cluster-mode "pods" as real redis-server processes on loopback, running the operator's rendered files.
+
+Each pod of a ``mode: cluster`` resource (``<name>-shard-<i>-<j>``) is played by the real start
+script of the ConfigMap that :func:`redis_messaging.builders.config.config_files` renders
+(``sh redis-start.sh`` with ``RMSG_MODE=cluster``), with the environment the shard StatefulSet gives
+it (:func:`redis_messaging.builders.cluster.script_env`). Where Kubernetes gives a pod its own address
+and a stable DNS name, the harness gives it its own loopback address (``127.a.b.c``, the client port
+and the bus port free on it) and uses that address as the name the pod announces
+(``cluster-announce-hostname``), so MOVED redirections and ``CLUSTER NODES`` name real addresses.
+
+The only edits made to the rendered ``redis.conf`` are the ones the data volume makes: ``dir /data``
+and ``cluster-config-file /data/nodes.conf`` point at the pod's own data directory, which survives
+restarts (like a PersistentVolumeClaim) unless a test wipes it (a pod rescheduled on a new volume).
+
+Usage::
+
+    with ClusterEnv(spec, owner, tmp_path, password="pw") as env:
+        env.start()
+        topology = ClusterTopology(env.addresses())
+        ...
+        env.kill(pod); env.restart(pod); env.wipe(pod); env.add_shard(3); env.remove_shard(3)
+
+Not a conftest: tests build their own fixtures on top of :class:`ClusterEnv`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisError
+from redis.retry import Retry
+from sentinel_env import free_loopback_ip, port_is_free
+
+from redis_messaging.api.models import RedisMessagingSpec
+from redis_messaging.builders import cluster, config, names
+from redis_messaging.builders.names import Owner
+from redis_messaging.reconcile.addresses import MapAddresses
+
+Address = tuple[str, int]
+BUS_OFFSET = 10000
+
+
+def _replace_line(text: str, old: str, new: str) -> str:
+    lines = text.splitlines(keepends=True)
+    hits = [i for i, line in enumerate(lines) if line.rstrip("\n") == old]
+    if len(hits) != 1:
+        raise RuntimeError(f"the rendered redis.conf has {len(hits)} lines {old!r} (expected 1): update cluster_env.py")
+    lines[hits[0]] = new + "\n"
+    return "".join(lines)
+
+
+def mounted_redis_conf(text: str, data_dir: Path) -> str:
+    """redis.conf as a pod with its data volume at ``data_dir`` sees it."""
+    text = _replace_line(text, f"dir {names.DATA_MOUNT}", f"dir {data_dir}")
+    return _replace_line(text, f"cluster-config-file {names.DATA_MOUNT}/nodes.conf",
+                         f"cluster-config-file {data_dir}/nodes.conf")
+
+
+def free_cluster_ip() -> str:
+    """A loopback address with both the client port and the cluster bus port free."""
+    for _ in range(64):
+        ip = free_loopback_ip(names.REDIS_PORT)
+        if port_is_free(ip, names.REDIS_PORT + BUS_OFFSET):
+            return ip
+    raise RuntimeError("no loopback address with ports 6379 and 16379 free")
+
+
+@dataclass
+class Pod:
+    name: str
+    shard: int
+    ip: str
+    root: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def address(self) -> Address:
+        return (self.ip, names.REDIS_PORT)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.root / f"{self.name}.log"
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
+
+
+class ClusterEnv:
+    """The shard pods of one cluster-mode resource, as redis-server processes on loopback addresses."""
+
+    def __init__(self, spec: RedisMessagingSpec, owner: Owner, base_dir: Path, *, password: str | None) -> None:
+        if spec.mode != "cluster":
+            raise ValueError(f"ClusterEnv plays mode: cluster, not {spec.mode}")
+        if spec.auth.enabled != (password is not None):
+            raise ValueError("pass a password exactly when spec.auth.enabled (the pods mount the auth Secret)")
+        if shutil.which("redis-server") is None:
+            import pytest
+
+            pytest.skip("redis-server not found: apt-get install -y redis-server redis-tools")
+        self.spec = spec
+        self.owner = owner
+        self.base_dir = base_dir
+        self.password = password
+        self.files = config.config_files(spec, owner)
+        self._pods: dict[str, Pod] = {}
+        self._clients: list[Any] = []
+        self._closed = False
+        for shard in range(spec.cluster.shards):
+            self._add_pods(shard)
+
+    # -- pods and volumes ----------------------------------------------------------------------
+    def _add_pods(self, shard: int) -> list[str]:
+        added = []
+        for pod_name in cluster.shard_pods(self.spec, self.owner, shard):
+            ip = free_cluster_ip()
+            root = self.base_dir / pod_name
+            env = {
+                "PATH": os.environ.get("PATH", os.defpath),
+                "HOME": str(root),
+                "LC_ALL": "C",
+                "POD_NAME": pod_name,
+                "POD_NAMESPACE": self.owner.namespace,
+                **cluster.script_env(self.spec, self.owner),
+                "RMSG_SHARD": str(shard),
+                "RMSG_CONFIG_DIR": str(root / "config"),
+                "RMSG_AUTH_DIR": str(root / "auth"),
+                "RMSG_RUN_DIR": str(root / "run"),
+                "RMSG_SELF_HOST": ip,
+                "RMSG_BIND": ip,
+                # One host, many loopback addresses: the kernel would give outgoing bus connections the
+                # source 127.0.0.1, so peers would learn a wrong address. A pod has one address and
+                # needs no such line; the start script adds it only when this variable is set.
+                "RMSG_ANNOUNCE_IP": ip,
+                "RMSG_PROBE_HOST": ip,
+            }
+            pod = Pod(pod_name, shard, ip, root, env)
+            self._pods[pod_name] = pod
+            self._write_volumes(pod)
+            added.append(pod_name)
+        return added
+
+    def _write_volumes(self, pod: Pod) -> None:
+        for sub in ("config", "auth", "run", "data"):
+            (pod.root / sub).mkdir(parents=True, exist_ok=True)
+        files = dict(self.files)
+        files["redis.conf"] = mounted_redis_conf(files["redis.conf"], pod.data_dir)
+        for key, text in files.items():
+            (pod.root / "config" / key).write_text(text)
+        if self.password is not None:
+            secret = pod.root / "auth" / "password"
+            fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.password)
+
+    @property
+    def pod_names(self) -> list[str]:
+        return list(self._pods)
+
+    def shard_pods(self, shard: int) -> list[str]:
+        return [p.name for p in self._pods.values() if p.shard == shard]
+
+    def pod(self, name: str) -> Pod:
+        try:
+            return self._pods[name]
+        except KeyError:
+            raise KeyError(f"no pod {name!r}; pods are {self.pod_names}") from None
+
+    def address(self, pod: str) -> Address:
+        return self.pod(pod).address
+
+    def pod_at(self, host: str) -> str:
+        for p in self._pods.values():
+            if p.ip == host:
+                return p.name
+        raise KeyError(f"no pod at {host}")
+
+    def addresses(self) -> MapAddresses:
+        """The address map an operator outside the pods' network would be given."""
+        return MapAddresses({p.name: p.address for p in self._pods.values()})
+
+    # -- processes -----------------------------------------------------------------------------
+    def start(self, pods: Iterable[str] | None = None, *, timeout: float = 20.0) -> Self:
+        """Start pods (default: every pod not running) at once, like a StatefulSet with the Parallel
+        policy, and wait until each answers PING."""
+        chosen = [self.pod(p) for p in pods] if pods is not None else [p for p in self._pods.values() if not p.alive()]
+        for p in chosen:
+            self._spawn(p)
+        for p in chosen:
+            self.wait_answering(p.name, timeout=timeout)
+        return self
+
+    def _spawn(self, pod: Pod) -> None:
+        if self._closed:
+            raise RuntimeError("this ClusterEnv is closed")
+        if pod.alive():
+            raise RuntimeError(f"{pod.name} is already running")
+        pod.starts += 1
+        with pod.log.open("ab") as log:
+            log.write(f"=== cluster_env: start {pod.starts} of {pod.name} ===\n".encode())
+            log.flush()
+            pod.process = subprocess.Popen(
+                ["sh", str(pod.root / "config" / "redis-start.sh")], env=pod.env, cwd=pod.root,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def is_running(self, pod: str) -> bool:
+        return self.pod(pod).alive()
+
+    def kill(self, pod: str, sig: int = signal.SIGKILL, *, timeout: float = 10.0) -> None:
+        p = self.pod(pod)
+        if p.process is None or not p.alive():
+            return
+        _signal_group(p.process, sig)
+        p.process.wait(timeout)
+        _signal_group(p.process, signal.SIGKILL)  # forked children (AOF rewrite) go too
+
+    def _terminate(self, pods: list[Pod], grace: float) -> None:
+        live = [p for p in pods if p.process is not None and p.alive()]
+        for p in live:
+            assert p.process is not None
+            _signal_group(p.process, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for p in live:
+            assert p.process is not None
+            try:
+                p.process.wait(max(deadline - time.monotonic(), 0.01))
+            except subprocess.TimeoutExpired:
+                _signal_group(p.process, signal.SIGKILL)
+                p.process.wait(10)
+            _signal_group(p.process, signal.SIGKILL)
+
+    def restart(self, pod: str, *, grace: float = 10.0, timeout: float = 20.0) -> None:
+        """A container restart on the same volume: SIGTERM (SIGKILL after ``grace``), start again."""
+        p = self.pod(pod)
+        self._terminate([p], grace)
+        self.start([pod], timeout=timeout)
+
+    def restart_all(self, *, grace: float = 10.0, timeout: float = 30.0) -> None:
+        """Every pod down at once, then every pod up at once (a whole-cluster restart)."""
+        pods = list(self._pods.values())
+        self._terminate(pods, grace)
+        self.start([p.name for p in pods], timeout=timeout)
+
+    def wipe(self, pod: str) -> None:
+        """The pod's volume is lost (it must not be running): it comes back as a new, empty node."""
+        p = self.pod(pod)
+        if p.alive():
+            raise RuntimeError(f"{pod} is running; kill it first")
+        shutil.rmtree(p.data_dir)
+        p.data_dir.mkdir()
+
+    def add_shard(self, shard: int, *, start: bool = True) -> list[str]:
+        """The pods of a new shard StatefulSet (scale-out)."""
+        added = self._add_pods(shard)
+        if start:
+            self.start(added)
+        return added
+
+    def remove_shard(self, shard: int) -> None:
+        """The StatefulSet of a shard is deleted: its pods stop and are gone."""
+        pods = [p for p in self._pods.values() if p.shard == shard]
+        self._terminate(pods, 5.0)
+        for p in pods:
+            del self._pods[p.name]
+
+    def close(self, *, grace: float = 5.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._terminate(list(self._pods.values()), grace)
+        finally:
+            for client in self._clients:
+                with contextlib.suppress(Exception):
+                    client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- clients -------------------------------------------------------------------------------
+    def client(self, pod: str, **kwargs: Any) -> redis.Redis:
+        """A plain client of one node (closed by :meth:`close`)."""
+        ip, port = self.address(pod)
+        options: dict[str, Any] = {"password": self.password, "socket_timeout": 5, "socket_connect_timeout": 2,
+                                   "decode_responses": True, "retry": Retry(NoBackoff(), 0)}
+        options.update(kwargs)
+        client = redis.Redis(host=ip, port=port, **options)
+        self._clients.append(client)
+        return client
+
+    def cluster_client(self, **kwargs: Any) -> RedisCluster:
+        """A cluster-aware client seeded with every running pod, like an application would be."""
+        seeds = [ClusterNode(p.ip, names.REDIS_PORT) for p in self._pods.values() if p.alive()]
+        options: dict[str, Any] = {"password": self.password, "socket_timeout": 5, "decode_responses": True}
+        options.update(kwargs)
+        client = RedisCluster(startup_nodes=seeds, **options)
+        self._clients.append(client)
+        return client
+
+    def wait_answering(self, pod: str, timeout: float = 20.0) -> None:
+        p = self.pod(pod)
+        deadline = time.monotonic() + timeout
+        with contextlib.closing(redis.Redis(host=p.ip, port=names.REDIS_PORT, password=self.password,
+                                            socket_timeout=1, socket_connect_timeout=1,
+                                            retry=Retry(NoBackoff(), 0))) as probe:
+            while True:
+                if not p.alive():
+                    raise RuntimeError(f"{pod} exited ({p.process.returncode if p.process else None})\n"
+                                       f"{self.log_tail(pod)}")
+                try:
+                    if probe.ping():
+                        return
+                except RedisError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{pod} does not answer within {timeout:g}s\n{self.log_tail(pod)}")
+                time.sleep(0.05)
+
+    def cluster_info(self, pod: str) -> dict[str, str]:
+        text = str(self.client(pod).execute_command("CLUSTER", "INFO"))  # type: ignore[no-untyped-call]
+        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+    # -- logs ----------------------------------------------------------------------------------
+    def log_tail(self, *pods: str, lines: int = 20) -> str:
+        parts = []
+        for name in pods or tuple(self._pods):
+            p = self.pod(name)
+            text = p.log.read_text(errors="replace") if p.log.exists() else ""
+            parts.append(f"--- {name} ({p.ip}) ---\n" + "\n".join(text.splitlines()[-lines:]))
+        return "\n".join(parts)
+
+
+# -- the operator's passes -------------------------------------------------------------------------
+def heal_until(topology: Any, spec: RedisMessagingSpec, owner: Owner, password: str | None, *,
+               timeout: float = 30.0, interval: float = 0.2, until: Any = None) -> list[Any]:
+    """Run the topology's check-and-heal pass like the operator's loop does (a pass, then the next
+    when it asks to come back) until ``until(report)`` (default: healthy); every report, in order."""
+    done = until or (lambda report: report.healthy)
+    reports = []
+    deadline = time.monotonic() + timeout
+    while True:
+        report = topology.check_and_heal(spec, owner, [], password)
+        reports.append(report)
+        if done(report):
+            return reports
+        if time.monotonic() > deadline:
+            history = "\n".join(f"  {r.reason}: {r.message} {[a.message for a in r.actions]}" for r in reports[-8:])
+            raise AssertionError(f"not reached within {timeout:g}s; last passes:\n{history}")
+        time.sleep(interval)
+
+
+def actions_of(reports: Iterable[Any]) -> list[str]:
+    return [a.reason for r in reports for a in r.actions]
