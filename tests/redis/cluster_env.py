@@ -360,14 +360,17 @@ class ClusterEnv:
 
 # -- the operator's passes -------------------------------------------------------------------------
 def heal_until(topology: Any, spec: RedisMessagingSpec, owner: Owner, password: str | None, *,
-               timeout: float = 30.0, interval: float = 0.2, until: Any = None) -> list[Any]:
+               timeout: float = 30.0, interval: float = 0.2, until: Any = None,
+               env: ClusterEnv | None = None) -> list[Any]:
     """Run the topology's check-and-heal pass like the operator's loop does (a pass, then the next
     when it asks to come back) until ``until(report)`` (default: healthy); every report, in order."""
     done = until or (lambda report: report.healthy)
     reports = []
     deadline = time.monotonic() + timeout
     while True:
-        report = topology.check_and_heal(spec, owner, [], password)
+        # the pass lists the resource's pods first, as the reconcile pass does
+        pods = [{"metadata": {"name": name}} for name in (env.pod_names if env is not None else ())]
+        report = topology.check_and_heal(spec, owner, pods, password)
         reports.append(report)
         if done(report):
             return reports

@@ -383,3 +383,25 @@ def test_streams_are_placed_on_the_master_of_their_slot() -> None:
     assert [(n.name, [s.name for s in ss]) for n, ss in placement.by_node(streams)] == [
         ("r-shard-2-0", ["foo", "{foo}x"]), ("r-shard-0-0", ["bar"])]
     assert Placement.sharded([]) is None
+
+
+def test_only_released_shards_beyond_the_spec_lose_their_workloads() -> None:
+    from redis_messaging.api import models
+    from redis_messaging.builders.names import Owner
+    from redis_messaging.reconcile.sync import release_shards
+
+    class FakeKube:
+        def __init__(self) -> None:
+            self.deleted: list[tuple[str, str]] = []
+
+        def get(self, kind: str, namespace: str, name: str) -> dict[str, str]:
+            return {"kind": kind}
+
+        def delete(self, kind: str, namespace: str, name: str) -> None:
+            self.deleted.append((kind, name))
+
+    kube = FakeKube()
+    spec = models.parse_spec({"mode": "cluster", "cluster": {"shards": 3}})
+    done = release_shards(kube, spec, Owner("r", "ns"), ["r-shard-3", "r-shard-1", "other"])  # type: ignore[arg-type]
+    assert kube.deleted == [("StatefulSet", "r-shard-3"), ("PodDisruptionBudget", "r-shard-3")]
+    assert len(done) == 2

@@ -513,10 +513,16 @@ def plan(obs: Observation, *, reshard: bool = True) -> Plan:
 
     # 8. report
     covered = len(a.claimed()) == SLOTS
+
+    def owners(view: cl.NodeView) -> dict[str, tuple[tuple[int, int], ...]]:
+        return {n.id: n.slots for n in view.nodes if n.is_master and n.slots}
+
+    # every node has converged on the same slot map and says the cluster is ok
+    agreed = all(owners(v) == owners(anchor_view) and v.state == "ok" for v in a.reachable.values())
     complete = all(len(by_index[i].replicas) >= obs.replicas_per_shard and by_index[i].in_sync >= obs.replicas_per_shard
                    for i in range(obs.shards))
-    healthy = (calm and covered and complete and not unreachable and not problems and not a.leaving_shards
-               and not moves)
+    healthy = (calm and covered and agreed and complete and not unreachable and not problems
+               and not a.leaving_shards and not moves)
     message = _summary(a, views)
     if problems or not_ready:
         message = f"{message}; " + "; ".join(problems + not_ready)
@@ -691,7 +697,9 @@ class ClusterTopology:
                   if v.reachable and v.myself is not None and v.myself.is_master
                   and p not in (step.source, step.target)]
         mover = cl.SlotMover(raw, batch_slots=self.batch_slots, hook=self.hook)
-        stats = mover.move(source, target, step.slots, others, deadline=deadline)
+        target_node = obs.views[step.target].myself
+        first = 1 if target_node is not None and not target_node.slots else None  # a master serving nothing yet
+        stats = mover.move(source, target, step.slots, others, deadline=deadline, first_batch=first)
         if not stats.slots:
             return None
         verb = "finished moving" if step.resume else "moved"

@@ -364,17 +364,24 @@ class SlotMover:
         self.hook = hook
 
     def move(self, source: Endpoint, target: Endpoint, slots: Sequence[int], others: Sequence[Address] = (),
-             *, deadline: float | None = None) -> MoveStats:
+             *, deadline: float | None = None, first_batch: int | None = None) -> MoveStats:
         """Move ``slots`` (owned by ``source``, or half-moved to ``target``) batch by batch, until done
         or ``deadline`` (time.monotonic()) has passed at the end of a batch. ``others``: the other
-        masters, told the new owner at once instead of by gossip."""
+        masters, told the new owner at once instead of by gossip. ``first_batch``: the size of the
+        first batch (a new master is in no client's slot map until it serves a slot, and some clients
+        cannot follow an ASK redirection to a node they do not know: one slot first keeps that window
+        to a few milliseconds)."""
         stats = MoveStats()
         started = time.monotonic()
         todo = sorted(slots)
-        for i in range(0, len(todo), self.batch_slots):
+        batches = []
+        if first_batch and todo:
+            batches.append(todo[:first_batch])
+            todo = todo[first_batch:]
+        batches += [todo[i:i + self.batch_slots] for i in range(0, len(todo), self.batch_slots)]
+        for batch in batches:
             if deadline is not None and time.monotonic() > deadline:
                 break
-            batch = todo[i:i + self.batch_slots]
             stats.keys += self._move_batch(source, target, batch, others)
             stats.slots += len(batch)
             stats.batches += 1
