@@ -314,6 +314,29 @@ class Stream(Model):
     )
 
 
+class Queue(Model):
+    """A list used as a work queue: producers LPUSH, consumers BRPOP (or BLMOVE for at-least-once)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel("!has(self.autoscale) || !has(self.autoscale.metric) || self.autoscale.metric != 'pending'",
+                     "a list queue has no pending entries: its backlog is its length (LLEN)")
+            ]
+        }
+    )
+
+    name: str = Field(min_length=1, max_length=512)
+    autoscale: Autoscale | None = None
+
+
+class Channel(Model):
+    """A Pub/Sub channel to watch: a message published while nobody listens is lost."""
+
+    name: str = Field(min_length=1, max_length=512)
+    sharded: bool = Field(False, description="A shard channel (SSUBSCRIBE / SPUBLISH, cluster mode).")
+
+
 class RedisMessagingSpec(Model):
     model_config = ConfigDict(
         json_schema_extra={
@@ -343,6 +366,16 @@ class RedisMessagingSpec(Model):
     pod: PodSpec = Field(default_factory=PodSpec)
     streams: list[Stream] = Field(
         default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    queues: list[Queue] = Field(
+        default_factory=list,
+        description="List queues whose length (LLEN) can scale their consumers like a stream group.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    channels: list[Channel] = Field(
+        default_factory=list,
+        description="Pub/Sub channels whose subscriber count is watched.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
 
@@ -401,6 +434,24 @@ class StreamStatus(Model):
     groups: list[GroupStatus] = Field(default_factory=list)
 
 
+class QueueStatus(Model):
+    name: str
+    length: int | None = None
+    shard: str | None = None
+    current_replicas: int | None = None
+    desired_replicas: int | None = None
+    last_decision: str | None = None
+    last_scale_time: str | None = None
+    error: str | None = None
+
+
+class ChannelStatus(Model):
+    name: str
+    sharded: bool = False
+    subscribers: int | None = None
+    error: str | None = None
+
+
 class RedisMessagingStatus(Model):
     model_config = ConfigDict(extra="ignore")
 
@@ -411,6 +462,8 @@ class RedisMessagingStatus(Model):
     shards: list[ShardStatus] = Field(default_factory=list)
     connection: Connection | None = None
     streams: list[StreamStatus] = Field(default_factory=list)
+    queues: list[QueueStatus] = Field(default_factory=list)
+    channels: list[ChannelStatus] = Field(default_factory=list)
 
 
 def parse_spec(spec: dict[str, Any]) -> RedisMessagingSpec:
