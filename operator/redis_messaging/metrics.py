@@ -158,6 +158,14 @@ class OperatorMetrics:
         self.group_current_replicas = r.gauge(f"{p}_group_current_replicas", "Replicas of the group's "
                                               "workload (its scale subresource).", GROUP)
         self.stream_length = r.gauge(f"{p}_stream_length", "Entries in the stream.", (*RESOURCE, "stream"))
+        queue = (*RESOURCE, "queue")
+        self.queue_length = r.gauge(f"{p}_queue_length", "Entries in the list queue (LLEN).", queue)
+        self.queue_desired_replicas = r.gauge(f"{p}_queue_desired_replicas", "Replicas the autoscaler wants "
+                                              "for the queue's workload.", queue)
+        self.queue_current_replicas = r.gauge(f"{p}_queue_current_replicas", "Replicas of the queue's "
+                                              "workload (its scale subresource).", queue)
+        self.channel_subscribers = r.gauge(f"{p}_channel_subscribers", "Subscribers of the Pub/Sub channel; "
+                                           "a message published while it is 0 is lost.", (*RESOURCE, "channel"))
         self.trimmed = r.counter(f"{p}_stream_trimmed_entries_total", "Entries removed by retention.",
                                  (*RESOURCE, "stream"))
         self.scales = r.counter(f"{p}_autoscale_scale_total", "Scale subresource patches.",

@@ -320,3 +320,54 @@ def test_a_keda_scaled_object_on_the_same_deployment_makes_the_operator_refuse(
     time.sleep(4.5)  # two autoscaler ticks or more with a backlog of 480
     assert scale_writes(control_plane, namespace, since) == []
     assert replicas(api, namespace) == 0
+
+
+def test_a_list_queue_scales_its_workload_and_channels_report_subscribers(
+        api: Api, namespace: str, needs_controllers: None, operator: Any, r: Redis) -> None:
+    deployment(api, namespace, 0)
+    r.lpush("jobs", *range(250))
+    subscriber = r.pubsub()
+    subscriber.subscribe("news")
+    try:
+        api.create(namespace, rmsg("orders", {
+            "redis": {"replicas": 1}, "sentinel": {"replicas": 1, "quorum": 1},
+            "auth": {"secretName": "orders-pass"},
+            "queues": [{"name": "jobs", "autoscale": {
+                "target": {"kind": "Deployment", "name": DEPLOYMENT}, "minReplicas": 0, "maxReplicas": 10,
+                "backlogPerReplica": 100, "scaleDownStabilizationSeconds": 0, "idleSecondsBeforeZero": 0}}],
+            "channels": [{"name": "news"}, {"name": "nobody-listens"}],
+        }))
+        eventually(lambda: replicas(api, namespace) == 3, timeout=30, what="250 queued entries -> 3 replicas")
+
+        def status() -> dict[str, Any]:
+            return api.get(namespace, "orders").get("status") or {}
+
+        queue = eventually(lambda: (q := (status().get("queues") or [None])[0]) and q.get("desiredReplicas") == 3 and q,
+                           timeout=20, what="status.queues")
+        assert queue["name"] == "jobs"
+        assert queue["length"] == 250
+        assert "250" in queue["lastDecision"]
+        channels = eventually(lambda: (c := status().get("channels")) and len(c) == 2 and c, timeout=20,
+                              what="status.channels")
+        assert {c["name"]: c["subscribers"] for c in channels} == {"news": 1, "nobody-listens": 0}
+        r.delete("jobs")  # drained: back to zero
+        eventually(lambda: replicas(api, namespace) == 0, timeout=30, what="an empty queue -> 0 replicas")
+    finally:
+        subscriber.close()
+
+
+def test_an_hpa_on_a_queue_workload_is_refused(api: Api, namespace: str, operator: Any, r: Redis) -> None:
+    deployment(api, namespace, 1)
+    client.AutoscalingV2Api(api.api).create_namespaced_horizontal_pod_autoscaler(namespace, {
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "cpu"},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": DEPLOYMENT},
+                 "minReplicas": 1, "maxReplicas": 5}})
+    r.lpush("jobs", *range(500))
+    api.create(namespace, rmsg("orders", {
+        "redis": {"replicas": 1}, "sentinel": {"replicas": 1, "quorum": 1}, "auth": {"secretName": "orders-pass"},
+        "queues": [{"name": "jobs", "autoscale": {"target": {"kind": "Deployment", "name": DEPLOYMENT}}}]}))
+    conflict = eventually(lambda: (c := api.condition(namespace, "orders", "AutoscaleConflict")) and
+                          c["status"] == "True" and c, timeout=20, what="AutoscaleConflict")
+    assert "cpu" in conflict["message"]
+    time.sleep(3)  # more than one tick: the refused workload is never scaled
+    assert replicas(api, namespace) == 1

@@ -11,7 +11,7 @@ from redis.client import Redis
 
 from redis_messaging.api.models import Stream
 from redis_messaging.redis.nodes import NodeUnavailable, Pools, consumers, provision, reclaim
-from redis_messaging.redis.streams import node_of
+from redis_messaging.redis.streams import StreamsNode, collect_node, node_of
 
 pytestmark = pytest.mark.redis
 
@@ -100,3 +100,31 @@ def test_pools_reuse_clients_and_renew_them_with_a_new_password(server: RedisSer
     assert pools.node(("ns", "orders"), "changed", address) is not a
     pools.forget(("ns", "orders"))
     pools.close_all()
+
+
+def test_queues_and_channels_are_measured_in_the_same_round_trip(server: RedisServer, r: Redis) -> None:
+    client = r
+    client.lpush("jobs", *range(42))
+    client.xadd("orders", {"n": "1"})
+    client.xgroup_create("orders", "billing", id="0")
+    listener = server.client().pubsub()
+    listener.subscribe("news")
+    node = StreamsNode(client)
+    collect_node(node, ["orders"])  # learn the version first: later ticks are one round trip
+    calls = []
+    original = client.pipeline
+
+    def counting_pipeline(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    client.pipeline = counting_pipeline  # type: ignore[method-assign]
+    try:
+        measured = collect_node(node, ["orders"], queues=["jobs", "empty"],
+                                channels=[("news", False), ("nobody", False)])
+    finally:
+        listener.close()
+    assert len(calls) == 1
+    assert [(q.queue, q.length) for q in measured.queues] == [("jobs", 42), ("empty", 0)]
+    assert {c.channel: c.subscribers for c in measured.channels} == {"news": 1, "nobody": 0}
+    assert measured.streams[0].groups[0].lag == 1

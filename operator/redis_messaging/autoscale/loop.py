@@ -33,14 +33,14 @@ from typing import Any
 
 from redis_messaging.api import models
 from redis_messaging.autoscale import policy
-from redis_messaging.autoscale.decide import GroupState, decide
+from redis_messaging.autoscale.decide import GroupSample, GroupState, decide
 from redis_messaging.autoscale.policy import GroupKey, GroupView
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube, KubeError
 from redis_messaging.metrics import OperatorMetrics
 from redis_messaging.redis import nodes
-from redis_messaging.redis.nodes import NodeUnavailable, Placement, Pools
-from redis_messaging.redis.streams import GroupMeasurement, StreamsNode, Target, collect
+from redis_messaging.redis.nodes import Node, NodeUnavailable, Placement, Pools
+from redis_messaging.redis.streams import GroupMeasurement, StreamsNode, Target, collect_node
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,12 @@ class Declared:
 
     @property
     def autoscales(self) -> bool:
-        return any(g.autoscale is not None for s in self.spec.streams for g in s.groups)
+        return (any(g.autoscale is not None for s in self.spec.streams for g in s.groups)
+                or any(q.autoscale is not None for q in self.spec.queues))
+
+    @property
+    def watches(self) -> bool:
+        return bool(self.spec.streams or self.spec.queues or self.spec.channels)
 
 
 @dataclass
@@ -82,7 +87,9 @@ class _Runtime:
     stream_errors: dict[str, str] = field(default_factory=dict)
     orphaned: dict[GroupKey, int] = field(default_factory=dict)
     trimmed: dict[str, int] = field(default_factory=dict)  # since the operator started; under the lock
-    written: list[Obj] | None = None  # status.streams as last written (or found)
+    written: dict[str, list[Obj]] | None = None  # status.streams/queues/channels as last written (or found)
+    subscribers: dict[str, int | None] = field(default_factory=dict)
+    channel_errors: dict[str, str] = field(default_factory=dict)
     written_at: float = float("-inf")
     measured_at: float = float("-inf")
     reclaimed_at: float = float("-inf")
@@ -131,15 +138,16 @@ class Autoscaler:
                     "metadata": {"name": owner.name, "namespace": owner.namespace, "uid": meta.get("uid", "")}}
         with self._lock:
             runtime = self._resources.get(key)
-            if not spec.streams:
+            if not (spec.streams or spec.queues or spec.channels):
                 if runtime is not None:
                     self._forget_locked(key)
                 return
             if runtime is None:
                 declared = Declared(owner, involved, spec, password, placement, conflicts or {})
                 runtime = self._resources[key] = _Runtime(declared)
-                found = (body.get("status") or {}).get("streams")
-                runtime.written = found if isinstance(found, list) else None
+                found = body.get("status") or {}
+                runtime.written = {k: found[k] for k in ("streams", "queues", "channels")
+                                   if isinstance(found.get(k), list)} or None
             else:
                 old = runtime.declared
                 runtime.declared = Declared(owner, involved, spec, password, placement or old.placement,
@@ -200,6 +208,7 @@ class Autoscaler:
             runtime.reclaimed_at = now
         owner = declared.owner
         declared_keys = {(s.name, g.name) for s in declared.spec.streams for g in s.groups}
+        declared_keys |= {nodes.queue_key(q.name) for q in declared.spec.queues}
         for stale in set(runtime.views) - declared_keys:
             runtime.views.pop(stale)
             runtime.orphaned.pop(stale, None)
@@ -208,12 +217,30 @@ class Autoscaler:
             runtime.states.pop(state_key)
         scaled: list[Scaled] = []
         pods: dict[str, policy.PodView] | None = None
-        for node, streams in declared.placement.by_node(declared.spec.streams):
+        subscribers: dict[str, int | None] = {}
+        runtime.channel_errors.clear()
+        for node, (streams, queues, channels) in self._work(declared.placement, declared.spec).items():
             client = self.pools.node((owner.namespace, owner.name), declared.password, node.address)
             poll_start = self.monotonic()
-            measured = collect(client, [Target.of(s) for s in streams])
+            measured_node = collect_node(client, [Target.of(s) for s in streams], queues=[q.name for q in queues],
+                                         channels=channels)
             self.metrics.poll_seconds.observe(self.monotonic() - poll_start, namespace=owner.namespace,
                                               resource=owner.name)
+            for c in measured_node.channels:  # plain channels: the sum over every master
+                if c.error is not None:
+                    runtime.channel_errors[c.channel] = c.error
+                elif c.subscribers is not None:
+                    subscribers[c.channel] = (subscribers.get(c.channel) or 0) + c.subscribers
+            for queue, qm in zip(queues, measured_node.queues, strict=True):
+                qkey = nodes.queue_key(queue.name)
+                qview = self._view(runtime, *qkey, None)  # a list is no stream: fill the view from LLEN
+                qview.error, qview.lag, qview.pending, qview.consumers = qm.error, qm.length, None, None
+                if queue.autoscale is not None and qm.error is None:
+                    qgroup = models.Group(name=queue.name, autoscale=queue.autoscale)
+                    done = self._scale(runtime, client, qkey[0], qgroup, qm, qview, started)
+                    if done is not None:
+                        scaled.append(done)
+            measured = measured_node.streams
             by_stream = {m.stream: m for m in measured}
             for stream in streams:
                 m = by_stream.get(stream.name)
@@ -231,8 +258,24 @@ class Autoscaler:
                             scaled.append(done)
             if sweep:
                 pods = self._reclaim(runtime, client, node.name, streams, pods)
+        runtime.subscribers = subscribers
         self._report(runtime)
         return scaled
+
+    @staticmethod
+    def _work(placement: Placement, spec: models.RedisMessagingSpec
+              ) -> dict[Node, tuple[list[models.Stream], list[models.Queue], list[tuple[str, bool]]]]:
+        """What to measure on each node: streams and queues where their key lives, shard channels on
+        their shard, plain channels on every master (their subscribers may be on any)."""
+        work: dict[Node, tuple[list[models.Stream], list[models.Queue], list[tuple[str, bool]]]] = {}
+        for node, streams in placement.by_node(spec.streams):
+            work[node] = (streams, [], [])
+        for queue in spec.queues:
+            work.setdefault(placement.node_of(queue.name), ([], [], []))[1].append(queue)
+        for channel in spec.channels:
+            for node in [placement.node_of(channel.name)] if channel.sharded else placement.nodes():
+                work.setdefault(node, ([], [], []))[2].append((channel.name, channel.sharded))
+        return work
 
     def _view(self, runtime: _Runtime, stream: str, group: str, sample: GroupMeasurement | None) -> GroupView:
         old = runtime.views.get((stream, group)) or GroupView()
@@ -248,7 +291,7 @@ class Autoscaler:
         return view
 
     def _scale(self, runtime: _Runtime, client: StreamsNode, stream: str, group: models.Group,
-               sample: GroupMeasurement, view: GroupView, started: float) -> Scaled | None:
+               sample: GroupSample, view: GroupView, started: float) -> Scaled | None:
         declared = runtime.declared
         owner = declared.owner
         spec = group.autoscale
@@ -277,7 +320,8 @@ class Autoscaler:
             return None
         what = f"{target.kind} {target.name}"
         try:
-            if decision.desired < current and target.kind == "Deployment":
+            is_queue = stream.startswith(nodes.QUEUE_PREFIX)  # a list has no consumers to rank
+            if decision.desired < current and target.kind == "Deployment" and not is_queue:
                 self._set_deletion_costs(runtime, client, stream, group.name, scale)
             self.kube.scale(target.kind, owner.namespace, target.name, decision.desired)
         except KubeError as exc:
@@ -375,7 +419,23 @@ class Autoscaler:
                 m.stream_length.remove(**labels, stream=stream.name)
             else:
                 m.stream_length.set(length, **labels, stream=stream.name)
+        for queue in declared.spec.queues:
+            qview = runtime.views.get(nodes.queue_key(queue.name)) or GroupView()
+            for family, value in ((m.queue_length, qview.lag), (m.queue_desired_replicas, qview.desired_replicas),
+                                  (m.queue_current_replicas, qview.current_replicas)):
+                if value is None:
+                    family.remove(**labels, queue=queue.name)
+                else:
+                    family.set(value, **labels, queue=queue.name)
+        for channel in declared.spec.channels:
+            count = runtime.subscribers.get(channel.name)
+            if count is None:
+                m.channel_subscribers.remove(**labels, channel=channel.name)
+            else:
+                m.channel_subscribers.set(count, **labels, channel=channel.name)
         for (stream_name, group_name), view in runtime.views.items():
+            if stream_name.startswith(nodes.QUEUE_PREFIX):
+                continue
             where = {**labels, "stream": stream_name, "group": group_name}
             for family, value in ((m.group_lag, view.lag), (m.group_pending, view.pending),
                                   (m.group_orphaned_pending, view.orphaned_pending),
@@ -392,14 +452,19 @@ class Autoscaler:
             trimmed = dict(runtime.trimmed)
         placement = declared.placement
         shards = {s.name: placement.node_of(s.name).shard for s in declared.spec.streams} if placement else {}
-        status = policy.shape_status(declared.spec.streams, runtime.views, runtime.lengths,
-                                     runtime.stream_errors, trimmed, shards)
+        queue_shards = {q.name: placement.node_of(q.name).shard for q in declared.spec.queues} if placement else {}
+        status = {
+            "streams": policy.shape_status(declared.spec.streams, runtime.views, runtime.lengths,
+                                           runtime.stream_errors, trimmed, shards),
+            "queues": policy.shape_queues(declared.spec.queues, runtime.views, queue_shards),
+            "channels": policy.shape_channels(declared.spec.channels, runtime.subscribers, runtime.channel_errors),
+        }
         now = self.monotonic()
-        if not policy.should_write(status, runtime.written, since_written=now - runtime.written_at,
-                                   interval=self.status_interval):
+        if not policy.should_write_all(status, runtime.written, since_written=now - runtime.written_at,
+                                       interval=self.status_interval):
             return
         try:
-            self.kube.patch_status(models.KIND, owner.namespace, owner.name, {"streams": status})
+            self.kube.patch_status(models.KIND, owner.namespace, owner.name, status)
         except KubeError as exc:
             if exc.status == 404:
                 self.forget(owner.namespace, owner.name)

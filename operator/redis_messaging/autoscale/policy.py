@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis_messaging.api import models
+from redis_messaging.redis.nodes import queue_key
 
 Obj = dict[str, Any]
 GroupKey = tuple[str, str]  # (stream, group)
@@ -112,6 +113,49 @@ def shape_status(streams: Sequence[models.Stream], views: Mapping[GroupKey, Grou
                                      groups=groups)
         out.append(status.model_dump(by_alias=True, exclude_none=True))
     return out
+
+
+def shape_queues(queues: Sequence[models.Queue], views: Mapping[GroupKey, GroupView],
+                 shards: Mapping[str, str | None] | None = None) -> list[Obj]:
+    out = []
+    for queue in queues:
+        view = views.get(queue_key(queue.name)) or GroupView()
+        status = models.QueueStatus(name=queue.name, length=view.lag, shard=(shards or {}).get(queue.name),
+                                    current_replicas=view.current_replicas, desired_replicas=view.desired_replicas,
+                                    last_decision=view.last_decision, last_scale_time=view.last_scale_time,
+                                    error=view.error)
+        out.append(status.model_dump(by_alias=True, exclude_none=True))
+    return out
+
+
+def shape_channels(channels: Sequence[models.Channel], subscribers: Mapping[str, int | None],
+                   errors: Mapping[str, str]) -> list[Obj]:
+    return [models.ChannelStatus(name=c.name, sharded=c.sharded, subscribers=subscribers.get(c.name),
+                                 error=errors.get(c.name)).model_dump(by_alias=True, exclude_none=True)
+            for c in channels]
+
+
+def should_write_all(new: Mapping[str, Sequence[Obj]], written: Mapping[str, Sequence[Obj]] | None, *,
+                     since_written: float, interval: float) -> bool:
+    """:func:`should_write` over status.streams, status.queues and status.channels together; a channel
+    whose subscriber count reaches or leaves 0 is actionable (messages published then are lost)."""
+    written = written or {}
+    if all(list(new.get(k, ())) == list(written.get(k, ())) for k in set(new) | set(written)):
+        return False
+
+    def listening(channels: Sequence[Obj] | None) -> tuple[Any, ...]:
+        return tuple((c.get("name"), (c.get("subscribers") or 0) > 0, c.get("error")) for c in channels or ())
+
+    if listening(new.get("channels")) != listening(written.get("channels")):
+        return True
+    if actionable([*new.get("streams", ()), *_queues_as_status(new.get("queues"))]) != actionable(
+            [*written.get("streams", ()), *_queues_as_status(written.get("queues"))]):
+        return True
+    return since_written >= interval
+
+
+def _queues_as_status(queues: Sequence[Obj] | None) -> list[Obj]:
+    return [{"name": queue_key(str(q.get("name")))[0], "groups": [q]} for q in queues or ()]
 
 
 _NUMBERS = re.compile(r"[0-9]+(\.[0-9]+)?")

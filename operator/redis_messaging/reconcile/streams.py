@@ -26,7 +26,7 @@ from redis_messaging.kube.client import Kube, KubeError
 from redis_messaging.reconcile import conditions as cond
 from redis_messaging.reconcile.addresses import Addresses
 from redis_messaging.reconcile.topology import Action
-from redis_messaging.redis.nodes import GroupKey, Node, Placement, Pools, provision
+from redis_messaging.redis.nodes import GroupKey, Node, Placement, Pools, provision, queues_as_streams
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,8 @@ class StreamsReport:
 
 
 def _autoscales(spec: RedisMessagingSpec) -> bool:
-    return any(g.autoscale is not None for s in spec.streams for g in s.groups)
+    return (any(g.autoscale is not None for s in spec.streams for g in s.groups)
+            or any(q.autoscale is not None for q in spec.queues))
 
 
 class StreamsStep:
@@ -143,8 +144,9 @@ class StreamsStep:
 
     def run(self, spec: RedisMessagingSpec, owner: Owner, master: str | None, password: str | None,
             *, waiting: str = "", shards: Sequence[Mapping[str, Any]] | None = None) -> StreamsReport | None:
-        """None when the resource declares no stream. ``shards``: cluster mode's ``status.shards``."""
-        if not spec.streams:
+        """None when the resource declares no stream, queue or channel. ``shards``: cluster mode's
+        ``status.shards``."""
+        if not (spec.streams or spec.queues or spec.channels):
             return None
         report = StreamsReport()
         if _autoscales(spec):
@@ -200,7 +202,7 @@ class StreamsStep:
                 AUTOSCALE_CONFLICT, None, "CheckFailed",
                 f"could not list HorizontalPodAutoscalers and ScaledObjects: {exc}"))
             return
-        conflicts = autoscale_conflicts(spec.streams, hpas, scaled_objects)
+        conflicts = autoscale_conflicts([*spec.streams, *queues_as_streams(spec.queues)], hpas, scaled_objects)
         report.conflicts = {(c.stream, c.group): c.message for c in conflicts}
         if conflicts:
             report.conditions.append(cond.Cond(AUTOSCALE_CONFLICT, True, "ConflictingAutoscaler",

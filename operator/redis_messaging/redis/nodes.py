@@ -21,6 +21,7 @@ from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
+from redis_messaging.api import models
 from redis_messaging.api.models import Stream
 from redis_messaging.redis import cluster as rc
 from redis_messaging.redis import sentinel as rs
@@ -31,6 +32,20 @@ log = logging.getLogger(__name__)
 Address = tuple[str, int]
 GroupKey = tuple[str, str]  # (stream, group)
 Resource = tuple[str, str]  # (namespace, name) of a RedisMessaging
+
+
+QUEUE_PREFIX = "list:"
+
+
+def queue_key(queue: str) -> tuple[str, str]:
+    """A list queue autoscales like a stream group; its key among the groups is ("list:<name>", name)."""
+    return (f"{QUEUE_PREFIX}{queue}", queue)
+
+
+def queues_as_streams(queues: Iterable[models.Queue]) -> list[Stream]:
+    """Autoscaled queues in the shape that conflict detection reads: one pseudo-group per queue."""
+    return [Stream(name=queue_key(q.name)[0], groups=[models.Group(name=q.name, autoscale=q.autoscale)])
+            for q in queues if q.autoscale is not None]
 
 
 class NodeUnavailable(RuntimeError):
@@ -66,6 +81,10 @@ class Placement:
         for stream in streams:
             grouped.setdefault(self.node_of(stream.name), []).append(stream)
         return list(grouped.items())
+
+    def nodes(self) -> tuple[Node, ...]:
+        """Every master node, once (sentinel mode: the master)."""
+        return tuple(dict.fromkeys([self.master, *(node for _, _, node in self.slots)]))
 
     def node_of(self, stream: str) -> Node:
         """The node that owns ``stream`` (cluster mode: the master of the shard of its key's slot)."""

@@ -305,6 +305,44 @@ def _targets(targets: Iterable[Target | Stream | str]) -> list[Target]:
     return list(merged.values())
 
 
+@dataclass(frozen=True)
+class QueueMeasurement:
+    """A list queue at one instant: its length is its backlog (it has no pending entries)."""
+
+    queue: str
+    at: float
+    length: int | None = None
+    error: str | None = None
+
+    # what redis_messaging.autoscale.decide.GroupSample asks for
+    @property
+    def lag(self) -> int | None:
+        return self.length
+
+    @property
+    def pending(self) -> int | None:
+        return None if self.length is None else 0
+
+    lag_estimated: bool = False
+    entries_read: int | None = None
+
+
+@dataclass(frozen=True)
+class ChannelMeasurement:
+    channel: str
+    sharded: bool
+    at: float
+    subscribers: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class NodeMeasurement:
+    streams: list[StreamMeasurement]
+    queues: list[QueueMeasurement]
+    channels: list[ChannelMeasurement]
+
+
 def collect(
     client: Redis | StreamsNode,
     targets: Iterable[Target | Stream | str],
@@ -318,11 +356,29 @@ def collect(
     pipeline. Missing streams and groups, and an unreachable node, come back as measurements
     with ``error`` set; this function does not raise for them.
     """
+    return collect_node(client, targets, estimate_cap=estimate_cap).streams
+
+
+def collect_node(
+    client: Redis | StreamsNode,
+    targets: Iterable[Target | Stream | str],
+    *,
+    queues: Sequence[str] = (),
+    channels: Sequence[tuple[str, bool]] = (),
+    estimate_cap: int | None = None,
+) -> NodeMeasurement:
+    """:func:`collect`, plus the length of list queues (``LLEN``) and the subscriber count of Pub/Sub
+    channels (``PUBSUB NUMSUB``, ``PUBSUB SHARDNUMSUB`` for shard channels), in the same round trip.
+
+    ``channels`` are (name, sharded) pairs. Subscribers are counted on this node only.
+    """
     node = node_of(client)
     cap = estimate_cap or node.estimate_cap
     wanted = _targets(targets)
-    if not wanted:
-        return []
+    plain = [c for c, sharded in channels if not sharded]
+    shard_channels = [c for c, sharded in channels if sharded]
+    if not wanted and not queues and not channels:
+        return NodeMeasurement([], [], [])
 
     pipe = node.client.pipeline(transaction=False)
     ask_version = node.version is None
@@ -331,16 +387,63 @@ def collect(
     for t in wanted:
         pipe.xlen(t.stream)
         pipe.xinfo_groups(t.stream)
+    for q in queues:
+        pipe.llen(q)
+    if plain:
+        pipe.execute_command("PUBSUB", "NUMSUB", *plain)  # type: ignore[no-untyped-call]
+    if shard_channels:
+        pipe.execute_command("PUBSUB", "SHARDNUMSUB", *shard_channels)  # type: ignore[no-untyped-call]
     try:
         replies = pipe.execute(raise_on_error=False)
     except RedisError as exc:
         at = node.clock()
-        return [_failed(t, at, f"redis unreachable: {exc}") for t in wanted]
+        why = f"redis unreachable: {exc}"
+        return NodeMeasurement([_failed(t, at, why) for t in wanted],
+                               [QueueMeasurement(q, at, error=why) for q in queues],
+                               [ChannelMeasurement(c, s, at, error=why) for c, s in channels])
     at = node.clock()
     if ask_version:
         info = replies.pop(0)
         if not isinstance(info, Exception):
             node.learn_version(info)
+    extra = replies[2 * len(wanted):]
+    del replies[2 * len(wanted):]
+    measured_queues = []
+    for q, reply in zip(queues, extra[:len(queues)], strict=True):
+        if isinstance(reply, Exception):
+            measured_queues.append(QueueMeasurement(q, at, error=f"queue {q}: {reply}"))
+        else:
+            measured_queues.append(QueueMeasurement(q, at, length=int(reply)))
+    extra = extra[len(queues):]
+    measured_channels = []
+    for names_, sharded in ((plain, False), (shard_channels, True)):
+        if not names_:
+            continue
+        reply = extra.pop(0)
+        counts = _numsub(reply) if not isinstance(reply, Exception) else {}
+        for c in names_:
+            if isinstance(reply, Exception):
+                measured_channels.append(ChannelMeasurement(c, sharded, at, error=f"channel {c}: {reply}"))
+            else:
+                measured_channels.append(ChannelMeasurement(c, sharded, at, subscribers=counts.get(c, 0)))
+    return NodeMeasurement(_measure_streams(node, wanted, replies, at, cap), measured_queues, measured_channels)
+
+
+def _numsub(reply: Any) -> dict[str, int]:
+    if isinstance(reply, dict):
+        return {_text(k): int(v) for k, v in reply.items()}
+    items = list(reply or [])
+    out: dict[str, int] = {}
+    for entry in items:
+        if isinstance(entry, (list, tuple)) and len(entry) == 2:
+            out[_text(entry[0])] = int(entry[1])
+    if not out:
+        out = {_text(items[i]): int(items[i + 1]) for i in range(0, len(items) - 1, 2)}
+    return out
+
+
+def _measure_streams(node: StreamsNode, wanted: list[Target], replies: list[Any], at: float,
+                     cap: int) -> list[StreamMeasurement]:
 
     out: list[StreamMeasurement] = []
     to_estimate: list[tuple[int, int]] = []  # (stream index, group index)
