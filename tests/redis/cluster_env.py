@@ -305,6 +305,12 @@ class ClusterEnv:
                  tb: TracebackType | None) -> None:
         self.close()
 
+    def run_script(self, pod: str, script: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """One of the pod's ConfigMap scripts with the pod's environment (an exec probe or a hook)."""
+        p = self.pod(pod)
+        return subprocess.run(["sh", str(p.root / "config" / script), *args], env=p.env, cwd=p.root,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False)
+
     # -- clients -------------------------------------------------------------------------------
     def client(self, pod: str, **kwargs: Any) -> redis.Redis:
         """A plain client of one node (closed by :meth:`close`)."""

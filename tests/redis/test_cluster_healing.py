@@ -147,3 +147,22 @@ def test_a_shard_that_lost_every_node_and_volume_serves_its_slots_again(harness:
     kept = [i for i in range(3000) if cl.slot_of(f"k{i}") < 10923]
     assert all(client.get(f"k{i}") == str(i) for i in kept)  # the other shards kept everything
     client.set("k-new", "1")
+
+
+def test_planned_restart_of_a_master_hands_over_to_its_replica_first(harness: Harness) -> None:
+    """prestop.sh (the pod's preStop hook) asks the replica for CLUSTER FAILOVER and waits for it:
+    the slots are served by the replica before the master stops, with no failure detection."""
+    h, env = harness, harness.env
+    started = time.monotonic()
+    done = env.run_script("events-shard-2-0", "prestop.sh", timeout=40)
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert h.role("events-shard-2-1") == "master"
+    assert h.role("events-shard-2-0") == "replica"
+    assert took < 5, f"the hand-over took {took:.1f}s"
+    env.restart("events-shard-2-0")
+    reports = h.heal()
+    assert shard(reports[-1], 2)["master"] == "events-shard-2-1"
+    assert shard(reports[-1], 2)["replicas"] == ["events-shard-2-0"]
+    client = env.cluster_client()
+    assert [client.get(f"k{i}") for i in range(3000)] == [str(i) for i in range(3000)]

@@ -275,10 +275,12 @@ case "$info" in
   *role:master*connected_slaves:[1-9]*) ;;
   *) exit 0 ;;
 esac
-online='s/^slave[0-9]*:ip=\([^,]*\),port=\([0-9]*\),state=online.*/\1 \2/p'
-replica="$(printf '%s\n' "$info" | sed -n "$online" | head -n 1)"
+me="$(rcli "$host" "$redis_port" CLUSTER MYID | tr -d '\r')"
+# A connected replica, at the address the cluster knows it by: "<id> <ip>:<port>@<bus>[,<host>] <flags> ..."
+replica="$(rcli "$host" "$redis_port" CLUSTER REPLICAS "$me" | tr -d '\r' | grep ' connected' | grep -v fail \
+  | head -n 1 | cut -d ' ' -f 2 | cut -d '@' -f 1)"
 [ -n "$replica" ] || exit 0
-replica_host="${replica% *}"; replica_port="${replica#* }"
+replica_host="${replica%:*}"; replica_port="${replica##*:}"
 [ "$(rcli "$replica_host" "$replica_port" CLUSTER FAILOVER)" = OK ] || exit 0
 deadline=$(( $(date +%s) + ${RMSG_PRESTOP_SECONDS:-30} ))
 while [ "$(date +%s)" -lt "$deadline" ]; do
