@@ -1,9 +1,15 @@
-"""The e2e tier: a whole cluster with real pods (kind through e2e/run-kind.sh, or any cluster named
-by E2E_KUBECONFIG with the operator installed by the chart).
+"""The e2e tier: a whole cluster with real pods, on one of two backends.
+
+- kind (the default): kind through e2e/run-kind.sh, or any cluster named by E2E_KUBECONFIG with the
+  operator installed by the chart.
+- local (`E2E_BACKEND=local` or `--e2e-backend=local`): the local cluster of e2e/local, brought up
+  once per session (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok's nodes, the
+  pod runner playing the kubelet with the machine's redis-server and redis-sentinel), with the CRD,
+  the chart's RBAC and the operator as a process. No Docker needed; Linux and root are.
 
 Every test collected under e2e/ is marked `e2e`. Without a cluster the whole tier is skipped, with
-the reason; nothing else is affected. On a failure, the test namespace's Events and the operator's
-log are added to the report.
+the reason; nothing else is affected. On a failure, the test namespace's Events and pods, and the
+operator's log, are added to the report.
 """
 
 from __future__ import annotations
@@ -11,17 +17,46 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from e2e_support import Cluster, new_namespace_name
+from e2e_support import Cluster, LocalBackend, new_namespace_name
 
 _HERE = Path(__file__).resolve().parent
+_LOCAL = _HERE / "local"
+BACKENDS = ("kind", "local")
+_ACTIVE: dict[str, Cluster] = {}  # the session's cluster, for the report hook
 
 
-def no_cluster_reason() -> str | None:
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--e2e-backend", choices=BACKENDS, default=None,
+                     help="the cluster the e2e tier runs against: kind (E2E_KUBECONFIG, the default) or local "
+                          "(e2e/local, no Docker); default from E2E_BACKEND")
+
+
+def backend(config: pytest.Config) -> str:
+    chosen = config.getoption("--e2e-backend", default=None) or os.environ.get("E2E_BACKEND") or "kind"
+    if chosen not in BACKENDS:
+        raise pytest.UsageError(f"E2E_BACKEND={chosen}: use one of {', '.join(BACKENDS)}")
+    return str(chosen)
+
+
+def _local_module() -> Any:
+    if str(_LOCAL) not in sys.path:
+        sys.path.insert(0, str(_LOCAL))
+    import localcluster
+
+    return localcluster
+
+
+def no_cluster_reason(config: pytest.Config | None = None) -> str | None:
     """Why the e2e tier cannot run here, or None when it can."""
+    if config is not None and backend(config) == "local":
+        reason = _local_module().missing_requirements()
+        return None if reason is None else f"e2e tier on the local cluster (E2E_BACKEND=local): {reason}"
     path = os.environ.get("E2E_KUBECONFIG")
     if path:
         return None if Path(path).is_file() else f"E2E_KUBECONFIG={path} is not a file"
@@ -32,14 +67,15 @@ def no_cluster_reason() -> str | None:
             missing.append("running Docker engine")
     where = f"this machine has no {' and no '.join(missing)}" if missing else "Docker and kind are here"
     return (f"e2e tier needs a cluster: run `bash e2e/run-kind.sh` (Docker + kind; {where}), "
-            "or set E2E_KUBECONFIG to a cluster where the chart is installed")
+            "set E2E_KUBECONFIG to a cluster where the chart is installed, "
+            "or use the local cluster: E2E_BACKEND=local (bash .ci/local-cluster.sh)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     ours = [item for item in items if _HERE in item.path.resolve().parents]
     if not ours:
         return
-    reason = no_cluster_reason()
+    reason = no_cluster_reason(config)
     for item in ours:
         item.add_marker(pytest.mark.e2e)
         if reason is not None:
@@ -47,8 +83,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Cluster:
-    return Cluster(Path(os.environ["E2E_KUBECONFIG"]))
+def local_cluster(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The local cluster with the operator running (E2E_BACKEND=local only)."""
+    if backend(request.config) != "local":
+        pytest.skip("needs the local cluster (E2E_BACKEND=local)")
+    localcluster = _local_module()
+    with localcluster.LocalCluster() as local:
+        local.start_operator()
+        try:
+            yield local
+        finally:
+            timings = ", ".join(f"{k} {v:.1f}s" for k, v in local.timings.items())
+            sys.stderr.write(f"\nlocal cluster: {timings}\n")
+
+
+@pytest.fixture(scope="session")
+def cluster(request: pytest.FixtureRequest) -> Cluster:
+    if backend(request.config) == "local":
+        local = request.getfixturevalue("local_cluster")
+        found: Cluster = LocalBackend(local.kubeconfig, local=local)
+    else:
+        found = Cluster(Path(os.environ["E2E_KUBECONFIG"]))
+    _ACTIVE["cluster"] = found
+    return found
 
 
 @pytest.fixture
@@ -67,9 +124,13 @@ def namespace(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[str]
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
                               ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if report.when != "call" or not report.failed or "E2E_KUBECONFIG" not in os.environ:
+    if report.when != "call" or not report.failed:
         return report
-    cluster = Cluster(Path(os.environ["E2E_KUBECONFIG"]))
+    cluster = _ACTIVE.get("cluster")
+    if cluster is None:
+        if "E2E_KUBECONFIG" not in os.environ:
+            return report
+        cluster = Cluster(Path(os.environ["E2E_KUBECONFIG"]))
     namespace = getattr(item, "e2e_namespace", None)
     if namespace:
         report.sections.append((f"events in {namespace}", cluster.events(namespace)))

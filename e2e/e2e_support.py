@@ -1,5 +1,9 @@
-"""Helpers of the e2e tier: kubectl and the API against the cluster of E2E_KUBECONFIG, waiting with
-deadlines (never fixed sleeps), and redis-cli inside the redis pods."""
+"""Helpers of the e2e tier: kubectl and the API against the cluster under test, waiting with deadlines
+(never fixed sleeps), and redis-cli inside the redis pods.
+
+Two backends give a :class:`Cluster`: kind (or any cluster named by E2E_KUBECONFIG, the operator
+installed by the chart) and the local cluster of e2e/local (:class:`LocalBackend`), where exec goes
+through its pod runner and the operator's log is a file."""
 
 from __future__ import annotations
 
@@ -90,11 +94,14 @@ class Cluster:
                 if (p["metadata"].get("labels") or {}).get(LABEL_ROLE) == "master"
                 and not p["metadata"].get("deletionTimestamp")]
 
+    def exec(self, namespace: str, pod: str, container: str, *argv: str, timeout: float = 60) -> str:
+        """`kubectl exec`: the command's stdout; CalledProcessError when it fails."""
+        return self.kubectl("exec", "-n", namespace, pod, "-c", container, "--", *argv, timeout=timeout)
+
     def redis_cli(self, namespace: str, pod: str, *command: str) -> str:
         """redis-cli in the pod's redis container, authenticated from the mounted Secret."""
         script = f'REDISCLI_AUTH="$(cat {AUTH_FILE})" exec redis-cli "$@"'
-        return self.kubectl("exec", "-n", namespace, pod, "-c", "redis", "--", "sh", "-c", script, "redis-cli",
-                            *command, timeout=60).strip()
+        return self.exec(namespace, pod, "redis", "sh", "-c", script, "redis-cli", *command).strip()
 
     def events(self, namespace: str) -> str:
         return self.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False)
@@ -105,3 +112,28 @@ class Cluster:
         # The chart's fullname: the release name when it holds the chart name.
         deployment = release if "redis-messaging-operator" in release else f"{release}-redis-messaging-operator"
         return self.kubectl("logs", "-n", namespace, f"deployment/{deployment}", f"--tail={tail}", check=False)
+
+
+@dataclass(frozen=True)
+class LocalBackend(Cluster):
+    """The local cluster of e2e/local (E2E_BACKEND=local): the same API server, kubectl and operator.
+
+    Its kubelet is the pod runner, which serves no exec API for the API server to proxy to, so exec
+    runs the command in the pod's namespaces through the runner (what `kubectl exec` does on a node);
+    the operator is a process whose log is a file.
+    """
+
+    local: Any = None  # e2e/local/localcluster.py's LocalCluster
+
+    def exec(self, namespace: str, pod: str, container: str, *argv: str, timeout: float = 60) -> str:
+        try:
+            result = self.local.runner.exec(namespace, pod, list(argv), container=container, timeout=timeout)
+        except LookupError as exc:  # the pod does not run (yet, or any more)
+            raise subprocess.CalledProcessError(1, ["exec", namespace, pod, *argv], "", str(exc)) from None
+        if result.returncode != 0:
+            raise subprocess.CalledProcessError(result.returncode, ["exec", namespace, pod, *argv],
+                                                result.stdout, result.stderr)
+        return str(result.stdout)
+
+    def operator_log(self, tail: int = 300) -> str:
+        return str(self.local.operator_log(tail))

@@ -1,0 +1,710 @@
+"""A local Kubernetes cluster without Docker, for the e2e tier (E2E_BACKEND=local).
+
+Real: etcd, kube-apiserver, kube-controller-manager (StatefulSet, ReplicaSet, Deployment, garbage
+collector, PV binder, namespaces), kube-scheduler, the operator, redis-server and redis-sentinel.
+Emulated: the kubelet. kwok keeps three fake Nodes Ready and gives scheduled pods their phase and a pod
+IP from a loopback subnet; the pod runner (podrunner.py) runs each pod's containers as processes in
+namespaces of their own (network, UTS, mount) with the pod's volumes, environment and probes.
+
+Also here, the two things a cluster's add-ons would do:
+
+- volumes: a provisioner for the default StorageClass `standard` that binds every new claim to a
+  hostPath PersistentVolume backed by a directory of the run (data survives pod restarts);
+- names: instead of cluster DNS, a hosts file per namespace (mounted on every pod's /etc/hosts, and on
+  the operator's) with the headless-Service names of pods (`<pod>.<svc>.<ns>.svc.cluster.local`) and
+  Service names resolving to the pod IPs of their endpoints (no kube-proxy: a ClusterIP Service name
+  resolves to one ready endpoint, e.g. the master Service to the master pod).
+
+The operator runs as a process of this machine (the checkout, the test's Python) in the host's network
+namespace, in a mount namespace of its own with the cluster's hosts file; it authenticates as the Helm
+chart's ServiceAccount with the chart's RBAC when helm is available, else as the control plane's
+`operator` identity.
+
+Usage::
+
+    with LocalCluster() as cluster:      # ~15 s
+        cluster.kubeconfig               # admin kubeconfig (kubectl --kubeconfig ...)
+        cluster.start_operator()
+        cluster.runner.exec("ns", "pod", ["redis-cli", "PING"])
+
+`python e2e/local/localcluster.py` brings one up and waits (Ctrl-C stops it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO / "tests" / "kube"))  # tests/kube/controlplane.py
+
+from controlplane import ControlPlane, locate_assets  # noqa: E402
+from kubeapi import KubeApi, Obj, Reflector, quote, selector_matches  # noqa: E402
+from podrunner import CLUSTER_DOMAIN, DEFAULT_PATH, PodNetwork, PodRunner, _kill_group  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+KWOK_VERSION = os.environ.get("KWOK_VERSION", "v0.8.0")
+NODES = 3
+NODE_LABEL = "rmsg.local/node"
+STORAGE_CLASS = "standard"
+PROVISIONER = "rmsg.local/hostpath"
+OPERATOR_NAMESPACE = "redis-messaging"
+OPERATOR_RELEASE = "redis-messaging-operator"
+STATE_DIR = Path("/run/rmsg-local")  # which run owns which bridge, to clean up after a crashed run
+STARTUP_TIMEOUT = 60.0
+
+
+class LocalClusterError(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    env = os.environ
+    root = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(env.get("RMSG_CACHE") or f"{root}/redis-messaging-operator")
+
+
+def kwok_binary() -> Path:
+    return cache_dir() / f"kwok-{KWOK_VERSION}" / "kwok"
+
+
+def helm_binary() -> Path | None:
+    found = sorted(cache_dir().glob("helm-*/helm"))
+    if found:
+        return found[-1]
+    which = shutil.which("helm")
+    return Path(which) if which else None
+
+
+def missing_requirements() -> str | None:
+    """Why the local cluster cannot run on this machine, or None."""
+    if sys.platform != "linux":
+        return "the local cluster needs Linux (namespaces)"
+    if os.geteuid() != 0:
+        return "the local cluster needs root (network and mount namespaces, a bridge)"
+    try:
+        assets = locate_assets()
+    except LookupError as exc:
+        return str(exc)
+    for name in ("kube-controller-manager", "kube-scheduler"):
+        if not os.access(assets / name, os.X_OK):
+            return (f"no {name} in {assets}: run `.ci/control-plane.sh etcd kube-apiserver "
+                    "kube-controller-manager kube-scheduler`")
+    if not os.access(kwok_binary(), os.X_OK):
+        return f"no kwok at {kwok_binary()}: run `bash e2e/local/build-kwok.sh`"
+    tools = ("unshare", "nsenter", "setpriv", "ip", "mount", "kubectl", "redis-server", "redis-sentinel", "redis-cli")
+    absent = [t for t in tools if shutil.which(t) is None]
+    if absent:
+        return f"missing on PATH: {', '.join(absent)} (util-linux, iproute2, kubectl, Debian's redis packages)"
+    probe = subprocess.run(["unshare", "--net", "--uts", "--mount", "true"], capture_output=True, text=True,
+                           check=False)
+    if probe.returncode != 0:
+        return f"cannot create namespaces here: {probe.stderr.strip()}"
+    if "overlay" not in Path("/proc/filesystems").read_text():
+        return "the kernel has no overlay file system"
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# processes
+
+
+class Process:
+    """A child in its own process group, killed with the harness (PR_SET_PDEATHSIG via setpriv)."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log_path = log_path
+        with log_path.open("ab") as out:
+            self.popen = subprocess.Popen(["setpriv", "--pdeathsig", "KILL", *argv], stdin=subprocess.DEVNULL,
+                                          stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        _kill_group(self.popen.pid, sig)
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not exit %.0fs after SIGTERM; killing it", self.name, grace)
+        _kill_group(self.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(10)
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as exc:
+            return f"<{exc}>"
+
+
+# --------------------------------------------------------------------------------------------------
+# names
+
+
+class HostsFiles:
+    """The cluster's names: one hosts file per namespace (and one for the operator), rewritten
+    atomically in a directory that pods mount (their /etc/hosts is a symlink into it)."""
+
+    def __init__(self, api: KubeApi, root: Path, domain: str = CLUSTER_DOMAIN) -> None:
+        self.root = root
+        self.domain = domain
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._namespaces: set[str] = set()
+        self.pods = Reflector(api, "/api/v1/pods", self._changed, name="hosts-pods")
+        self.services = Reflector(api, "/api/v1/services", self._changed, name="hosts-services")
+        self._thread = threading.Thread(target=self._writer, name="hosts-writer", daemon=True)
+        self.writes = 0
+
+    def start(self) -> None:
+        self.global_dir()  # the operator's, written at once
+        self.pods.start()
+        self.services.start()
+        self.pods.wait_synced(30)
+        self.services.wait_synced(30)
+        self._thread.start()
+        self.write()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._dirty.set()
+        self._thread.join(10)
+        self.pods.stop()
+        self.services.stop()
+
+    def global_dir(self) -> Path:
+        return self.dir_for("")
+
+    def dir_for(self, namespace: str) -> Path:
+        directory = self.root / (namespace or "_cluster")
+        with self._lock:
+            known = namespace in self._namespaces
+            self._namespaces.add(namespace)
+        if not known:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.write()
+        return directory
+
+    def _changed(self, key: str, old: Obj | None, new: Obj | None) -> None:
+        self._dirty.set()
+
+    def _writer(self) -> None:
+        while not self._stop.is_set():
+            self._dirty.wait()
+            if self._stop.is_set():
+                return
+            self._dirty.clear()
+            time.sleep(0.02)  # one write for a burst of events
+            try:
+                self.write()
+            except Exception:
+                log.exception("writing the hosts files failed")
+
+    def render(self) -> dict[str, str]:
+        """namespace ("" for the operator's) -> hosts file content."""
+        pods = [p for p in self.pods.items() if (p.get("status") or {}).get("podIP")]
+        services = self.services.items()
+        entries: list[tuple[str, str, str]] = []  # (ip, fqdn, namespace)
+        aliases: dict[str, list[tuple[str, str]]] = {}  # namespace -> (ip, name relative to it)
+
+        def ready(pod: Obj) -> bool:
+            return any(c.get("type") == "Ready" and c.get("status") == "True"
+                       for c in (pod.get("status") or {}).get("conditions") or [])
+
+        for pod in sorted(pods, key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"])):
+            subdomain = pod["spec"].get("subdomain")
+            if not subdomain:
+                continue
+            ns = pod["metadata"]["namespace"]
+            hostname = pod["spec"].get("hostname") or pod["metadata"]["name"]
+            ip = pod["status"]["podIP"]
+            entries.append((ip, f"{hostname}.{subdomain}.{ns}.svc.{self.domain}", ns))
+            base = f"{hostname}.{subdomain}"
+            for short in (base, f"{base}.{ns}", f"{base}.{ns}.svc"):
+                aliases.setdefault(ns, []).append((ip, short))
+        for svc in sorted(services, key=lambda s: (s["metadata"]["namespace"], s["metadata"]["name"])):
+            spec = svc.get("spec") or {}
+            ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
+            selected = [p for p in pods if p["metadata"]["namespace"] == ns
+                        and not p["metadata"].get("deletionTimestamp")
+                        and selector_matches(spec.get("selector"), p["metadata"].get("labels"))
+                        and (spec.get("publishNotReadyAddresses") or ready(p))]
+            selected.sort(key=lambda p: (not ready(p), p["metadata"]["name"]))
+            if spec.get("clusterIP") != "None":
+                selected = selected[:1]  # no kube-proxy: the name is one endpoint
+            for pod in selected:
+                ip = pod["status"]["podIP"]
+                entries.append((ip, f"{name}.{ns}.svc.{self.domain}", ns))
+                for short in (name, f"{name}.{ns}", f"{name}.{ns}.svc"):
+                    aliases.setdefault(ns, []).append((ip, short))
+        header = ("# The local cluster's names (e2e/local/localcluster.py), rewritten on every change.\n"
+                  "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+        common = "".join(f"{ip}\t{fqdn}\n" for ip, fqdn, _ in entries)
+        with self._lock:
+            namespaces = set(self._namespaces)
+        out = {}
+        for ns in namespaces:
+            extra = "".join(f"{ip}\t{short}\n" for ip, short in aliases.get(ns, [])) if ns else ""
+            out[ns] = header + common + extra
+        return out
+
+    def write(self) -> None:
+        with self._write_lock:
+            self._write()
+
+    def _write(self) -> None:
+        for ns, content in self.render().items():
+            directory = self.root / (ns or "_cluster")
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / "hosts"
+            with contextlib.suppress(FileNotFoundError):
+                if path.read_text() == content:
+                    continue
+            tmp = directory / ".hosts.tmp"
+            tmp.write_text(content)
+            tmp.chmod(0o644)
+            tmp.replace(path)
+        self.writes += 1
+
+
+# --------------------------------------------------------------------------------------------------
+# volumes
+
+
+class HostPathProvisioner:
+    """Dynamic provisioning for the StorageClass `standard`: each new claim gets a hostPath PV on a
+    directory of the run, bound to it (claimRef); a released PV is deleted with its directory."""
+
+    def __init__(self, api: KubeApi, root: Path) -> None:
+        self.api = api
+        self.root = root
+        self.claims = Reflector(api, "/api/v1/persistentvolumeclaims", self._claim, name="provisioner-claims")
+        self.volumes = Reflector(api, "/api/v1/persistentvolumes", self._volume, name="provisioner-volumes")
+        self.provisioned = 0
+
+    def start(self) -> None:
+        self.api.request("POST", "/apis/storage.k8s.io/v1/storageclasses", {
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": STORAGE_CLASS,
+                         "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": PROVISIONER, "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate",
+        })
+        self.claims.start()
+        self.volumes.start()
+
+    def stop(self) -> None:
+        self.claims.stop()
+        self.volumes.stop()
+
+    def _claim(self, key: str, old: Obj | None, pvc: Obj | None) -> None:
+        if pvc is None or (pvc.get("spec") or {}).get("volumeName"):
+            return
+        annotations = pvc["metadata"].get("annotations") or {}
+        wanted = annotations.get("volume.kubernetes.io/storage-provisioner") or annotations.get(
+            "volume.beta.kubernetes.io/storage-provisioner")
+        if wanted != PROVISIONER or pvc["metadata"].get("deletionTimestamp"):
+            return
+        meta, spec = pvc["metadata"], pvc["spec"]
+        path = self.root / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
+        path.mkdir(parents=True, exist_ok=True)
+        body = {
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": f"pvc-{meta['uid']}", "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER}},
+            "spec": {
+                "capacity": {"storage": ((spec.get("resources") or {}).get("requests") or {}).get("storage", "1Gi")},
+                "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Delete",
+                "storageClassName": spec.get("storageClassName") or STORAGE_CLASS,
+                "volumeMode": spec.get("volumeMode") or "Filesystem",
+                "hostPath": {"path": str(path), "type": "DirectoryOrCreate"},
+                "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": meta["namespace"],
+                             "name": meta["name"], "uid": meta["uid"]},
+            },
+        }
+        if self.api.create("/api/v1/persistentvolumes", body) is not None:
+            self.provisioned += 1
+            log.info("provisioned %s for %s at %s", body["metadata"]["name"], key, path)
+
+    def _volume(self, key: str, old: Obj | None, pv: Obj | None) -> None:
+        if pv is None:
+            return
+        annotations = pv["metadata"].get("annotations") or {}
+        if annotations.get("pv.kubernetes.io/provisioned-by") != PROVISIONER:
+            return
+        if (pv.get("status") or {}).get("phase") == "Released" and pv["spec"].get(
+                "persistentVolumeReclaimPolicy") == "Delete":
+            self.api.delete(f"/api/v1/persistentvolumes/{quote(pv['metadata']['name'])}")
+            path = Path(pv["spec"]["hostPath"]["path"])
+            if self.root in path.parents:
+                shutil.rmtree(path, ignore_errors=True)
+            log.info("deleted released %s", pv["metadata"]["name"])
+
+
+# --------------------------------------------------------------------------------------------------
+# the pods' subnet
+
+
+def _claim_subnet() -> tuple[str, ipaddress.IPv4Network, Path]:
+    """A free 127.255.N.0/24 and its bridge `rmsgN`, recorded as ours in STATE_DIR (stale records of
+    dead runs are cleaned up first)."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    for record in STATE_DIR.glob("rmsg*.pid"):
+        try:
+            pid = int(record.read_text().split()[0])
+            os.kill(pid, 0)
+        except (ValueError, OSError, IndexError):
+            subprocess.run(["ip", "link", "del", record.stem], capture_output=True, check=False)
+            record.unlink(missing_ok=True)
+    for n in range(1, 255):
+        bridge = f"rmsg{n}"
+        record = STATE_DIR / f"{bridge}.pid"
+        try:
+            fd = os.open(record, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        if Path(f"/sys/class/net/{bridge}").exists():
+            record.unlink()
+            continue
+        subnet = ipaddress.ip_network(f"127.255.{n}.0/24")
+        routes = subprocess.run(["ip", "route", "show", "table", "local"], capture_output=True, text=True,
+                                check=False).stdout
+        if f"127.255.{n}." in routes:
+            record.unlink()
+            continue
+        return bridge, subnet, record
+    raise LocalClusterError("no free 127.255.N.0/24 subnet for the pods")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------------------------------
+# the cluster
+
+
+class LocalCluster:
+    def __init__(self, *, nodes: int = NODES) -> None:
+        self.node_names = [f"rmsg-node-{i}" for i in range(nodes)]
+        self.work = Path(tempfile.mkdtemp(prefix="rmsg-local-"))
+        self.control_plane: ControlPlane | None = None
+        self.network: PodNetwork | None = None
+        self._bridge_record: Path | None = None
+        self.scheduler: Process | None = None
+        self.kwok: Process | None = None
+        self.hosts: HostsFiles | None = None
+        self.provisioner: HostPathProvisioner | None = None
+        self.runner: PodRunner | None = None
+        self.operator: Process | None = None
+        self.operator_kubeconfig: Path | None = None
+        self.api: KubeApi | None = None
+        self.timings: dict[str, float] = {}
+        self._operator_starts = 0
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def kubeconfig(self) -> Path:
+        assert self.control_plane is not None
+        return self.control_plane.admin_kubeconfig
+
+    def start(self) -> LocalCluster:
+        begin = time.monotonic()
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        self.timings["start"] = time.monotonic() - begin
+        log.info("local cluster up in %.1fs (%s)", self.timings["start"], self.work)
+        return self
+
+    def _step(self, name: str, fn: Callable[[], Any]) -> Any:
+        began = time.monotonic()
+        result = fn()
+        self.timings[name] = time.monotonic() - began
+        return result
+
+    def _start(self) -> None:
+        reason = missing_requirements()
+        if reason:
+            raise LocalClusterError(reason)
+        assets = locate_assets()
+        self.control_plane = cp = ControlPlane(assets)
+        self._step("control plane", cp.start)
+        if not cp.has_controller_manager:
+            raise LocalClusterError("kube-controller-manager is not running")
+        self.api = api = KubeApi(cp.server, cp.admin_token, cp.ca_path)
+        system_kubeconfig = cp.kubeconfig_for_token(cp.admin_token, "local-system")
+
+        bridge, subnet, self._bridge_record = _claim_subnet()
+        self.network = network = PodNetwork(bridge, subnet)
+        network.create()
+
+        logs = self.work / "logs"
+        logs.mkdir()
+        self.scheduler = Process("kube-scheduler", [
+            str(assets / "kube-scheduler"), f"--kubeconfig={system_kubeconfig}", "--leader-elect=false",
+            "--secure-port=0", "--v=1",
+        ], logs / "kube-scheduler.log")
+        self.kwok = Process("kwok", [
+            str(kwok_binary()), f"--kubeconfig={system_kubeconfig}",
+            f"--manage-nodes-with-label-selector={NODE_LABEL}=true",
+            f"--config={HERE / 'kwok-stages.yaml'}", f"--node-ip={network.gateway}",
+            "--node-lease-duration-seconds=40",
+        ], logs / "kwok.log")
+        self._step("nodes", lambda: self._create_nodes(subnet))
+
+        self.hosts = HostsFiles(api, self.work / "dns")
+        self._step("hosts", self.hosts.start)
+        self.provisioner = HostPathProvisioner(api, self.work / "volumes")
+        self._step("provisioner", self.provisioner.start)
+        self.runner = PodRunner(api, nodes=set(self.node_names), network=network, work_dir=self.work,
+                                dns_dir_for=self.hosts.dir_for, repo_root=REPO)
+        self._step("runner", self.runner.start)
+        self._step("operator install", self.install_operator)
+
+    def _create_nodes(self, subnet: ipaddress.IPv4Network) -> None:
+        assert self.api is not None
+        blocks = list(subnet.subnets(new_prefix=26))[1:]  # .64/26, .128/26, .192/26; .1 is the bridge
+        if len(self.node_names) > len(blocks):
+            raise LocalClusterError(f"at most {len(blocks)} nodes")
+        for i, name in enumerate(self.node_names):
+            cidr = str(blocks[i])
+            self.api.create("/api/v1/nodes", {
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "labels": {
+                    NODE_LABEL: "true", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64", "topology.kubernetes.io/zone": f"zone-{i}",
+                    "type": "kwok"}, "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
+                "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+            })
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+
+        def ready(node: Obj) -> bool:
+            return any(c.get("type") == "Ready" and c.get("status") == "True"
+                       for c in (node.get("status") or {}).get("conditions") or [])
+
+        while True:
+            listing = self.api.request("GET", "/api/v1/nodes", query={"labelSelector": f"{NODE_LABEL}=true"})
+            if sum(ready(n) for n in listing["items"]) == len(self.node_names):
+                # The node lifecycle controller is not run (ControlPlane disables it): remove the
+                # not-ready taint that admission put on the new nodes, as it would once they are Ready.
+                for node in listing["items"]:
+                    if node["spec"].get("taints"):
+                        self.api.patch(f"/api/v1/nodes/{quote(node['metadata']['name'])}",
+                                       {"spec": {"taints": None}}, kind="merge-patch")
+                return
+            for p in (self.kwok, self.scheduler):
+                if p is not None and not p.alive():
+                    raise LocalClusterError(f"{p.name} exited:\n{p.tail()}")
+            if time.monotonic() > deadline:
+                raise LocalClusterError(f"nodes not Ready within {STARTUP_TIMEOUT:g}s; kwok log:\n"
+                                        f"{self.kwok.tail() if self.kwok else ''}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Everything down, in reverse order; each step runs even if an earlier one failed."""
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("operator", self.stop_operator),
+            ("runner", lambda: self.runner.stop() if self.runner else None),
+            ("provisioner", lambda: self.provisioner.stop() if self.provisioner else None),
+            ("hosts", lambda: self.hosts.stop() if self.hosts else None),
+            ("kwok", lambda: self.kwok.stop(5) if self.kwok else None),
+            ("scheduler", lambda: self.scheduler.stop(5) if self.scheduler else None),
+            ("control plane", lambda: self.control_plane.stop() if self.control_plane else None),
+            ("network", lambda: self.network.destroy() if self.network else None),
+        ]
+        for name, step in steps:
+            try:
+                step()
+            except Exception:
+                log.exception("stopping the local cluster's %s failed", name)
+        if self._bridge_record is not None:
+            self._bridge_record.unlink(missing_ok=True)
+            self._bridge_record = None
+        self.runner = self.hosts = self.provisioner = None
+        self.kwok = self.scheduler = None
+        self.control_plane = None
+        self.network = None
+        if os.environ.get("KEEP_LOCAL_CLUSTER") == "1":
+            sys.stderr.write(f"\nKEEP_LOCAL_CLUSTER=1: the local cluster's files are kept in {self.work}\n")
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    # ---- kubectl ---------------------------------------------------------------------------------
+
+    def kubectl(self, *args: str, input_text: str | None = None, check: bool = True,
+                kubeconfig: Path | None = None) -> str:
+        result = subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig or self.kubeconfig), *args],
+                                input=input_text, capture_output=True, text=True, timeout=120, check=False)
+        if check and result.returncode != 0:
+            raise LocalClusterError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
+        return result.stdout
+
+    # ---- the operator ----------------------------------------------------------------------------
+
+    def install_operator(self) -> None:
+        """The CRD (server-side apply of crds/), and the chart's ServiceAccount and RBAC (helm template),
+        whose token the operator process then uses."""
+        assert self.control_plane is not None
+        assert self.api is not None
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        self.api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                               "metadata": {"name": OPERATOR_NAMESPACE}})
+        helm = helm_binary()
+        if os.environ.get("E2E_LOCAL_OPERATOR_RBAC", "chart") == "masters":
+            log.warning("E2E_LOCAL_OPERATOR_RBAC=masters: the operator runs as system:masters, not the chart's RBAC")
+            self.operator_kubeconfig = self.control_plane.operator_kubeconfig
+            return
+        if helm is None:
+            log.warning("no helm: the operator runs with the control plane's operator identity (system:masters)")
+            self.operator_kubeconfig = self.control_plane.operator_kubeconfig
+            return
+        rendered = subprocess.run(
+            [str(helm), "template", OPERATOR_RELEASE, str(REPO / "charts" / "redis-messaging-operator"),
+             "--namespace", OPERATOR_NAMESPACE, "--output-dir", str(self.work / "chart")],
+            capture_output=True, text=True, check=False, timeout=120)
+        if rendered.returncode != 0:
+            raise LocalClusterError(f"helm template failed: {rendered.stderr.strip()}")
+        templates = self.work / "chart" / "redis-messaging-operator" / "templates"
+        for name in ("serviceaccount.yaml", "rbac.yaml"):
+            if (templates / name).exists():
+                self.kubectl("apply", "-n", OPERATOR_NAMESPACE, "-f", str(templates / name))
+        sa = json.loads(self.kubectl("get", "serviceaccount", "-n", OPERATOR_NAMESPACE, "-o", "json"))["items"]
+        names = [s["metadata"]["name"] for s in sa if s["metadata"]["name"] != "default"]
+        if len(names) != 1:
+            raise LocalClusterError(f"expected one ServiceAccount of the chart, found {names}")
+        token = self.control_plane.token_for_service_account(OPERATOR_NAMESPACE, names[0], 48 * 3600)
+        self.operator_kubeconfig = self.control_plane.kubeconfig_for_token(token, "chart-operator")
+
+    @property
+    def operator_log_path(self) -> Path:
+        return self.work / "logs" / "operator.log"
+
+    def start_operator(self, extra_env: dict[str, str] | None = None) -> None:
+        """The operator as a process: `redis-messaging run --standalone`, the checkout, the test's
+        Python, in the host's network namespace and a mount namespace of its own whose /etc/hosts is
+        the cluster's."""
+        assert self.runner is not None
+        assert self.hosts is not None
+        assert self.operator_kubeconfig is not None
+        if self.operator is not None and self.operator.alive():
+            raise LocalClusterError("the operator is already running")
+        self._operator_starts += 1
+        cdir = self.work / "operator"
+        cdir.mkdir(exist_ok=True)
+        resolv = cdir / "resolv.conf"
+        resolv.write_text("nameserver 127.0.0.1\noptions ndots:1 timeout:1 attempts:1\n")
+        spec = cdir / "init.spec"
+        spec.write_text(f"root {cdir}\nfile {resolv} /etc/resolv.conf\ndns {self.hosts.global_dir()}\n"
+                        "workdir /tmp\n")
+        env = {
+            "PATH": f"{self.runner.images.bin_dir}:{DEFAULT_PATH}", "HOME": "/tmp",
+            "PYTHONPATH": str(REPO / "operator"), "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
+            "KUBECONFIG": str(self.operator_kubeconfig),
+            "REDIS_MESSAGING_METRICS_PORT": "0",  # it would listen on every interface
+            **(extra_env or {}),
+        }
+        liveness = f"http://127.0.0.1:{_free_port()}/healthz"
+        with self.operator_log_path.open("a") as f:
+            f.write(f"=== local cluster: operator start {self._operator_starts} ===\n")
+        self.operator = Process("operator", [
+            "unshare", "--mount", "--propagation", "private", "--",
+            "sh", str(HERE / "container-init.sh"), str(spec), "--",
+            "redis-messaging", "run", "--standalone", "--liveness", liveness,
+        ], self.operator_log_path, env=env)
+
+    def stop_operator(self, grace: float = 10.0) -> None:
+        if self.operator is not None:
+            self.operator.stop(grace)
+
+    def kill_operator(self) -> None:
+        """SIGKILL: the operator dies mid-whatever it is doing."""
+        if self.operator is not None:
+            self.operator.signal(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.operator.popen.wait(10)
+
+    def operator_log(self, tail: int = 300) -> str:
+        try:
+            return "\n".join(self.operator_log_path.read_text(errors="replace").splitlines()[-tail:])
+        except OSError as exc:
+            return f"<{exc}>"
+
+    def leftover_processes(self) -> list[str]:
+        """Processes of this run still alive (for the cleanup check): anything whose command line
+        mentions the run's directory."""
+        out = []
+        marker = str(self.work)
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmdline:
+                out.append(f"{proc.name}: {cmdline.strip()}")
+        return out
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with LocalCluster() as cluster:
+        cluster.start_operator()
+        print(f"local cluster up in {cluster.timings['start']:.1f}s", flush=True)
+        print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
+        print(f"operator log: {cluster.operator_log_path}", flush=True)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        with contextlib.suppress(KeyboardInterrupt):
+            while not stop.wait(1):
+                pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

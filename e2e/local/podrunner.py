@@ -1,0 +1,1181 @@
+"""The kubelet of the local cluster: runs the pods that kwok marked Running as real processes.
+
+kwok keeps the fake Node objects alive and gives each scheduled pod its phase and a pod IP from the
+node's loopback `podCIDR`; this runner does what a kubelet would do with it, for every pod on those
+nodes whose image it knows:
+
+- a sandbox per pod: a process holding a new network namespace (its own `lo` and 127.0.0.1, an
+  `eth0` with the pod IP, plugged into the cluster's bridge) and a new UTS namespace (hostname = the
+  pod's hostname), killed with the harness (PR_SET_PDEATHSIG);
+- per container: the container's own command and args (or the image's entrypoint and cmd), run in the
+  pod's namespaces and in a new mount namespace of its own whose root is a copy-on-write overlay of the
+  machine's root (e2e/local/container-init.sh), with the pod's volumes bind-mounted at their
+  mountPaths (ConfigMap, Secret and downward-API items materialised into a directory of the pod,
+  emptyDirs as directories, PersistentVolumeClaims as their hostPath PV's directory), the environment
+  of the pod spec (value, fieldRef, secretKeyRef, configMapKeyRef, envFrom), the cluster's hosts file on
+  /etc/hosts and a resolv.conf with the pod's search path;
+- probes (exec inside the container's namespaces with its environment, httpGet, tcpSocket): startup,
+  readiness (the pod's Ready condition follows them) and liveness (a failing container is restarted);
+- restarts like `restartPolicy: Always` with a small backoff, the status (conditions, containerStatuses,
+  restartCount) patched on the API server;
+- deletion: preStop hooks, SIGTERM, SIGKILL after the grace period, then the pod object is removed
+  (grace period 0), as the kubelet does.
+
+Images it knows: redis images run the machine's redis-server / redis-sentinel (Debian packages), the
+operator's image runs this checkout with the test's Python (`python`, `redis-messaging` on PATH), the
+redis_exporter sidecar is not run (its container counts as running and ready). Pods whose images it
+does not know are reported running and ready without processes, as kwok alone would.
+
+Every process of a pod is in a process group of its own; the runner kills the groups on stop, and the
+kernel kills the sandboxes and containers if the harness dies first.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import contextlib
+import http.client
+import ipaddress
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubeapi import ApiError, KubeApi, Obj, Reflector, now_rfc3339, pod_path, quote
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+CONTAINER_INIT = HERE / "container-init.sh"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CLUSTER_DOMAIN = "cluster.local"
+LOOP_INTERVAL = 0.1
+MAX_BACKOFF = 10.0
+BACKOFF_RESET_AFTER = 30.0
+
+
+class PodNotFound(LookupError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------------
+# Images
+
+
+@dataclass(frozen=True)
+class ImageProfile:
+    """What the runner does with containers of an image: the image's ENTRYPOINT, CMD and environment,
+    or ``run=False`` for images whose containers are only reported running."""
+
+    kind: str
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    run: bool = True
+
+
+def image_repository(image: str) -> str:
+    """`docker.io/library/redis:7.2@sha256:...` -> `redis`."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return last.split(":", 1)[0]
+
+
+class Images:
+    """The images this machine can play, and the directory of the operator image's commands."""
+
+    def __init__(self, bin_dir: Path, repo_root: Path) -> None:
+        self.bin_dir = bin_dir
+        self.repo_root = repo_root
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        python = Path(sys.executable)
+        for name in ("python", "python3"):
+            link = bin_dir / name
+            if not link.exists():
+                link.symlink_to(python)
+        entry = bin_dir / "redis-messaging"
+        entry.write_text(
+            "#!/bin/sh\n"
+            f"exec {python} -c 'import sys; from redis_messaging.cli import main; sys.exit(main())' \"$@\"\n"
+        )
+        entry.chmod(0o755)
+
+    def profile(self, image: str) -> ImageProfile | None:
+        repo = image_repository(image)
+        if repo in ("redis", "redis-stack-server", "valkey"):
+            return ImageProfile("redis", cmd=("redis-server",), env=(("PATH", DEFAULT_PATH),))
+        if repo == "redis-messaging-operator":
+            return ImageProfile(
+                "operator", entrypoint=("redis-messaging",), cmd=("run", "--standalone"),
+                env=(("PATH", f"{self.bin_dir}:{DEFAULT_PATH}"),
+                     ("PYTHONPATH", str(self.repo_root / "operator")),
+                     ("PYTHONUNBUFFERED", "1"), ("PYTHONDONTWRITEBYTECODE", "1"), ("HOME", "/tmp")),
+            )
+        if repo in ("redis_exporter", "redis-exporter"):
+            return ImageProfile("exporter", run=False)
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Network
+
+
+def _run(argv: list[str], *, what: str, check: bool = True, timeout: float = 15.0) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{what}: {' '.join(argv)} exited {result.returncode}: {result.stderr.strip()}")
+    return result
+
+
+class PodNetwork:
+    """A bridge in the host's network namespace for the pods' loopback subnet.
+
+    Linux treats 127.0.0.0/8 as host-local; ``route_localnet`` on the bridge and on every pod's eth0,
+    plus a more specific route for the subnet in the `local` routing table (on the host and in every
+    pod), make these addresses travel between namespaces like any other. Pods have no other route:
+    nothing they send leaves the machine. The host reaches every pod from the bridge's own address.
+    """
+
+    def __init__(self, bridge: str, subnet: ipaddress.IPv4Network) -> None:
+        if not subnet.subnet_of(ipaddress.ip_network("127.0.0.0/8")):
+            raise ValueError(f"the pod subnet must be a loopback one: {subnet}")
+        self.bridge = bridge
+        self.subnet = subnet
+        self.gateway = str(subnet.network_address + 1)
+        self._lock = threading.Lock()
+        self._counter = 0
+
+    def create(self) -> None:
+        _run(["ip", "link", "add", self.bridge, "type", "bridge"], what="bridge")
+        try:
+            _run(["ip", "link", "set", self.bridge, "up"], what="bridge up")
+            Path(f"/proc/sys/net/ipv4/conf/{self.bridge}/route_localnet").write_text("1\n")
+            _run(["ip", "addr", "add", f"{self.gateway}/32", "dev", self.bridge], what="bridge address")
+            _run(["ip", "route", "add", "table", "local", str(self.subnet), "dev", self.bridge,
+                  "src", self.gateway], what="bridge route")
+        except BaseException:
+            self.destroy()
+            raise
+
+    def destroy(self) -> None:
+        _run(["ip", "link", "del", self.bridge], what="bridge delete", check=False)
+
+    def attach(self, sandbox_pid: int, pod_ip: str) -> str:
+        """Plug the network namespace of ``sandbox_pid`` into the bridge with ``pod_ip``; the host-side
+        interface name is returned (it disappears with the namespace)."""
+        if ipaddress.ip_address(pod_ip) not in self.subnet:
+            raise ValueError(f"pod IP {pod_ip} is outside the pod subnet {self.subnet}")
+        with self._lock:
+            self._counter += 1
+            host_if = f"{self.bridge[:8]}v{self._counter}"[:15]
+        _run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", str(sandbox_pid)],
+             what="veth")
+        _run(["ip", "link", "set", host_if, "master", self.bridge, "up"], what="veth up")
+        script = (
+            "set -e; ip link set lo up; ip link set eth0 up; "
+            "echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet; "
+            f"ip addr add {pod_ip}/32 dev eth0; "
+            f"ip route add table local {self.subnet} dev eth0 src {pod_ip}"
+        )
+        _run(["nsenter", "--target", str(sandbox_pid), "--net", "sh", "-c", script], what="pod network")
+        return host_if
+
+    def partition(self, host_if: str) -> None:
+        """Cut the pod off the bridge: what it sends and what is sent to it is dropped (no reset)."""
+        _run(["ip", "link", "set", host_if, "nomaster"], what="partition")
+
+    def heal(self, host_if: str) -> None:
+        _run(["ip", "link", "set", host_if, "master", self.bridge], what="heal")
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _popen(argv: list[str], *, env: dict[str, str], log_path: Path | None = None,
+           capture: bool = False) -> subprocess.Popen[bytes]:
+    """A process in a new session (its own process group); stdout and stderr to ``log_path``."""
+    if capture:
+        return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+    assert log_path is not None
+    with log_path.open("ab") as out:
+        return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_bounded(argv: list[str], *, env: dict[str, str], timeout: float) -> ExecResult:
+    """Run to completion with a deadline; on timeout the whole process group is killed (-9)."""
+    proc = _popen(argv, env=env, capture=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        code = proc.returncode
+    except subprocess.TimeoutExpired:
+        _kill_group(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        code = -9
+    _kill_group(proc.pid, signal.SIGKILL)  # what it left behind in its group
+    return ExecResult(code, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+def _expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion: known variables replaced, $$ escapes, unknown references kept."""
+    def sub(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1)
+        return env.get(name, match.group(0))
+
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", sub, value)
+
+
+def _check_path(path: str) -> str:
+    if not path or any(ch.isspace() for ch in path):
+        raise ValueError(f"paths with blanks are not supported by the local runner: {path!r}")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Probes
+
+
+@dataclass
+class ProbeState:
+    spec: Obj
+    kind: str  # startup | readiness | liveness
+    next_due: float = 0.0
+    successes: int = 0
+    failures: int = 0
+    result: bool | None = None  # the thresholded result
+    running: concurrent.futures.Future[bool] | None = None
+
+    @property
+    def period(self) -> float:
+        return float(self.spec.get("periodSeconds") or 10)
+
+    @property
+    def timeout(self) -> float:
+        return float(self.spec.get("timeoutSeconds") or 1)
+
+    def record(self, ok: bool) -> None:
+        if ok:
+            self.successes += 1
+            self.failures = 0
+            if self.successes >= int(self.spec.get("successThreshold") or 1):
+                self.result = True
+        else:
+            self.failures += 1
+            self.successes = 0
+            if self.failures >= int(self.spec.get("failureThreshold") or 3):
+                self.result = False
+
+
+# --------------------------------------------------------------------------------------------------
+# Containers
+
+
+@dataclass
+class Container:
+    name: str
+    spec: Obj
+    profile: ImageProfile | None
+    init: bool = False
+    proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    restart_count: int = 0
+    started_at: str | None = None
+    started_mono: float = 0.0
+    next_start: float = 0.0
+    waiting_reason: str = "ContainerCreating"
+    waiting_message: str = ""
+    last_terminated: Obj | None = None
+    done: bool = False  # init container completed, or exited for good (restartPolicy)
+    frozen: bool = False
+    backoff_steps: int = 0
+    probes: dict[str, ProbeState] = field(default_factory=dict)
+
+    @property
+    def runs_process(self) -> bool:
+        return self.profile is not None and self.profile.run
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def reset_probes(self, now: float) -> None:
+        self.probes = {}
+        for kind in ("startup", "readiness", "liveness"):
+            spec = self.spec.get(f"{kind}Probe")
+            if spec:
+                self.probes[kind] = ProbeState(spec, kind, next_due=now + float(spec.get("initialDelaySeconds") or 0))
+
+    @property
+    def started(self) -> bool:
+        if not self.runs_process:
+            return True
+        if not self.alive():
+            return False
+        startup = self.probes.get("startup")
+        return startup is None or startup.result is True
+
+    @property
+    def ready(self) -> bool:
+        if self.init:
+            return self.done
+        if not self.runs_process:
+            return True
+        if not self.started:
+            return False
+        readiness = self.probes.get("readiness")
+        return readiness is None or readiness.result is True
+
+
+# --------------------------------------------------------------------------------------------------
+# One pod
+
+
+class PodWorker:
+    """Everything of one pod (by uid): sandbox, containers, probes, status, termination."""
+
+    def __init__(self, runner: PodRunner, pod: Obj) -> None:
+        self.runner = runner
+        meta = pod["metadata"]
+        self.namespace: str = meta["namespace"]
+        self.name: str = meta["name"]
+        self.uid: str = meta["uid"]
+        self.key = f"{self.namespace}/{self.name}"
+        self.pod = pod
+        self.dir = runner.work_dir / "pods" / f"{self.namespace}_{self.name}_{self.uid[:8]}"
+        self.sandbox: subprocess.Popen[bytes] | None = None
+        self.host_if: str | None = None
+        self.pod_ip: str | None = None
+        self.containers: list[Container] = []
+        self.init_containers: list[Container] = []
+        self._lock = threading.RLock()
+        self._gone = threading.Event()  # the object is gone from the API (or replaced by another uid)
+        self._stop = threading.Event()  # the runner stops: kill everything now
+        self._last_status: str | None = None
+        self._probe_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"probe-{self.name}")
+        self._thread = threading.Thread(target=self._main, name=f"pod-{self.key}", daemon=True)
+        self.terminated = threading.Event()
+        for c in pod["spec"].get("initContainers") or []:
+            self.init_containers.append(Container(c["name"], c, runner.images.profile(c.get("image", "")), init=True))
+        for c in pod["spec"].get("containers") or []:
+            self.containers.append(Container(c["name"], c, runner.images.profile(c.get("image", ""))))
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def update(self, pod: Obj) -> None:
+        with self._lock:
+            self.pod = pod
+
+    def gone(self) -> None:
+        self._gone.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def restart_policy(self) -> str:
+        return str(self.pod["spec"].get("restartPolicy") or "Always")
+
+    def _main(self) -> None:
+        try:
+            self._run()
+        except Exception:
+            log.exception("pod %s: runner failed", self.key)
+        finally:
+            self._kill_everything()
+            self._probe_pool.shutdown(wait=False, cancel_futures=True)
+            self.terminated.set()
+            self.runner._worker_done(self)
+
+    def _run(self) -> None:
+        # kwok gives the phase and the pod IP; then the sandbox, then the containers.
+        while True:
+            if self._stop.is_set() or self._gone.is_set():
+                return
+            with self._lock:
+                pod = self.pod
+            if pod["metadata"].get("deletionTimestamp"):
+                self._delete_object()
+                return
+            ip = (pod.get("status") or {}).get("podIP")
+            if ip and (pod.get("status") or {}).get("phase") == "Running":
+                self.pod_ip = ip
+                break
+            time.sleep(LOOP_INTERVAL)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._start_sandbox()
+        now = time.monotonic()
+        for c in self.init_containers + self.containers:
+            c.next_start = now
+        while not self._stop.is_set():
+            with self._lock:
+                pod = self.pod
+            if self._gone.is_set():
+                self._terminate(grace=2.0, hooks=False)
+                return
+            if pod["metadata"].get("deletionTimestamp"):
+                grace = pod["metadata"].get("deletionGracePeriodSeconds")
+                if grace is None:
+                    grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
+                self._terminate(grace=float(grace), hooks=True)
+                self._delete_object()
+                return
+            self._step()
+            self._sync_status()
+            time.sleep(LOOP_INTERVAL)
+
+    # ---- sandbox ---------------------------------------------------------------------------------
+
+    def _hostname(self) -> str:
+        return str(self.pod["spec"].get("hostname") or self.name)[:63]
+
+    def _start_sandbox(self) -> None:
+        hostname = self._hostname()
+        argv = ["setpriv", "--pdeathsig", "KILL", "unshare", "--net", "--uts", "--",
+                "sh", "-c", 'hostname "$0" && exec sleep infinity', hostname]
+        self.sandbox = _popen(argv, env={"PATH": DEFAULT_PATH}, log_path=self.dir / "sandbox.log")
+        self.runner._track(self.sandbox.pid)
+        deadline = time.monotonic() + 10
+        while True:  # the namespaces exist once unshare has exec'd into sh (then hostname runs)
+            try:
+                if os.readlink(f"/proc/{self.sandbox.pid}/ns/uts") != os.readlink("/proc/self/ns/uts"):
+                    break
+            except OSError:
+                pass
+            if self.sandbox.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"pod {self.key}: the sandbox did not start; see {self.dir / 'sandbox.log'}")
+            time.sleep(0.01)
+        assert self.pod_ip is not None
+        self.host_if = self.runner.network.attach(self.sandbox.pid, self.pod_ip)
+        resolv = self.dir / "resolv.conf"
+        domain = CLUSTER_DOMAIN
+        resolv.write_text(
+            f"search {self.namespace}.svc.{domain} svc.{domain} {domain}\n"
+            # Nothing listens on port 53 in the pod: names the hosts file does not hold fail at once.
+            "nameserver 127.0.0.1\noptions ndots:5 timeout:1 attempts:1\n"
+        )
+        log.info("pod %s: sandbox pid %d, ip %s, veth %s", self.key, self.sandbox.pid, self.pod_ip, self.host_if)
+
+    # ---- the loop --------------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        # init containers one after the other, to completion
+        for c in self.init_containers:
+            if c.done:
+                continue
+            self._supervise(c, now)
+            if not c.done:
+                return
+        for c in self.containers:
+            self._supervise(c, now)
+
+    def _supervise(self, c: Container, now: float) -> None:
+        if not c.runs_process:
+            if c.started_at is None:
+                c.started_at = now_rfc3339()
+                c.done = c.init
+            return
+        if c.proc is not None:
+            code = c.proc.poll()
+            if code is None:
+                self._probe(c, now)
+                return
+            self._exited(c, code, now)
+        if c.done or now < c.next_start:
+            return
+        self._start_container(c)
+
+    def _exited(self, c: Container, code: int, now: float) -> None:
+        assert c.proc is not None
+        _kill_group(c.proc.pid, signal.SIGKILL)  # children it left behind (AOF rewrite, redis-cli)
+        self.runner._untrack(c.proc.pid)
+        exit_code = code if code >= 0 else 128 - code
+        c.last_terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                             "startedAt": c.started_at, "finishedAt": now_rfc3339()}
+        ran = now - c.started_mono
+        log.info("pod %s: container %s exited with %d after %.1fs", self.key, c.name, exit_code, ran)
+        self._log_line(c, f"exited with code {exit_code}")
+        c.proc = None
+        c.started_at = None
+        c.frozen = False
+        policy = self.restart_policy
+        if c.init:
+            if exit_code == 0:
+                c.done = True
+                return
+            if policy == "Never":
+                c.done = True
+                return
+        elif policy == "Never" or (policy == "OnFailure" and exit_code == 0):
+            c.done = True
+            return
+        if ran > BACKOFF_RESET_AFTER:
+            c.backoff_steps = 0
+        backoff = min(0.5 * 2 ** min(c.backoff_steps, 5), MAX_BACKOFF)  # 0.5 s, 1 s, 2 s, ... 10 s
+        c.backoff_steps += 1
+        c.restart_count += 1
+        c.next_start = now + backoff
+        c.waiting_reason = "CrashLoopBackOff" if exit_code != 0 else "Restarting"
+        c.waiting_message = f"back-off {backoff:.1f}s restarting container {c.name}"
+
+    def _log_line(self, c: Container, text: str) -> None:
+        with (self.dir / f"{c.name}.log").open("a") as f:
+            f.write(f"=== podrunner {now_rfc3339()}: {c.name} {text} ===\n")
+
+    # ---- starting a container -------------------------------------------------------------------
+
+    def _start_container(self, c: Container) -> None:
+        assert c.profile is not None
+        assert self.sandbox is not None
+        try:
+            env = self._container_env(c)
+            mounts = self._mounts(c)
+        except _NotYet as exc:
+            c.waiting_reason, c.waiting_message = exc.reason, str(exc)
+            c.next_start = time.monotonic() + 1.0
+            return
+        spec = c.spec
+        command = [_expand(a, env) for a in spec.get("command") or []]
+        args = [_expand(a, env) for a in spec.get("args") or []]
+        if command:
+            argv = command + args
+        else:
+            argv = list(c.profile.entrypoint) + (args if spec.get("args") is not None else list(c.profile.cmd))
+        if not argv:
+            c.waiting_reason, c.waiting_message = "CreateContainerError", "no command"
+            c.next_start = time.monotonic() + 5
+            return
+        cdir = self.dir / "containers" / c.name
+        cdir.mkdir(parents=True, exist_ok=True)
+        lines = [f"root {_check_path(str(cdir))}"]
+        for src, dst, ro in mounts:
+            lines.append(f"bind {_check_path(src)} {_check_path(dst)} {'ro' if ro else 'rw'}")
+        lines.append(f"file {self.dir / 'resolv.conf'} /etc/resolv.conf")
+        lines.append(f"dns {self.runner.dns_dir_for(self.namespace)}")
+        lines.append(f"hostname {self._hostname()}")
+        lines.append(f"workdir {_check_path(spec.get('workingDir') or '/')}")
+        spec_file = cdir / "init.spec"
+        spec_file.write_text("\n".join(lines) + "\n")
+        full = ["setpriv", "--pdeathsig", "KILL", "nsenter", "--target", str(self.sandbox.pid), "--net", "--uts",
+                "--", "unshare", "--mount", "--propagation", "private", "--",
+                "sh", str(CONTAINER_INIT), str(spec_file), "--", *argv]
+        self._log_line(c, f"start {c.restart_count}: {argv}")
+        c.proc = _popen(full, env=env, log_path=self.dir / f"{c.name}.log")
+        self.runner._track(c.proc.pid)
+        c.env = env
+        c.started_at = now_rfc3339()
+        c.started_mono = time.monotonic()
+        c.waiting_reason, c.waiting_message = "", ""
+        c.reset_probes(c.started_mono)
+        log.info("pod %s: container %s started (pid %d): %s", self.key, c.name, c.proc.pid, argv)
+
+    def _container_env(self, c: Container) -> dict[str, str]:
+        assert c.profile is not None
+        env: dict[str, str] = {"PATH": DEFAULT_PATH, "HOME": "/root"}
+        env.update(dict(c.profile.env))
+        env["HOSTNAME"] = self._hostname()
+        for source in c.spec.get("envFrom") or []:
+            prefix = source.get("prefix", "")
+            if "configMapRef" in source:
+                ref = source["configMapRef"]
+                data = self._config_map(ref["name"], optional=bool(ref.get("optional")))
+            else:
+                ref = source["secretRef"]
+                data = self._secret(ref["name"], optional=bool(ref.get("optional")))
+            for k, v in (data or {}).items():
+                env[prefix + k] = v.decode(errors="replace")
+        for item in c.spec.get("env") or []:
+            name = item["name"]
+            if "value" in item:
+                env[name] = _expand(str(item["value"]), env)
+                continue
+            source = item.get("valueFrom") or {}
+            value: str | None
+            if "fieldRef" in source:
+                value = self._field(source["fieldRef"]["fieldPath"])
+            elif "secretKeyRef" in source:
+                ref = source["secretKeyRef"]
+                data = self._secret(ref["name"], optional=bool(ref.get("optional")))
+                raw = (data or {}).get(ref["key"])
+                if raw is None and not ref.get("optional"):
+                    raise _NotYet("CreateContainerConfigError", f"secret {ref['name']} has no key {ref['key']}")
+                value = None if raw is None else raw.decode(errors="replace")
+            elif "configMapKeyRef" in source:
+                ref = source["configMapKeyRef"]
+                data = self._config_map(ref["name"], optional=bool(ref.get("optional")))
+                raw = (data or {}).get(ref["key"])
+                if raw is None and not ref.get("optional"):
+                    raise _NotYet("CreateContainerConfigError", f"configmap {ref['name']} has no key {ref['key']}")
+                value = None if raw is None else raw.decode(errors="replace")
+            elif "resourceFieldRef" in source:
+                value = "0"
+            else:
+                value = ""
+            if value is not None:
+                env[name] = value
+        return env
+
+    def _field(self, path: str) -> str:
+        pod = self.pod
+        meta = pod["metadata"]
+        simple = {
+            "metadata.name": meta["name"], "metadata.namespace": meta["namespace"], "metadata.uid": meta["uid"],
+            "spec.nodeName": pod["spec"].get("nodeName", ""),
+            "spec.serviceAccountName": pod["spec"].get("serviceAccountName", ""),
+            "status.podIP": self.pod_ip or "", "status.podIPs": self.pod_ip or "",
+            "status.hostIP": (pod.get("status") or {}).get("hostIP", ""),
+        }
+        if path in simple:
+            return str(simple[path])
+        match = re.fullmatch(r"metadata\.(labels|annotations)\['([^']+)'\]", path)
+        if match:
+            return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
+        if path in ("metadata.labels", "metadata.annotations"):
+            values = meta.get(path.split(".")[1]) or {}
+            return "\n".join(f'{k}="{v}"' for k, v in sorted(values.items()))
+        return ""
+
+    def _config_map(self, name: str, *, optional: bool) -> dict[str, bytes] | None:
+        obj = self.runner.api.get(f"/api/v1/namespaces/{quote(self.namespace)}/configmaps/{quote(name)}")
+        if obj is None:
+            if optional:
+                return None
+            raise _NotYet("CreateContainerConfigError", f"configmap {name} not found")
+        data = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
+        data.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
+        return data
+
+    def _secret(self, name: str, *, optional: bool) -> dict[str, bytes] | None:
+        obj = self.runner.api.get(f"/api/v1/namespaces/{quote(self.namespace)}/secrets/{quote(name)}")
+        if obj is None:
+            if optional:
+                return None
+            raise _NotYet("CreateContainerConfigError", f"secret {name} not found")
+        return {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+
+    # ---- volumes ---------------------------------------------------------------------------------
+
+    def _mounts(self, c: Container) -> list[tuple[str, str, bool]]:
+        volumes = {v["name"]: v for v in self.pod["spec"].get("volumes") or []}
+        sources: dict[str, str] = {}
+        out = []
+        for m in c.spec.get("volumeMounts") or []:
+            name = m["name"]
+            if name not in sources:
+                volume = volumes.get(name)
+                if volume is None:
+                    raise _NotYet("CreateContainerConfigError", f"no volume {name}")
+                sources[name] = self._volume(volume)
+            src = sources[name]
+            if m.get("subPath"):
+                src = str(Path(src) / m["subPath"])
+                Path(src).mkdir(parents=True, exist_ok=True)
+            out.append((src, m["mountPath"], bool(m.get("readOnly"))))
+        return out
+
+    def _volume(self, volume: Obj) -> str:
+        name = volume["name"]
+        target = self.dir / "volumes" / name
+        if "emptyDir" in volume:
+            target.mkdir(parents=True, exist_ok=True)
+            return str(target)
+        if "hostPath" in volume:
+            path = Path(volume["hostPath"]["path"])
+            if volume["hostPath"].get("type") in ("DirectoryOrCreate", None, ""):
+                path.mkdir(parents=True, exist_ok=True)
+            return str(path)
+        if "persistentVolumeClaim" in volume:
+            return self._claim_path(volume["persistentVolumeClaim"]["claimName"])
+        files: dict[str, tuple[bytes, int]] = {}
+        if "configMap" in volume:
+            self._keyed(files, volume["configMap"], self._config_map, 0o644)
+        elif "secret" in volume:
+            spec = dict(volume["secret"])
+            spec["name"] = spec.get("secretName")
+            self._keyed(files, spec, self._secret, 0o644)
+        elif "downwardAPI" in volume:
+            self._downward(files, volume["downwardAPI"], 0o644)
+        elif "projected" in volume:
+            projected = volume["projected"]
+            default = int(projected.get("defaultMode", 0o644))
+            for source in projected.get("sources") or []:
+                if "configMap" in source:
+                    self._keyed(files, {**source["configMap"], "defaultMode": default}, self._config_map, default)
+                elif "secret" in source:
+                    self._keyed(files, {**source["secret"], "defaultMode": default}, self._secret, default)
+                elif "downwardAPI" in source:
+                    self._downward(files, {**source["downwardAPI"], "defaultMode": default}, default)
+                # serviceAccountToken: the local cluster mints none (no ServiceAccount admission)
+        else:
+            log.warning("pod %s: volume %s of an unsupported type is an empty directory", self.key, name)
+        target.mkdir(parents=True, exist_ok=True)
+        for rel, (content, mode) in files.items():
+            path = target / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(content)
+            tmp.chmod(mode)
+            tmp.replace(path)
+        return str(target)
+
+    def _keyed(self, files: dict[str, tuple[bytes, int]], spec: Obj,
+               fetch: Callable[..., dict[str, bytes] | None], default_mode: int) -> None:
+        data = fetch(spec["name"], optional=bool(spec.get("optional")))
+        if data is None:
+            return
+        mode = int(spec.get("defaultMode", default_mode))
+        items = spec.get("items")
+        if items:
+            for item in items:
+                if item["key"] not in data:
+                    if spec.get("optional"):
+                        continue
+                    raise _NotYet("CreateContainerConfigError", f"{spec['name']} has no key {item['key']}")
+                files[item["path"]] = (data[item["key"]], int(item.get("mode", mode)))
+        else:
+            for key, value in data.items():
+                files[key] = (value, mode)
+
+    def _downward(self, files: dict[str, tuple[bytes, int]], spec: Obj, default_mode: int) -> None:
+        mode = int(spec.get("defaultMode", default_mode))
+        for item in spec.get("items") or []:
+            if "fieldRef" in item:
+                files[item["path"]] = (self._field(item["fieldRef"]["fieldPath"]).encode(), int(item.get("mode", mode)))
+
+    def _claim_path(self, claim: str) -> str:
+        pvc = self.runner.api.get(f"/api/v1/namespaces/{quote(self.namespace)}/persistentvolumeclaims/{quote(claim)}")
+        if pvc is None:
+            raise _NotYet("ContainerCreating", f"persistentvolumeclaim {claim} not found")
+        volume_name = (pvc.get("spec") or {}).get("volumeName")
+        if not volume_name or (pvc.get("status") or {}).get("phase") != "Bound":
+            raise _NotYet("ContainerCreating", f"persistentvolumeclaim {claim} not bound")
+        pv = self.runner.api.get(f"/api/v1/persistentvolumes/{quote(volume_name)}")
+        path = ((pv or {}).get("spec") or {}).get("hostPath", {}).get("path")
+        if not path:
+            raise _NotYet("ContainerCreating", f"persistentvolume {volume_name} has no hostPath")
+        Path(path).mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    # ---- probes ----------------------------------------------------------------------------------
+
+    def _probe(self, c: Container, now: float) -> None:
+        startup = c.probes.get("startup")
+        for kind in ("startup", "readiness", "liveness"):
+            state = c.probes.get(kind)
+            if state is None:
+                continue
+            if kind != "startup" and startup is not None and startup.result is not True:
+                continue
+            if kind == "startup" and state.result is True:
+                continue  # a startup probe stops once it succeeded
+            if state.running is not None:
+                if not state.running.done():
+                    continue
+                try:
+                    ok = state.running.result()
+                except Exception:
+                    ok = False
+                state.running = None
+                state.record(ok)
+                if kind in ("liveness", "startup") and state.result is False:
+                    log.info("pod %s: %s probe of %s failed %d times: restarting it", self.key, kind, c.name,
+                             state.failures)
+                    self._log_line(c, f"{kind} probe failed {state.failures} times: killing it")
+                    self._stop_container(c, float(self.pod["spec"].get("terminationGracePeriodSeconds", 30)))
+                    return
+            if now >= state.next_due and state.running is None:
+                state.next_due = now + state.period
+                state.running = self._probe_pool.submit(self._run_probe, c, state.spec, state.timeout)
+
+    def _run_probe(self, c: Container, spec: Obj, timeout: float) -> bool:
+        if c.frozen:
+            time.sleep(timeout)  # a stopped process answers nothing
+            return False
+        if "exec" in spec:
+            return self.exec_in(c, list(spec["exec"]["command"]), timeout=timeout).returncode == 0
+        port_spec = (spec.get("httpGet") or spec.get("tcpSocket") or {}).get("port")
+        port = self._port(c, port_spec)
+        if port is None or self.pod_ip is None:
+            return False
+        if "tcpSocket" in spec:
+            try:
+                with socket.create_connection((self.pod_ip, port), timeout=timeout):
+                    return True
+            except OSError:
+                return False
+        if "httpGet" in spec:
+            conn = http.client.HTTPConnection(self.pod_ip, port, timeout=timeout)
+            try:
+                conn.request("GET", spec["httpGet"].get("path") or "/")
+                return 200 <= conn.getresponse().status < 400
+            except (OSError, http.client.HTTPException):
+                return False
+            finally:
+                conn.close()
+        return True
+
+    @staticmethod
+    def _port(c: Container, port: Any) -> int | None:
+        if isinstance(port, int):
+            return port
+        if isinstance(port, str) and port.isdigit():
+            return int(port)
+        for p in c.spec.get("ports") or []:
+            if p.get("name") == port:
+                return int(p["containerPort"])
+        return None
+
+    # ---- exec ------------------------------------------------------------------------------------
+
+    def container(self, name: str | None) -> Container:
+        candidates = self.containers if name is None else [c for c in self.init_containers + self.containers
+                                                           if c.name == name]
+        if not candidates:
+            raise PodNotFound(f"pod {self.key} has no container {name}")
+        return candidates[0]
+
+    def exec_in(self, c: Container, argv: list[str], *, timeout: float) -> ExecResult:
+        """Run ``argv`` inside the container (its namespaces, root, working directory, environment)."""
+        proc = c.proc
+        if proc is None or proc.poll() is not None:
+            return ExecResult(126, "", f"container {c.name} of pod {self.key} is not running")
+        full = ["nsenter", "--target", str(proc.pid), "--mount", "--uts", "--net", "--root", "--wd", "--", *argv]
+        return run_bounded(full, env=dict(c.env), timeout=timeout)
+
+    # ---- stopping --------------------------------------------------------------------------------
+
+    def _stop_container(self, c: Container, grace: float) -> None:
+        """SIGTERM, then SIGKILL after ``grace``; the loop notices the exit and restarts it."""
+        proc = c.proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        if c.frozen:
+            _kill_group(proc.pid, signal.SIGCONT)
+            c.frozen = False
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+    def _terminate(self, *, grace: float, hooks: bool) -> None:
+        """What the kubelet does for a deleted pod: preStop hooks, SIGTERM, SIGKILL at the deadline."""
+        deadline = time.monotonic() + max(grace, 0.0)
+        running = [c for c in self.init_containers + self.containers if c.alive()]
+        log.info("pod %s: terminating (grace %.0fs)", self.key, grace)
+        for c in running:
+            if c.frozen:
+                assert c.proc is not None
+                _kill_group(c.proc.pid, signal.SIGCONT)
+                c.frozen = False
+        if hooks:
+            futures = []
+            for c in running:
+                hook = ((c.spec.get("lifecycle") or {}).get("preStop") or {}).get("exec")
+                if hook:
+                    self._log_line(c, "preStop hook")
+                    futures.append(self._probe_pool.submit(
+                        self.exec_in, c, list(hook["command"]), timeout=max(deadline - time.monotonic(), 0.1)))
+            for f in futures:
+                with contextlib.suppress(Exception):
+                    f.result(timeout=max(deadline - time.monotonic(), 0.1) + 1)
+        for c in running:
+            assert c.proc is not None
+            self._log_line(c, "SIGTERM")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(c.proc.pid, signal.SIGTERM)
+        for c in running:
+            assert c.proc is not None
+            try:
+                c.proc.wait(max(deadline - time.monotonic(), 0.01))
+            except subprocess.TimeoutExpired:
+                self._log_line(c, "SIGKILL at the end of the grace period")
+                _kill_group(c.proc.pid, signal.SIGKILL)
+                c.proc.wait(10)
+        self._kill_everything()
+
+    def _kill_everything(self) -> None:
+        for c in self.init_containers + self.containers:
+            if c.proc is not None:
+                _kill_group(c.proc.pid, signal.SIGCONT)
+                _kill_group(c.proc.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    c.proc.wait(10)
+                self.runner._untrack(c.proc.pid)
+        if self.sandbox is not None:
+            _kill_group(self.sandbox.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.sandbox.wait(10)
+            self.runner._untrack(self.sandbox.pid)
+            self.sandbox = None
+
+    def _delete_object(self) -> None:
+        """The pod's processes are gone: remove the object, as the kubelet does (grace period 0)."""
+        if self._stop.is_set():
+            return
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+                "preconditions": {"uid": self.uid}}
+        try:
+            self.runner.api.delete(pod_path(self.namespace, self.name), body)
+        except Exception as exc:
+            log.warning("pod %s: deleting the object failed: %s", self.key, exc)
+
+    # ---- chaos -----------------------------------------------------------------------------------
+
+    def freeze(self) -> None:
+        with self._lock:
+            for c in self.containers:
+                if c.alive():
+                    assert c.proc is not None
+                    c.frozen = True
+                    _kill_group(c.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        with self._lock:
+            for c in self.containers:
+                if c.proc is not None and c.frozen:
+                    _kill_group(c.proc.pid, signal.SIGCONT)
+                c.frozen = False
+
+    def kill_container(self, name: str | None, sig: int = signal.SIGKILL) -> None:
+        c = self.container(name)
+        if c.proc is not None:
+            _kill_group(c.proc.pid, sig)
+
+    # ---- status ----------------------------------------------------------------------------------
+
+    def _container_status(self, c: Container) -> Obj:
+        status: Obj = {
+            "name": c.name, "image": c.spec.get("image", ""), "imageID": "",
+            "ready": c.ready, "started": c.started if not c.init else c.alive(),
+            "restartCount": c.restart_count,
+        }
+        if (c.proc is not None and c.alive()) or (not c.runs_process and c.started_at):
+            status["state"] = {"running": {"startedAt": c.started_at}}
+            status["containerID"] = f"rmsg-local://{c.proc.pid if c.proc else 0}"
+        elif c.done and c.last_terminated is not None:
+            status["state"] = {"terminated": c.last_terminated}
+        else:
+            waiting: Obj = {"reason": c.waiting_reason or "ContainerCreating"}
+            if c.waiting_message:
+                waiting["message"] = c.waiting_message
+            status["state"] = {"waiting": waiting}
+        if c.last_terminated is not None:
+            status["lastState"] = {"terminated": c.last_terminated}
+        return status
+
+    def _sync_status(self) -> None:
+        ready = all(c.ready for c in self.containers) and all(c.done for c in self.init_containers)
+        phase = "Running"
+        if self.restart_policy != "Always" and self.containers and all(c.done for c in self.containers):
+            failed = any((c.last_terminated or {}).get("exitCode", 0) != 0 for c in self.containers)
+            phase = "Failed" if failed else "Succeeded"
+            ready = False
+        value = "True" if ready else "False"
+        status: Obj = {
+            "phase": phase,
+            "conditions": [
+                {"type": "Initialized", "status": "True" if all(c.done for c in self.init_containers) else "False"},
+                {"type": "ContainersReady", "status": value},
+                {"type": "Ready", "status": value},
+            ],
+            "containerStatuses": [self._container_status(c) for c in self.containers],
+        }
+        if self.init_containers:
+            status["initContainerStatuses"] = [self._container_status(c) for c in self.init_containers]
+        fingerprint = json.dumps(status, sort_keys=True)
+        if fingerprint == self._last_status:
+            return
+        now = now_rfc3339()
+        previous = {c.get("type"): c for c in (self.pod.get("status") or {}).get("conditions") or []}
+        for condition in status["conditions"]:
+            old = previous.get(condition["type"])
+            condition["lastTransitionTime"] = (old.get("lastTransitionTime") if old and old.get("status")
+                                               == condition["status"] else now)
+        body = {"metadata": {"uid": self.uid}, "status": status}
+        try:
+            result = self.runner.api.patch(pod_path(self.namespace, self.name) + "/status", body)
+        except ApiError as exc:
+            if exc.status == 409:  # another pod of the same name now: this one is gone
+                self._gone.set()
+                return
+            log.warning("pod %s: status patch failed: %s", self.key, exc)
+            return
+        if result is None:
+            self._gone.set()
+            return
+        self._last_status = fingerprint
+        if ready != self.runner._ready_seen.get(self.uid):
+            self.runner._ready_seen[self.uid] = ready
+            log.info("pod %s: Ready=%s", self.key, value)
+
+
+class _NotYet(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------------------------------
+# The runner
+
+
+class PodRunner:
+    """Watches the pods on the given nodes and runs a :class:`PodWorker` for each."""
+
+    def __init__(self, api: KubeApi, *, nodes: set[str], network: PodNetwork, work_dir: Path,
+                 dns_dir_for: Callable[[str], Path], repo_root: Path) -> None:
+        self.api = api
+        self.nodes = nodes
+        self.network = network
+        self.work_dir = work_dir
+        self.dns_dir_for = dns_dir_for
+        self.images = Images(work_dir / "image-bin", repo_root)
+        self._workers: dict[str, PodWorker] = {}  # by uid
+        self._by_key: dict[str, str] = {}  # ns/name -> uid of the current worker
+        self._lock = threading.Lock()
+        self._pids: set[int] = set()
+        self._ready_seen: dict[str, bool] = {}
+        self._stopping = False
+        self.reflector = Reflector(api, "/api/v1/pods", self._on_change, name="pods")
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> PodRunner:
+        self.reflector.start()
+        self.reflector.wait_synced(30)
+        return self
+
+    def stop(self) -> None:
+        """Kill every pod's processes at once (no grace), then stop watching."""
+        with self._lock:
+            self._stopping = True
+            workers = list(self._workers.values())
+        for w in workers:
+            w.stop()
+        for w in workers:
+            w.join(15)
+        self.reflector.stop()
+        with self._lock:
+            leftovers = set(self._pids)
+        for pid in leftovers:  # belt and braces: any group a worker could not reap
+            _kill_group(pid, signal.SIGKILL)
+
+    def _track(self, pid: int) -> None:
+        with self._lock:
+            self._pids.add(pid)
+
+    def _untrack(self, pid: int) -> None:
+        with self._lock:
+            self._pids.discard(pid)
+
+    def _worker_done(self, worker: PodWorker) -> None:
+        with self._lock:
+            self._workers.pop(worker.uid, None)
+            if self._by_key.get(worker.key) == worker.uid:
+                del self._by_key[worker.key]
+
+    def _on_change(self, key: str, old: Obj | None, new: Obj | None) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+            current_uid = self._by_key.get(key)
+            current = self._workers.get(current_uid) if current_uid else None
+            if current is not None and (new is None or current.uid != new["metadata"]["uid"]):
+                current.gone()
+                del self._by_key[key]
+                current = None
+            if new is None:
+                return
+            if (new.get("spec") or {}).get("nodeName") not in self.nodes:
+                return
+            if current is None:
+                if new["metadata"]["uid"] in self._workers:
+                    return  # an old worker finishing
+                worker = PodWorker(self, new)
+                self._workers[worker.uid] = worker
+                self._by_key[key] = worker.uid
+                worker.start()
+            else:
+                current.update(new)
+
+    # ---- what tests use --------------------------------------------------------------------------
+
+    def worker(self, namespace: str, name: str) -> PodWorker:
+        with self._lock:
+            uid = self._by_key.get(f"{namespace}/{name}")
+            worker = self._workers.get(uid) if uid else None
+        if worker is None:
+            raise PodNotFound(f"no pod {namespace}/{name} runs on the local nodes")
+        return worker
+
+    def exec(self, namespace: str, name: str, argv: list[str], *, container: str | None = None,
+             timeout: float = 60.0) -> ExecResult:
+        """`kubectl exec` for the local cluster: (exit code, combined output)."""
+        worker = self.worker(namespace, name)
+        return worker.exec_in(worker.container(container), argv, timeout=timeout)
+
+    def pod_ip(self, namespace: str, name: str) -> str | None:
+        return self.worker(namespace, name).pod_ip
+
+    def partition(self, namespace: str, name: str) -> None:
+        worker = self.worker(namespace, name)
+        assert worker.host_if is not None
+        self.network.partition(worker.host_if)
+
+    def heal(self, namespace: str, name: str) -> None:
+        worker = self.worker(namespace, name)
+        assert worker.host_if is not None
+        self.network.heal(worker.host_if)
+
+    def freeze(self, namespace: str, name: str) -> None:
+        self.worker(namespace, name).freeze()
+
+    def thaw(self, namespace: str, name: str) -> None:
+        self.worker(namespace, name).thaw()
+
+    def log_path(self, namespace: str, name: str, container: str) -> Path:
+        return self.worker(namespace, name).dir / f"{container}.log"
+
+    def pids(self) -> set[int]:
+        with self._lock:
+            return set(self._pids)
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
