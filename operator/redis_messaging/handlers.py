@@ -14,6 +14,7 @@ from redis_messaging.api import models
 from redis_messaging.autoscale.loop import Autoscaler, autoscale_forever
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube
+from redis_messaging.reconcile.acl import AclStep
 from redis_messaging.reconcile.addresses import Addresses, DnsAddresses, MapAddresses
 from redis_messaging.reconcile.cluster_topology import ClusterTopology
 from redis_messaging.reconcile.failover_watch import FailoverWatchers, Followed
@@ -58,6 +59,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         topologies={"sentinel": SentinelTopology(addresses, timeout=ours.redis_timeout_seconds),
                     "cluster": ClusterTopology(addresses, timeout=ours.redis_timeout_seconds)},
         streams=StreamsStep(kube, addresses, pools),
+        acl=AclStep(kube, addresses, timeout=ours.redis_timeout_seconds),
     )
     autoscaler = _state["autoscaler"] = Autoscaler(
         kube, pools, status_interval=ours.status_interval_seconds,

@@ -183,6 +183,11 @@ class Auth(Model):
         max_length=64,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
+    rotation_grace_seconds: int = Field(
+        120, ge=0,
+        description="After a changed password is published in the connection Secret, how long the previous "
+        "one keeps working, so clients can re-read the Secret and reconnect.",
+    )
 
 
 class IssuerRef(Model):

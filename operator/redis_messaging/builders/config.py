@@ -170,6 +170,15 @@ cp "$conf_dir/redis.conf" "$conf"
     printf 'requirepass %s\n' "$(quote "$REDISCLI_AUTH")"
     printf 'masterauth %s\n' "$(quote "$REDISCLI_AUTH")"
   fi
+  # ACL users of spec.auth.users ("<file> <name> <rules>" per line), passwords from their mounted Secrets;
+  # the operator applies them at run time as well (ACL SETUSER), this covers a restart.
+  if [ -f "$conf_dir/users.acl" ]; then
+    while read -r file user rules; do
+      [ -n "$file" ] && [ -f "${RMSG_USERS_DIR:-/etc/redis-messaging-users}/$file" ] || continue
+      pw="$(cat "${RMSG_USERS_DIR:-/etc/redis-messaging-users}/$file")"
+      printf 'user %s reset on %s %s\n' "$user" "$(quote ">$pw")" "$rules"
+    done <"$conf_dir/users.acl"
+  fi
 } >>"$conf"
 if [ "${RMSG_MODE:-sentinel}" = sentinel ]; then
   master="$(sentinel_master || redis_master || true)"
@@ -313,7 +322,19 @@ def config_files(spec: RedisMessagingSpec, owner: Owner) -> dict[str, str]:
     else:
         files["redis.conf"] = redis_conf(spec, replicas=1 + spec.cluster.replicas_per_shard, cluster=True)
         files["prestop.sh"] = CLUSTER_PRESTOP_SH
+    if spec.auth.enabled and spec.auth.users:
+        files["users.acl"] = users_acl(spec)
     return dict(sorted(files.items()))
+
+
+def user_file(index: int) -> str:
+    """The file of the i-th user's password in the mounted users volume."""
+    return f"user-{index}"
+
+
+def users_acl(spec: RedisMessagingSpec) -> str:
+    """One line per ACL user: the password file, the name, the rules (never a password)."""
+    return "".join(f"{user_file(i)} {u.name} {' '.join(u.rules.split())}\n" for i, u in enumerate(spec.auth.users))
 
 
 def content_hash(data: object) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from redis_messaging.api.models import RedisMessagingSpec, ResourceRequirements
@@ -12,6 +13,7 @@ Obj = dict[str, Any]
 
 DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}}
 REDIS_UID = 999  # the uid of the redis user in the official redis images
+USERS_MOUNT = "/etc/redis-messaging-users"  # where redis-start.sh reads the ACL users' passwords
 
 
 def resources(res: ResourceRequirements, default: Obj | None = None) -> Obj:
@@ -109,8 +111,10 @@ def exec_probe(command: list[str], *, initial: int, period: int, timeout: int, f
     }
 
 
-def config_volumes(owner: Owner, auth_secret: str | None) -> tuple[list[Obj], list[Obj]]:
-    """Volumes and mounts for the ConfigMap, the auth Secret and the private runtime dir."""
+def config_volumes(owner: Owner, auth_secret: str | None,
+                   user_secrets: Sequence[str] = ()) -> tuple[list[Obj], list[Obj]]:
+    """Volumes and mounts for the ConfigMap, the auth Secret, the ACL users' Secrets (file ``user-<i>``
+    holds the i-th user's password) and the private runtime dir."""
     volumes: list[Obj] = [
         {"name": "config", "configMap": {"name": owner.config_map, "defaultMode": 0o555}},
         {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
@@ -128,6 +132,11 @@ def config_volumes(owner: Owner, auth_secret: str | None) -> tuple[list[Obj], li
                                         "items": [{"key": "password", "path": "password"}]}}
         )
         mounts.append({"name": "auth", "mountPath": names.AUTH_MOUNT, "readOnly": True})
+    if user_secrets:
+        sources = [{"secret": {"name": name, "items": [{"key": "password", "path": f"user-{i}"}]}}
+                   for i, name in enumerate(user_secrets)]
+        volumes.append({"name": "users", "projected": {"sources": sources, "defaultMode": 0o400}})
+        mounts.append({"name": "users", "mountPath": USERS_MOUNT, "readOnly": True})
     return volumes, mounts
 
 

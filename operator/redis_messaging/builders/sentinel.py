@@ -156,9 +156,14 @@ def _data_claim(spec: RedisMessagingSpec) -> list[Obj]:
              "metadata": {"name": "data"}, "spec": claim_spec}]
 
 
+def user_secrets(spec: RedisMessagingSpec) -> list[str]:
+    """The Secrets of spec.auth.users, in declaration order (file user-<i> is the i-th's password)."""
+    return [u.secret_name for u in spec.auth.users] if spec.auth.enabled else []
+
+
 def redis_statefulset(spec: RedisMessagingSpec, owner: Owner) -> Obj:
     auth = auth_secret_name(spec, owner)
-    volumes, mounts = pods.config_volumes(owner, auth)
+    volumes, mounts = pods.config_volumes(owner, auth, user_secrets(spec))
     claims = _data_claim(spec)
     if not claims:
         volumes.append({"name": "data", "emptyDir": {}})

@@ -22,6 +22,7 @@ from redis_messaging.api import models
 from redis_messaging.builders import UnsupportedSpec, build, names, sentinel
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube, KubeError, needs_apply, with_applied_hash
+from redis_messaging.reconcile import acl as acl_step
 from redis_messaging.reconcile import cluster_topology
 from redis_messaging.reconcile import conditions as cond
 from redis_messaging.reconcile import monitoring as monitoring_step
@@ -46,6 +47,7 @@ class Context:
     cluster_domain: str = "cluster.local"
     topologies: dict[str, Topology] = field(default_factory=dict)  # by mode
     streams: StreamsStep | None = None  # groups, retention and autoscale conflicts; None: skipped
+    acl: acl_step.AclStep | None = None  # ACL users and password rotation on the processes; None: skipped
     clock: Callable[[], str] = utcnow
 
 
@@ -251,7 +253,9 @@ def _write_status(ctx: Context, body: Obj, new_conditions: list[cond.Cond], extr
         elif (c["type"], c["reason"]) in ((streams_step.STREAMS_READY, "StreamsFailed"),
                                           (monitoring_step.MONITORING_READY, monitoring_step.SKIPPED),
                                           (volumes_step.VOLUMES_EXPANDED, volumes_step.NOT_ALLOWED),
-                                          (volumes_step.VOLUMES_EXPANDED, volumes_step.FAILED)):
+                                          (volumes_step.VOLUMES_EXPANDED, volumes_step.FAILED),
+                                          (acl_step.AUTH_READY, acl_step.USER_SECRET_MISSING),
+                                          (acl_step.AUTH_READY, acl_step.NOT_APPLIED)):
             ctx.kube.event(body, reason=c["reason"], message=c["message"], type_="Warning")
     try:
         ctx.kube.patch_status(models.KIND, meta["namespace"], meta["name"], status)
@@ -297,7 +301,12 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
     # 2. ensure children, in order.
     try:
         password = ensure_auth(ctx, spec, owner, outcome.actions)
-        desired = build(spec, owner, password=password)
+        # A changed password is added on every process before the connection Secret carries it.
+        rotation = acl_step.Rotation(password, password)
+        if ctx.acl is not None:
+            rotation = ctx.acl.before_apply(spec, owner, password)
+            password, outcome.actions = rotation.use, outcome.actions + rotation.actions
+        desired = build(spec, owner, password=rotation.publish)
         monitoring = monitoring_step.plan(ctx.kube, spec, owner)  # CRD kinds only where they are served
         desired += monitoring.objects
         # Larger volumes: claims grown, StatefulSet re-created (held back while it terminates).
@@ -305,6 +314,8 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
         desired, outcome.actions = volumes.desired, outcome.actions + volumes.actions
         live = ensure_children(ctx, owner, desired, outcome.actions)
         outcome.actions += monitoring_step.prune(ctx.kube, owner, desired, live)
+        auth = ctx.acl.after_apply(spec, owner, rotation) if ctx.acl is not None else acl_step.AclReport()
+        outcome.actions += auth.actions
     except SpecProblem as exc:
         return _problem(ctx, body, outcome, exc.reason, exc.message, exc.retry_after)
     except UnsupportedSpec as exc:
@@ -356,8 +367,11 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
         new_conditions.append(monitoring.condition)
     if volumes.condition is not None:
         new_conditions.append(volumes.condition)
-    if volumes.retry_after is not None:
-        outcome.retry_after = min(volumes.retry_after, outcome.retry_after or volumes.retry_after)
+    if auth.condition is not None:
+        new_conditions.append(auth.condition)
+    for later in (volumes.retry_after, auth.retry_after):
+        if later is not None:
+            outcome.retry_after = min(later, outcome.retry_after or later)
     extra["connection"] = {
         "secretName": owner.connection_secret,
         "host": owner.service_host(owner.master_service),
