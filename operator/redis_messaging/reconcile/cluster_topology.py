@@ -35,6 +35,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -582,19 +583,21 @@ class ClusterTopology:
             where = owner.shard_of_pod(item.get("metadata", {}).get("name", ""))
             if where is not None and where[0] >= shards:
                 members[owner.shard_pod(*where)] = where
-        views = {p: cl.observe(conns, self.addresses.redis(owner, p)) for p in members}
+        views = self._observe_all(owner, conns, list(members))
 
         def pod_of(host: str) -> str | None:
             return self.addresses.pod_of(owner, host)
 
         # ... and as the cluster knows them (a pod list may lag behind, or not be given at all).
+        more: list[str] = []
         for view in list(views.values()):
             for node in view.nodes:
                 pod = pod_of(node.hostname) if node.hostname else None
                 where = owner.shard_of_pod(pod) if pod else None
-                if pod and where is not None and where[0] >= shards and pod not in views:
+                if pod and where is not None and where[0] >= shards and pod not in members:
                     members[pod] = where
-                    views[pod] = cl.observe(conns, self.addresses.redis(owner, pod))
+                    more.append(pod)
+        views.update(self._observe_all(owner, conns, more))
         ips: dict[str, str] = {}
         ports: dict[str, int] = {}
         for pod, view in views.items():
@@ -610,6 +613,14 @@ class ClusterTopology:
             min_good_replicas=config.min_replicas_to_write(spec, 1 + per),
             pod_of=pod_of, ips=ips, ports=ports,
         )
+
+    def _observe_all(self, owner: Owner, conns: cl.Connections, pods: list[str]) -> dict[str, cl.NodeView]:
+        """Every pod's view, observed concurrently: an unreachable pod costs one timeout, not one each."""
+        if not pods:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(16, len(pods)), thread_name_prefix="cluster-observe") as pool:
+            views = pool.map(lambda p: cl.observe(conns, self.addresses.redis(owner, p)), pods)
+            return dict(zip(pods, views, strict=True))
 
     # -- check and heal -----------------------------------------------------------------------
     def check_and_heal(self, spec: RedisMessagingSpec, owner: Owner, pods: list[dict[str, Any]],
