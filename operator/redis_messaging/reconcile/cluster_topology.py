@@ -527,8 +527,16 @@ def plan(obs: Observation, *, reshard: bool = True) -> Plan:
     message = _summary(a, views)
     if problems or not_ready:
         message = f"{message}; " + "; ".join(problems + not_ready)
-    reason = "Healthy" if healthy else ("ShardRemoved" if released else
-                                        "Degraded" if available else "ClusterDown")
+    if healthy:
+        reason = "Healthy"
+    elif released:
+        reason = "ShardRemoved"
+    elif not available:
+        reason = "ClusterDown"
+    elif unreachable:
+        reason = "WaitingForPods"  # e.g. the pods of a new shard are starting
+    else:
+        reason = "Degraded"
     return Plan(steps=[], reason=reason, message=message, available=available, wait=not healthy,
                 healthy=healthy, shards=[v for v in views if not (released and v.index in released)],
                 released=released, roles=roles)
