@@ -20,6 +20,12 @@ operator with only these rules, then once without each verb, and sees a 403 or a
   resources: ["namespaces"]
   verbs: ["list", "watch"]
 {{- end }}
+# -- What the operator needs, cluster-wide (not exercised by tests/kube/test_rbac.py) -------------
+# Volume expansion: a larger persistence.storage.size is applied only when the claims' StorageClass
+# (named, or the default one) allows expansion.
+- apiGroups: ["storage.k8s.io"]
+  resources: ["storageclasses"]
+  verbs: ["get", "list"]
 {{- end }}
 
 {{/* Rules on the objects of the namespaces the operator serves. */}}
@@ -55,10 +61,11 @@ operator with only these rules, then once without each verb, and sees a 403 or a
 - apiGroups: [""]
   resources: ["configmaps", "secrets", "services"]
   verbs: ["list", "create", "patch"]
-# Children: the redis and Sentinel StatefulSets, listed and applied like the objects above.
+# Children: the redis and Sentinel StatefulSets (or the shards'), listed and applied like the objects
+# above; each is also read to compare its volume claim templates with the declared storage size.
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
-  verbs: ["list", "create", "patch"]
+  verbs: ["get", "list", "create", "patch"]
 # Children: the PodDisruptionBudgets of redis and Sentinel, listed and applied like the objects above.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
@@ -88,14 +95,27 @@ operator with only these rules, then once without each verb, and sees a 403 or a
 - apiGroups: ["keda.sh"]
   resources: ["scaledobjects"]
   verbs: ["list"]
-# -- Upcoming capabilities of the operator: granted now, not used by this version ------------------
+# -- Capabilities whose grants tests/kube/test_rbac.py does not exercise ----------------------------
 # Volume expansion: grows the PersistentVolumeClaims of the redis pods in place.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get", "list", "patch"]
-# Volume expansion: re-creates the redis StatefulSet (its volumeClaimTemplates are immutable) while
-# orphaning its pods, so no pod restarts.
+# Volume expansion re-creates a StatefulSet (its volumeClaimTemplates are immutable) while orphaning
+# its pods; cluster scale-in deletes the StatefulSet of a shard whose slots were moved away.
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
   verbs: ["delete"]
+# Cluster scale-in deletes the PodDisruptionBudget of a removed shard.
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "delete"]
+# Monitoring turned off: the exporter's metrics Service and the dashboard ConfigMap are deleted.
+- apiGroups: [""]
+  resources: ["services", "configmaps"]
+  verbs: ["delete"]
+# Monitoring (spec.monitoring): ServiceMonitor, PodMonitor and PrometheusRule, when the Prometheus
+# Operator's CRDs are installed; listed by instance label, applied, deleted when no longer asked for.
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["servicemonitors", "podmonitors", "prometheusrules"]
+  verbs: ["list", "create", "patch", "delete"]
 {{- end }}
