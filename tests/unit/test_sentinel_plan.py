@@ -177,3 +177,13 @@ def test_nothing_reachable_waits() -> None:
     result = plan(obs({p: down(p) for p in R}, {s: sdown(s) for s in S}), SPEC, expected_sentinels=3)
     assert result.master is None
     assert result.wait
+
+
+def test_a_second_master_is_not_demoted_while_sentinels_converge() -> None:
+    redis = healthy_redis("r2")
+    redis["r1"] = master("r1")  # promoted by an earlier, aborted attempt
+    sentinels = {"s0": sentinel("s0", "r2"), "s1": sentinel("s1", "r2"), "s2": sentinel("s2", "r1")}
+    result = plan(obs(redis, sentinels), SPEC, expected_sentinels=3)
+    assert result.wait
+    assert result.steps == []
+    assert result.reason == "SentinelsConverging"

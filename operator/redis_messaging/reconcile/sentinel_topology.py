@@ -156,10 +156,16 @@ def plan(obs: Observation, spec: RedisMessagingSpec, *, expected_sentinels: int)
     if master is None:  # unreachable: every branch above returned or chose one
         return Plan(None, reason="NoMaster", available=False, wait=True, message="no master could be chosen")
     # Redis: everybody else follows the master.
+    unanimous = len(votes) == 1 and count == len(reachable_sentinels)
     for pod, node in sorted(obs.redis.items()):
         if pod == master or not node.reachable:
             continue
         if node.role == "master":
+            if consensus is not None and not unanimous:
+                # A second master while some Sentinel still sees things differently may be the end of
+                # a failover the others have not caught up with: never demote it then.
+                return Plan(master, reason="SentinelsConverging", wait=True, available=True,
+                            message=f"{pod} is a second master while the Sentinels converge ({dict(votes)})")
             steps.append(Replicate(pod, master, split_brain=True))
         elif node.master is None or obs.pod_of(node.master[0]) != master:
             steps.append(Replicate(pod, master))

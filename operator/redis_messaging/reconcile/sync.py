@@ -107,8 +107,9 @@ def ensure_auth(ctx: Context, spec: models.RedisMessagingSpec, owner: Owner, act
     secret = ctx.kube.get("Secret", owner.namespace, name)
     if secret is None:
         if spec.auth.secret_name:
+            # looked at again soon: a missing Secret is usually being created right now
             raise SpecProblem("AuthSecretMissing",
-                              f"Secret {name} named in spec.auth.secretName does not exist", 30)
+                              f"Secret {name} named in spec.auth.secretName does not exist", 5)
         obj = sentinel.generated_auth_secret(owner)
         obj["stringData"] = {"password": generate_password()}
         secret = ctx.kube.create(obj)
