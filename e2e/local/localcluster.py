@@ -491,7 +491,7 @@ class LocalCluster:
         self.kwok = Process("kwok", [
             str(kwok_binary()), f"--kubeconfig={system_kubeconfig}",
             f"--manage-nodes-with-label-selector={NODE_LABEL}=true",
-            f"--config={HERE / 'kwok-stages.yaml'}", f"--node-ip={network.gateway}",
+            f"--config={HERE / 'kwok.yaml'}", f"--node-ip={network.gateway}",
             "--node-lease-duration-seconds=40",
         ], logs / "kwok.log")
         self._step("nodes", lambda: self._create_nodes(subnet))

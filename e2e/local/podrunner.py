@@ -421,6 +421,7 @@ class PodWorker:
 
     def _run(self) -> None:
         # kwok gives the phase and the pod IP; then the sandbox, then the containers.
+        ip_wait: float | None = None
         while True:
             if self._stop.is_set() or self._gone.is_set():
                 return
@@ -431,8 +432,15 @@ class PodWorker:
                 return
             ip = (pod.get("status") or {}).get("podIP")
             if ip and (pod.get("status") or {}).get("phase") == "Running":
-                self.pod_ip = ip
-                break
+                other = self.runner._claim_ip(ip, self)
+                if other is None:
+                    self.pod_ip = ip
+                    break
+                # A pod that was just deleted may still be finishing: its IP is free a moment later.
+                if ip_wait is None:
+                    ip_wait = time.monotonic() + 10
+                elif time.monotonic() > ip_wait:
+                    raise RuntimeError(f"pod {self.key} was given the IP {ip} of the running pod {other}")
             time.sleep(LOOP_INTERVAL)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._start_sandbox()
@@ -1070,6 +1078,7 @@ class PodRunner:
         self._by_key: dict[str, str] = {}  # ns/name -> uid of the current worker
         self._lock = threading.Lock()
         self._pids: set[int] = set()
+        self._ips: dict[str, PodWorker] = {}
         self._ready_seen: dict[str, bool] = {}
         self._stopping = False
         self.reflector = Reflector(api, "/api/v1/pods", self._on_change, name="pods")
@@ -1104,8 +1113,19 @@ class PodRunner:
         with self._lock:
             self._pids.discard(pid)
 
+    def _claim_ip(self, ip: str, worker: PodWorker) -> str | None:
+        """Record that ``worker`` uses ``ip``; the pod already using it, if any."""
+        with self._lock:
+            holder = self._ips.get(ip)
+            if holder is not None and holder is not worker and not holder.terminated.is_set():
+                return holder.key
+            self._ips[ip] = worker
+            return None
+
     def _worker_done(self, worker: PodWorker) -> None:
         with self._lock:
+            if worker.pod_ip is not None and self._ips.get(worker.pod_ip) is worker:
+                del self._ips[worker.pod_ip]
             self._workers.pop(worker.uid, None)
             if self._by_key.get(worker.key) == worker.uid:
                 del self._by_key[worker.key]
