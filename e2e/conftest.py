@@ -95,6 +95,9 @@ def local_cluster(request: pytest.FixtureRequest) -> Iterator[Any]:
         finally:
             timings = ", ".join(f"{k} {v:.1f}s" for k, v in local.timings.items())
             sys.stderr.write(f"\nlocal cluster: {timings}\n")
+    # Stopped: nothing of it may be left (processes, pod namespaces, the bridge).
+    left = local.leftovers()
+    assert not left, "the local cluster left behind:\n" + "\n".join(left)
 
 
 @pytest.fixture(scope="session")

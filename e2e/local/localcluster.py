@@ -380,10 +380,16 @@ def _claim_subnet() -> tuple[str, ipaddress.IPv4Network, Path]:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     for record in STATE_DIR.glob("rmsg*.pid"):
         try:
-            pid = int(record.read_text().split()[0])
+            lines = record.read_text().split()
+            pid = int(lines[0])
             os.kill(pid, 0)
         except (ValueError, OSError, IndexError):
+            # A run that died without stopping (SIGKILL): its processes died with it (PDEATHSIG), its
+            # bridge and directories are left; remove them.
             subprocess.run(["ip", "link", "del", record.stem], capture_output=True, check=False)
+            for path in lines[1:]:
+                if path.startswith(tempfile.gettempdir() + "/rmsg-"):
+                    shutil.rmtree(path, ignore_errors=True)
             record.unlink(missing_ok=True)
     for n in range(1, 255):
         bridge = f"rmsg{n}"
@@ -434,6 +440,10 @@ class LocalCluster:
         self.api: KubeApi | None = None
         self.timings: dict[str, float] = {}
         self._operator_starts = 0
+        self._pgids: set[int] = set()  # every process group started here (leftovers())
+        self._runner_ever: PodRunner | None = None
+        self._bridge: str | None = None
+        self._cp_workdir: Path | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -473,22 +483,26 @@ class LocalCluster:
         assets = locate_assets()
         self.control_plane = cp = ControlPlane(assets)
         self._step("control plane", cp.start)
+        self._cp_workdir = cp.workdir
         if not cp.has_controller_manager:
             raise LocalClusterError("kube-controller-manager is not running")
         self.api = api = KubeApi(cp.server, cp.admin_token, cp.ca_path)
         system_kubeconfig = cp.kubeconfig_for_token(cp.admin_token, "local-system")
 
         bridge, subnet, self._bridge_record = _claim_subnet()
+        self._bridge = bridge
+        with self._bridge_record.open("a") as record:  # what a later run removes if this one is killed
+            record.write(f"{self.work}\n{cp.workdir}\n")
         self.network = network = PodNetwork(bridge, subnet)
         network.create()
 
         logs = self.work / "logs"
         logs.mkdir()
-        self.scheduler = Process("kube-scheduler", [
+        self.scheduler = self._spawn("kube-scheduler", [
             str(assets / "kube-scheduler"), f"--kubeconfig={system_kubeconfig}", "--leader-elect=false",
             "--secure-port=0", "--v=1",
         ], logs / "kube-scheduler.log")
-        self.kwok = Process("kwok", [
+        self.kwok = self._spawn("kwok", [
             str(kwok_binary()), f"--kubeconfig={system_kubeconfig}",
             f"--manage-nodes-with-label-selector={NODE_LABEL}=true",
             f"--config={HERE / 'kwok.yaml'}", f"--node-ip={network.gateway}",
@@ -500,10 +514,16 @@ class LocalCluster:
         self._step("hosts", self.hosts.start)
         self.provisioner = HostPathProvisioner(api, self.work / "volumes")
         self._step("provisioner", self.provisioner.start)
-        self.runner = PodRunner(api, nodes=set(self.node_names), network=network, work_dir=self.work,
-                                dns_dir_for=self.hosts.dir_for, repo_root=REPO)
+        self.runner = self._runner_ever = PodRunner(api, nodes=set(self.node_names), network=network,
+                                                    work_dir=self.work, dns_dir_for=self.hosts.dir_for,
+                                                    repo_root=REPO)
         self._step("runner", self.runner.start)
         self._step("operator install", self.install_operator)
+
+    def _spawn(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> Process:
+        process = Process(name, argv, log_path, env)
+        self._pgids.add(process.pid)
+        return process
 
     def _create_nodes(self, subnet: ipaddress.IPv4Network) -> None:
         assert self.api is not None
@@ -651,7 +671,7 @@ class LocalCluster:
         liveness = f"http://127.0.0.1:{_free_port()}/healthz"
         with self.operator_log_path.open("a") as f:
             f.write(f"=== local cluster: operator start {self._operator_starts} ===\n")
-        self.operator = Process("operator", [
+        self.operator = self._spawn("operator", [
             "unshare", "--mount", "--propagation", "private", "--",
             "sh", str(HERE / "container-init.sh"), str(spec), "--",
             "redis-messaging", "run", "--standalone", "--liveness", liveness,
@@ -674,20 +694,30 @@ class LocalCluster:
         except OSError as exc:
             return f"<{exc}>"
 
-    def leftover_processes(self) -> list[str]:
-        """Processes of this run still alive (for the cleanup check): anything whose command line
-        mentions the run's directory."""
+    def leftovers(self) -> list[str]:
+        """What of this run still exists (after stop(), this should be nothing): processes in a process
+        group it started or in a pod's network namespace, and its bridge."""
+        pgids = set(self._pgids)
+        netns: set[str] = set()
+        if self._runner_ever is not None:
+            pgids |= self._runner_ever.all_pids
+            netns |= {n for n in self._runner_ever.all_netns if n != os.readlink("/proc/self/ns/net")}
+        markers = [str(self.work)] + ([str(self._cp_workdir)] if self._cp_workdir else [])
         out = []
-        marker = str(self.work)
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit() or int(proc.name) == os.getpid():
                 continue
             try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
+                stat = (proc / "stat").read_text()
+                pgrp = int(stat.rsplit(")", 1)[1].split()[2])
+                net = os.readlink(proc / "ns" / "net")
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except (OSError, ValueError, IndexError):
                 continue
-            if marker in cmdline:
-                out.append(f"{proc.name}: {cmdline.strip()}")
+            if pgrp in pgids or net in netns or any(m in cmdline for m in markers):
+                out.append(f"pid {proc.name} (group {pgrp}, {net}): {cmdline}")
+        if self._bridge and Path(f"/sys/class/net/{self._bridge}").exists():
+            out.append(f"bridge {self._bridge}")
         return out
 
 

@@ -1079,6 +1079,8 @@ class PodRunner:
         self._lock = threading.Lock()
         self._pids: set[int] = set()
         self._ips: dict[str, PodWorker] = {}
+        self.all_pids: set[int] = set()  # every process group it ever started, for the leftover check
+        self.all_netns: set[str] = set()  # and every network namespace (net:[inode]) of its pods
         self._ready_seen: dict[str, bool] = {}
         self._stopping = False
         self.reflector = Reflector(api, "/api/v1/pods", self._on_change, name="pods")
@@ -1108,6 +1110,9 @@ class PodRunner:
     def _track(self, pid: int) -> None:
         with self._lock:
             self._pids.add(pid)
+            self.all_pids.add(pid)
+            with contextlib.suppress(OSError):
+                self.all_netns.add(os.readlink(f"/proc/{pid}/ns/net"))
 
     def _untrack(self, pid: int) -> None:
         with self._lock:
