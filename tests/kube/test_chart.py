@@ -132,8 +132,11 @@ def test_namespace_scoped_install_grants_nothing_cluster_wide_but_reads(
     rbac = client.RbacAuthorizationV1Api(kube_api)
     try:
         cluster_rules = rbac.read_cluster_role(f"{fullname}-cluster-reads").rules
-        assert {tuple(r.resources) for r in cluster_rules} == {("customresourcedefinitions",), ("namespaces",)}
-        assert all(set(r.verbs) == {"list", "watch"} for r in cluster_rules)
+        assert {tuple(r.resources) for r in cluster_rules} == {("customresourcedefinitions",), ("namespaces",),
+                                                               ("storageclasses",)}
+        # Kopf's reads list and watch; volume expansion reads StorageClasses
+        assert all(set(r.verbs) == ({"get", "list"} if r.resources == ["storageclasses"] else {"list", "watch"})
+                   for r in cluster_rules)
         # What the ServiceAccount may do, as the API server's authorizer says.
         user = f"system:serviceaccount:{namespace}:{fullname}"
         review = client.AuthorizationV1Api(kube_api)
