@@ -19,6 +19,7 @@ from redis_messaging.reconcile.addresses import Addresses, DnsAddresses, MapAddr
 from redis_messaging.reconcile.cluster_topology import ClusterTopology
 from redis_messaging.reconcile.failover_watch import FailoverWatchers, Followed
 from redis_messaging.reconcile.resync import Registry, resync_forever
+from redis_messaging.reconcile.rolling import RollingStep
 from redis_messaging.reconcile.sentinel_topology import SentinelTopology
 from redis_messaging.reconcile.streams import StreamsStep
 from redis_messaging.reconcile.sync import Context, Outcome, owner_of, sync
@@ -60,6 +61,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
                     "cluster": ClusterTopology(addresses, timeout=ours.redis_timeout_seconds)},
         streams=StreamsStep(kube, addresses, pools),
         acl=AclStep(kube, addresses, timeout=ours.redis_timeout_seconds),
+        rolling=RollingStep(kube, addresses, timeout=ours.redis_timeout_seconds),
     )
     autoscaler = _state["autoscaler"] = Autoscaler(
         kube, pools, status_interval=ours.status_interval_seconds,

@@ -64,6 +64,8 @@ def monitoring_crds(kube_api: client.ApiClient) -> Iterator[None]:
             except ApiException as exc:
                 if exc.status != 404:
                     raise
+        # Gone before the next test: a CRD that disappears later would make Kopf re-scan meanwhile.
+        eventually(lambda: not _monitoring_served(Api(kube_api)), timeout=60, what="monitoring CRDs removed")
 
 
 def _monitoring_served(api: Api) -> bool:

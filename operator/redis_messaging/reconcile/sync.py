@@ -26,6 +26,7 @@ from redis_messaging.reconcile import acl as acl_step
 from redis_messaging.reconcile import cluster_topology
 from redis_messaging.reconcile import conditions as cond
 from redis_messaging.reconcile import monitoring as monitoring_step
+from redis_messaging.reconcile import rolling as rolling_step
 from redis_messaging.reconcile import streams as streams_step
 from redis_messaging.reconcile import volumes as volumes_step
 from redis_messaging.reconcile.streams import StreamsReport, StreamsStep
@@ -48,6 +49,7 @@ class Context:
     topologies: dict[str, Topology] = field(default_factory=dict)  # by mode
     streams: StreamsStep | None = None  # groups, retention and autoscale conflicts; None: skipped
     acl: acl_step.AclStep | None = None  # ACL users and password rotation on the processes; None: skipped
+    rolling: rolling_step.RollingStep | None = None  # ordered replacement of outdated pods; None: skipped
     clock: Callable[[], str] = utcnow
 
 
@@ -329,6 +331,7 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
         ctx.kube.event(body, reason=action.split(" ", 1)[0], message=action)
 
     # 3. check and heal the topology.
+    roll = rolling_step.RollReport()
     outcome.spec, outcome.password = spec, password
     report: TopologyReport | None = None
     topology = ctx.topologies.get(spec.mode)
@@ -346,6 +349,13 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
         for why in release_shards(ctx.kube, spec, owner, report.release):
             outcome.actions.append(why)
             ctx.kube.event(body, reason="ShardRemoved", message=why)
+        if ctx.rolling is not None and spec.mode == "sentinel" and report.available:
+            # Outdated pods: Sentinels, replicas, a switch-over, the old master; one at a time.
+            statefulsets = {name: obj for (kind, name), obj in live.items() if kind == "StatefulSet"}
+            roll = ctx.rolling.run(spec, owner, statefulsets, pods, password)
+            for reason, message in roll.events:
+                ctx.kube.event(body, reason=reason, message=message)
+            outcome.actions += roll.actions
 
     # 4. streams: declared groups and retention on the master, and who else scales their consumers.
     if ctx.streams is not None:
@@ -370,7 +380,9 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
         new_conditions.append(volumes.condition)
     if auth.condition is not None:
         new_conditions.append(auth.condition)
-    for later in (volumes.retry_after, auth.retry_after):
+    if roll.condition is not None:
+        new_conditions.append(roll.condition)
+    for later in (volumes.retry_after, auth.retry_after, roll.retry_after):
         if later is not None:
             outcome.retry_after = min(later, outcome.retry_after or later)
     extra["connection"] = {

@@ -1,0 +1,327 @@
+"""Ordered rolling updates of a sentinel-mode resource (the StatefulSets use ``OnDelete``).
+
+When a pod's template is older than its StatefulSet's (another controller revision, config hash or
+image), the operator replaces pods itself, one disruption at a time:
+
+1. Sentinels, one by one; the next only when every Sentinel is back and monitors the master;
+2. Redis replicas, one by one; the next only when the restarted one is back in sync
+   (``master_link_status:up`` and its offset caught up with the master's);
+3. ``SENTINEL FAILOVER`` to an up-to-date, in-sync replica;
+4. the old master, now a replica, like any replica.
+
+Nothing is remembered between passes: what to do next follows from the pods (their revision and
+annotations against the StatefulSet's) and from what Redis and Sentinel report, so an operator
+restart resumes the roll where it was. :func:`plan` is pure; :class:`RollingStep` observes and acts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis_messaging.api.models import RedisMessagingSpec
+from redis_messaging.builders import names
+from redis_messaging.builders.names import Owner
+from redis_messaging.kube.client import Kube
+from redis_messaging.reconcile import conditions as cond
+from redis_messaging.reconcile.addresses import Addresses
+from redis_messaging.redis import sentinel as rs
+from redis_messaging.redis import switchover
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+ROLLING_UPDATE = "RollingUpdate"
+REVISION_LABEL = "controller-revision-hash"
+RETRY_SECONDS = 2.0
+PAUSE_MAX_MS = 10_000  # the old master's writes are paused at most this long around the switch-over
+CATCH_UP_SECONDS = 2.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing a pod with its StatefulSet: reasons, in words
+
+
+def outdated_reasons(pod: Obj, sts: Obj) -> tuple[str, ...]:
+    """Why ``pod`` does not run its StatefulSet's current template (empty: it does)."""
+    reasons: list[str] = []
+    template = (sts.get("spec") or {}).get("template") or {}
+    want_hash = ((template.get("metadata") or {}).get("annotations") or {}).get(names.ANNOTATION_CONFIG_HASH)
+    have_hash = ((pod.get("metadata") or {}).get("annotations") or {}).get(names.ANNOTATION_CONFIG_HASH)
+    if want_hash and have_hash != want_hash:
+        reasons.append(f"config hash {have_hash} -> {want_hash}")
+    have_images = {c["name"]: c.get("image") for c in (pod.get("spec") or {}).get("containers") or []}
+    for container in (template.get("spec") or {}).get("containers") or []:
+        have = have_images.get(container["name"])
+        if have is not None and have != container.get("image"):
+            reasons.append(f"image of {container['name']} {have} -> {container.get('image')}")
+    update = ((sts.get("status") or {}).get("updateRevision"))
+    revision = ((pod.get("metadata") or {}).get("labels") or {}).get(REVISION_LABEL)
+    if not reasons and update and revision and revision != update:
+        reasons.append(f"pod template revision {revision} -> {update}")
+    return tuple(reasons)
+
+
+def _pod_ready(pod: Obj) -> bool:
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass(frozen=True)
+class PodState:
+    name: str
+    kind: str  # "redis" | "sentinel"
+    ready: bool  # exists, not terminating, Ready
+    outdated: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RollObservation:
+    pods: Mapping[str, PodState]  # every pod the StatefulSets should have, by name
+    redis: Mapping[str, rs.RedisNode]  # by pod
+    sentinels: Mapping[str, rs.SentinelNode]  # by pod
+    master: str | None  # the pod the majority of Sentinels name
+    master_offset: int = 0  # read before the replicas' offsets
+    follows: Mapping[str, str | None] = field(default_factory=dict)  # replica pod -> the pod it replicates
+
+
+@dataclass(frozen=True)
+class Wait:
+    why: str
+
+
+@dataclass(frozen=True)
+class DeletePod:
+    pod: str
+    kind: str
+    reasons: tuple[str, ...]
+    left: int  # outdated pods, this one included
+
+
+@dataclass(frozen=True)
+class Failover:
+    master: str
+    to: tuple[str, ...]  # in-sync up-to-date replicas Sentinel may pick
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Done:
+    pass
+
+
+RollStep = Wait | DeletePod | Failover | Done
+
+
+def replica_in_sync(obs: RollObservation, pod: str) -> bool:
+    """Replicating from the master, link up, offset at least the master's when it was observed."""
+    node = obs.redis.get(pod)
+    return (node is not None and node.reachable and node.role == "slave" and node.link_up
+            and obs.follows.get(pod) == obs.master and node.offset >= obs.master_offset)
+
+
+def plan(obs: RollObservation) -> RollStep:
+    """The next move of the roll; one disruption at a time."""
+    outdated = [p for p in obs.pods.values() if p.outdated]
+    if not outdated:
+        return Done()
+    not_ready = sorted(p.name for p in obs.pods.values() if not p.ready)
+    if not_ready:
+        return Wait(f"waiting for {', '.join(not_ready)} to be ready")
+    # Sentinels: all monitoring the same master, no failover under way.
+    sentinel_pods = [p for p in obs.pods.values() if p.kind == "sentinel"]
+    redis_count = sum(1 for p in obs.pods.values() if p.kind == "redis")
+    for p in sentinel_pods:
+        s = obs.sentinels.get(p.name)
+        if s is None or not s.reachable or not s.monitoring:
+            return Wait(f"waiting for Sentinel {p.name} to monitor the master")
+        if s.failing_over:
+            return Wait("waiting for the failover in progress")
+        # A Sentinel that does not know its peers cannot vote; one that does not know a replica
+        # would not re-point it in a failover.
+        if len(s.sentinels) < len(sentinel_pods) - 1 or len(s.replicas) < redis_count - 1:
+            return Wait(f"waiting for Sentinel {p.name} to know every Sentinel and replica")
+    if obs.master is None:
+        return Wait("waiting for the Sentinels to agree on a master")
+    master_node = obs.redis.get(obs.master)
+    if master_node is None or not master_node.is_master:
+        return Wait(f"waiting for {obs.master} to be the master the Sentinels name")
+    replicas = [p for p in obs.pods.values() if p.kind == "redis" and p.name != obs.master]
+    lagging = sorted(p.name for p in replicas if not replica_in_sync(obs, p.name))
+    if lagging:
+        return Wait(f"waiting for {', '.join(lagging)} to catch up with {obs.master}")
+    ordered = sorted(outdated, key=lambda p: (p.kind != "sentinel", p.name == obs.master, -_ordinal(p.name)))
+    first = ordered[0]
+    if first.name != obs.master:
+        return DeletePod(first.name, first.kind, first.outdated, len(outdated))
+    candidates = tuple(sorted(p.name for p in replicas if not p.outdated))
+    if not candidates:
+        return Wait(f"no up-to-date replica to take over from {obs.master}")
+    return Failover(obs.master, candidates, first.outdated)
+
+
+def _ordinal(pod: str) -> int:
+    tail = pod.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Observing and acting
+
+
+@dataclass
+class RollReport:
+    actions: list[str] = field(default_factory=list)
+    events: list[tuple[str, str]] = field(default_factory=list)  # (reason, message)
+    condition: cond.Cond | None = None
+    retry_after: float | None = None
+    step: RollStep = field(default_factory=Done)  # what this pass decided
+
+
+class RollingStep:
+    def __init__(self, kube: Kube | None, addresses: Addresses, *, timeout: float = 2.0) -> None:
+        self.kube = kube
+        self.addresses = addresses
+        self.timeout = timeout
+        self._connections: dict[str, rs.Connections] = {}
+        self._lock = threading.Lock()
+
+    def connections(self, owner: Owner, password: str | None) -> rs.Connections:
+        key = owner.uid or f"{owner.namespace}/{owner.name}"
+        with self._lock:
+            conns = self._connections.get(key)
+            if conns is None:
+                conns = self._connections[key] = rs.Connections(password, timeout=self.timeout)
+            conns.set_password(password)
+            return conns
+
+    def observe(self, spec: RedisMessagingSpec, owner: Owner, pods: Mapping[str, PodState],
+                password: str | None) -> RollObservation:
+        conns = self.connections(owner, password)
+        sentinels = {p: rs.observe_sentinel(conns, self.addresses.sentinel(owner, p), owner.master_name)
+                     for p in (owner.sentinel_pod(i) for i in range(spec.sentinel.replicas))}
+        named = Counter(s.master for s in sentinels.values() if s.reachable and s.monitoring and s.master)
+        master: str | None = None
+        if named:
+            address, votes = named.most_common(1)[0]
+            if votes * 2 > len(sentinels):
+                master = self.addresses.pod_of(owner, address[0])
+        redis_pods = [owner.redis_pod(i) for i in range(spec.redis.replicas)]
+        redis: dict[str, rs.RedisNode] = {}
+        if master in redis_pods:  # the master first: replicas must reach the offset it had then
+            redis[master] = rs.observe_redis(conns, self.addresses.redis(owner, master))
+        for pod in redis_pods:
+            if pod not in redis:
+                redis[pod] = rs.observe_redis(conns, self.addresses.redis(owner, pod))
+        offset = redis[master].offset if master in redis else 0
+        follows = {p: self.addresses.pod_of(owner, n.master[0]) if n.master else None for p, n in redis.items()}
+        return RollObservation(pods, redis, sentinels, master, offset, follows)
+
+    def failover(self, spec: RedisMessagingSpec, owner: Owner, password: str | None, master: str) -> str:
+        """Pause the master's writes, let the replicas catch up, ask the first Sentinel that accepts
+        to fail over; which one did. The pause ends when the old master is a replica (next passes)."""
+        conns = self.connections(owner, password)
+        master_address = self.addresses.redis(owner, master)
+        replicas = [self.addresses.redis(owner, owner.redis_pod(i)) for i in range(spec.redis.replicas)]
+        switchover.pause_writes(conns, master_address, min(spec.sentinel.failover_timeout, PAUSE_MAX_MS))
+        switchover.caught_up(conns, master_address, [r for r in replicas if r != master_address],
+                             timeout=CATCH_UP_SECONDS)
+        errors = []
+        for pod in (owner.sentinel_pod(i) for i in range(spec.sentinel.replicas)):
+            try:
+                rs.sentinel_failover(conns, self.addresses.sentinel(owner, pod), owner.master_name)
+                return pod
+            except Exception as exc:  # the next Sentinel is the retry
+                errors.append(f"{pod}: {exc}")
+        switchover.unpause(conns, master_address)
+        raise RuntimeError("no Sentinel accepted SENTINEL FAILOVER: " + "; ".join(errors))
+
+    def release_paused(self, owner: Owner, obs: RollObservation, password: str | None) -> list[str]:
+        """After a switch-over: the old master follows the master the Sentinels agree on at once (Sentinel
+        itself would convert it only at its next INFO, up to 10 s, while it refuses writes for want of
+        replicas), and the write pause ends on every replica. Returns what was re-pointed."""
+        conns = self.connections(owner, password)
+        done = []
+        agreed = obs.master is not None and not any(s.failing_over for s in obs.sentinels.values())
+        for pod, node in obs.redis.items():
+            if agreed and obs.master is not None and pod != obs.master and node.is_master:
+                try:
+                    rs.replicate(conns, node.address, self.addresses.redis(owner, obs.master))
+                except Exception as exc:  # the next pass (or Sentinel) tries again
+                    log.info("%s/%s: %s does not follow %s yet: %s", owner.namespace, owner.name, pod,
+                             obs.master, exc)
+                    continue
+                done.append(f"{pod} follows {obs.master}")
+            if node.reachable and (node.role == "slave" or pod in {d.split()[0] for d in done}):
+                switchover.unpause(conns, node.address)
+        return done
+
+    # -- the pass -----------------------------------------------------------------------------
+    def pod_states(self, spec: RedisMessagingSpec, owner: Owner, statefulsets: Mapping[str, Obj],
+                   pods: list[Obj]) -> dict[str, PodState]:
+        by_name = {p["metadata"]["name"]: p for p in pods}
+        out: dict[str, PodState] = {}
+        for sts_name, kind, count, pod_name in (
+                (owner.sentinel_sts, "sentinel", spec.sentinel.replicas, owner.sentinel_pod),
+                (owner.redis_sts, "redis", spec.redis.replicas, owner.redis_pod)):
+            sts = statefulsets.get(sts_name)
+            for i in range(count):
+                name = pod_name(i)
+                pod = by_name.get(name)
+                if pod is None or sts is None:
+                    out[name] = PodState(name, kind, ready=False)
+                    continue
+                out[name] = PodState(name, kind, _pod_ready(pod), outdated_reasons(pod, sts))
+        return out
+
+    def run(self, spec: RedisMessagingSpec, owner: Owner, statefulsets: Mapping[str, Obj], pods: list[Obj],
+            password: str | None) -> RollReport:
+        """One move of the roll of a sentinel-mode resource, from its StatefulSets and pods."""
+        return self.run_states(spec, owner, self.pod_states(spec, owner, statefulsets, pods), password)
+
+    def run_states(self, spec: RedisMessagingSpec, owner: Owner, states: Mapping[str, PodState],
+                   password: str | None, delete_pod: Callable[[str], None] | None = None) -> RollReport:
+        """One move, given the pods' states; ``delete_pod`` replaces the Kubernetes delete (tests)."""
+        report = RollReport()
+        outdated = sorted(p.name for p in states.values() if p.outdated)
+        if not outdated:
+            report.condition = cond.Cond(ROLLING_UPDATE, False, "UpToDate", "every pod runs its current template")
+            return report
+        obs = self.observe(spec, owner, states, password)
+        for moved in self.release_paused(owner, obs, password):
+            report.events.append(("RollingUpdateSwitchover", f"{moved} after the switch-over"))
+            report.actions.append(f"RollingUpdateSwitchover: {moved}")
+        step = report.step = plan(obs)
+        report.retry_after = RETRY_SECONDS
+        progress = f"{len(outdated)} of {len(states)} pods to replace"
+        if isinstance(step, Wait):
+            report.condition = cond.Cond(ROLLING_UPDATE, True, "Waiting", f"{progress}; {step.why}")
+        elif isinstance(step, DeletePod):
+            role = "Sentinel" if step.kind == "sentinel" else "replica"
+            message = (f"Restarting {role} {step.pod} ({'; '.join(step.reasons)}); "
+                       f"{step.left - 1} more after it")
+            if delete_pod is not None:
+                delete_pod(step.pod)
+            elif self.kube is not None:
+                self.kube.delete("Pod", owner.namespace, step.pod)
+            report.events.append((ROLLING_UPDATE, message))
+            report.actions.append(f"{ROLLING_UPDATE}: {message}")
+            report.condition = cond.Cond(ROLLING_UPDATE, True, "Restarting", f"{progress}; {message}")
+        elif isinstance(step, Failover):
+            sentinel = self.failover(spec, owner, password, step.master)
+            message = (f"Switching the master over from {step.master} before restarting it "
+                       f"({'; '.join(step.reasons)}); SENTINEL FAILOVER through {sentinel}")
+            report.events.append(("RollingUpdateSwitchover", message))
+            report.actions.append(f"RollingUpdateSwitchover: {message}")
+            report.condition = cond.Cond(ROLLING_UPDATE, True, "SwitchingOver", f"{progress}; {message}")
+        return report

@@ -1,0 +1,203 @@
+"""Ordered rolling update on real processes: the operator's plan (reconcile.rolling) drives a roll of
+every pod of a sentinel-mode resource (SentinelEnv.restart plays the StatefulSet re-creating a pod
+that was deleted), while a writer appends with ``WAIT 1`` through Sentinel discovery.
+
+Proven: Sentinels first, then replicas one at a time (each back in sync before the next), one
+``SENTINEL FAILOVER``, then the old master; at most one failover; no acknowledged write lost; the roll
+resumes with a fresh RollingStep (an operator restart) because its state is the pods'. Printed: the
+total time writes were unavailable and the longest gap.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis.exceptions import RedisError
+from redis.sentinel import Sentinel
+from sentinel_env import SentinelEnv
+
+from redis_messaging.api import models
+from redis_messaging.builders.names import Owner
+from redis_messaging.reconcile.addresses import MapAddresses
+from redis_messaging.reconcile.rolling import DeletePod, Done, Failover, PodState, RollingStep, Wait
+
+pytestmark = pytest.mark.redis
+
+PASSWORD = "rolling-Pa55word"
+OWNER = Owner(name="orders", namespace="shop", uid="uid-rolling")
+SPEC = models.parse_spec({
+    "redis": {"replicas": 3, "config": {"repl-diskless-sync-delay": "0"}},
+    "sentinel": {"replicas": 3, "quorum": 2, "downAfterMilliseconds": 1000, "failoverTimeout": 5000},
+})
+OLD, NEW = "config hash 1111 -> 2222", ("config hash 1111 -> 2222",)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[SentinelEnv]:
+    with SentinelEnv(SPEC, OWNER, tmp_path / "pods", password=PASSWORD) as pods:
+        pods.start()
+        pods.wait_replication(timeout=30)
+        pods.sentinel_master(timeout=30)
+        deadline = time.monotonic() + 30
+        while not all_acquainted(pods):  # Sentinels know each other and both replicas
+            assert time.monotonic() < deadline, pods.log_tail(*pods.sentinel_pods)
+            time.sleep(0.2)
+        yield pods
+
+
+def all_acquainted(env: SentinelEnv) -> bool:
+    for pod in env.sentinel_pods:
+        try:
+            client = env.client(pod)
+            replicas = client.execute_command("SENTINEL", "REPLICAS", OWNER.master_name)
+            sentinels = client.execute_command("SENTINEL", "SENTINELS", OWNER.master_name)
+        except RedisError:
+            return False
+        if len(replicas) != 2 or len(sentinels) != 2:
+            return False
+    return True
+
+
+class Writer(threading.Thread):
+    """XADD then WAIT 1 on the master Sentinel names; an entry counts as acknowledged only when WAIT
+    says a replica has it."""
+
+    def __init__(self, env: SentinelEnv) -> None:
+        super().__init__(daemon=True)
+        self.sentinel = Sentinel([env.address(p) for p in env.sentinel_pods], socket_timeout=1,
+                                 sentinel_kwargs={"password": PASSWORD, "socket_timeout": 1})
+        self.acked: list[str] = []
+        self.unacked = 0
+        self.errors = 0
+        self.kinds: Counter[str] = Counter()
+        self.down_since: float | None = None
+        self.unavailable = 0.0
+        self.longest = 0.0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        master = self.sentinel.master_for(OWNER.master_name, password=PASSWORD, socket_timeout=1,
+                                          socket_connect_timeout=1)
+        while not self.stop.is_set():
+            try:
+                entry = master.xadd("rolling", {"n": str(len(self.acked))})
+                replicas = master.execute_command("WAIT", 1, 1000)
+            except (RedisError, OSError) as exc:
+                self.errors += 1
+                self.kinds[f"{type(exc).__name__}: {str(exc)[:60]}"] += 1
+                self._down()
+                time.sleep(0.02)
+                continue
+            if int(replicas) >= 1:
+                self.acked.append(entry.decode() if isinstance(entry, bytes) else str(entry))
+                self._up()
+            else:
+                self.unacked += 1
+                self._down()
+            time.sleep(0.003)
+        master.close()
+
+    def _down(self) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+
+    def _up(self) -> None:
+        if self.down_since is not None:
+            gap = time.monotonic() - self.down_since
+            self.unavailable += gap
+            self.longest = max(self.longest, gap)
+            self.down_since = None
+
+
+def failovers(env: SentinelEnv) -> int:
+    """Failovers since the start, as the Sentinels count them (each one is a new config epoch)."""
+    epochs = set()
+    for pod in env.sentinel_pods:
+        reply = env.client(pod).execute_command("SENTINEL", "MASTER", OWNER.master_name)
+        fields = dict(zip(reply[::2], reply[1::2], strict=True)) if isinstance(reply, list) else reply
+        epochs.add(int(fields["config-epoch"]))
+    assert len(epochs) == 1, epochs
+    return epochs.pop()
+
+
+def states(env: SentinelEnv, updated: set[str]) -> dict[str, PodState]:
+    out = {}
+    for pod in env.pod_names:
+        kind = "redis" if pod in env.redis_pods else "sentinel"
+        ready = env.is_running(pod) and env.probe(pod) == 0
+        out[pod] = PodState(pod, kind, ready, () if pod in updated else NEW)
+    return out
+
+
+def test_roll_replicas_first_one_failover_no_acknowledged_write_lost(env: SentinelEnv) -> None:
+    addresses = MapAddresses({p: env.address(p) for p in env.redis_pods},
+                             {p: env.address(p) for p in env.sentinel_pods})
+    step = RollingStep(None, addresses, timeout=1.0)
+    first_master = env.wait_replication()
+    updated: set[str] = set()
+    moves: list[str] = []
+    events: list[tuple[str, str]] = []
+    assert failovers(env) == 0
+    writer = Writer(env)
+    writer.start()
+    started = time.monotonic()
+    try:
+        time.sleep(0.5)
+        deadline = time.monotonic() + 180
+        while True:
+            assert time.monotonic() < deadline, f"roll not done: {moves}\n{env.log_tail()}"
+
+            def recreate(pod: str) -> None:  # the StatefulSet controller re-creates it from the new template
+                env.restart(pod)
+                updated.add(pod)
+
+            report = step.run_states(SPEC, OWNER, states(env, updated), PASSWORD, delete_pod=recreate)
+            decision = report.step
+            if isinstance(decision, Done):
+                assert report.condition is not None
+                assert report.condition.reason == "UpToDate"
+                break
+            events.extend(report.events)
+            if isinstance(decision, DeletePod):
+                moves.append(f"restart {decision.pod}")
+                if len(moves) == 2:  # the operator restarts mid-roll: a fresh step, nothing remembered
+                    step = RollingStep(None, addresses, timeout=1.0)
+            elif isinstance(decision, Failover):
+                moves.append(f"failover from {decision.master}")
+            else:
+                assert isinstance(decision, Wait)
+            time.sleep(0.2)  # the next pass
+        rolled = time.monotonic() - started
+        time.sleep(0.5)
+    finally:
+        writer.stop.set()
+        writer.join(10)
+
+    replicas = sorted((p for p in env.redis_pods if p != first_master), reverse=True)
+    assert moves == [*(f"restart {p}" for p in sorted(env.sentinel_pods, reverse=True)),
+                     *(f"restart {p}" for p in replicas),
+                     f"failover from {first_master}", f"restart {first_master}"]
+    assert failovers(env) == 1
+    moved = [m for _, m in events if "follows" in m]  # none when Sentinel converted it first
+    assert len(moved) <= 1
+    assert all(m.startswith(f"{first_master} follows ") for m in moved), moved
+    steps = [(r, m) for r, m in events if "follows" not in m]
+    assert [r for r, _ in steps] == ["RollingUpdate"] * 5 + ["RollingUpdateSwitchover", "RollingUpdate"]
+    assert all("config hash 1111 -> 2222" in m for _, m in steps), steps
+    new_master = env.wait_replication(timeout=30)
+    assert new_master != first_master
+    found = {e[0] for e in env.client(new_master).xrange("rolling")}
+    lost = [e for e in writer.acked if e not in found]
+    assert lost == [], f"{len(lost)} acknowledged entries lost"
+    assert len(writer.acked) > 100
+    if writer.unavailable > 5:
+        print(env.log_tail(*env.sentinel_pods, lines=25))
+    print(f"\nrolling update of 6 pods in {rolled:.1f}s: {len(writer.acked)} writes acknowledged, "
+          f"{writer.unacked} not acknowledged by a replica, {writer.errors} errors; writes unavailable "
+          f"{writer.unavailable:.2f}s in all, longest gap {writer.longest:.2f}s; failovers: 1; "
+          f"errors: {dict(writer.kinds)}")

@@ -1,0 +1,90 @@
+"""The rolling-update plan and the pod/StatefulSet comparison, as pure functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis_messaging.builders import names
+from redis_messaging.reconcile.rolling import (
+    DeletePod,
+    Done,
+    Failover,
+    PodState,
+    RollObservation,
+    Wait,
+    outdated_reasons,
+    plan,
+)
+from redis_messaging.redis.sentinel import RedisNode, SentinelNode
+
+R = ["orders-redis-0", "orders-redis-1", "orders-redis-2"]
+S = ["orders-sentinel-0", "orders-sentinel-1", "orders-sentinel-2"]
+ADDR = {p: (f"10.0.0.{i}", 6379) for i, p in enumerate(R)}
+
+
+def sts(config_hash: str = "new", image: str = "redis:7.2", revision: str = "rev-2") -> dict[str, Any]:
+    return {"spec": {"template": {"metadata": {"annotations": {names.ANNOTATION_CONFIG_HASH: config_hash}},
+                                  "spec": {"containers": [{"name": "redis", "image": image}]}}},
+            "status": {"updateRevision": revision}}
+
+
+def pod(config_hash: str = "new", image: str = "redis:7.2", revision: str = "rev-2") -> dict[str, Any]:
+    return {"metadata": {"annotations": {names.ANNOTATION_CONFIG_HASH: config_hash},
+                         "labels": {"controller-revision-hash": revision}},
+            "spec": {"containers": [{"name": "redis", "image": image}]}}
+
+
+def test_reasons_say_what_changed() -> None:
+    assert outdated_reasons(pod(), sts()) == ()
+    assert outdated_reasons(pod(config_hash="old", revision="rev-1"), sts()) == ("config hash old -> new",)
+    assert outdated_reasons(pod(image="redis:7.0", revision="rev-1"), sts()) == (
+        "image of redis redis:7.0 -> redis:7.2",)
+    # Another template change (e.g. resources): the revision says so.
+    assert outdated_reasons(pod(revision="rev-1"), sts()) == ("pod template revision rev-1 -> rev-2",)
+
+
+def observation(outdated: set[str], *, master: str = "orders-redis-0", ready: set[str] | None = None,
+                lagging: set[str] = frozenset(), failing_over: bool = False) -> RollObservation:  # type: ignore[assignment]
+    pods = {p: PodState(p, "redis" if p in R else "sentinel", ready is None or p in ready,
+                        ("config hash old -> new",) if p in outdated else ()) for p in R + S}
+    redis = {}
+    for p in R:
+        if p == master:
+            redis[p] = RedisNode(ADDR[p], True, "master", offset=100)
+        else:
+            redis[p] = RedisNode(ADDR[p], True, "slave", master=ADDR[master], link_up=p not in lagging,
+                                 offset=50 if p in lagging else 100)
+    sentinels = {s: SentinelNode((f"10.0.1.{i}", 26379), True, True, ADDR[master],
+                                 flags=frozenset({"master", "failover_in_progress"} if failing_over else {"master"}),
+                                 replicas=tuple(ADDR[p] for p in R if p != master),
+                                 sentinels=tuple(("x", i) for i in range(2)))
+                 for i, s in enumerate(S)}
+    follows = {p: master for p in R if p != master}
+    return RollObservation(pods, redis, sentinels, master, 100, follows)
+
+
+def test_order_sentinels_then_replicas_then_switchover_then_old_master() -> None:
+    everything, why = set(R + S), ("config hash old -> new",)
+    assert plan(observation(everything)) == DeletePod("orders-sentinel-2", "sentinel", why, 6)
+    assert plan(observation(everything - set(S))) == DeletePod("orders-redis-2", "redis", why, 3)
+    assert plan(observation({"orders-redis-0", "orders-redis-1"})).pod == "orders-redis-1"  # type: ignore[union-attr]
+    step = plan(observation({"orders-redis-0"}))
+    assert step == Failover("orders-redis-0", ("orders-redis-1", "orders-redis-2"), ("config hash old -> new",))
+    # After the switch-over the old master is a replica like any other.
+    assert plan(observation({"orders-redis-0"}, master="orders-redis-1")).pod == "orders-redis-0"  # type: ignore[union-attr]
+    assert plan(observation(set())) == Done()
+
+
+def test_one_disruption_at_a_time() -> None:
+    assert isinstance(plan(observation(set(R), ready=set(R + S) - {"orders-redis-2"})), Wait)
+    lagging = plan(observation({"orders-redis-0", "orders-redis-1"}, lagging={"orders-redis-2"}))
+    assert isinstance(lagging, Wait)
+    assert "orders-redis-2" in lagging.why
+    assert isinstance(plan(observation({"orders-redis-0"}, failing_over=True)), Wait)
+
+
+def test_the_master_is_never_switched_over_while_replicas_are_outdated() -> None:
+    for master in R:
+        step = plan(observation(set(R), master=master))
+        assert isinstance(step, DeletePod)
+        assert step.pod != master
