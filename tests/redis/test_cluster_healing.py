@@ -92,6 +92,9 @@ def test_killed_master_replaced_by_its_replica_then_a_new_node_becomes_its_repli
     assert h.role("events-shard-1-1") == "master", "the replica did not take over"
     assert not {"SlotsAssigned", "SlotCoverageFixed", "ReplicaAttached", "NodeForgotten"} & set(actions_of(passes))
     wait_for(lambda: env.cluster_info("events-shard-0-0")["cluster_state"] == "ok", 10, "cluster_state ok")
+    # every node learns of the promotion through the cluster bus; under load that takes a moment
+    wait_for(lambda: shard(h.topology.check_and_heal(SPEC, OWNER, [], PASSWORD), 1)["master"] == "events-shard-1-1",
+             10, "the operator's view of shard 1 names the promoted replica")
     report = h.topology.check_and_heal(SPEC, OWNER, [], PASSWORD)
     assert shard(report, 1)["master"] == "events-shard-1-1"
     assert shard(report, 1)["replicas"] == []
