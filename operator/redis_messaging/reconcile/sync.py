@@ -296,6 +296,10 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
     # 1. validate: what the schema could not refuse.
     try:
         spec = models.parse_spec(body.get("spec") or {})
+        if spec.tls.enabled:
+            # Refused rather than ignored: running without TLS where TLS was asked for is worse.
+            raise UnsupportedSpec("spec.tls is not supported by this version of the operator yet; "
+                                  "remove tls.enabled to run without TLS")
     except pydantic.ValidationError as exc:
         return _problem(ctx, body, outcome, "InvalidSpec", validation_message(exc), None)
     except UnsupportedSpec as exc:
