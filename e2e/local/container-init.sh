@@ -15,6 +15,13 @@
 #                          /etc/rmsg-local-dns, and /etc/hosts a symlink into it
 #   hostname NAME          /etc/hostname of the root
 #   workdir DIR            the working directory of COMMAND
+#   reach PATH             every directory above PATH made traversable (o+x) in the container's root
+#                          (the copy-on-write layer only): the image's interpreter is usable by its user
+#   readonly               the root file system read-only (securityContext.readOnlyRootFilesystem);
+#                          the volumes stay as they are mounted
+#   user UID GID GROUPS FLAGS  COMMAND runs as UID:GID with the supplementary GROUPS (comma-separated,
+#                          or - for none), through setpriv; FLAGS (comma-separated, or -): nnp (no new
+#                          privileges), dropall (no capabilities at all)
 # The environment of COMMAND is this script's environment, as the runner gave it.
 set -eu
 spec="$1"
@@ -24,7 +31,9 @@ shift
 
 root=""
 workdir="/"
-while read -r kind a b c; do
+privs=""
+readonly_root=0
+while read -r kind a b c d; do
   case "$kind" in
     ""|"#"*) continue ;;
     root)
@@ -62,6 +71,19 @@ while read -r kind a b c; do
       workdir="$a"
       mkdir -p "$root$a"
       ;;
+    reach)
+      d="$(dirname "$a")"
+      while [ "$d" != / ]; do chmod o+x "$root$d"; d="$(dirname "$d")"; done
+      ;;
+    readonly)
+      readonly_root=1
+      ;;
+    user)
+      privs="--reuid=$a --regid=$b"
+      if [ "$c" = - ]; then privs="$privs --clear-groups"; else privs="$privs --groups=$c"; fi
+      case ",$d," in *,nnp,*) privs="$privs --no-new-privs" ;; esac
+      case ",$d," in *,dropall,*) privs="$privs --bounding-set=-all --inh-caps=-all" ;; esac
+      ;;
     *)
       echo "container-init: unknown instruction $kind" >&2
       exit 126
@@ -69,4 +91,9 @@ while read -r kind a b c; do
   esac
 done <"$spec"
 [ -n "$root" ] || { echo "container-init: no root" >&2; exit 126; }
+if [ "$readonly_root" = 1 ]; then mount -o remount,ro "$root"; fi
+if [ -n "$privs" ]; then
+  # shellcheck disable=SC2086 # $privs is a list of options
+  exec unshare --root="$root" --wd="$workdir" -- setpriv $privs -- "$@"
+fi
 exec unshare --root="$root" --wd="$workdir" -- "$@"

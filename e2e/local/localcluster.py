@@ -337,6 +337,7 @@ class HostPathProvisioner:
         meta, spec = pvc["metadata"], pvc["spec"]
         path = self.root / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
         path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o777)  # like kind's local-path provisioner: any pod user may write (hostPath has no fsGroup)
         body = {
             "apiVersion": "v1", "kind": "PersistentVolume",
             "metadata": {"name": f"pvc-{meta['uid']}", "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER}},

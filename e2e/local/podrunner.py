@@ -84,6 +84,8 @@ class ImageProfile:
     cmd: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     run: bool = True
+    user: tuple[int, int] = (0, 0)  # the image's USER (uid, gid)
+    reach: tuple[str, ...] = ()  # paths its user must be able to reach (the interpreter)
 
 
 def image_repository(image: str) -> str:
@@ -122,6 +124,8 @@ class Images:
                 env=(("PATH", f"{self.bin_dir}:{DEFAULT_PATH}"),
                      ("PYTHONPATH", str(self.repo_root / "operator")),
                      ("PYTHONUNBUFFERED", "1"), ("PYTHONDONTWRITEBYTECODE", "1"), ("HOME", "/tmp")),
+                user=(10001, 10001),  # the Dockerfile's USER
+                reach=(os.path.realpath(sys.executable), str(self.bin_dir / "python")),
             )
         if repo in ("redis_exporter", "redis-exporter"):
             return ImageProfile("exporter", run=False)
@@ -228,6 +232,39 @@ class ExecResult:
     stderr: str
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Who a container's processes are (securityContext, else the image's USER)."""
+
+    uid: int = 0
+    gid: int = 0
+    groups: tuple[int, ...] = ()
+    no_new_privs: bool = False
+    drop_all: bool = False
+    read_only_root: bool = False
+
+    @property
+    def plain_root(self) -> bool:
+        return self.uid == 0 and self.gid == 0 and not self.groups and not self.no_new_privs and not self.drop_all
+
+    def setpriv(self) -> list[str]:
+        """The setpriv prefix that becomes this identity (empty for plain root)."""
+        if self.plain_root:
+            return []
+        argv = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}"]
+        argv.append(f"--groups={','.join(map(str, self.groups))}" if self.groups else "--clear-groups")
+        if self.no_new_privs:
+            argv.append("--no-new-privs")
+        if self.drop_all:
+            argv += ["--bounding-set=-all", "--inh-caps=-all"]
+        return [*argv, "--"]
+
+    def spec_line(self) -> str:
+        flags = [f for f, on in (("nnp", self.no_new_privs), ("dropall", self.drop_all)) if on]
+        groups = ",".join(map(str, self.groups)) or "-"
+        return f"user {self.uid} {self.gid} {groups} {','.join(flags) or '-'}"
+
+
 def run_bounded(argv: list[str], *, env: dict[str, str], timeout: float) -> ExecResult:
     """Run to completion with a deadline; on timeout the whole process group is killed (-9)."""
     proc = _popen(argv, env=env, capture=True)
@@ -316,6 +353,7 @@ class Container:
     done: bool = False  # init container completed, or exited for good (restartPolicy)
     frozen: bool = False
     backoff_steps: int = 0
+    identity: Identity = field(default_factory=Identity)
     probes: dict[str, ProbeState] = field(default_factory=dict)
 
     @property
@@ -569,6 +607,7 @@ class PodWorker:
         assert c.profile is not None
         assert self.sandbox is not None
         try:
+            identity = self._identity(c)
             env = self._container_env(c)
             mounts = self._mounts(c)
         except _NotYet as exc:
@@ -595,6 +634,11 @@ class PodWorker:
         lines.append(f"dns {self.runner.dns_dir_for(self.namespace)}")
         lines.append(f"hostname {self._hostname()}")
         lines.append(f"workdir {_check_path(spec.get('workingDir') or '/')}")
+        lines += [f"reach {_check_path(path)}" for path in c.profile.reach]
+        if identity.read_only_root:
+            lines.append("readonly")
+        if not identity.plain_root:
+            lines.append(identity.spec_line())
         spec_file = cdir / "init.spec"
         spec_file.write_text("\n".join(lines) + "\n")
         full = ["setpriv", "--pdeathsig", "KILL", "nsenter", "--target", str(self.sandbox.pid), "--net", "--uts",
@@ -604,11 +648,42 @@ class PodWorker:
         c.proc = _popen(full, env=env, log_path=self.dir / f"{c.name}.log")
         self.runner._track(c.proc.pid)
         c.env = env
+        c.identity = identity
         c.started_at = now_rfc3339()
         c.started_mono = time.monotonic()
         c.waiting_reason, c.waiting_message = "", ""
         c.reset_probes(c.started_mono)
         log.info("pod %s: container %s started (pid %d): %s", self.key, c.name, c.proc.pid, argv)
+
+    def _identity(self, c: Container) -> Identity:
+        """The kubelet's reading of the security contexts: user and group (container, else pod, else
+        the image's), fsGroup and supplementalGroups as supplementary groups, runAsNonRoot enforced."""
+        assert c.profile is not None
+        if os.environ.get("E2E_LOCAL_RUN_AS_ROOT") == "1":  # debugging only: what the kubelet would refuse
+            return Identity()
+        pod_ctx = self.pod["spec"].get("securityContext") or {}
+        ctx = c.spec.get("securityContext") or {}
+
+        def pick(key: str) -> Any:
+            return ctx[key] if ctx.get(key) is not None else pod_ctx.get(key)
+
+        uid = pick("runAsUser")
+        uid = c.profile.user[0] if uid is None else int(uid)
+        gid = pick("runAsGroup")
+        gid = (c.profile.user[1] if pick("runAsUser") is None else 0) if gid is None else int(gid)
+        if pick("runAsNonRoot") and uid == 0:
+            raise _NotYet("CreateContainerConfigError", "container has runAsNonRoot and image will run as root")
+        groups = [int(g) for g in pod_ctx.get("supplementalGroups") or []]
+        if pod_ctx.get("fsGroup") is not None:
+            groups.insert(0, int(pod_ctx["fsGroup"]))
+        caps = (ctx.get("capabilities") or {}).get("drop") or []
+        return Identity(uid=uid, gid=gid, groups=tuple(dict.fromkeys(groups)),
+                        no_new_privs=ctx.get("allowPrivilegeEscalation") is False,
+                        drop_all="ALL" in caps, read_only_root=bool(ctx.get("readOnlyRootFilesystem")))
+
+    def _fs_group(self) -> int | None:
+        group = (self.pod["spec"].get("securityContext") or {}).get("fsGroup")
+        return None if group is None else int(group)
 
     def _container_env(self, c: Container) -> dict[str, str]:
         assert c.profile is not None
@@ -717,8 +792,13 @@ class PodWorker:
     def _volume(self, volume: Obj) -> str:
         name = volume["name"]
         target = self.dir / "volumes" / name
+        fs_group = self._fs_group()
         if "emptyDir" in volume:
+            # The kubelet's emptyDir: world-writable, and with an fsGroup, its group and setgid.
             target.mkdir(parents=True, exist_ok=True)
+            if fs_group is not None:
+                os.chown(target, -1, fs_group)
+            target.chmod(0o2777 if fs_group is not None else 0o777)
             return str(target)
         if "hostPath" in volume:
             path = Path(volume["hostPath"]["path"])
@@ -755,8 +835,14 @@ class PodWorker:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_bytes(content)
+            if fs_group is not None:  # the kubelet's SetVolumeOwnership of a read-only volume
+                os.chown(tmp, -1, fs_group)
+                mode |= 0o440
             tmp.chmod(mode)
             tmp.replace(path)
+        if fs_group is not None:
+            os.chown(target, -1, fs_group)
+            target.chmod(0o2755)
         return str(target)
 
     def _keyed(self, files: dict[str, tuple[bytes, int]], spec: Obj,
@@ -880,7 +966,8 @@ class PodWorker:
         proc = c.proc
         if proc is None or proc.poll() is not None:
             return ExecResult(126, "", f"container {c.name} of pod {self.key} is not running")
-        full = ["nsenter", "--target", str(proc.pid), "--mount", "--uts", "--net", "--root", "--wd", "--", *argv]
+        full = ["nsenter", "--target", str(proc.pid), "--mount", "--uts", "--net", "--root", "--wd", "--",
+                *c.identity.setpriv(), *argv]
         return run_bounded(full, env=dict(c.env), timeout=timeout)
 
     # ---- stopping --------------------------------------------------------------------------------
