@@ -280,3 +280,26 @@ def test_consumers_lose_nothing_when_one_is_killed_mid_work(cluster: Cluster, na
     assert victim not in consumers or consumers[victim] == 0
     print(f"\n[chaos] consumers: {entries} entries processed with {victim} killed mid-work "
           f"in {time.monotonic() - started:.1f}s")
+
+
+def test_killed_redis_process_is_restarted_like_the_kubelet_does(cluster: Cluster, namespace: str,
+                                                                 local: Any) -> None:
+    master = ready(cluster, namespace)
+    write(cluster, namespace, master, "before", 200)
+    replica = next(p for p in redis_pods(cluster, namespace) if p != master)
+    started = time.monotonic()
+    local.runner.worker(namespace, replica).kill_container("redis", signal.SIGKILL)
+
+    def pod_ready() -> bool:
+        pod = cluster.get(namespace, "pod", replica)
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
+
+    eventually(lambda: not pod_ready(), timeout=10, interval=0.1, what=f"{replica} not ready once its process died")
+    eventually(pod_ready, timeout=60, interval=0.5, what=f"{replica} ready again")
+    status = next(s for s in cluster.get(namespace, "pod", replica)["status"]["containerStatuses"]
+                  if s["name"] == "redis")
+    assert status["restartCount"] == 1
+    assert status["lastState"]["terminated"]["exitCode"] == 137
+    assert single_master(cluster, namespace) == master
+    assert count(cluster, namespace, replica, "before") == 200
+    print(f"\n[chaos] {replica}'s redis-server SIGKILLed: restarted and ready after {time.monotonic() - started:.1f}s")
