@@ -111,6 +111,20 @@ def exec_probe(command: list[str], *, initial: int, period: int, timeout: int, f
     }
 
 
+def redis_probes(script_dir: str) -> Obj:
+    """Startup, liveness and readiness probes and the pre-stop hook of a redis-server container,
+    all running the ConfigMap's scripts from ``script_dir``."""
+    return {
+        "startupProbe": exec_probe(["sh", f"{script_dir}probe.sh", "liveness"],
+                                   initial=2, period=5, timeout=5, failures=60),
+        "livenessProbe": exec_probe(["sh", f"{script_dir}probe.sh", "liveness"],
+                                    initial=0, period=10, timeout=5, failures=6),
+        "readinessProbe": exec_probe(["sh", f"{script_dir}probe.sh", "readiness"],
+                                     initial=0, period=5, timeout=5, failures=2),
+        "lifecycle": {"preStop": {"exec": {"command": ["sh", f"{script_dir}prestop.sh"]}}},
+    }
+
+
 def config_volumes(owner: Owner, auth_secret: str | None,
                    user_secrets: Sequence[str] = ()) -> tuple[list[Obj], list[Obj]]:
     """Volumes and mounts for the ConfigMap, the auth Secret, the ACL users' Secrets (file ``user-<i>``

@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.backoff import NoBackoff
 from redis.client import Redis
 from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
-from redis.retry import Retry
 
 from redis_messaging.redis.sentinel import Connections
 
@@ -68,35 +65,11 @@ def _describe(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, ResponseError) else f"{type(exc).__name__}: {exc}"
 
 
-class RawConnections:
+class RawConnections(Connections):
     """Clients that return bytes (keys may be any bytes), with a long timeout: for moving keys."""
 
     def __init__(self, password: str | None, *, timeout: float = 60.0) -> None:
-        self.password = password
-        self.timeout = timeout
-        self._clients: dict[Address, Redis] = {}
-        self._lock = threading.Lock()
-
-    def get(self, address: Address) -> Redis:
-        with self._lock:
-            client = self._clients.get(address)
-            if client is None:
-                client = Redis(host=address[0], port=address[1], password=self.password,
-                               socket_timeout=self.timeout, socket_connect_timeout=min(self.timeout, 5.0),
-                               decode_responses=False, retry=Retry(NoBackoff(), 0))
-                self._clients[address] = client
-            return client
-
-    def set_password(self, password: str | None) -> None:
-        if password != self.password:
-            self.close()
-            self.password = password
-
-    def close(self) -> None:
-        with self._lock:
-            for client in self._clients.values():
-                client.close()
-            self._clients.clear()
+        super().__init__(password, timeout=timeout, decode=False, connect_timeout=min(timeout, 5.0))
 
 
 def resolve(host: str) -> str:

@@ -31,9 +31,12 @@ class Connections:
     No retries: a pass observes many processes, and an unreachable one must cost one timeout, not
     several; the next pass is the retry."""
 
-    def __init__(self, password: str | None, *, timeout: float = 2.0) -> None:
+    def __init__(self, password: str | None, *, timeout: float = 2.0, decode: bool = True,
+                 connect_timeout: float | None = None) -> None:
         self.password = password
         self.timeout = timeout
+        self.decode = decode
+        self.connect_timeout = timeout if connect_timeout is None else connect_timeout
         self._clients: dict[Address, Redis] = {}
         self._lock = threading.Lock()
 
@@ -42,8 +45,8 @@ class Connections:
             client = self._clients.get(address)
             if client is None:
                 client = Redis(host=address[0], port=address[1], password=self.password,
-                               socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
-                               decode_responses=True, retry=Retry(NoBackoff(), 0))
+                               socket_timeout=self.timeout, socket_connect_timeout=self.connect_timeout,
+                               decode_responses=self.decode, retry=Retry(NoBackoff(), 0))
                 self._clients[address] = client
             return client
 
