@@ -91,6 +91,7 @@ UPCOMING: dict[Grant, str] = {
     ("", "persistentvolumeclaims", "list"): "volume expansion",
     ("", "persistentvolumeclaims", "patch"): "volume expansion",
     ("apps", "statefulsets", "delete"): "volume expansion (re-create, orphaning pods); cluster scale-in",
+    ("", "pods", "delete"): "ordered rolling updates",
     ("policy", "poddisruptionbudgets", "get"): "cluster scale-in",
     ("policy", "poddisruptionbudgets", "delete"): "cluster scale-in",
     ("", "services", "delete"): "monitoring turned off",

@@ -105,6 +105,10 @@ operator with only these rules, then once without each verb, and sees a 403 or a
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
   verbs: ["delete"]
+# Ordered rolling updates replace the redis and Sentinel pods one at a time (OnDelete StatefulSets).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["delete"]
 # Cluster scale-in deletes the PodDisruptionBudget of a removed shard.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
