@@ -144,7 +144,12 @@ class Reflector:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Ask the thread to end; it does at its next event or watch timeout (it is a daemon thread,
+        holding no process)."""
         self._stop.set()
         self._thread.join(timeout)
 

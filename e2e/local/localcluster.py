@@ -521,6 +521,16 @@ class LocalCluster:
         self._step("runner", self.runner.start)
         self._step("operator install", self.install_operator)
 
+    def _reflectors(self) -> list[Reflector]:
+        out = []
+        if self.runner is not None:
+            out.append(self.runner.reflector)
+        if self.provisioner is not None:
+            out += [self.provisioner.claims, self.provisioner.volumes]
+        if self.hosts is not None:
+            out += [self.hosts.pods, self.hosts.services]
+        return out
+
     def _spawn(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> Process:
         process = Process(name, argv, log_path, env)
         self._pgids.add(process.pid)
@@ -567,6 +577,8 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Everything down, in reverse order; each step runs even if an earlier one failed."""
+        for reflector in self._reflectors():  # all at once: each ends at its next watch timeout
+            reflector.request_stop()
         steps: list[tuple[str, Callable[[], None]]] = [
             ("operator", self.stop_operator),
             ("runner", lambda: self.runner.stop() if self.runner else None),
@@ -578,10 +590,12 @@ class LocalCluster:
             ("network", lambda: self.network.destroy() if self.network else None),
         ]
         for name, step in steps:
+            began = time.monotonic()
             try:
                 step()
             except Exception:
                 log.exception("stopping the local cluster's %s failed", name)
+            self.timings[f"stop {name}"] = time.monotonic() - began
         if self._bridge_record is not None:
             self._bridge_record.unlink(missing_ok=True)
             self._bridge_record = None

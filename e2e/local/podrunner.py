@@ -1006,22 +1006,23 @@ class PodWorker:
                     self._log_line(c, "preStop hook")
                     futures.append(self._probe_pool.submit(
                         self.exec_in, c, list(hook["command"]), timeout=max(deadline - time.monotonic(), 0.1)))
-            for f in futures:
-                with contextlib.suppress(Exception):
-                    f.result(timeout=max(deadline - time.monotonic(), 0.1) + 1)
+            while futures and not self._stop.is_set() and time.monotonic() < deadline:
+                futures = [f for f in futures if not f.done()]
+                time.sleep(LOOP_INTERVAL)
         for c in running:
             assert c.proc is not None
             self._log_line(c, "SIGTERM")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(c.proc.pid, signal.SIGTERM)
+        # Until they exit or the grace period ends (or the runner stops: then at once).
+        while (any(c.alive() for c in running) and not self._stop.is_set()
+               and time.monotonic() < deadline):
+            time.sleep(LOOP_INTERVAL)
         for c in running:
-            assert c.proc is not None
-            try:
-                c.proc.wait(max(deadline - time.monotonic(), 0.01))
-            except subprocess.TimeoutExpired:
+            if c.alive():
+                assert c.proc is not None
                 self._log_line(c, "SIGKILL at the end of the grace period")
                 _kill_group(c.proc.pid, signal.SIGKILL)
-                c.proc.wait(10)
         self._kill_everything()
 
     def _kill_everything(self) -> None:
@@ -1186,8 +1187,9 @@ class PodRunner:
             workers = list(self._workers.values())
         for w in workers:
             w.stop()
+        deadline = time.monotonic() + 15
         for w in workers:
-            w.join(15)
+            w.join(max(deadline - time.monotonic(), 0.1))
         self.reflector.stop()
         with self._lock:
             leftovers = set(self._pids)
