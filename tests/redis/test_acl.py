@@ -75,7 +75,7 @@ def replicas_known(env: SentinelEnv, password: str) -> bool:
     for pod in env.sentinel_pods:
         try:
             replicas = env.client(pod, password=password).execute_command("SENTINEL", "REPLICAS", OWNER.master_name)
-        except ResponseError:
+        except RedisError:  # not up yet (refused) or not ready (an error reply)
             return False
         flags = [dict(zip(r[::2], r[1::2], strict=True)).get("flags", "") if isinstance(r, list) else r.get("flags", "")
                  for r in replicas]
@@ -88,7 +88,7 @@ def quorum_ok(env: SentinelEnv, sentinel: str, password: str) -> bool:
     """SENTINEL CKQUORUM: enough Sentinels that know each other and reach the master to fail over."""
     try:
         reply = env.client(sentinel, password=password).execute_command("SENTINEL", "CKQUORUM", OWNER.master_name)
-    except ResponseError:
+    except RedisError:  # not up yet (refused) or not ready (an error reply)
         return False
     return str(reply).startswith("OK") and "3 usable" in str(reply)
 
