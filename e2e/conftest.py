@@ -139,5 +139,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
         report.sections.append((f"events in {namespace}", cluster.events(namespace)))
         report.sections.append((f"pods in {namespace}", cluster.kubectl(
             "get", "pods,rmsg", "-n", namespace, "-o", "wide", check=False)))
+        if isinstance(cluster, LocalBackend):
+            report.sections.append((f"container logs in {namespace}", cluster.container_logs(namespace)))
     report.sections.append(("operator log", cluster.operator_log()))
     return report

@@ -138,6 +138,16 @@ class LocalBackend(Cluster):
     def operator_log(self, tail: int = 300) -> str:
         return str(self.local.operator_log(tail))
 
+    def container_logs(self, namespace: str, lines: int = 15) -> str:
+        """The last lines of every container of the namespace's pods (what `kubectl logs` would show)."""
+        parts = []
+        for path in sorted(Path(self.local.work).glob(f"pods/{namespace}_*/*.log")):
+            if path.name == "sandbox.log":
+                continue
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {path.parent.name.rsplit('_', 1)[0]} {path.stem} ---\n" + "\n".join(tail))
+        return "\n".join(parts)
+
     def events(self, namespace: str) -> str:
         # The EndpointSlice controller refuses the pods' loopback addresses (the hosts files stand in
         # for Service routing): its warnings would drown everything else.
