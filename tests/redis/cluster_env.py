@@ -170,6 +170,7 @@ class ClusterEnv:
         files["redis.conf"] = mounted_redis_conf(files["redis.conf"], pod.data_dir)
         for key, text in files.items():
             (pod.root / "config" / key).write_text(text)
+            (pod.root / "config" / key).chmod(0o555)  # the ConfigMap volume's defaultMode
         if self.password is not None:
             secret = pod.root / "auth" / "password"
             fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -259,6 +259,7 @@ class SentinelEnv:
                               redis_port=self.redis_port, sentinel_port=self.sentinel_port)
         for key, text in files.items():
             (pod.config_dir / key).write_text(text)
+            (pod.config_dir / key).chmod(0o555)  # the ConfigMap volume's defaultMode
         if self.password is not None:
             secret = pod.auth_dir / "password"
             fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

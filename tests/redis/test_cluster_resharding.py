@@ -115,13 +115,16 @@ def assert_balanced(env: ClusterEnv, shards: int) -> None:
 
 
 class Traffic:
-    """An application writing and reading while the operator reshards, retrying a failed command up
-    to 3 times like applications do: every write must succeed and read back. ``retried`` counts the
+    """An application writing and reading while the operator reshards, retrying a failed command
+    with backoff like applications do: every write must succeed and read back. ``retried`` counts the
     commands that needed a retry.
 
     redis-py follows an ASK redirection only to a node already in its cache, and a new shard's master
     is in no client's cache before it serves a slot (it trips with an AttributeError): the application
-    then refreshes the client's view of the cluster and retries."""
+    then refreshes the client's view of the cluster and retries. Retries back off exponentially from
+    50 ms, capped at 1 s: six attempts span about 1.5 s."""
+
+    ATTEMPTS = 6
 
     def __init__(self, env: ClusterEnv) -> None:
         self.client = env.cluster_client()
@@ -132,16 +135,20 @@ class Traffic:
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def _try(self, what: str, call: Any) -> Any:
-        for attempt in range(3):
+        for attempt in range(self.ATTEMPTS):
             try:
                 return call()
             except (RedisError, AttributeError) as exc:
                 self.retried += 1
-                if attempt == 2:
+                if attempt == self.ATTEMPTS - 1:
                     self.errors.append(f"{what}: {type(exc).__name__}: {exc}")
-                time.sleep(0.05)
+                    break
+                time.sleep(min(0.05 * 2 ** attempt, 1.0))
                 if isinstance(exc, AttributeError):
-                    self.client.nodes_manager.initialize()
+                    try:
+                        self.client.nodes_manager.initialize()
+                    except RedisError as refresh:
+                        self.errors.append(f"{what}: refreshing the slot map: {refresh}")
         return None
 
     def run(self) -> None:

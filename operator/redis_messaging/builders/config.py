@@ -156,7 +156,8 @@ set -eu
 umask 077
 mkdir -p "$run_dir"
 conf="$run_dir/redis.conf"
-cp "$conf_dir/redis.conf" "$conf"
+# cat, not cp: cp would keep the ConfigMap file's read-only mode, and the lines below append.
+cat "$conf_dir/redis.conf" >"$conf"
 {
   echo "bind ${RMSG_BIND:-* -::*}"
   if [ "${RMSG_MODE:-sentinel}" = cluster ]; then
