@@ -23,6 +23,7 @@ from redis_messaging.reconcile.rolling import RollingStep
 from redis_messaging.reconcile.sentinel_topology import SentinelTopology
 from redis_messaging.reconcile.streams import StreamsStep
 from redis_messaging.reconcile.sync import Context, Outcome, owner_of, sync
+from redis_messaging.reconcile.tls import TlsStep
 from redis_messaging.redis.nodes import Node, Placement, Pools
 from redis_messaging.settings import OperatorSettings
 
@@ -62,6 +63,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         streams=StreamsStep(kube, addresses, pools),
         acl=AclStep(kube, addresses, timeout=ours.redis_timeout_seconds),
         rolling=RollingStep(kube, addresses, timeout=ours.redis_timeout_seconds),
+        tls=TlsStep(kube, addresses, timeout=ours.redis_timeout_seconds),
     )
     autoscaler = _state["autoscaler"] = Autoscaler(
         kube, pools, status_interval=ours.status_interval_seconds,
@@ -105,7 +107,7 @@ def _after_pass(body: dict[str, Any], outcome: Outcome) -> None:
         autoscaler.place(body, owner, outcome.spec, outcome.password,
                          placement=report.placement if report is not None else None,
                          conflicts=report.conflicts if report is not None else {},
-                         trimmed=report.trimmed if report is not None else {})
+                         trimmed=report.trimmed if report is not None else {}, tls=outcome.tls)
 
 
 def _measured_sync(body: dict[str, Any]) -> Outcome:

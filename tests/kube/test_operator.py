@@ -327,12 +327,3 @@ def test_cluster_mode_yields_shard_children_and_waits_for_its_pods(api: Api, nam
     status = api.get(namespace, "orders")["status"]
     assert status["connection"] == {"secretName": "orders-connection",
                                     "host": f"orders-cluster.{namespace}.svc.cluster.local", "port": 6379}
-
-
-def test_tls_is_refused_with_a_condition_not_silently_ignored(api: Api, namespace: str, operator: Any) -> None:
-    api.create(namespace, rmsg("secure", {"tls": {"enabled": True, "secretName": "secure-tls"}}))
-    cond = eventually(lambda: (c := api.condition(namespace, "secure", "Ready")) and c, what="condition")
-    assert cond["status"] == "False"
-    assert cond["reason"] == "Unsupported"
-    assert "spec.tls" in cond["message"]
-    assert not api.apps.list_namespaced_stateful_set(namespace).items, "nothing runs without the TLS asked for"

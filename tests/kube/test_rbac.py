@@ -100,6 +100,8 @@ UPCOMING: dict[Grant, str] = {
     ("storage.k8s.io", "storageclasses", "list"): "volume expansion",
     **{("monitoring.coreos.com", r, v): "monitoring objects (needs the Prometheus Operator's CRDs)"
        for r in ("servicemonitors", "podmonitors", "prometheusrules") for v in ("list", "create", "patch", "delete")},
+    **{("cert-manager.io", "certificates", v): "TLS from a cert-manager issuer (needs cert-manager's CRDs)"
+       for v in ("list", "create", "patch")},
 }
 
 NAME = "orders"

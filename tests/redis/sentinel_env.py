@@ -43,6 +43,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
+from tls_certs import KeyPair, mount
 
 from redis_messaging.api.models import RedisMessagingSpec
 from redis_messaging.builders import config, names
@@ -160,13 +161,14 @@ def mounted_files(files: Mapping[str, str], *, data_dir: Path, run_dir: Path,
                   redis_port: int = names.REDIS_PORT, sentinel_port: int = names.SENTINEL_PORT) -> dict[str, str]:
     """The ConfigMap files as one pod sees them: its own data and runtime directories (the volumes)."""
     out = dict(files)
+    port = "tls-port" if "\ntls-port " in out["redis.conf"] else "port"
     out["redis.conf"] = _replace_line(out["redis.conf"], f"dir {names.DATA_MOUNT}", f"dir {data_dir}", "redis.conf")
     out["sentinel.conf"] = _replace_line(
         out["sentinel.conf"], f"dir {names.RUN_MOUNT}", f"dir {run_dir}", "sentinel.conf"
     )
     if redis_port != names.REDIS_PORT:
         out["redis.conf"] = _replace_line(
-            out["redis.conf"], f"port {names.REDIS_PORT}", f"port {redis_port}", "redis.conf"
+            out["redis.conf"], f"{port} {names.REDIS_PORT}", f"{port} {redis_port}", "redis.conf"
         )
         monitor, token = out["sentinel-monitor.conf"], f"@MASTER@ {names.REDIS_PORT} "
         if monitor.count(token) != 1:
@@ -174,7 +176,7 @@ def mounted_files(files: Mapping[str, str], *, data_dir: Path, run_dir: Path,
         out["sentinel-monitor.conf"] = monitor.replace(token, f"@MASTER@ {redis_port} ")
     if sentinel_port != names.SENTINEL_PORT:
         out["sentinel.conf"] = _replace_line(
-            out["sentinel.conf"], f"port {names.SENTINEL_PORT}", f"port {sentinel_port}", "sentinel.conf"
+            out["sentinel.conf"], f"{port} {names.SENTINEL_PORT}", f"{port} {sentinel_port}", "sentinel.conf"
         )
     return out
 
@@ -195,17 +197,22 @@ class SentinelEnv:
 
     def __init__(self, spec: RedisMessagingSpec, owner: Owner, base_dir: Path, *,
                  redis_port: int = names.REDIS_PORT, sentinel_port: int = names.SENTINEL_PORT,
-                 password: str | None) -> None:
+                 password: str | None, tls: KeyPair | None = None) -> None:
         if spec.mode != "sentinel":
             raise ValueError(f"SentinelEnv plays mode: sentinel, not {spec.mode}")
         if spec.auth.enabled != (password is not None):
             raise ValueError("pass a password exactly when spec.auth.enabled (the pods mount the auth Secret)")
+        if spec.tls.enabled != (tls is not None):
+            raise ValueError("pass a key pair exactly when spec.tls.enabled (the pods mount the TLS Secret)")
         if any(ch.isspace() or ch in "\"'" for ch in str(base_dir)):
             raise ValueError(f"base_dir must not contain spaces or quotes (it lands in redis.conf): {base_dir}")
         self.spec = spec
         self.owner = owner
         self.base_dir = base_dir
         self.password = password
+        self.tls = tls
+        # what every client of the harness adds: the CA, and the key pair (tls-auth-clients yes or not)
+        self.tls_options: dict[str, Any] = tls.redis_kwargs() if tls is not None else {}
         self.redis_port = redis_port
         self.sentinel_port = sentinel_port
         self.files = config.config_files(spec, owner)
@@ -247,6 +254,8 @@ class SentinelEnv:
                 "RMSG_BIND": ip,
                 "RMSG_PROBE_HOST": ip,
             }
+            if tls is not None:
+                env.update({"RMSG_TLS": "yes", "RMSG_TLS_DIR": str(root / "tls")})
             pod = Pod(name=name, kind=kind, ip=ip, port=port, root=root, env=env)
             self._pods[name] = pod
             self._write_volumes(pod)
@@ -260,6 +269,8 @@ class SentinelEnv:
         for key, text in files.items():
             (pod.config_dir / key).write_text(text)
             (pod.config_dir / key).chmod(0o555)  # the ConfigMap volume's defaultMode
+        if self.tls is not None:
+            mount(pod.root / "tls", self.tls)
         if self.password is not None:
             secret = pod.auth_dir / "password"
             fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -318,7 +329,7 @@ class SentinelEnv:
         ip, port = self.address(pod)
         options: dict[str, Any] = {
             "password": self.password, "socket_timeout": 2, "socket_connect_timeout": 2, "decode_responses": True,
-            "retry": Retry(NoBackoff(), 0),
+            "retry": Retry(NoBackoff(), 0), **self.tls_options,
         }
         options.update(kwargs)
         client = redis.Redis(host=ip, port=port, **options)
@@ -329,7 +340,8 @@ class SentinelEnv:
     def _connection(self, pod: str) -> Iterator[redis.Redis]:
         ip, port = self.address(pod)
         client = redis.Redis(host=ip, port=port, password=self.password, socket_timeout=2,
-                             socket_connect_timeout=2, decode_responses=True, retry=Retry(NoBackoff(), 0))
+                             socket_connect_timeout=2, decode_responses=True, retry=Retry(NoBackoff(), 0),
+                             **self.tls_options)
         try:
             yield client
         finally:

@@ -213,8 +213,13 @@ class Tls(Model):
     )
 
     enabled: bool = False
+    # A kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt (what cert-manager writes).
     secret_name: str | None = Field(None, pattern=DNS_LABEL)
+    # Or: the operator creates a cert-manager Certificate from this issuer (Secret <name>-tls).
     issuer_ref: IssuerRef | None = None
+    # Require a client certificate signed by ca.crt from every client (tls-auth-clients yes); by
+    # default clients verify the servers and authenticate with passwords (tls-auth-clients optional).
+    auth_clients: bool = False
 
 
 class Exporter(Model):

@@ -41,6 +41,7 @@ from redis_messaging.metrics import OperatorMetrics
 from redis_messaging.redis import nodes
 from redis_messaging.redis.nodes import Node, NodeUnavailable, Placement, Pools
 from redis_messaging.redis.streams import GroupMeasurement, StreamsNode, Target, collect_node
+from redis_messaging.redis.tls import ClientTls
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class Declared:
     password: str | None
     placement: Placement | None
     conflicts: Mapping[GroupKey, str]
+    tls: ClientTls | None = None
 
     @property
     def autoscales(self) -> bool:
@@ -129,7 +131,7 @@ class Autoscaler:
     # -- fed by the reconcile pass and the failover watch ------------------------------------------
     def place(self, body: Obj, owner: Owner, spec: models.RedisMessagingSpec, password: str | None,
               placement: Placement | None, conflicts: Mapping[GroupKey, str] | None,
-              trimmed: Mapping[str, int]) -> None:
+              trimmed: Mapping[str, int], tls: ClientTls | None = None) -> None:
         """What a pass learnt. ``placement`` None keeps the last known one (the master may be back in
         a moment); ``conflicts`` None (not checked) keeps the last ones."""
         key = (owner.namespace, owner.name)
@@ -143,7 +145,7 @@ class Autoscaler:
                     self._forget_locked(key)
                 return
             if runtime is None:
-                declared = Declared(owner, involved, spec, password, placement, conflicts or {})
+                declared = Declared(owner, involved, spec, password, placement, conflicts or {}, tls)
                 runtime = self._resources[key] = _Runtime(declared)
                 found = body.get("status") or {}
                 runtime.written = {k: found[k] for k in ("streams", "queues", "channels")
@@ -151,7 +153,7 @@ class Autoscaler:
             else:
                 old = runtime.declared
                 runtime.declared = Declared(owner, involved, spec, password, placement or old.placement,
-                                            old.conflicts if conflicts is None else conflicts)
+                                            old.conflicts if conflicts is None else conflicts, tls)
             for stream, removed in trimmed.items():
                 runtime.trimmed[stream] = runtime.trimmed.get(stream, 0) + removed
                 self.metrics.trimmed.inc(removed, namespace=owner.namespace, resource=owner.name, stream=stream)
@@ -220,7 +222,8 @@ class Autoscaler:
         subscribers: dict[str, int | None] = {}
         runtime.channel_errors.clear()
         for node, (streams, queues, channels) in self._work(declared.placement, declared.spec).items():
-            client = self.pools.node((owner.namespace, owner.name), declared.password, node.address)
+            client = self.pools.node((owner.namespace, owner.name), declared.password, node.address,
+                                     declared.tls)
             poll_start = self.monotonic()
             measured_node = collect_node(client, [Target.of(s) for s in streams], queues=[q.name for q in queues],
                                          channels=channels)

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 from redis_messaging.api.models import RedisMessagingSpec
-from redis_messaging.builders import config, names, pods, sentinel
+from redis_messaging.builders import config, names, pods, sentinel, tls
 from redis_messaging.builders.names import Owner
 
 Obj = dict[str, Any]
@@ -50,8 +50,10 @@ def _b64(value: str) -> str:
     return base64.b64encode(value.encode()).decode()
 
 
-def connection_secret(spec: RedisMessagingSpec, owner: Owner, password: str | None) -> Obj:
-    """What applications mount to connect: the client Service, the seed list, a URL, the password."""
+def connection_secret(spec: RedisMessagingSpec, owner: Owner, password: str | None,
+                      tls_facts: tls.Facts | None = None) -> Obj:
+    """What applications mount to connect: the client Service, the seed list, a URL, the password,
+    and with TLS the CA that signed the servers' certificates (``ca.crt``)."""
     host = owner.service_host(owner.cluster_service)
     scheme = "rediss" if spec.tls.enabled else "redis"
     cred = f":{quote(password, safe='')}@" if password is not None else ""
@@ -64,6 +66,8 @@ def connection_secret(spec: RedisMessagingSpec, owner: Owner, password: str | No
     }
     if password is not None:
         data["password"] = password
+    if tls_facts is not None:
+        data[tls.CA_FILE] = tls_facts.ca
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -95,13 +99,14 @@ def script_env(spec: RedisMessagingSpec, owner: Owner) -> dict[str, str]:
 
 def shard_statefulset(spec: RedisMessagingSpec, owner: Owner, index: int) -> Obj:
     auth = sentinel.auth_secret_name(spec, owner)
-    volumes, mounts = pods.config_volumes(owner, auth)
+    tls_secret = tls.secret_name(spec, owner)
+    volumes, mounts = pods.config_volumes(owner, auth, sentinel.user_secrets(spec), tls_secret)
     claims = sentinel._data_claim(spec)
     if not claims:
         volumes.append({"name": "data", "emptyDir": {}})
     mounts.append({"name": "data", "mountPath": names.DATA_MOUNT})  # data and nodes.conf
     script = f"{names.CONFIG_MOUNT}/"
-    env = {**script_env(spec, owner), "RMSG_SHARD": str(index)}
+    env = {**script_env(spec, owner), "RMSG_SHARD": str(index), **pods.tls_env(tls_secret)}
     redis_container: Obj = {
         "name": "redis",
         "image": spec.image,
@@ -119,7 +124,8 @@ def shard_statefulset(spec: RedisMessagingSpec, owner: Owner, index: int) -> Obj
     }
     containers = [redis_container]
     if spec.monitoring.exporter.enabled:
-        containers.append(pods.exporter_container(spec, auth))
+        containers.append(pods.exporter_container(spec, auth, owner=owner, headless=owner.redis_headless,
+                                                  tls_secret=tls_secret))
     cfg = config.config_files(spec, owner)
     config_hash = config.content_hash({k: cfg[k] for k in ("redis.conf", "redis-start.sh", "common.sh")})
     template = sentinel._pod_template(spec, owner, names.COMPONENT_SHARD, containers, volumes, config_hash)
@@ -156,7 +162,8 @@ def pod_disruption_budget(owner: Owner, index: int) -> Obj:
     }
 
 
-def build(spec: RedisMessagingSpec, owner: Owner, *, password: str | None) -> list[Obj]:
+def build(spec: RedisMessagingSpec, owner: Owner, *, password: str | None,
+          tls_facts: tls.Facts | None = None) -> list[Obj]:
     """Every object of a cluster-mode resource, in the order they are applied.
 
     The generated auth Secret is not in this list (see :func:`sentinel.generated_auth_secret`).
@@ -164,9 +171,11 @@ def build(spec: RedisMessagingSpec, owner: Owner, *, password: str | None) -> li
     reconcile pass only once their slots have moved away and their nodes are forgotten.
     """
     shards = range(spec.cluster.shards)
+    certificate = tls.certificate(spec, owner)
     return [
+        *([certificate] if certificate else []),
         sentinel.config_map(spec, owner),
-        connection_secret(spec, owner, password),
+        connection_secret(spec, owner, password, tls_facts),
         *services(owner),
         *(shard_statefulset(spec, owner, i) for i in shards),
         *(pod_disruption_budget(owner, i) for i in shards),

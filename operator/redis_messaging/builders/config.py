@@ -46,10 +46,22 @@ def min_replicas_to_write(spec: RedisMessagingSpec, replicas: int) -> int:
     return min(spec.redis.min_replicas_to_write, max(replicas - 1, 0))
 
 
+def _tls_lines(spec: RedisMessagingSpec, port: int) -> list[str]:
+    """TLS only: no plain-text port; the certificate files are named at start-up (common.sh)."""
+    if not spec.tls.enabled:
+        return [f"port {port}"]
+    return [
+        "port 0",
+        f"tls-port {port}",
+        "tls-replication yes",
+        f"tls-auth-clients {'yes' if spec.tls.auth_clients else 'optional'}",
+    ]
+
+
 def redis_conf(spec: RedisMessagingSpec, *, replicas: int, cluster: bool = False) -> str:
     lines = [
         "# Rendered by redis-messaging-operator. Per-pod lines and auth are added at start-up.",
-        f"port {names.REDIS_PORT}",
+        *_tls_lines(spec, names.REDIS_PORT),
         "protected-mode no",
         f"dir {names.DATA_MOUNT}",
         "appenddirname appendonlydir",
@@ -70,6 +82,8 @@ def redis_conf(spec: RedisMessagingSpec, *, replicas: int, cluster: bool = False
             "cluster-require-full-coverage no",
             "cluster-allow-replica-migration no",
         ]
+        if spec.tls.enabled:
+            lines.append("tls-cluster yes")
     merged = {**MESSAGING_DEFAULTS, **dict(spec.redis.config)}
     lines += [f"{key} {value}" for key, value in sorted(merged.items())]
     return "\n".join(lines) + "\n"
@@ -78,7 +92,7 @@ def redis_conf(spec: RedisMessagingSpec, *, replicas: int, cluster: bool = False
 def sentinel_conf(spec: RedisMessagingSpec) -> str:
     lines = [
         "# Rendered by redis-messaging-operator. The monitor block follows from sentinel-monitor.conf.",
-        f"port {names.SENTINEL_PORT}",
+        *_tls_lines(spec, names.SENTINEL_PORT),
         "protected-mode no",
         f"dir {names.RUN_MOUNT}",
         "sentinel resolve-hostnames yes",
@@ -114,11 +128,26 @@ if [ -f "$auth_dir/password" ]; then
   REDISCLI_AUTH="$(cat "$auth_dir/password")"
   export REDISCLI_AUTH
 fi
+# TLS (RMSG_TLS=yes): every connection, the pod's key pair as client certificate, the servers verified.
+tls_dir="${RMSG_TLS_DIR:-/etc/redis-messaging-tls}"
+tls_args=""
+if [ "${RMSG_TLS:-}" = yes ]; then
+  tls_args="--tls --cacert $tls_dir/ca.crt --cert $tls_dir/tls.crt --key $tls_dir/tls.key"
+fi
 
 # rcli HOST PORT ARGS...: redis-cli with a deadline, raw output, no error on an unreachable host.
 rcli() {
   host="$1"; port="$2"; shift 2
-  timeout "${RMSG_CLI_TIMEOUT:-3}" redis-cli --no-auth-warning -h "$host" -p "$port" --raw "$@" 2>/dev/null
+  # shellcheck disable=SC2086 # $tls_args is a list of options (paths without blanks)
+  timeout "${RMSG_CLI_TIMEOUT:-3}" redis-cli $tls_args --no-auth-warning -h "$host" -p "$port" --raw "$@" 2>/dev/null
+}
+
+# tls_conf: the certificate lines of redis.conf / sentinel.conf, when TLS is on.
+tls_conf() {
+  if [ "${RMSG_TLS:-}" = yes ]; then
+    printf 'tls-cert-file %s\ntls-key-file %s\ntls-ca-cert-file %s\n' \
+      "$(quote "$tls_dir/tls.crt")" "$(quote "$tls_dir/tls.key")" "$(quote "$tls_dir/ca.crt")"
+  fi
 }
 
 # quote VALUE: a redis.conf string literal.
@@ -160,6 +189,7 @@ conf="$run_dir/redis.conf"
 cat "$conf_dir/redis.conf" >"$conf"
 {
   echo "bind ${RMSG_BIND:-* -::*}"
+  tls_conf
   if [ "${RMSG_MODE:-sentinel}" = cluster ]; then
     echo "cluster-announce-hostname $RMSG_SELF_HOST"
     if [ -n "${RMSG_ANNOUNCE_IP:-}" ]; then echo "cluster-announce-ip $RMSG_ANNOUNCE_IP"; fi
@@ -204,6 +234,7 @@ master="$(sentinel_master || redis_master || true)"
 {
   cat "$conf_dir/sentinel.conf"
   echo "bind ${RMSG_BIND:-* -::*}"
+  tls_conf
   echo "sentinel announce-ip $RMSG_SELF_HOST"
   sed "s/@MASTER@/$master/" "$conf_dir/sentinel-monitor.conf"
   if [ -n "${REDISCLI_AUTH:-}" ]; then

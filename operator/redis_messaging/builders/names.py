@@ -34,6 +34,7 @@ EXPORTER_PORT = 9121
 
 CONFIG_MOUNT = "/etc/redis-messaging"
 AUTH_MOUNT = "/etc/redis-messaging-auth"
+TLS_MOUNT = "/etc/redis-messaging-tls"
 RUN_MOUNT = "/run/redis"
 DATA_MOUNT = "/data"
 
@@ -93,6 +94,11 @@ class Owner:
     @property
     def auth_secret(self) -> str:
         return f"{self.name}-auth"
+
+    @property
+    def tls_secret(self) -> str:
+        """The Secret of the cert-manager Certificate the operator creates from spec.tls.issuerRef."""
+        return f"{self.name}-tls"
 
     @property
     def connection_secret(self) -> str:

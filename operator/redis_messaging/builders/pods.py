@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis_messaging.api.models import RedisMessagingSpec, ResourceRequirements
-from redis_messaging.builders import names
+from redis_messaging.builders import names, tls
 from redis_messaging.builders.names import Owner
 
 Obj = dict[str, Any]
@@ -125,10 +125,10 @@ def redis_probes(script_dir: str) -> Obj:
     }
 
 
-def config_volumes(owner: Owner, auth_secret: str | None,
-                   user_secrets: Sequence[str] = ()) -> tuple[list[Obj], list[Obj]]:
+def config_volumes(owner: Owner, auth_secret: str | None, user_secrets: Sequence[str] = (),
+                   tls_secret: str | None = None) -> tuple[list[Obj], list[Obj]]:
     """Volumes and mounts for the ConfigMap, the auth Secret, the ACL users' Secrets (file ``user-<i>``
-    holds the i-th user's password) and the private runtime dir."""
+    holds the i-th user's password), the TLS Secret and the private runtime dir."""
     volumes: list[Obj] = [
         {"name": "config", "configMap": {"name": owner.config_map, "defaultMode": 0o555}},
         {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
@@ -151,19 +151,47 @@ def config_volumes(owner: Owner, auth_secret: str | None,
                    for i, name in enumerate(user_secrets)]
         volumes.append({"name": "users", "projected": {"sources": sources, "defaultMode": 0o400}})
         mounts.append({"name": "users", "mountPath": USERS_MOUNT, "readOnly": True})
+    if tls_secret:
+        volume, mount = tls.volume(tls_secret)
+        volumes.append(volume)
+        mounts.append(mount)
     return volumes, mounts
 
 
-def exporter_container(spec: RedisMessagingSpec, auth_secret: str | None, port: int = names.REDIS_PORT) -> Obj:
+def tls_env(tls_secret: str | None) -> dict[str, str]:
+    """What tells the scripts (common.sh) to speak TLS."""
+    return {"RMSG_TLS": "yes"} if tls_secret else {}
+
+
+def exporter_container(spec: RedisMessagingSpec, auth_secret: str | None, port: int = names.REDIS_PORT, *,
+                       owner: Owner | None = None, headless: str = "", tls_secret: str | None = None) -> Obj:
     """redis_exporter sidecar (of a redis-server, or of a Sentinel with ``port``: it then exports the
-    redis_sentinel_* metrics); its password comes from the Secret by reference, never a value."""
+    redis_sentinel_* metrics); its password comes from the Secret by reference, never a value.
+
+    With TLS it reaches its process by the pod's own stable name (``owner`` and ``headless``), the
+    name the certificate carries, and verifies it against ca.crt: no skipped verification."""
     exp = spec.monitoring.exporter
     env_vars: list[Obj] = [{"name": "REDIS_ADDR", "value": f"redis://127.0.0.1:{port}"}]
+    mounts: list[Obj] = []
+    if tls_secret:
+        if owner is None or not headless:
+            raise ValueError("a TLS exporter needs the owner and the headless Service")
+        host = owner.pod_host("$(POD_NAME)", headless)  # expanded by the kubelet from the env above it
+        directory = names.TLS_MOUNT
+        env_vars = [
+            *downward_env(),
+            {"name": "REDIS_ADDR", "value": f"rediss://{host}:{port}"},
+            {"name": "REDIS_EXPORTER_TLS_CA_CERT_FILE", "value": f"{directory}/{tls.CA_FILE}"},
+            {"name": "REDIS_EXPORTER_TLS_CLIENT_CERT_FILE", "value": f"{directory}/{tls.CERT_FILE}"},
+            {"name": "REDIS_EXPORTER_TLS_CLIENT_KEY_FILE", "value": f"{directory}/{tls.KEY_FILE}"},
+        ]
+        mounts.append(tls.volume(tls_secret)[1])
     if auth_secret:
         env_vars.append(
             {"name": "REDIS_PASSWORD",
              "valueFrom": {"secretKeyRef": {"name": auth_secret, "key": "password"}}}
         )
+    extra: Obj = {"volumeMounts": mounts} if mounts else {}
     return {
         "name": "exporter",
         "image": exp.image,
@@ -172,4 +200,5 @@ def exporter_container(spec: RedisMessagingSpec, auth_secret: str | None, port: 
         "ports": [{"name": "metrics", "containerPort": names.EXPORTER_PORT, "protocol": "TCP"}],
         "resources": resources(exp.resources, {"requests": {"cpu": "10m", "memory": "32Mi"}}),
         "securityContext": container_security_context(),
+        **extra,
     }

@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import quote
 
 from redis_messaging.api.models import RedisMessagingSpec
-from redis_messaging.builders import config, names, pods
+from redis_messaging.builders import config, names, pods, tls
 from redis_messaging.builders.names import Owner
 
 Obj = dict[str, Any]
@@ -50,8 +50,10 @@ def _b64(value: str) -> str:
     return base64.b64encode(value.encode()).decode()
 
 
-def connection_secret(spec: RedisMessagingSpec, owner: Owner, password: str | None) -> Obj:
-    """What applications mount to connect: addresses, Sentinel master name, URLs."""
+def connection_secret(spec: RedisMessagingSpec, owner: Owner, password: str | None,
+                      tls_facts: tls.Facts | None = None) -> Obj:
+    """What applications mount to connect: addresses, Sentinel master name, URLs, and with TLS the
+    CA that signed the servers' certificates (``ca.crt``)."""
     host = owner.service_host(owner.master_service)
     sentinel_host = owner.service_host(owner.sentinel_service)
     scheme = "rediss" if spec.tls.enabled else "redis"
@@ -67,6 +69,8 @@ def connection_secret(spec: RedisMessagingSpec, owner: Owner, password: str | No
     }
     if password is not None:
         data["password"] = password
+    if tls_facts is not None:
+        data[tls.CA_FILE] = tls_facts.ca
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -163,7 +167,8 @@ def user_secrets(spec: RedisMessagingSpec) -> list[str]:
 
 def redis_statefulset(spec: RedisMessagingSpec, owner: Owner) -> Obj:
     auth = auth_secret_name(spec, owner)
-    volumes, mounts = pods.config_volumes(owner, auth, user_secrets(spec))
+    tls_secret = tls.secret_name(spec, owner)
+    volumes, mounts = pods.config_volumes(owner, auth, user_secrets(spec), tls_secret)
     claims = _data_claim(spec)
     if not claims:
         volumes.append({"name": "data", "emptyDir": {}})
@@ -174,7 +179,8 @@ def redis_statefulset(spec: RedisMessagingSpec, owner: Owner) -> Obj:
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["sh", f"{script}redis-start.sh"],
-        "env": pods.downward_env() + pods.env(script_env(spec, owner, owner.redis_headless)),
+        "env": pods.downward_env() + pods.env({**script_env(spec, owner, owner.redis_headless),
+                                               **pods.tls_env(tls_secret)}),
         "ports": [{"name": "redis", "containerPort": names.REDIS_PORT, "protocol": "TCP"}],
         **pods.redis_probes(script),
         "resources": pods.resources(spec.redis.resources, pods.DEFAULT_RESOURCES),
@@ -183,7 +189,8 @@ def redis_statefulset(spec: RedisMessagingSpec, owner: Owner) -> Obj:
     }
     containers = [redis_container]
     if spec.monitoring.exporter.enabled:
-        containers.append(pods.exporter_container(spec, auth))
+        containers.append(pods.exporter_container(spec, auth, owner=owner, headless=owner.redis_headless,
+                                                  tls_secret=tls_secret))
     cfg = config.config_files(spec, owner)
     config_hash = config.content_hash({k: cfg[k] for k in ("redis.conf", "redis-start.sh", "common.sh")})
     sts_spec: Obj = {
@@ -205,16 +212,18 @@ def redis_statefulset(spec: RedisMessagingSpec, owner: Owner) -> Obj:
             "metadata": meta(owner, owner.redis_sts, names.COMPONENT_REDIS), "spec": sts_spec}
 
 
-def sentinel_statefulset(spec: RedisMessagingSpec, owner: Owner) -> Obj:
+def sentinel_statefulset(spec: RedisMessagingSpec, owner: Owner, tls_facts: tls.Facts | None = None) -> Obj:
     auth = auth_secret_name(spec, owner)
-    volumes, mounts = pods.config_volumes(owner, auth)
+    tls_secret = tls.secret_name(spec, owner)
+    volumes, mounts = pods.config_volumes(owner, auth, tls_secret=tls_secret)
     script = f"{names.CONFIG_MOUNT}/"
     container: Obj = {
         "name": "sentinel",
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["sh", f"{script}sentinel-start.sh"],
-        "env": pods.downward_env() + pods.env(script_env(spec, owner, owner.sentinel_headless)),
+        "env": pods.downward_env() + pods.env({**script_env(spec, owner, owner.sentinel_headless),
+                                               **pods.tls_env(tls_secret)}),
         "ports": [{"name": "sentinel", "containerPort": names.SENTINEL_PORT, "protocol": "TCP"}],
         "livenessProbe": pods.exec_probe(["sh", f"{script}probe.sh", "liveness", "sentinel"],
                                          initial=5, period=10, timeout=5, failures=6),
@@ -230,14 +239,18 @@ def sentinel_statefulset(spec: RedisMessagingSpec, owner: Owner) -> Obj:
     )
     containers = [container]
     if spec.monitoring.exporter.enabled:  # redis_sentinel_* metrics: quorum, agreement on the master
-        containers.append(pods.exporter_container(spec, auth, names.SENTINEL_PORT))
+        containers.append(pods.exporter_container(spec, auth, names.SENTINEL_PORT, owner=owner,
+                                                  headless=owner.sentinel_headless, tls_secret=tls_secret))
+    template = _pod_template(spec, owner, names.COMPONENT_SENTINEL, containers, volumes, config_hash)
+    if tls_secret and tls_facts is not None:  # Sentinel cannot reload a renewed certificate: a new one rolls it
+        template["metadata"]["annotations"][tls.ANNOTATION_REVISION] = tls_facts.revision
     sts_spec: Obj = {
         "serviceName": owner.sentinel_headless,
         "replicas": spec.sentinel.replicas,
         "podManagementPolicy": "Parallel",
         "updateStrategy": {"type": "OnDelete"},
         "selector": {"matchLabels": names.selector_labels(owner, names.COMPONENT_SENTINEL)},
-        "template": _pod_template(spec, owner, names.COMPONENT_SENTINEL, containers, volumes, config_hash),
+        "template": template,
     }
     return {"apiVersion": "apps/v1", "kind": "StatefulSet",
             "metadata": meta(owner, owner.sentinel_sts, names.COMPONENT_SENTINEL), "spec": sts_spec}
@@ -259,17 +272,21 @@ def pod_disruption_budgets(owner: Owner) -> list[Obj]:
     return out
 
 
-def build(spec: RedisMessagingSpec, owner: Owner, *, password: str | None) -> list[Obj]:
+def build(spec: RedisMessagingSpec, owner: Owner, *, password: str | None,
+          tls_facts: tls.Facts | None = None) -> list[Obj]:
     """Every object of a sentinel-mode resource, in the order they are applied.
 
     The generated auth Secret is not in this list: it is created once (never re-applied, so the
-    password is never replaced); see :func:`generated_auth_secret`.
+    password is never replaced); see :func:`generated_auth_secret`. The cert-manager Certificate is
+    (:func:`tls.certificate`, when spec.tls.issuerRef asks for one).
     """
+    certificate = tls.certificate(spec, owner)
     return [
+        *([certificate] if certificate else []),
         config_map(spec, owner),
-        connection_secret(spec, owner, password),
+        connection_secret(spec, owner, password, tls_facts),
         *services(owner),
         redis_statefulset(spec, owner),
-        sentinel_statefulset(spec, owner),
+        sentinel_statefulset(spec, owner, tls_facts),
         *pod_disruption_budgets(owner),
     ]

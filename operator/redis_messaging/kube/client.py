@@ -60,6 +60,7 @@ KINDS: dict[str, Kind] = {
     "ServiceMonitor": Kind("monitoring.coreos.com/v1", "servicemonitors"),
     "PodMonitor": Kind("monitoring.coreos.com/v1", "podmonitors"),
     "PrometheusRule": Kind("monitoring.coreos.com/v1", "prometheusrules"),
+    "Certificate": Kind("cert-manager.io/v1", "certificates"),
     "ScaledObject": Kind("keda.sh/v1alpha1", "scaledobjects"),
     "RedisMessaging": Kind("redis-messaging.dev/v1alpha1", "redismessagings"),
 }

@@ -128,7 +128,7 @@ class AclStep:
             if proc.kind not in kinds:
                 continue
             try:
-                node = acl.connect(proc.address, passwords, timeout=self.timeout)
+                node = acl.connect(proc.address, passwords, timeout=self.timeout, tls=self.addresses.tls(owner))
             except acl.AclError as exc:
                 if exc.unreachable:
                     if unreachable is not None:

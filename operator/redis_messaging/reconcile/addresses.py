@@ -3,16 +3,22 @@
 In a cluster the operator reaches pods by the stable DNS names of their headless Service, which
 are also the names they announce to each other and to Sentinel. An operator outside the cluster
 network (a laptop with port-forwards, a test harness with processes on loopback) uses a map.
+
+With spec.tls the address alone does not reach a process: the same object also keeps each
+resource's client TLS settings (its CA, and its key pair when servers ask for client certificates),
+which the reconcile pass sets from the TLS Secret and every component that connects reads.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Protocol
 
 from redis_messaging.builders import names
 from redis_messaging.builders.names import Owner
+from redis_messaging.redis.tls import ClientTls
 
 Address = tuple[str, int]
 
@@ -27,8 +33,33 @@ class Addresses(Protocol):
     def pod_of(self, owner: Owner, host: str) -> str | None:
         """The pod that announces ``host`` (what Redis and Sentinel report), if it is one of ours."""
 
+    def tls(self, owner: Owner) -> ClientTls | None:
+        """How to speak TLS to the resource's processes; None: plain text."""
 
-class DnsAddresses:
+    def set_tls(self, owner: Owner, tls: ClientTls | None) -> None:
+        """Record the resource's client TLS settings (from its TLS Secret, at every pass)."""
+
+
+class TlsSettings:
+    """Client TLS settings by resource (namespace, name)."""
+
+    def __init__(self) -> None:
+        self._tls: dict[tuple[str, str], ClientTls] = {}
+        self._tls_lock = threading.Lock()
+
+    def tls(self, owner: Owner) -> ClientTls | None:
+        with self._tls_lock:
+            return self._tls.get((owner.namespace, owner.name))
+
+    def set_tls(self, owner: Owner, tls: ClientTls | None) -> None:
+        with self._tls_lock:
+            if tls is None:
+                self._tls.pop((owner.namespace, owner.name), None)
+            else:
+                self._tls[(owner.namespace, owner.name)] = tls
+
+
+class DnsAddresses(TlsSettings):
     """Stable hostnames through the headless Services (what the pods announce themselves)."""
 
     def redis(self, owner: Owner, pod: str) -> Address:
@@ -45,10 +76,11 @@ class DnsAddresses:
         return None
 
 
-class MapAddresses:
+class MapAddresses(TlsSettings):
     """Explicit addresses by pod name ("namespace/pod" or "pod"), and the hosts those pods announce."""
 
     def __init__(self, redis: dict[str, Address], sentinel: dict[str, Address] | None = None) -> None:
+        super().__init__()
         self._redis = dict(redis)
         self._sentinel = dict(sentinel or {})
         self._hosts = {addr[0]: pod.rsplit("/", 1)[-1] for pod, addr in {**self._redis, **self._sentinel}.items()}

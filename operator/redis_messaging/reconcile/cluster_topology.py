@@ -570,8 +570,9 @@ class ClusterTopology:
             if found is None:
                 found = self._connections[key] = (cl.Connections(password, timeout=self.timeout),
                                                    cl.RawConnections(password, timeout=self.migrate_timeout))
-            found[0].set_password(password)
-            found[1].set_password(password)
+            for conns in found:
+                conns.set_password(password)
+                conns.set_tls(self.addresses.tls(owner))
             return found
 
     def forget(self, owner: Owner) -> None:

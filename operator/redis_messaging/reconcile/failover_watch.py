@@ -94,7 +94,7 @@ class FailoverWatchers:
 
     def _run(self, watch: _Watch) -> None:
         owner = watch.owner
-        conns = rs.Connections(watch.password, timeout=2.0)
+        conns = rs.Connections(watch.password, timeout=2.0, tls=self.addresses.tls(owner))
 
         def sentinels() -> list[rs.Address]:
             return [self.addresses.sentinel(owner, owner.sentinel_pod(i)) for i in range(watch.sentinel_replicas)]

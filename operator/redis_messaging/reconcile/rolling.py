@@ -203,6 +203,7 @@ class RollingStep:
             if conns is None:
                 conns = self._connections[key] = rs.Connections(password, timeout=self.timeout)
             conns.set_password(password)
+            conns.set_tls(self.addresses.tls(owner))
             return conns
 
     def observe(self, spec: RedisMessagingSpec, owner: Owner, pods: Mapping[str, PodState],

@@ -217,6 +217,7 @@ class SentinelTopology:
             if conns is None:
                 conns = self._connections[key] = rs.Connections(password, timeout=self.timeout)
             conns.set_password(password)
+            conns.set_tls(self.addresses.tls(owner))
             return conns
 
     def forget(self, owner: Owner) -> None:

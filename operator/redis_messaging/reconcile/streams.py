@@ -161,7 +161,8 @@ class StreamsStep:
             return report
         errors = []
         for where, streams in report.placement.by_node(spec.streams):
-            client = self.pools.node((owner.namespace, owner.name), password, where.address)
+            client = self.pools.node((owner.namespace, owner.name), password, where.address,
+                                     self.addresses.tls(owner))
             for stream in streams:
                 done = provision(client, stream)
                 start = {g.name: g.start_id for g in stream.groups}

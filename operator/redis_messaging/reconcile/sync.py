@@ -20,6 +20,7 @@ import pydantic
 
 from redis_messaging.api import models
 from redis_messaging.builders import UnsupportedSpec, build, names, sentinel
+from redis_messaging.builders import cluster as build_cluster
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube, KubeError, needs_apply, with_applied_hash
 from redis_messaging.reconcile import acl as acl_step
@@ -28,9 +29,11 @@ from redis_messaging.reconcile import conditions as cond
 from redis_messaging.reconcile import monitoring as monitoring_step
 from redis_messaging.reconcile import rolling as rolling_step
 from redis_messaging.reconcile import streams as streams_step
+from redis_messaging.reconcile import tls as tls_step
 from redis_messaging.reconcile import volumes as volumes_step
 from redis_messaging.reconcile.streams import StreamsReport, StreamsStep
 from redis_messaging.reconcile.topology import Topology, TopologyReport
+from redis_messaging.redis.tls import ClientTls
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,7 @@ class Context:
     streams: StreamsStep | None = None  # groups, retention and autoscale conflicts; None: skipped
     acl: acl_step.AclStep | None = None  # ACL users and password rotation on the processes; None: skipped
     rolling: rolling_step.RollingStep | None = None  # ordered replacement of outdated pods; None: skipped
+    tls: tls_step.TlsStep | None = None  # the TLS Secret read, clients told, renewals reloaded; None: skipped
     clock: Callable[[], str] = utcnow
 
 
@@ -61,6 +65,7 @@ class Outcome:
     invalid: str | None = None
     spec: models.RedisMessagingSpec | None = None
     password: str | None = None
+    tls: ClientTls | None = None
     streams: StreamsReport | None = None
 
 
@@ -247,7 +252,8 @@ def _write_status(ctx: Context, body: Obj, new_conditions: list[cond.Cond], extr
         if c["type"] == cond.READY or (c["type"] == cond.DEGRADED and c["status"] == "True"):
             warn = (c["type"] == cond.DEGRADED) or (c["status"] == "False" and c["reason"] in
                                                     ("InvalidSpec", "AuthSecretMissing", "AuthSecretInvalid",
-                                                     "Unsupported"))
+                                                     "Unsupported", tls_step.SECRET_MISSING,
+                                                     tls_step.SECRET_INVALID, tls_step.CERT_MANAGER_MISSING))
             ctx.kube.event(body, reason=f"{c['type']}{c['status']}" if not warn else c["reason"],
                            message=f"{c['type']}={c['status']} ({c['reason']}): {c['message']}",
                            type_="Warning" if warn else "Normal")
@@ -296,24 +302,22 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
     # 1. validate: what the schema could not refuse.
     try:
         spec = models.parse_spec(body.get("spec") or {})
-        if spec.tls.enabled:
-            # Refused rather than ignored: running without TLS where TLS was asked for is worse.
-            raise UnsupportedSpec("spec.tls is not supported by this version of the operator yet; "
-                                  "remove tls.enabled to run without TLS")
     except pydantic.ValidationError as exc:
         return _problem(ctx, body, outcome, "InvalidSpec", validation_message(exc), None)
-    except UnsupportedSpec as exc:
-        return _problem(ctx, body, outcome, "Unsupported", str(exc), None)
 
     # 2. ensure children, in order.
+    prepared = tls_step.Prepared()
     try:
         password = ensure_auth(ctx, spec, owner, outcome.actions)
+        if ctx.tls is not None:  # before any workload: nothing runs without the TLS Secret it asks for
+            prepared = ctx.tls.prepare(spec, owner)
+            outcome.tls = ctx.tls.addresses.tls(owner)
         # A changed password is added on every process before the connection Secret carries it.
         rotation = acl_step.Rotation(password, password)
         if ctx.acl is not None:
             rotation = ctx.acl.before_apply(spec, owner, password)
             password, outcome.actions = rotation.use, outcome.actions + rotation.actions
-        desired = build(spec, owner, password=rotation.publish)
+        desired = build(spec, owner, password=rotation.publish, tls_facts=prepared.facts)
         monitoring = monitoring_step.plan(ctx.kube, spec, owner)  # CRD kinds only where they are served
         desired += monitoring.objects
         # Larger volumes: claims grown, StatefulSet re-created (held back while it terminates).
@@ -323,7 +327,7 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
         outcome.actions += monitoring_step.prune(ctx.kube, owner, desired, live)
         auth = ctx.acl.after_apply(spec, owner, rotation) if ctx.acl is not None else acl_step.AclReport()
         outcome.actions += auth.actions
-    except SpecProblem as exc:
+    except (SpecProblem, tls_step.TlsProblem) as exc:
         return _problem(ctx, body, outcome, exc.reason, exc.message, exc.retry_after)
     except UnsupportedSpec as exc:
         return _problem(ctx, body, outcome, "Unsupported", str(exc), None)
@@ -360,6 +364,16 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
             for reason, message in roll.events:
                 ctx.kube.event(body, reason=reason, message=message)
             outcome.actions += roll.actions
+
+    if ctx.tls is not None and prepared.leaf is not None:  # a renewed certificate, served without a restart
+        redis_pods = (build_cluster.all_pods(spec, owner) if spec.mode == "cluster"
+                      else [owner.redis_pod(i) for i in range(spec.redis.replicas)])
+        reloaded = ctx.tls.reload(spec, owner, password, prepared, redis_pods)
+        for why in reloaded.actions:
+            outcome.actions.append(why)
+            ctx.kube.event(body, reason="CertificateReloaded", message=why)
+        if reloaded.retry_after is not None:
+            outcome.retry_after = min(reloaded.retry_after, outcome.retry_after or reloaded.retry_after)
 
     # 4. streams: declared groups and retention on the master, and who else scales their consumers.
     if ctx.streams is not None:

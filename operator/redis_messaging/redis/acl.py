@@ -22,6 +22,9 @@ from redis.client import Redis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.retry import Retry
 
+from redis_messaging.redis.tls import ClientTls
+from redis_messaging.redis.tls import options as tls_options
+
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
@@ -55,19 +58,21 @@ def _cmd(client: Redis, *args: str) -> Any:
     return client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
-def _client(address: Address, password: str | None, timeout: float) -> Redis:
+def _client(address: Address, password: str | None, timeout: float, tls: ClientTls | None) -> Redis:
     return Redis(host=address[0], port=address[1], password=password, socket_timeout=timeout,
-                 socket_connect_timeout=timeout, decode_responses=True, retry=Retry(NoBackoff(), 0))
+                 socket_connect_timeout=timeout, decode_responses=True, retry=Retry(NoBackoff(), 0),
+                 **tls_options(tls))
 
 
-def connect(address: Address, passwords: Sequence[str | None], *, timeout: float = 2.0) -> Node:
+def connect(address: Address, passwords: Sequence[str | None], *, timeout: float = 2.0,
+            tls: ClientTls | None = None) -> Node:
     """The process at ``address``, authenticated with the first of ``passwords`` it accepts.
 
     Raises :class:`AclError` when none is accepted or the process does not answer.
     """
     refused = 0
     for password in dict.fromkeys(passwords):
-        client = _client(address, password, timeout)
+        client = _client(address, password, timeout, tls)
         try:
             _cmd(client, "PING")
             return Node(client, password)

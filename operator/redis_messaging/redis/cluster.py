@@ -27,6 +27,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
 
 from redis_messaging.redis.sentinel import Connections
+from redis_messaging.redis.tls import ClientTls
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,8 @@ def _describe(exc: BaseException) -> str:
 class RawConnections(Connections):
     """Clients that return bytes (keys may be any bytes), with a long timeout: for moving keys."""
 
-    def __init__(self, password: str | None, *, timeout: float = 60.0) -> None:
-        super().__init__(password, timeout=timeout, decode=False, connect_timeout=min(timeout, 5.0))
+    def __init__(self, password: str | None, *, timeout: float = 60.0, tls: ClientTls | None = None) -> None:
+        super().__init__(password, timeout=timeout, decode=False, connect_timeout=min(timeout, 5.0), tls=tls)
 
 
 def resolve(host: str) -> str:

@@ -26,6 +26,7 @@ from redis_messaging.api.models import Stream
 from redis_messaging.redis import cluster as rc
 from redis_messaging.redis import sentinel as rs
 from redis_messaging.redis import streams as st
+from redis_messaging.redis.tls import ClientTls
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +106,14 @@ class Pools:
         self._connections: dict[Resource, rs.Connections] = {}
         self._lock = threading.Lock()
 
-    def node(self, resource: Resource, password: str | None, address: Address) -> st.StreamsNode:
+    def node(self, resource: Resource, password: str | None, address: Address,
+             tls: ClientTls | None = None) -> st.StreamsNode:
         with self._lock:
             conns = self._connections.get(resource)
             if conns is None:
                 conns = self._connections[resource] = rs.Connections(password, timeout=self.timeout)
             conns.set_password(password)
+            conns.set_tls(tls)
             return st.node_of(conns.get(address))
 
     def forget(self, resource: Resource) -> None:

@@ -20,6 +20,9 @@ from redis.client import Redis
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
+from redis_messaging.redis.tls import ClientTls
+from redis_messaging.redis.tls import options as tls_options
+
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
@@ -32,8 +35,9 @@ class Connections:
     several; the next pass is the retry."""
 
     def __init__(self, password: str | None, *, timeout: float = 2.0, decode: bool = True,
-                 connect_timeout: float | None = None) -> None:
+                 connect_timeout: float | None = None, tls: ClientTls | None = None) -> None:
         self.password = password
+        self.tls = tls
         self.timeout = timeout
         self.decode = decode
         self.connect_timeout = timeout if connect_timeout is None else connect_timeout
@@ -46,7 +50,8 @@ class Connections:
             if client is None:
                 client = Redis(host=address[0], port=address[1], password=self.password,
                                socket_timeout=self.timeout, socket_connect_timeout=self.connect_timeout,
-                               decode_responses=self.decode, retry=Retry(NoBackoff(), 0))
+                               decode_responses=self.decode, retry=Retry(NoBackoff(), 0),
+                               **tls_options(self.tls))
                 self._clients[address] = client
             return client
 
@@ -55,6 +60,13 @@ class Connections:
             return
         self.close()
         self.password = password
+
+    def set_tls(self, tls: ClientTls | None) -> None:
+        """A renewed CA or client key pair: new clients from now on."""
+        if tls == self.tls:
+            return
+        self.close()
+        self.tls = tls
 
     def close(self) -> None:
         with self._lock:
