@@ -43,6 +43,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisError
 from redis.retry import Retry
 from sentinel_env import free_loopback_ip, port_is_free
+from tls_certs import KeyPair, mount
 
 from redis_messaging.api.models import RedisMessagingSpec
 from redis_messaging.builders import cluster, config, names
@@ -112,11 +113,14 @@ def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
 class ClusterEnv:
     """The shard pods of one cluster-mode resource, as redis-server processes on loopback addresses."""
 
-    def __init__(self, spec: RedisMessagingSpec, owner: Owner, base_dir: Path, *, password: str | None) -> None:
+    def __init__(self, spec: RedisMessagingSpec, owner: Owner, base_dir: Path, *, password: str | None,
+                 tls: KeyPair | None = None) -> None:
         if spec.mode != "cluster":
             raise ValueError(f"ClusterEnv plays mode: cluster, not {spec.mode}")
         if spec.auth.enabled != (password is not None):
             raise ValueError("pass a password exactly when spec.auth.enabled (the pods mount the auth Secret)")
+        if spec.tls.enabled != (tls is not None):
+            raise ValueError("pass a key pair exactly when spec.tls.enabled (the pods mount the TLS Secret)")
         if shutil.which("redis-server") is None:
             import pytest
 
@@ -125,6 +129,8 @@ class ClusterEnv:
         self.owner = owner
         self.base_dir = base_dir
         self.password = password
+        self.tls = tls
+        self.tls_options: dict[str, Any] = tls.redis_kwargs() if tls is not None else {}
         self.files = config.config_files(spec, owner)
         self._pods: dict[str, Pod] = {}
         self._clients: list[Any] = []
@@ -157,6 +163,8 @@ class ClusterEnv:
                 "RMSG_ANNOUNCE_IP": ip,
                 "RMSG_PROBE_HOST": ip,
             }
+            if self.tls is not None:
+                env.update({"RMSG_TLS": "yes", "RMSG_TLS_DIR": str(root / "tls")})
             pod = Pod(pod_name, shard, ip, root, env)
             self._pods[pod_name] = pod
             self._write_volumes(pod)
@@ -171,6 +179,8 @@ class ClusterEnv:
         for key, text in files.items():
             (pod.root / "config" / key).write_text(text)
             (pod.root / "config" / key).chmod(0o555)  # the ConfigMap volume's defaultMode
+        if self.tls is not None:
+            mount(pod.root / "tls", self.tls)
         if self.password is not None:
             secret = pod.root / "auth" / "password"
             fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -200,8 +210,12 @@ class ClusterEnv:
         raise KeyError(f"no pod at {host}")
 
     def addresses(self) -> MapAddresses:
-        """The address map an operator outside the pods' network would be given."""
-        return MapAddresses({p.name: p.address for p in self._pods.values()})
+        """The address map an operator outside the pods' network would be given (with TLS: the client
+        settings the reconcile pass records from the TLS Secret)."""
+        found = MapAddresses({p.name: p.address for p in self._pods.values()})
+        if self.tls is not None:
+            found.set_tls(self.owner, self.tls.client_tls(with_key_pair=self.spec.tls.auth_clients))
+        return found
 
     # -- processes -----------------------------------------------------------------------------
     def start(self, pods: Iterable[str] | None = None, *, timeout: float = 20.0) -> Self:
@@ -317,7 +331,7 @@ class ClusterEnv:
         """A plain client of one node (closed by :meth:`close`)."""
         ip, port = self.address(pod)
         options: dict[str, Any] = {"password": self.password, "socket_timeout": 5, "socket_connect_timeout": 2,
-                                   "decode_responses": True, "retry": Retry(NoBackoff(), 0)}
+                                   "decode_responses": True, "retry": Retry(NoBackoff(), 0), **self.tls_options}
         options.update(kwargs)
         client = redis.Redis(host=ip, port=port, **options)
         self._clients.append(client)
@@ -326,7 +340,8 @@ class ClusterEnv:
     def cluster_client(self, **kwargs: Any) -> RedisCluster:
         """A cluster-aware client seeded with every running pod, like an application would be."""
         seeds = [ClusterNode(p.ip, names.REDIS_PORT) for p in self._pods.values() if p.alive()]
-        options: dict[str, Any] = {"password": self.password, "socket_timeout": 5, "decode_responses": True}
+        options: dict[str, Any] = {"password": self.password, "socket_timeout": 5, "decode_responses": True,
+                                   **self.tls_options}
         options.update(kwargs)
         client = RedisCluster(startup_nodes=seeds, **options)
         self._clients.append(client)
@@ -337,7 +352,7 @@ class ClusterEnv:
         deadline = time.monotonic() + timeout
         with contextlib.closing(redis.Redis(host=p.ip, port=names.REDIS_PORT, password=self.password,
                                             socket_timeout=1, socket_connect_timeout=1,
-                                            retry=Retry(NoBackoff(), 0))) as probe:
+                                            retry=Retry(NoBackoff(), 0), **self.tls_options)) as probe:
             while True:
                 if not p.alive():
                     raise RuntimeError(f"{pod} exited ({p.process.returncode if p.process else None})\n"

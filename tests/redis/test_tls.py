@@ -1,4 +1,4 @@
-"""spec.tls with real processes: Redis, replication and Sentinel on TLS only, with certificates made
+"""spec.tls with real processes: Redis, replication, Sentinel and the cluster bus on TLS only, with certificates made
 by openssl; the operator's topology controller and failover watch speak TLS; a renewal is served
 without a restart while an application keeps writing."""
 
@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+from cluster_env import ClusterEnv, actions_of, heal_until
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -23,6 +24,7 @@ from tls_certs import Authority, KeyPair, authority, renew
 from redis_messaging.api import models
 from redis_messaging.builders.names import Owner
 from redis_messaging.reconcile.addresses import MapAddresses
+from redis_messaging.reconcile.cluster_topology import ClusterTopology
 from redis_messaging.reconcile.sentinel_topology import SentinelTopology
 from redis_messaging.reconcile.tls import Prepared, TlsStep
 from redis_messaging.redis import sentinel as rs
@@ -220,3 +222,52 @@ def test_renewed_certificate_is_served_without_a_restart_and_no_write_fails(harn
     env.wait_replication(timeout=10)
     assert step.reload(SPEC, OWNER, PASSWORD, Prepared(leaf=new_leaf), env.redis_pods).actions == []
     print(f"\nwrites during the renewal: {writer.ok}, failed: {len(writer.failed)}")
+
+
+CLUSTER_OWNER = Owner(name="events", namespace="shop", uid="uid-events")
+CLUSTER_SPEC = models.parse_spec({
+    "mode": "cluster",
+    "cluster": {"shards": 3, "replicasPerShard": 1, "nodeTimeout": 2000},
+    "redis": {"config": {"repl-diskless-sync-delay": "0"}},
+    "tls": {"enabled": True, "secretName": "events-tls"},
+})
+
+
+def test_cluster_bus_and_clients_on_tls_bootstrap_and_renewal(tmp_path: Path) -> None:
+    ca = authority(tmp_path / "ca")
+    pair = ca.issue("events-a")
+    with ClusterEnv(CLUSTER_SPEC, CLUSTER_OWNER, tmp_path / "pods", password=PASSWORD, tls=pair) as env:
+        env.start()
+        addresses = env.addresses()
+        topology = ClusterTopology(addresses, timeout=1.0)
+        reports = heal_until(topology, CLUSTER_SPEC, CLUSTER_OWNER, PASSWORD, timeout=60)
+        assert actions_of(reports).count("SlotsAssigned") == 3
+        for pod in env.pod_names:
+            info = env.cluster_info(pod)
+            assert (info["cluster_state"], info["cluster_known_nodes"]) == ("ok", "6"), (pod, info)
+            assert env.client(pod).config_get("tls-cluster") == {"tls-cluster": "yes"}
+            plain = redis.Redis(*env.address(pod), **QUICK)
+            with pytest.raises(RedisError):
+                plain.ping()
+            plain.close()
+        app = env.cluster_client()
+        for i in range(300):
+            app.set(f"k:{i}", i)
+        assert all(app.get(f"k:{i}") == str(i) for i in range(300))
+
+        # renewal: every node serves the new certificate without a restart; the bus keeps its links
+        renewed = ca.issue("events-b")
+        for pod in env.pod_names:
+            renew(env.pod(pod).root / "tls", renewed)
+        pids = {pod: env.pod(pod).process.pid for pod in env.pod_names}  # type: ignore[union-attr]
+        step = TlsStep(None, addresses, timeout=1.0)
+        leaf = rtls.first_certificate_der(renewed.cert.read_text())
+        done = step.reload(CLUSTER_SPEC, CLUSTER_OWNER, PASSWORD, Prepared(leaf=leaf), env.pod_names)
+        assert len(done.actions) == 6, done
+        client_tls = addresses.tls(CLUSTER_OWNER)
+        assert client_tls is not None
+        for pod in env.pod_names:
+            assert rtls.served_certificate(env.address(pod), client_tls) == leaf, pod
+            assert env.pod(pod).process.pid == pids[pod]  # type: ignore[union-attr]
+        assert all(app.get(f"k:{i}") == str(i) for i in range(300))
+        assert topology.check_and_heal(CLUSTER_SPEC, CLUSTER_OWNER, [], PASSWORD).healthy
