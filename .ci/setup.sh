@@ -29,6 +29,15 @@ if [ -z "${KUBEBUILDER_ASSETS:-}" ]; then
   bash .ci/control-plane.sh etcd kube-apiserver kube-controller-manager | tail -n 1
 fi
 
+# The e2e tier's local cluster (e2e/local) needs Linux and root; elsewhere it is skipped with the reason.
+if [ "$(uname -s)" = Linux ] && [ "$(id -u)" -eq 0 ]; then
+  step "local cluster of the e2e tier (kube-scheduler, kwok$(command -v kubectl >/dev/null || echo ', kubectl'))"
+  components=(etcd kube-apiserver kube-controller-manager kube-scheduler)
+  command -v kubectl >/dev/null || components+=(kubectl)
+  bash .ci/control-plane.sh "${components[@]}" | tail -n 1
+  bash e2e/local/build-kwok.sh | tail -n 1
+fi
+
 step "helm (charts/build-helm.sh)"
 bash charts/build-helm.sh | tail -n 1
 

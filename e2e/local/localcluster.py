@@ -109,6 +109,9 @@ def missing_requirements() -> str | None:
                     "kube-controller-manager kube-scheduler`")
     if not os.access(kwok_binary(), os.X_OK):
         return f"no kwok at {kwok_binary()}: run `bash e2e/local/build-kwok.sh`"
+    if shutil.which("kubectl") is None and os.access(assets / "kubectl", os.X_OK):
+        # the kubectl .ci/setup.sh built when the machine had none: on PATH for this run and the tests
+        os.environ["PATH"] = f"{assets}{os.pathsep}{os.environ.get('PATH', '')}"
     tools = ("unshare", "nsenter", "setpriv", "ip", "mount", "kubectl", "redis-server", "redis-sentinel", "redis-cli")
     absent = [t for t in tools if shutil.which(t) is None]
     if absent:
@@ -737,6 +740,10 @@ class LocalCluster:
 
 
 def main() -> int:
+    if sys.argv[1:] == ["check"]:  # exit 0 when this machine can host the local cluster, else say why
+        reason = missing_requirements()
+        print(reason or "the local cluster can run here")
+        return 0 if reason is None else 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with LocalCluster() as cluster:
         cluster.start_operator()
