@@ -64,6 +64,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         acl=AclStep(kube, addresses, timeout=ours.redis_timeout_seconds),
         rolling=RollingStep(kube, addresses, timeout=ours.redis_timeout_seconds),
         tls=TlsStep(kube, addresses, timeout=ours.redis_timeout_seconds),
+        operator_peer=ours.operator_peer,
     )
     autoscaler = _state["autoscaler"] = Autoscaler(
         kube, pools, status_interval=ours.status_interval_seconds,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -35,5 +37,11 @@ class OperatorSettings(BaseSettings):
         "Without it, pods are reached by their stable DNS names.",
     )
     redis_timeout_seconds: float = Field(2.0, gt=0, description="Socket timeout of Redis commands.")
+    operator_peer: dict[str, Any] | None = Field(
+        None,
+        description="A NetworkPolicyPeer (JSON) selecting the operator's own pods, which spec.networkPolicy "
+        "admits to Redis and Sentinel. The chart sets it; without it the operator must reach the pods "
+        "through a rule of spec.networkPolicy.clients.",
+    )
     liveness_endpoint: str = Field("http://0.0.0.0:8080/healthz", description="Kopf's liveness probe.")
     metrics_port: int = Field(9090, ge=0, description="Port of the operator's Prometheus metrics; 0 = off.")

@@ -70,6 +70,7 @@ PROVEN: dict[Grant, str] = {
     ("apps", "statefulsets", "create"): "no StatefulSets",
     ("apps", "statefulsets", "patch"): "StatefulSets cannot be applied",
     ("policy", "poddisruptionbudgets", "list"): "children cannot be compared with their live copies",
+    ("networking.k8s.io", "networkpolicies", "list"): "a NetworkPolicy turned off cannot be found to delete",
     ("policy", "poddisruptionbudgets", "create"): "no PodDisruptionBudgets",
     ("policy", "poddisruptionbudgets", "patch"): "PodDisruptionBudgets cannot be applied",
     ("", "pods", "list"): "the topology cannot be checked",
@@ -100,6 +101,7 @@ UPCOMING: dict[Grant, str] = {
     ("storage.k8s.io", "storageclasses", "list"): "volume expansion",
     **{("monitoring.coreos.com", r, v): "monitoring objects (needs the Prometheus Operator's CRDs)"
        for r in ("servicemonitors", "podmonitors", "prometheusrules") for v in ("list", "create", "patch", "delete")},
+    **{("networking.k8s.io", "networkpolicies", v): "spec.networkPolicy" for v in ("create", "patch", "delete")},
     **{("cert-manager.io", "certificates", v): "TLS from a cert-manager issuer (needs cert-manager's CRDs)"
        for v in ("list", "create", "patch")},
 }

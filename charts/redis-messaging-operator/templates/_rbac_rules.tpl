@@ -122,6 +122,11 @@ operator with only these rules, then once without each verb, and sees a 403 or a
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors", "podmonitors", "prometheusrules"]
   verbs: ["list", "create", "patch", "delete"]
+# spec.networkPolicy: the resource's NetworkPolicy, applied like the children above, and deleted
+# when the spec turns it off (listed at every pass to find it).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["list", "create", "patch", "delete"]
 # TLS from an issuer (spec.tls.issuerRef): the cert-manager Certificate that fills the TLS Secret,
 # when cert-manager's CRDs are installed; listed by instance label and applied.
 - apiGroups: ["cert-manager.io"]

@@ -254,6 +254,23 @@ class Monitoring(Model):
     grafana_dashboard: GrafanaDashboard = Field(default_factory=GrafanaDashboard)
 
 
+class NetworkPolicy(Model):
+    """Who may open connections to the pods: the pods of the same resource (replication, Sentinel,
+    cluster bus), the operator, the declared clients, and scrapers on the metrics port only."""
+
+    enabled: bool = False
+    clients: list[FreeForm] = Field(
+        default_factory=list,
+        description="NetworkPolicyPeers admitted to Redis and Sentinel; by default the pods of the "
+        "namespace labelled redis-messaging.dev/client=<resource name>.",
+    )
+    metrics_from: list[FreeForm] = Field(
+        default_factory=list,
+        description="NetworkPolicyPeers admitted to the exporter's metrics port; empty admits any source "
+        "to that port only.",
+    )
+
+
 class PodSpec(Model):
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
@@ -373,6 +390,7 @@ class RedisMessagingSpec(Model):
     auth: Auth = Field(default_factory=Auth)
     tls: Tls = Field(default_factory=Tls)
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    network_policy: NetworkPolicy = Field(default_factory=NetworkPolicy)
     pod: PodSpec = Field(default_factory=PodSpec)
     streams: list[Stream] = Field(
         default_factory=list,

@@ -56,6 +56,7 @@ KINDS: dict[str, Kind] = {
     "StatefulSet": Kind("apps/v1", "statefulsets"),
     "Deployment": Kind("apps/v1", "deployments"),
     "PodDisruptionBudget": Kind("policy/v1", "poddisruptionbudgets"),
+    "NetworkPolicy": Kind("networking.k8s.io/v1", "networkpolicies"),
     "HorizontalPodAutoscaler": Kind("autoscaling/v2", "horizontalpodautoscalers"),
     "ServiceMonitor": Kind("monitoring.coreos.com/v1", "servicemonitors"),
     "PodMonitor": Kind("monitoring.coreos.com/v1", "podmonitors"),

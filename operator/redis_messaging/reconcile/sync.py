@@ -19,7 +19,7 @@ from typing import Any
 import pydantic
 
 from redis_messaging.api import models
-from redis_messaging.builders import UnsupportedSpec, build, names, sentinel
+from redis_messaging.builders import UnsupportedSpec, build, names, network, sentinel
 from redis_messaging.builders import cluster as build_cluster
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube, KubeError, needs_apply, with_applied_hash
@@ -54,6 +54,7 @@ class Context:
     acl: acl_step.AclStep | None = None  # ACL users and password rotation on the processes; None: skipped
     rolling: rolling_step.RollingStep | None = None  # ordered replacement of outdated pods; None: skipped
     tls: tls_step.TlsStep | None = None  # the TLS Secret read, clients told, renewals reloaded; None: skipped
+    operator_peer: Obj | None = None  # the operator's pods as a NetworkPolicyPeer (spec.networkPolicy)
     clock: Callable[[], str] = utcnow
 
 
@@ -320,11 +321,18 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
         desired = build(spec, owner, password=rotation.publish, tls_facts=prepared.facts)
         monitoring = monitoring_step.plan(ctx.kube, spec, owner)  # CRD kinds only where they are served
         desired += monitoring.objects
+        policy = network.network_policy(spec, owner, ctx.operator_peer)
+        if policy is not None:
+            desired.append(policy)
         # Larger volumes: claims grown, StatefulSet re-created (held back while it terminates).
         volumes = volumes_step.VolumesStep(ctx.kube).run(owner, desired, persistence=spec.persistence.mode != "none")
         desired, outcome.actions = volumes.desired, outcome.actions + volumes.actions
         live = ensure_children(ctx, owner, desired, outcome.actions)
         outcome.actions += monitoring_step.prune(ctx.kube, owner, desired, live)
+        if policy is None:  # turned off: the resource's NetworkPolicy goes
+            for item in ctx.kube.list("NetworkPolicy", owner.namespace, names.instance_selector(owner)):
+                ctx.kube.delete("NetworkPolicy", owner.namespace, item["metadata"]["name"])
+                outcome.actions.append(f"Deleted NetworkPolicy {item['metadata']['name']} (spec.networkPolicy is off)")
         auth = ctx.acl.after_apply(spec, owner, rotation) if ctx.acl is not None else acl_step.AclReport()
         outcome.actions += auth.actions
     except (SpecProblem, tls_step.TlsProblem) as exc:
