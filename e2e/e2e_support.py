@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GROUP, VERSION, PLURAL = "redis-messaging.dev", "v1alpha1", "redismessagings"
 LABEL_ROLE = f"{GROUP}/role"
 AUTH_FILE = "/etc/redis-messaging-auth/password"
+TLS_DIR = "/etc/redis-messaging-tls"
 
 T = TypeVar("T")
 
@@ -100,7 +101,10 @@ class Cluster:
 
     def redis_cli(self, namespace: str, pod: str, *command: str) -> str:
         """redis-cli in the pod's redis container, authenticated from the mounted Secret."""
-        script = f'REDISCLI_AUTH="$(cat {AUTH_FILE})" exec redis-cli "$@"'
+        # With spec.tls, over TLS with the pod's own key pair (the files the start scripts use).
+        script = (f'REDISCLI_AUTH="$(cat {AUTH_FILE})"; export REDISCLI_AUTH; tls=""; '
+                  f'if [ -f {TLS_DIR}/ca.crt ]; then tls="--tls --cacert {TLS_DIR}/ca.crt '
+                  f'--cert {TLS_DIR}/tls.crt --key {TLS_DIR}/tls.key"; fi; exec redis-cli $tls "$@"')
         return self.exec(namespace, pod, "redis", "sh", "-c", script, "redis-cli", *command).strip()
 
     def events(self, namespace: str) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from e2e_support import PLURAL, Cluster, eventually, resource
+from tls_certs import authority
 
 REDIS_IMAGE = os.environ.get("E2E_REDIS_IMAGE", "redis:7.2")
 SPEC: dict[str, Any] = {
@@ -68,6 +69,36 @@ def test_written_data_survives_deleting_the_master_pod(cluster: Cluster, namespa
                timeout=READY_TIMEOUT, interval=2, what="Ready again after the failover")
     assert cluster.masters(namespace, "orders") == [new]
     assert "role:slave" in cluster.redis_cli(namespace, old, "INFO", "replication")
+
+
+def test_tls_everywhere_and_a_failover_keeps_the_data(cluster: Cluster, namespace: str,
+                                                      tmp_path_factory: pytest.TempPathFactory) -> None:
+    """spec.tls from a Secret: every pod serves TLS only, the operator and the Sentinels follow a
+    failover over TLS, and applications get the CA from the connection Secret."""
+    headless = [f"*.orders-{c}-headless.{namespace}.svc.cluster.local" for c in ("redis", "sentinel")]
+    pair = authority(tmp_path_factory.mktemp("ca")).issue("orders", dns=(*headless, "localhost"))
+    cluster.apply(namespace, {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                              "metadata": {"name": "orders-tls"}, "stringData": pair.files()})
+    old = ready(cluster, namespace, spec={**SPEC, "tls": {"enabled": True, "secretName": "orders-tls"}})
+    master = old["status"]["master"]
+    config = cluster.redis_cli(namespace, master, "CONFIG", "GET", "port")
+    assert config.split() == ["port", "0"], "no plain-text port"
+    connection = json.loads(cluster.kubectl("get", "secret", "orders-connection", "-n", namespace, "-o", "json"))
+    assert "ca.crt" in connection["data"]
+    script = "for i = 1, 500 do redis.call('SET', 'key:' .. i, i) end return 500"
+    assert cluster.redis_cli(namespace, master, "EVAL", script, "0") == "500"
+    assert int(cluster.redis_cli(namespace, master, "WAIT", "2", "10000")) >= 1
+
+    cluster.kubectl("delete", "pod", master, "-n", namespace, "--wait=false")
+
+    def followed() -> str | None:
+        new = cluster.get(namespace, PLURAL, "orders")["status"].get("master")
+        return new if new and new != master and cluster.masters(namespace, "orders") == [new] else None
+
+    new = eventually(followed, timeout=90, interval=0.5, what="the failover followed over TLS")
+    assert cluster.redis_cli(namespace, new, "DBSIZE") == "500"
+    eventually(lambda: (c := cluster.condition(namespace, "orders", "Ready")) and c["status"] == "True",
+               timeout=READY_TIMEOUT, interval=2, what="Ready again after the failover")
 
 
 @pytest.mark.parametrize(
