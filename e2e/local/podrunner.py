@@ -46,6 +46,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Callable
@@ -125,7 +126,10 @@ class Images:
                      ("PYTHONPATH", str(self.repo_root / "operator")),
                      ("PYTHONUNBUFFERED", "1"), ("PYTHONDONTWRITEBYTECODE", "1"), ("HOME", "/tmp")),
                 user=(10001, 10001),  # the Dockerfile's USER
-                reach=(os.path.realpath(sys.executable), str(self.bin_dir / "python")),
+                # the interpreter, the package and its virtualenv's libraries, wherever the checkout is
+                # (a checkout in a 0700 directory of root's is traversable in the container's root only)
+                reach=(os.path.realpath(sys.executable), str(self.bin_dir / "python"),
+                       str(self.repo_root / "operator" / "redis_messaging"), sysconfig.get_paths()["purelib"]),
             )
         if repo in ("redis_exporter", "redis-exporter"):
             return ImageProfile("exporter", run=False)
