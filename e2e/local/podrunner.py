@@ -269,9 +269,13 @@ class Identity:
         return f"user {self.uid} {self.gid} {groups} {','.join(flags) or '-'}"
 
 
-def run_bounded(argv: list[str], *, env: dict[str, str], timeout: float) -> ExecResult:
-    """Run to completion with a deadline; on timeout the whole process group is killed (-9)."""
+def run_bounded(argv: list[str], *, env: dict[str, str], timeout: float,
+                track: Callable[[int], None] | None = None, untrack: Callable[[int], None] | None = None) -> ExecResult:
+    """Run to completion with a deadline; on timeout the whole process group is killed (-9).
+    ``track``/``untrack`` learn its process group while it runs (a stopping runner kills it)."""
     proc = _popen(argv, env=env, capture=True)
+    if track is not None:
+        track(proc.pid)
     try:
         out, err = proc.communicate(timeout=timeout)
         code = proc.returncode
@@ -279,7 +283,10 @@ def run_bounded(argv: list[str], *, env: dict[str, str], timeout: float) -> Exec
         _kill_group(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         code = -9
-    _kill_group(proc.pid, signal.SIGKILL)  # what it left behind in its group
+    finally:
+        _kill_group(proc.pid, signal.SIGKILL)  # what it left behind in its group
+        if untrack is not None:
+            untrack(proc.pid)
     return ExecResult(code, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
@@ -972,7 +979,9 @@ class PodWorker:
             return ExecResult(126, "", f"container {c.name} of pod {self.key} is not running")
         full = ["nsenter", "--target", str(proc.pid), "--mount", "--uts", "--net", "--root", "--wd", "--",
                 *c.identity.setpriv(), *argv]
-        return run_bounded(full, env=dict(c.env), timeout=timeout)
+        # tracked: a hook or probe still running when the runner stops is killed with the pods
+        return run_bounded(full, env=dict(c.env), timeout=timeout, track=self.runner._track,
+                           untrack=self.runner._untrack)
 
     # ---- stopping --------------------------------------------------------------------------------
 
