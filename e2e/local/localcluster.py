@@ -56,7 +56,14 @@ sys.path.insert(0, str(REPO / "tests" / "kube"))  # tests/kube/controlplane.py
 
 from controlplane import ControlPlane, locate_assets  # noqa: E402
 from kubeapi import KubeApi, Obj, Reflector, quote, selector_matches  # noqa: E402
-from podrunner import CLUSTER_DOMAIN, DEFAULT_PATH, PodNetwork, PodRunner, _kill_group  # noqa: E402
+from podrunner import (  # noqa: E402
+    CLUSTER_DOMAIN,
+    DEFAULT_PATH,
+    PodNetwork,
+    PodRunner,
+    _kill_group,
+    process_start_time,
+)
 
 log = logging.getLogger(__name__)
 
@@ -444,7 +451,7 @@ class LocalCluster:
         self.api: KubeApi | None = None
         self.timings: dict[str, float] = {}
         self._operator_starts = 0
-        self._pgids: set[int] = set()  # every process group started here (leftovers())
+        self._pgids: dict[int, int] = {}  # every process group started here, with its start time (leftovers())
         self._runner_ever: PodRunner | None = None
         self._bridge: str | None = None
         self._cp_workdir: Path | None = None
@@ -536,7 +543,7 @@ class LocalCluster:
 
     def _spawn(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> Process:
         process = Process(name, argv, log_path, env)
-        self._pgids.add(process.pid)
+        self._pgids[process.pid] = process_start_time(process.pid)
         return process
 
     def _create_nodes(self, subnet: ipaddress.IPv4Network) -> None:
@@ -715,11 +722,21 @@ class LocalCluster:
     def leftovers(self) -> list[str]:
         """What of this run still exists (after stop(), this should be nothing): processes in a process
         group it started or in a pod's network namespace, and its bridge."""
-        pgids = set(self._pgids)
+        pgids = dict(self._pgids)
         netns: set[str] = set()
         if self._runner_ever is not None:
-            pgids |= self._runner_ever.all_pids
+            pgids.update(self._runner_ever.all_pids)
             netns |= {n for n in self._runner_ever.all_netns if n != os.readlink("/proc/self/ns/net")}
+
+        def ours(pgrp: int) -> bool:
+            # pid_max is small (32768 here) and other tiers run meanwhile: a group id is ours unless its
+            # number now belongs to a process that started later (Linux does not reuse a pid while a
+            # group still carries it, so a live group with a dead leader is still ours)
+            if pgrp not in pgids:
+                return False
+            started, now = pgids[pgrp], process_start_time(pgrp)
+            return started < 0 or now < 0 or now == started
+
         markers = [str(self.work)] + ([str(self._cp_workdir)] if self._cp_workdir else [])
         out = []
         for proc in Path("/proc").iterdir():
@@ -732,7 +749,7 @@ class LocalCluster:
                 cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
             except (OSError, ValueError, IndexError):
                 continue
-            if pgrp in pgids or net in netns or any(m in cmdline for m in markers):
+            if ours(pgrp) or net in netns or any(m in cmdline for m in markers):
                 out.append(f"pid {proc.name} (group {pgrp}, {net}): {cmdline}")
         if self._bridge and Path(f"/sys/class/net/{self._bridge}").exists():
             out.append(f"bridge {self._bridge}")

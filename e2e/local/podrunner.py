@@ -269,6 +269,14 @@ class Identity:
         return f"user {self.uid} {self.gid} {groups} {','.join(flags) or '-'}"
 
 
+def process_start_time(pid: int) -> int:
+    """When ``pid`` started (clock ticks since boot; field 22 of /proc/PID/stat), -1 when it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
 def run_bounded(argv: list[str], *, env: dict[str, str], timeout: float,
                 track: Callable[[int], None] | None = None, untrack: Callable[[int], None] | None = None) -> ExecResult:
     """Run to completion with a deadline; on timeout the whole process group is killed (-9).
@@ -979,8 +987,8 @@ class PodWorker:
             return ExecResult(126, "", f"container {c.name} of pod {self.key} is not running")
         full = ["nsenter", "--target", str(proc.pid), "--mount", "--uts", "--net", "--root", "--wd", "--",
                 *c.identity.setpriv(), *argv]
-        # tracked: a hook or probe still running when the runner stops is killed with the pods
-        return run_bounded(full, env=dict(c.env), timeout=timeout, track=self.runner._track,
+        # tracked while it runs: a hook or probe still running when the runner stops is killed with the pods
+        return run_bounded(full, env=dict(c.env), timeout=timeout, track=self.runner._track_exec,
                            untrack=self.runner._untrack)
 
     # ---- stopping --------------------------------------------------------------------------------
@@ -1180,7 +1188,7 @@ class PodRunner:
         self._lock = threading.Lock()
         self._pids: set[int] = set()
         self._ips: dict[str, PodWorker] = {}
-        self.all_pids: set[int] = set()  # every process group it ever started, for the leftover check
+        self.all_pids: dict[int, int] = {}  # every process group it started, with its start time (leftovers)
         self.all_netns: set[str] = set()  # and every network namespace (net:[inode]) of its pods
         self._ready_seen: dict[str, bool] = {}
         self._stopping = False
@@ -1212,9 +1220,16 @@ class PodRunner:
     def _track(self, pid: int) -> None:
         with self._lock:
             self._pids.add(pid)
-            self.all_pids.add(pid)
+            self.all_pids[pid] = process_start_time(pid)
             with contextlib.suppress(OSError):
                 self.all_netns.add(os.readlink(f"/proc/{pid}/ns/net"))
+
+    def _track_exec(self, pid: int) -> None:
+        """A short-lived exec (probe, hook): killed if still running when the runner stops. Not part of
+        what :meth:`leftovers` looks for: it has not entered the pod's namespaces yet, and its pid is
+        reused once it is gone."""
+        with self._lock:
+            self._pids.add(pid)
 
     def _untrack(self, pid: int) -> None:
         with self._lock:

@@ -16,6 +16,7 @@ from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube
 from redis_messaging.reconcile.acl import AclStep
 from redis_messaging.reconcile.addresses import Addresses, DnsAddresses, MapAddresses
+from redis_messaging.reconcile.cluster_rolling import ClusterRollingStep
 from redis_messaging.reconcile.cluster_topology import ClusterTopology
 from redis_messaging.reconcile.failover_watch import FailoverWatchers, Followed
 from redis_messaging.reconcile.resync import Registry, resync_forever
@@ -63,6 +64,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         streams=StreamsStep(kube, addresses, pools),
         acl=AclStep(kube, addresses, timeout=ours.redis_timeout_seconds),
         rolling=RollingStep(kube, addresses, timeout=ours.redis_timeout_seconds),
+        cluster_rolling=ClusterRollingStep(kube, addresses, timeout=ours.redis_timeout_seconds),
         tls=TlsStep(kube, addresses, timeout=ours.redis_timeout_seconds),
         operator_peer=ours.operator_peer,
     )

@@ -45,6 +45,7 @@ from redis.retry import Retry
 from sentinel_env import free_loopback_ip, port_is_free
 from tls_certs import KeyPair, mount
 
+from redis_messaging.api import models
 from redis_messaging.api.models import RedisMessagingSpec
 from redis_messaging.builders import cluster, config, names
 from redis_messaging.builders.names import Owner
@@ -52,6 +53,17 @@ from redis_messaging.reconcile.addresses import MapAddresses
 
 Address = tuple[str, int]
 BUS_OFFSET = 10000
+
+
+def three_shards(**extra: Any) -> RedisMessagingSpec:
+    """The spec most cluster tests play: 3 shards with a replica each, a 2 s node timeout, and no wait
+    before a diskless full sync (replicas attach at once)."""
+    return models.parse_spec({
+        "mode": "cluster",
+        "cluster": {"shards": 3, "replicasPerShard": 1, "nodeTimeout": 2000},
+        "redis": {"config": {"repl-diskless-sync-delay": "0"}},
+        **extra,
+    })
 
 
 def _replace_line(text: str, old: str, new: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import redis
-from cluster_env import ClusterEnv, actions_of, heal_until
+from cluster_env import ClusterEnv, actions_of, heal_until, three_shards
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -225,12 +225,7 @@ def test_renewed_certificate_is_served_without_a_restart_and_no_write_fails(harn
 
 
 CLUSTER_OWNER = Owner(name="events", namespace="shop", uid="uid-events")
-CLUSTER_SPEC = models.parse_spec({
-    "mode": "cluster",
-    "cluster": {"shards": 3, "replicasPerShard": 1, "nodeTimeout": 2000},
-    "redis": {"config": {"repl-diskless-sync-delay": "0"}},
-    "tls": {"enabled": True, "secretName": "events-tls"},
-})
+CLUSTER_SPEC = three_shards(tls={"enabled": True, "secretName": "events-tls"})
 
 
 def test_cluster_bus_and_clients_on_tls_bootstrap_and_renewal(tmp_path: Path) -> None:

@@ -130,14 +130,22 @@ def replica_in_sync(obs: RollObservation, pod: str) -> bool:
             and obs.follows.get(pod) == obs.master and node.offset >= obs.master_offset)
 
 
-def plan(obs: RollObservation) -> RollStep:
-    """The next move of the roll; one disruption at a time."""
-    outdated = [p for p in obs.pods.values() if p.outdated]
-    if not outdated:
+def gate(pods: Mapping[str, PodState]) -> Done | Wait | None:
+    """Done when no pod is outdated, Wait while one is not ready, else None: the roll may move."""
+    if not any(p.outdated for p in pods.values()):
         return Done()
-    not_ready = sorted(p.name for p in obs.pods.values() if not p.ready)
+    not_ready = sorted(p.name for p in pods.values() if not p.ready)
     if not_ready:
         return Wait(f"waiting for {', '.join(not_ready)} to be ready")
+    return None
+
+
+def plan(obs: RollObservation) -> RollStep:
+    """The next move of the roll; one disruption at a time."""
+    early = gate(obs.pods)
+    if early is not None:
+        return early
+    outdated = [p for p in obs.pods.values() if p.outdated]
     # Sentinels: all monitoring the same master, no failover under way.
     sentinel_pods = [p for p in obs.pods.values() if p.kind == "sentinel"]
     redis_count = sum(1 for p in obs.pods.values() if p.kind == "redis")
@@ -294,35 +302,50 @@ class RollingStep:
                    password: str | None, delete_pod: Callable[[str], None] | None = None) -> RollReport:
         """One move, given the pods' states; ``delete_pod`` replaces the Kubernetes delete (tests)."""
         report = RollReport()
-        outdated = sorted(p.name for p in states.values() if p.outdated)
-        if not outdated:
-            report.condition = cond.Cond(ROLLING_UPDATE, False, "UpToDate", "every pod runs its current template")
+        progress = self.progress(report, states)
+        if progress is None:
             return report
         obs = self.observe(spec, owner, states, password)
         for moved in self.release_paused(owner, obs, password):
             report.events.append(("RollingUpdateSwitchover", f"{moved} after the switch-over"))
             report.actions.append(f"RollingUpdateSwitchover: {moved}")
         step = report.step = plan(obs)
+        if isinstance(step, Failover):
+            sentinel = self.failover(spec, owner, password, step.master)
+            self.switched(report, progress, f"Switching the master over from {step.master} before restarting it "
+                                            f"({'; '.join(step.reasons)}); SENTINEL FAILOVER through {sentinel}")
+        elif isinstance(step, Wait | DeletePod):
+            self.wait_or_delete(report, progress, step, owner, delete_pod)
+        return report
+
+    # -- shared with the cluster-mode roll -------------------------------------------------------
+    @staticmethod
+    def progress(report: RollReport, states: Mapping[str, PodState]) -> str | None:
+        """How much is left, in words; None (and the UpToDate condition) when nothing is."""
+        outdated = sorted(p.name for p in states.values() if p.outdated)
+        if not outdated:
+            report.condition = cond.Cond(ROLLING_UPDATE, False, "UpToDate", "every pod runs its current template")
+            return None
         report.retry_after = RETRY_SECONDS
-        progress = f"{len(outdated)} of {len(states)} pods to replace"
+        return f"{len(outdated)} of {len(states)} pods to replace"
+
+    def wait_or_delete(self, report: RollReport, progress: str, step: Wait | DeletePod, owner: Owner,
+                       delete_pod: Callable[[str], None] | None) -> None:
         if isinstance(step, Wait):
             report.condition = cond.Cond(ROLLING_UPDATE, True, "Waiting", f"{progress}; {step.why}")
-        elif isinstance(step, DeletePod):
-            role = "Sentinel" if step.kind == "sentinel" else "replica"
-            message = (f"Restarting {role} {step.pod} ({'; '.join(step.reasons)}); "
-                       f"{step.left - 1} more after it")
-            if delete_pod is not None:
-                delete_pod(step.pod)
-            elif self.kube is not None:
-                self.kube.delete("Pod", owner.namespace, step.pod)
-            report.events.append((ROLLING_UPDATE, message))
-            report.actions.append(f"{ROLLING_UPDATE}: {message}")
-            report.condition = cond.Cond(ROLLING_UPDATE, True, "Restarting", f"{progress}; {message}")
-        elif isinstance(step, Failover):
-            sentinel = self.failover(spec, owner, password, step.master)
-            message = (f"Switching the master over from {step.master} before restarting it "
-                       f"({'; '.join(step.reasons)}); SENTINEL FAILOVER through {sentinel}")
-            report.events.append(("RollingUpdateSwitchover", message))
-            report.actions.append(f"RollingUpdateSwitchover: {message}")
-            report.condition = cond.Cond(ROLLING_UPDATE, True, "SwitchingOver", f"{progress}; {message}")
-        return report
+            return
+        role = {"sentinel": "Sentinel ", "redis": "replica "}.get(step.kind, "")
+        message = f"Restarting {role}{step.pod} ({'; '.join(step.reasons)}); {step.left - 1} more after it"
+        if delete_pod is not None:
+            delete_pod(step.pod)
+        elif self.kube is not None:
+            self.kube.delete("Pod", owner.namespace, step.pod)
+        report.events.append((ROLLING_UPDATE, message))
+        report.actions.append(f"{ROLLING_UPDATE}: {message}")
+        report.condition = cond.Cond(ROLLING_UPDATE, True, "Restarting", f"{progress}; {message}")
+
+    @staticmethod
+    def switched(report: RollReport, progress: str, message: str) -> None:
+        report.events.append(("RollingUpdateSwitchover", message))
+        report.actions.append(f"RollingUpdateSwitchover: {message}")
+        report.condition = cond.Cond(ROLLING_UPDATE, True, "SwitchingOver", f"{progress}; {message}")

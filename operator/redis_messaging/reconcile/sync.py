@@ -24,6 +24,7 @@ from redis_messaging.builders import cluster as build_cluster
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube, KubeError, needs_apply, with_applied_hash
 from redis_messaging.reconcile import acl as acl_step
+from redis_messaging.reconcile import cluster_rolling as cluster_rolling_step
 from redis_messaging.reconcile import cluster_topology
 from redis_messaging.reconcile import conditions as cond
 from redis_messaging.reconcile import monitoring as monitoring_step
@@ -53,6 +54,7 @@ class Context:
     streams: StreamsStep | None = None  # groups, retention and autoscale conflicts; None: skipped
     acl: acl_step.AclStep | None = None  # ACL users and password rotation on the processes; None: skipped
     rolling: rolling_step.RollingStep | None = None  # ordered replacement of outdated pods; None: skipped
+    cluster_rolling: cluster_rolling_step.ClusterRollingStep | None = None  # the same in cluster mode
     tls: tls_step.TlsStep | None = None  # the TLS Secret read, clients told, renewals reloaded; None: skipped
     operator_peer: Obj | None = None  # the operator's pods as a NetworkPolicyPeer (spec.networkPolicy)
     clock: Callable[[], str] = utcnow
@@ -365,13 +367,16 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
         for why in release_shards(ctx.kube, spec, owner, report.release):
             outcome.actions.append(why)
             ctx.kube.event(body, reason="ShardRemoved", message=why)
+        statefulsets = {name: obj for (kind, name), obj in live.items() if kind == "StatefulSet"}
         if ctx.rolling is not None and spec.mode == "sentinel" and report.available:
             # Outdated pods: Sentinels, replicas, a switch-over, the old master; one at a time.
-            statefulsets = {name: obj for (kind, name), obj in live.items() if kind == "StatefulSet"}
             roll = ctx.rolling.run(spec, owner, statefulsets, pods, password)
-            for reason, message in roll.events:
-                ctx.kube.event(body, reason=reason, message=message)
-            outcome.actions += roll.actions
+        elif ctx.cluster_rolling is not None and spec.mode == "cluster" and report.available:
+            # Outdated shard pods: replicas, a CLUSTER FAILOVER per master, the old masters; one at a time.
+            roll = ctx.cluster_rolling.run(spec, owner, statefulsets, pods, password)
+        for reason, message in roll.events:
+            ctx.kube.event(body, reason=reason, message=message)
+        outcome.actions += roll.actions
 
     if ctx.tls is not None and prepared.leaf is not None:  # a renewed certificate, served without a restart
         redis_pods = (build_cluster.all_pods(spec, owner) if spec.mode == "cluster"

@@ -266,6 +266,12 @@ def replicate(conns: Connections, address: Address, master_id: str) -> None:
     _cmd(conns.get(address), "CLUSTER", "REPLICATE", master_id)
 
 
+def failover(conns: Connections, replica: Address) -> None:
+    """``CLUSTER FAILOVER`` on a replica: coordinated with its master, which stops taking writes
+    until the replica has caught up with it, so no acknowledged write is lost."""
+    _cmd(conns.get(replica), "CLUSTER", "FAILOVER")
+
+
 def forget(conns: Connections, address: Address, node_id: str) -> bool:
     """``CLUSTER FORGET``; False when the node did not know ``node_id`` (already forgotten)."""
     try:
