@@ -32,6 +32,9 @@ def _render(path: str) -> int:
             objects = build(spec, owner, password=placeholder)
             if spec.auth.enabled and not spec.auth.secret_name:
                 objects.insert(1, sentinel.generated_auth_secret(owner))
+            exporter = sentinel.exporter_secret_name(spec, owner)
+            if exporter:
+                objects.insert(1, sentinel.generated_auth_secret(owner, exporter))
         except (ValueError, UnsupportedSpec) as exc:
             print(f"error: {owner.name}: {exc}", file=sys.stderr)
             return 1

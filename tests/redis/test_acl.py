@@ -26,6 +26,7 @@ from redis.exceptions import NoPermissionError, RedisError, ResponseError
 from sentinel_env import SentinelEnv
 
 from redis_messaging.api import models
+from redis_messaging.builders import config
 from redis_messaging.builders.names import Owner
 from redis_messaging.reconcile.acl import AclStep
 from redis_messaging.reconcile.addresses import MapAddresses
@@ -305,3 +306,59 @@ def eventually(check: Any, what: str, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout:g}s")
         time.sleep(0.05)
+
+
+EXPORTER = "exporter-own-Pa55word"
+
+
+def test_exporter_user_outlives_a_rotation_of_the_default_password(tmp_path: Path) -> None:
+    """The exporters log in as their own read-only user on Redis and on Sentinel, from the start
+    scripts and from the operator, and still do after the default password was rotated away."""
+    with SentinelEnv(SPEC, OWNER, tmp_path / "pods", password=OLD) as env:
+        for pod in env.pod_names:  # the projected users volume: the app user (redis), the exporter (all)
+            users = env.pod(pod).root / "users"
+            write_secret(users / "exporter", EXPORTER)
+            write_secret(users / "user-0", APP)
+            env.pod(pod).env["RMSG_USERS_DIR"] = str(users)
+        env.start()
+        env.wait_replication(timeout=30)
+        env.sentinel_master(timeout=30)
+        step = AclStep(None, MapAddresses({p: env.address(p) for p in env.redis_pods},
+                                          {p: env.address(p) for p in env.sentinel_pods}), timeout=1.0)
+
+        def exporter_works() -> None:
+            for pod in env.redis_pods:
+                client = as_user(env, pod, config.EXPORTER_USER, EXPORTER)
+                assert "redis_version" in client.info("server"), pod
+                assert "maxmemory" in client.config_get("maxmemory"), pod
+                with pytest.raises(NoPermissionError):
+                    client.set("k", "v")
+                with pytest.raises(NoPermissionError):
+                    client.execute_command("CONFIG", "SET", "maxmemory", "1")
+            for pod in env.sentinel_pods:
+                client = as_user(env, pod, config.EXPORTER_USER, EXPORTER)
+                masters = client.execute_command("SENTINEL", "MASTERS")
+                assert masters, pod
+                with pytest.raises(NoPermissionError):
+                    client.execute_command("SENTINEL", "RESET", OWNER.master_name)
+
+        exporter_works()  # from the start scripts, before any pass of the operator
+        assert step.add_everywhere(SPEC, OWNER, NEW, OLD) == {}
+        removed, failed = step.remove_old_everywhere(SPEC, OWNER, NEW)
+        assert (sorted(removed), failed) == (sorted(env.pod_names), {})
+        for pod in env.pod_names:
+            assert not accepts(env, pod, OLD), pod
+        exporter_works()  # the default password rotated away: the exporters are not locked out
+
+        # Lost on a Redis and on a Sentinel: the operator's pass sets it again, with each kind's rules.
+        redis_pod, sentinel_pod = env.redis_pods[1], env.sentinel_pods[1]
+        for pod in (redis_pod, sentinel_pod):
+            env.client(pod, password=NEW).execute_command("ACL", "DELUSER", config.EXPORTER_USER)
+        users = [acl.User("billing", APP, RULES), acl.User(config.EXPORTER_USER, EXPORTER, config.EXPORTER_RULES_REDIS)]
+        done, failed = step.apply_users(SPEC, OWNER, NEW, users)
+        assert failed == {}
+        assert f"{config.EXPORTER_USER} on {redis_pod}" in done
+        assert f"{config.EXPORTER_USER} on {sentinel_pod}" in done
+        exporter_works()
+        for pod in env.pod_names:
+            assert EXPORTER not in env.log(pod), pod

@@ -190,7 +190,7 @@ def test_render_cli_prints_the_cluster_example() -> None:
     assert by_kind["StatefulSet"] == ["events-shard-0", "events-shard-1", "events-shard-2"]
     assert by_kind["PodDisruptionBudget"] == ["events-shard-0", "events-shard-1", "events-shard-2"]
     assert sorted(by_kind["Service"]) == ["events-cluster", "events-redis-headless"]
-    assert sorted(by_kind["Secret"]) == ["events-auth", "events-connection"]
+    assert sorted(by_kind["Secret"]) == ["events-auth", "events-connection", "events-exporter"]
     cm = next(d for d in docs if d["kind"] == "ConfigMap")
     assert "cluster-enabled yes" in cm["data"]["redis.conf"]
 

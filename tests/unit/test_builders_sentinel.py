@@ -217,11 +217,21 @@ def test_auth_disabled_mounts_no_secret() -> None:
     assert all(v["name"] != "auth" for v in spec["volumes"])
 
 
-def test_exporter_sidecar_reads_the_password_by_reference() -> None:
-    pod = objects()[("StatefulSet", "orders-redis")]["spec"]["template"]["spec"]
-    exporter = next(c for c in pod["containers"] if c["name"] == "exporter")
-    pw = next(e for e in exporter["env"] if e["name"] == "REDIS_PASSWORD")
-    assert pw["valueFrom"]["secretKeyRef"] == {"name": "orders-auth", "key": "password"}
+def test_exporter_sidecar_is_its_own_user_with_a_password_by_reference() -> None:
+    found = objects()
+    for sts in ("orders-redis", "orders-sentinel"):
+        pod = found[("StatefulSet", sts)]["spec"]["template"]["spec"]
+        exporter = next(c for c in pod["containers"] if c["name"] == "exporter")
+        env = {e["name"]: e for e in exporter["env"]}
+        assert env["REDIS_USER"]["value"] == "rmsg-exporter"
+        # not the default user's password: a rotation of that one never locks the exporter out
+        assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "orders-exporter", "key": "password"}
+        users = next(v for v in pod["volumes"] if v["name"] == "users")["projected"]["sources"]
+        assert {"secret": {"name": "orders-exporter", "items": [{"key": "password", "path": "exporter"}]}} in users
+    data = found[("ConfigMap", "orders-config")]["data"]
+    assert data["users.acl"].splitlines()[-1].startswith("exporter rmsg-exporter -@all +ping +info")
+    assert data["sentinel-users.acl"].startswith("exporter rmsg-exporter -@all +ping +info")
+    assert "+sentinel|masters" in data["sentinel-users.acl"]
 
 
 def test_named_auth_secret_is_used() -> None:
@@ -238,7 +248,7 @@ def test_render_cli_prints_every_object_without_a_cluster() -> None:
     docs = list(yaml.safe_load_all(out))
     kinds = sorted({d["kind"] for d in docs})
     assert kinds == ["ConfigMap", "PodDisruptionBudget", "Secret", "Service", "StatefulSet"]
-    assert len(docs) == 12
+    assert len(docs) == 13  # the generated auth and exporter Secrets included
 
 
 def test_render_refuses_an_invalid_resource(tmp_path: Path) -> None:

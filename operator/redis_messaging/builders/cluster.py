@@ -100,7 +100,8 @@ def script_env(spec: RedisMessagingSpec, owner: Owner) -> dict[str, str]:
 def shard_statefulset(spec: RedisMessagingSpec, owner: Owner, index: int) -> Obj:
     auth = sentinel.auth_secret_name(spec, owner)
     tls_secret = tls.secret_name(spec, owner)
-    volumes, mounts = pods.config_volumes(owner, auth, sentinel.user_secrets(spec), tls_secret)
+    exporter = sentinel.exporter_secret_name(spec, owner)
+    volumes, mounts = pods.config_volumes(owner, auth, sentinel.user_secrets(spec), tls_secret, exporter)
     claims = sentinel._data_claim(spec)
     if not claims:
         volumes.append({"name": "data", "emptyDir": {}})
@@ -124,7 +125,7 @@ def shard_statefulset(spec: RedisMessagingSpec, owner: Owner, index: int) -> Obj
     }
     containers = [redis_container]
     if spec.monitoring.exporter.enabled:
-        containers.append(pods.exporter_container(spec, auth, owner=owner, headless=owner.redis_headless,
+        containers.append(pods.exporter_container(spec, exporter, owner=owner, headless=owner.redis_headless,
                                                   tls_secret=tls_secret))
     cfg = config.config_files(spec, owner)
     config_hash = config.content_hash({k: cfg[k] for k in ("redis.conf", "redis-start.sh", "common.sh")})

@@ -114,6 +114,21 @@ def sentinel_monitor_conf(spec: RedisMessagingSpec, owner: Owner) -> str:
     return "\n".join(lines) + "\n"
 
 
+EXPORTER_USER = "rmsg-exporter"
+"""The exporter's own ACL user: its password is not the default user's, so a rotation of that one
+(whose old value is removed after a grace period) never locks the exporter out."""
+EXPORTER_FILE = "exporter"  # its password's file in the users volume
+EXPORTER_RULES_REDIS = ("-@all +ping +info +config|get +client|list +client|info +client|setname +slowlog "
+                        "+latency +memory|stats +memory|doctor +cluster|info +cluster|nodes +select")
+EXPORTER_RULES_SENTINEL = ("-@all +ping +info +client|info +client|setname +sentinel|masters +sentinel|master "
+                           "+sentinel|sentinels +sentinel|slaves +sentinel|replicas +sentinel|ckquorum")
+
+
+def exporter_user(spec: RedisMessagingSpec) -> bool:
+    """Whether the exporter authenticates as its own user (auth on and an exporter to authenticate)."""
+    return spec.auth.enabled and spec.monitoring.exporter.enabled
+
+
 # Shared shell functions: read the password, talk to Redis with a bounded timeout.
 COMMON_SH = r"""# Sourced by the other scripts.
 conf_dir="${RMSG_CONFIG_DIR:-/etc/redis-messaging}"
@@ -148,6 +163,17 @@ tls_conf() {
     printf 'tls-cert-file %s\ntls-key-file %s\ntls-ca-cert-file %s\n' \
       "$(quote "$tls_dir/tls.crt")" "$(quote "$tls_dir/tls.key")" "$(quote "$tls_dir/ca.crt")"
   fi
+}
+
+# acl_users LIST: the "user" lines of the ACL users in LIST ("<file> <name> <rules>" per line), the
+# passwords read from their files in the users volume; users whose file is missing are skipped.
+acl_users() {
+  [ -f "$1" ] || return 0
+  while read -r file user rules; do
+    [ -n "$file" ] && [ -f "${RMSG_USERS_DIR:-/etc/redis-messaging-users}/$file" ] || continue
+    pw="$(cat "${RMSG_USERS_DIR:-/etc/redis-messaging-users}/$file")"
+    printf 'user %s reset on %s %s\n' "$user" "$(quote ">$pw")" "$rules"
+  done <"$1"
 }
 
 # quote VALUE: a redis.conf string literal.
@@ -201,15 +227,9 @@ cat "$conf_dir/redis.conf" >"$conf"
     printf 'requirepass %s\n' "$(quote "$REDISCLI_AUTH")"
     printf 'masterauth %s\n' "$(quote "$REDISCLI_AUTH")"
   fi
-  # ACL users of spec.auth.users ("<file> <name> <rules>" per line), passwords from their mounted Secrets;
-  # the operator applies them at run time as well (ACL SETUSER), this covers a restart.
-  if [ -f "$conf_dir/users.acl" ]; then
-    while read -r file user rules; do
-      [ -n "$file" ] && [ -f "${RMSG_USERS_DIR:-/etc/redis-messaging-users}/$file" ] || continue
-      pw="$(cat "${RMSG_USERS_DIR:-/etc/redis-messaging-users}/$file")"
-      printf 'user %s reset on %s %s\n' "$user" "$(quote ">$pw")" "$rules"
-    done <"$conf_dir/users.acl"
-  fi
+  # ACL users of spec.auth.users and the exporter's user, passwords from their mounted Secrets; the
+  # operator applies them at run time as well (ACL SETUSER), this covers a restart.
+  acl_users "$conf_dir/users.acl"
 } >>"$conf"
 if [ "${RMSG_MODE:-sentinel}" = sentinel ]; then
   master="$(sentinel_master || redis_master || true)"
@@ -242,6 +262,7 @@ master="$(sentinel_master || redis_master || true)"
     printf 'sentinel sentinel-pass %s\n' "$(quote "$REDISCLI_AUTH")"
     printf 'sentinel auth-pass %s %s\n' "$RMSG_MASTER_NAME" "$(quote "$REDISCLI_AUTH")"
   fi
+  acl_users "$conf_dir/sentinel-users.acl"  # the exporter's user
 } >"$conf"
 exec redis-sentinel "$conf"
 """
@@ -354,8 +375,10 @@ def config_files(spec: RedisMessagingSpec, owner: Owner) -> dict[str, str]:
     else:
         files["redis.conf"] = redis_conf(spec, replicas=1 + spec.cluster.replicas_per_shard, cluster=True)
         files["prestop.sh"] = CLUSTER_PRESTOP_SH
-    if spec.auth.enabled and spec.auth.users:
+    if spec.auth.enabled and (spec.auth.users or exporter_user(spec)):
         files["users.acl"] = users_acl(spec)
+    if exporter_user(spec) and spec.mode == "sentinel":
+        files["sentinel-users.acl"] = f"{EXPORTER_FILE} {EXPORTER_USER} {EXPORTER_RULES_SENTINEL}\n"
     return dict(sorted(files.items()))
 
 
@@ -366,7 +389,10 @@ def user_file(index: int) -> str:
 
 def users_acl(spec: RedisMessagingSpec) -> str:
     """One line per ACL user: the password file, the name, the rules (never a password)."""
-    return "".join(f"{user_file(i)} {u.name} {' '.join(u.rules.split())}\n" for i, u in enumerate(spec.auth.users))
+    lines = [f"{user_file(i)} {u.name} {' '.join(u.rules.split())}\n" for i, u in enumerate(spec.auth.users)]
+    if exporter_user(spec):
+        lines.append(f"{EXPORTER_FILE} {EXPORTER_USER} {EXPORTER_RULES_REDIS}\n")
+    return "".join(lines)
 
 
 def content_hash(data: object) -> str:

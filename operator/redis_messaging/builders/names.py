@@ -96,6 +96,11 @@ class Owner:
         return f"{self.name}-auth"
 
     @property
+    def exporter_secret(self) -> str:
+        """The generated password of the exporter's own ACL user (never rotated with the default's)."""
+        return f"{self.name}-exporter"
+
+    @property
     def tls_secret(self) -> str:
         """The Secret of the cert-manager Certificate the operator creates from spec.tls.issuerRef."""
         return f"{self.name}-tls"

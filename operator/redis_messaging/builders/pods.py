@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis_messaging.api.models import RedisMessagingSpec, ResourceRequirements
-from redis_messaging.builders import names, tls
+from redis_messaging.builders import config, names, tls
 from redis_messaging.builders.names import Owner
 
 Obj = dict[str, Any]
@@ -126,9 +126,10 @@ def redis_probes(script_dir: str) -> Obj:
 
 
 def config_volumes(owner: Owner, auth_secret: str | None, user_secrets: Sequence[str] = (),
-                   tls_secret: str | None = None) -> tuple[list[Obj], list[Obj]]:
+                   tls_secret: str | None = None, exporter_secret: str | None = None) -> tuple[list[Obj], list[Obj]]:
     """Volumes and mounts for the ConfigMap, the auth Secret, the ACL users' Secrets (file ``user-<i>``
-    holds the i-th user's password), the TLS Secret and the private runtime dir."""
+    holds the i-th user's password, file ``exporter`` the exporter user's), the TLS Secret and the
+    private runtime dir."""
     volumes: list[Obj] = [
         {"name": "config", "configMap": {"name": owner.config_map, "defaultMode": 0o555}},
         {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
@@ -146,9 +147,12 @@ def config_volumes(owner: Owner, auth_secret: str | None, user_secrets: Sequence
                                         "items": [{"key": "password", "path": "password"}]}}
         )
         mounts.append({"name": "auth", "mountPath": names.AUTH_MOUNT, "readOnly": True})
-    if user_secrets:
-        sources = [{"secret": {"name": name, "items": [{"key": "password", "path": f"user-{i}"}]}}
-                   for i, name in enumerate(user_secrets)]
+    sources = [{"secret": {"name": name, "items": [{"key": "password", "path": f"user-{i}"}]}}
+               for i, name in enumerate(user_secrets)]
+    if exporter_secret:
+        sources.append({"secret": {"name": exporter_secret,
+                                   "items": [{"key": "password", "path": config.EXPORTER_FILE}]}})
+    if sources:
         volumes.append({"name": "users", "projected": {"sources": sources, "defaultMode": 0o400}})
         mounts.append({"name": "users", "mountPath": USERS_MOUNT, "readOnly": True})
     if tls_secret:
@@ -163,10 +167,12 @@ def tls_env(tls_secret: str | None) -> dict[str, str]:
     return {"RMSG_TLS": "yes"} if tls_secret else {}
 
 
-def exporter_container(spec: RedisMessagingSpec, auth_secret: str | None, port: int = names.REDIS_PORT, *,
+def exporter_container(spec: RedisMessagingSpec, exporter_secret: str | None, port: int = names.REDIS_PORT, *,
                        owner: Owner | None = None, headless: str = "", tls_secret: str | None = None) -> Obj:
     """redis_exporter sidecar (of a redis-server, or of a Sentinel with ``port``: it then exports the
-    redis_sentinel_* metrics); its password comes from the Secret by reference, never a value.
+    redis_sentinel_* metrics). With auth it is the ACL user ``rmsg-exporter`` (read-only commands),
+    its password from ``exporter_secret`` by reference, never a value: not the default user's, so a
+    rotation of that one never locks it out.
 
     With TLS it reaches its process by the pod's own stable name (``owner`` and ``headless``), the
     name the certificate carries, and verifies it against ca.crt: no skipped verification."""
@@ -186,11 +192,11 @@ def exporter_container(spec: RedisMessagingSpec, auth_secret: str | None, port: 
             {"name": "REDIS_EXPORTER_TLS_CLIENT_KEY_FILE", "value": f"{directory}/{tls.KEY_FILE}"},
         ]
         mounts.append(tls.volume(tls_secret)[1])
-    if auth_secret:
-        env_vars.append(
-            {"name": "REDIS_PASSWORD",
-             "valueFrom": {"secretKeyRef": {"name": auth_secret, "key": "password"}}}
-        )
+    if exporter_secret:
+        env_vars += [
+            {"name": "REDIS_USER", "value": config.EXPORTER_USER},
+            {"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {"name": exporter_secret, "key": "password"}}},
+        ]
     extra: Obj = {"volumeMounts": mounts} if mounts else {}
     return {
         "name": "exporter",

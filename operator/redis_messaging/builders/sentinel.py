@@ -39,9 +39,10 @@ def config_map(spec: RedisMessagingSpec, owner: Owner) -> Obj:
     }
 
 
-def generated_auth_secret(owner: Owner) -> Obj:
-    """The shape of the generated auth Secret; its password is added once, when it is created."""
-    m = meta(owner, owner.auth_secret, names.COMPONENT_REDIS)
+def generated_auth_secret(owner: Owner, name: str | None = None) -> Obj:
+    """The shape of a generated password Secret (the auth Secret, or ``name``: the exporter user's);
+    its password is added once, when it is created."""
+    m = meta(owner, name or owner.auth_secret, names.COMPONENT_REDIS)
     m["annotations"] = {names.ANNOTATION_GENERATED: "true"}
     return {"apiVersion": "v1", "kind": "Secret", "metadata": m, "type": "Opaque"}
 
@@ -160,6 +161,11 @@ def _data_claim(spec: RedisMessagingSpec) -> list[Obj]:
              "metadata": {"name": "data"}, "spec": claim_spec}]
 
 
+def exporter_secret_name(spec: RedisMessagingSpec, owner: Owner) -> str | None:
+    """The exporter user's generated password Secret, when the exporter authenticates."""
+    return owner.exporter_secret if config.exporter_user(spec) else None
+
+
 def user_secrets(spec: RedisMessagingSpec) -> list[str]:
     """The Secrets of spec.auth.users, in declaration order (file user-<i> is the i-th's password)."""
     return [u.secret_name for u in spec.auth.users] if spec.auth.enabled else []
@@ -168,7 +174,8 @@ def user_secrets(spec: RedisMessagingSpec) -> list[str]:
 def redis_statefulset(spec: RedisMessagingSpec, owner: Owner) -> Obj:
     auth = auth_secret_name(spec, owner)
     tls_secret = tls.secret_name(spec, owner)
-    volumes, mounts = pods.config_volumes(owner, auth, user_secrets(spec), tls_secret)
+    exporter = exporter_secret_name(spec, owner)
+    volumes, mounts = pods.config_volumes(owner, auth, user_secrets(spec), tls_secret, exporter)
     claims = _data_claim(spec)
     if not claims:
         volumes.append({"name": "data", "emptyDir": {}})
@@ -189,7 +196,7 @@ def redis_statefulset(spec: RedisMessagingSpec, owner: Owner) -> Obj:
     }
     containers = [redis_container]
     if spec.monitoring.exporter.enabled:
-        containers.append(pods.exporter_container(spec, auth, owner=owner, headless=owner.redis_headless,
+        containers.append(pods.exporter_container(spec, exporter, owner=owner, headless=owner.redis_headless,
                                                   tls_secret=tls_secret))
     cfg = config.config_files(spec, owner)
     config_hash = config.content_hash({k: cfg[k] for k in ("redis.conf", "redis-start.sh", "common.sh")})
@@ -215,7 +222,8 @@ def redis_statefulset(spec: RedisMessagingSpec, owner: Owner) -> Obj:
 def sentinel_statefulset(spec: RedisMessagingSpec, owner: Owner, tls_facts: tls.Facts | None = None) -> Obj:
     auth = auth_secret_name(spec, owner)
     tls_secret = tls.secret_name(spec, owner)
-    volumes, mounts = pods.config_volumes(owner, auth, tls_secret=tls_secret)
+    exporter = exporter_secret_name(spec, owner)
+    volumes, mounts = pods.config_volumes(owner, auth, tls_secret=tls_secret, exporter_secret=exporter)
     script = f"{names.CONFIG_MOUNT}/"
     container: Obj = {
         "name": "sentinel",
@@ -239,7 +247,7 @@ def sentinel_statefulset(spec: RedisMessagingSpec, owner: Owner, tls_facts: tls.
     )
     containers = [container]
     if spec.monitoring.exporter.enabled:  # redis_sentinel_* metrics: quorum, agreement on the master
-        containers.append(pods.exporter_container(spec, auth, names.SENTINEL_PORT, owner=owner,
+        containers.append(pods.exporter_container(spec, exporter, names.SENTINEL_PORT, owner=owner,
                                                   headless=owner.sentinel_headless, tls_secret=tls_secret))
     template = _pod_template(spec, owner, names.COMPONENT_SENTINEL, containers, volumes, config_hash)
     if tls_secret and tls_facts is not None:  # Sentinel cannot reload a renewed certificate: a new one rolls it

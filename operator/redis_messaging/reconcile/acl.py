@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from redis_messaging.api.models import RedisMessagingSpec
-from redis_messaging.builders import names
+from redis_messaging.builders import config, names
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube
 from redis_messaging.reconcile import conditions as cond
@@ -180,21 +180,37 @@ class AclStep:
         done: list[str] = []
 
         def ensure(proc: Process, node: acl.Node) -> bool:
-            state = node.users_state([u.name for u in users])
-            for user in users:
-                applied = self._applied.get((proc.address, user.name))
-                rules = applied[1] if applied is not None and applied[0] == state.run_id else None
-                if acl.needs_setuser(state, user, rules):
-                    node.set_user(user)
-                    done.append(f"{user.name} on {proc.pod}")
-                self._applied[(proc.address, user.name)] = (state.run_id, user.rules_hash)
+            state = self._set_users(proc, node, users, done)
             stale = [name for name in state.others if name not in keep]
             node.delete_users(stale)
             done.extend(f"{name} deleted on {proc.pod}" for name in stale)
             return bool(stale)
 
         _, failed = self._each(spec, owner, [password], ensure, kinds=("redis",), unreachable=unreachable)
+        exporter = next((u for u in users if u.name == config.EXPORTER_USER), None)
+        if exporter is not None and spec.mode == "sentinel":  # the Sentinels' exporters log in too
+            sentinel_user = acl.User(exporter.name, exporter.password, config.EXPORTER_RULES_SENTINEL)
+
+            def ensure_on_sentinel(proc: Process, node: acl.Node) -> bool:
+                self._set_users(proc, node, [sentinel_user], done)
+                return False  # other users of a Sentinel are left alone
+
+            _, failed_sentinels = self._each(spec, owner, [password], ensure_on_sentinel, kinds=("sentinel",),
+                                             unreachable=unreachable)
+            failed.update(failed_sentinels)
         return done, failed
+
+    def _set_users(self, proc: Process, node: acl.Node, users: list[acl.User], done: list[str]) -> acl.UsersState:
+        """ACL SETUSER where a user is missing, differs or was set with other rules; what the process has."""
+        state = node.users_state([u.name for u in users])
+        for user in users:
+            applied = self._applied.get((proc.address, user.name))
+            rules = applied[1] if applied is not None and applied[0] == state.run_id else None
+            if acl.needs_setuser(state, user, rules):
+                node.set_user(user)
+                done.append(f"{user.name} on {proc.pod}")
+            self._applied[(proc.address, user.name)] = (state.run_id, user.rules_hash)
+        return state
 
     # -- the pass (Kubernetes side) -------------------------------------------------------------
     def before_apply(self, spec: RedisMessagingSpec, owner: Owner, desired: str | None) -> Rotation:
@@ -293,4 +309,10 @@ class AclStep:
                                 f"{'has no key password' if secret is not None else 'does not exist'}"))
                 continue
             users.append(acl.User(declared.name, password, declared.rules))
+        if config.exporter_user(spec):  # the exporter's own user, its password generated once
+            password = _decode(kube.get("Secret", owner.namespace, owner.exporter_secret))
+            if password is None:
+                missing.append((config.EXPORTER_USER, f"the exporter's Secret {owner.exporter_secret} has no password"))
+            else:
+                users.append(acl.User(config.EXPORTER_USER, password, config.EXPORTER_RULES_REDIS))
         return users, missing

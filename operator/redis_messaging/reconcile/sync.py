@@ -110,7 +110,11 @@ def generate_password(length: int = 32) -> str:
 
 
 def ensure_auth(ctx: Context, spec: models.RedisMessagingSpec, owner: Owner, actions: list[str]) -> str | None:
-    """The default user's password: from the named Secret, or a generated one created once."""
+    """The default user's password: from the named Secret, or a generated one created once. The
+    exporter user's generated Secret is created here too (the pods mount it)."""
+    exporter = sentinel.exporter_secret_name(spec, owner)
+    if exporter is not None and ctx.kube.get("Secret", owner.namespace, exporter) is None:
+        _create_generated(ctx, owner, exporter, actions)
     name = sentinel.auth_secret_name(spec, owner)
     if name is None:
         return None
@@ -120,16 +124,21 @@ def ensure_auth(ctx: Context, spec: models.RedisMessagingSpec, owner: Owner, act
             # looked at again soon: a missing Secret is usually being created right now
             raise SpecProblem("AuthSecretMissing",
                               f"Secret {name} named in spec.auth.secretName does not exist", 5)
-        obj = sentinel.generated_auth_secret(owner)
-        obj["stringData"] = {"password": generate_password()}
-        secret = ctx.kube.create(obj)
-        actions.append(f"Created Secret {name} with a generated password")
+        secret = _create_generated(ctx, owner, name, actions)
     import base64
 
     raw = (secret.get("data") or {}).get("password")
     if not raw:
         raise SpecProblem("AuthSecretInvalid", f"Secret {name} has no key 'password'", 30)
     return base64.b64decode(raw).decode()
+
+
+def _create_generated(ctx: Context, owner: Owner, name: str, actions: list[str]) -> Obj:
+    obj = sentinel.generated_auth_secret(owner, name)
+    obj["stringData"] = {"password": generate_password()}
+    created = ctx.kube.create(obj)
+    actions.append(f"Created Secret {name} with a generated password")
+    return created
 
 
 def ensure_children(ctx: Context, owner: Owner, desired: list[Obj], actions: list[str]) -> dict[tuple[str, str], Obj]:
