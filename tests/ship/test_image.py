@@ -208,4 +208,4 @@ def test_image_virtualenv_runs_the_cli_without_writing(pip_reaches_an_index: Non
     assert rendered == from_source.stdout
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(rendered) if d)
     assert kinds.count("StatefulSet") == 2
-    assert len(kinds) == 12
+    assert len(kinds) == 13  # with the generated auth and exporter Secrets

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,7 +80,8 @@ def _decode(secret: dict[str, object] | None, key: str = "password") -> str | No
 
 
 def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Whole seconds, rounded up: a grace period counted from the stamp is never shorter than declared."""
+    return dt.datetime.fromtimestamp(math.ceil(ts), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse_iso(text: str | None) -> float | None:
