@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from redis_messaging.builders import names
 from redis_messaging.builders.names import Owner
+from redis_messaging.redis.sentinel import Connections
 from redis_messaging.redis.tls import ClientTls
 
 Address = tuple[str, int]
@@ -57,6 +59,40 @@ class TlsSettings:
                 self._tls.pop((owner.namespace, owner.name), None)
             else:
                 self._tls[(owner.namespace, owner.name)] = tls
+
+
+C = TypeVar("C", bound=Connections)
+
+
+class OwnerConnections(Generic[C]):
+    """One :class:`Connections` per resource, reused across passes (their pools reconnect by
+    themselves); each :meth:`get` brings it to the pass's password and to the resource's TLS
+    settings as recorded on ``addresses``."""
+
+    def __init__(self, addresses: Addresses, make: Callable[[str | None], C]) -> None:
+        self.addresses = addresses
+        self.make = make
+        self._by_owner: dict[str, C] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(owner: Owner) -> str:
+        return owner.uid or f"{owner.namespace}/{owner.name}"
+
+    def get(self, owner: Owner, password: str | None) -> C:
+        with self._lock:
+            conns = self._by_owner.get(self._key(owner))
+            if conns is None:
+                conns = self._by_owner[self._key(owner)] = self.make(password)
+            conns.set_password(password)
+            conns.set_tls(self.addresses.tls(owner))
+            return conns
+
+    def forget(self, owner: Owner) -> None:
+        with self._lock:
+            conns = self._by_owner.pop(self._key(owner), None)
+        if conns is not None:
+            conns.close()
 
 
 class DnsAddresses(TlsSettings):

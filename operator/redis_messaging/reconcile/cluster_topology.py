@@ -31,7 +31,6 @@ steps and the next pass, on a fresh observation, goes on:
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -42,7 +41,7 @@ from typing import Any
 from redis_messaging.api.models import RedisMessagingSpec, ShardStatus
 from redis_messaging.builders import config, names
 from redis_messaging.builders.names import Owner
-from redis_messaging.reconcile.addresses import Addresses
+from redis_messaging.reconcile.addresses import Addresses, OwnerConnections
 from redis_messaging.reconcile.topology import Action, TopologyReport
 from redis_messaging.redis import cluster as cl
 
@@ -560,27 +559,15 @@ class ClusterTopology:
         self.reshard = reshard
         self.hook = hook
         self.resolve = resolve
-        self._connections: dict[str, tuple[cl.Connections, cl.RawConnections]] = {}
-        self._lock = threading.Lock()
+        self._plain = OwnerConnections(addresses, lambda pw: cl.Connections(pw, timeout=timeout))
+        self._raw = OwnerConnections(addresses, lambda pw: cl.RawConnections(pw, timeout=migrate_timeout))
 
     def connections(self, owner: Owner, password: str | None) -> tuple[cl.Connections, cl.RawConnections]:
-        key = owner.uid or f"{owner.namespace}/{owner.name}"
-        with self._lock:
-            found = self._connections.get(key)
-            if found is None:
-                found = self._connections[key] = (cl.Connections(password, timeout=self.timeout),
-                                                   cl.RawConnections(password, timeout=self.migrate_timeout))
-            for conns in found:
-                conns.set_password(password)
-                conns.set_tls(self.addresses.tls(owner))
-            return found
+        return self._plain.get(owner, password), self._raw.get(owner, password)
 
     def forget(self, owner: Owner) -> None:
-        with self._lock:
-            found = self._connections.pop(owner.uid or f"{owner.namespace}/{owner.name}", None)
-        if found is not None:
-            found[0].close()
-            found[1].close()
+        self._plain.forget(owner)
+        self._raw.forget(owner)
 
     # -- observe ------------------------------------------------------------------------------
     def observe(self, spec: RedisMessagingSpec, owner: Owner, pods: list[dict[str, Any]],

@@ -17,7 +17,6 @@ restart resumes the roll where it was. :func:`plan` is pure; :class:`RollingStep
 from __future__ import annotations
 
 import logging
-import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from redis_messaging.builders import names
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube
 from redis_messaging.reconcile import conditions as cond
-from redis_messaging.reconcile.addresses import Addresses
+from redis_messaging.reconcile.addresses import Addresses, OwnerConnections
 from redis_messaging.redis import sentinel as rs
 from redis_messaging.redis import switchover
 
@@ -201,18 +200,10 @@ class RollingStep:
         self.kube = kube
         self.addresses = addresses
         self.timeout = timeout
-        self._connections: dict[str, rs.Connections] = {}
-        self._lock = threading.Lock()
+        self._connections = OwnerConnections(addresses, lambda pw: rs.Connections(pw, timeout=timeout))
 
     def connections(self, owner: Owner, password: str | None) -> rs.Connections:
-        key = owner.uid or f"{owner.namespace}/{owner.name}"
-        with self._lock:
-            conns = self._connections.get(key)
-            if conns is None:
-                conns = self._connections[key] = rs.Connections(password, timeout=self.timeout)
-            conns.set_password(password)
-            conns.set_tls(self.addresses.tls(owner))
-            return conns
+        return self._connections.get(owner, password)
 
     def observe(self, spec: RedisMessagingSpec, owner: Owner, pods: Mapping[str, PodState],
                 password: str | None) -> RollObservation:

@@ -16,7 +16,6 @@ Sentinel decides failovers. The operator only does what Sentinel cannot:
 from __future__ import annotations
 
 import logging
-import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from typing import Any
 from redis_messaging.api.models import RedisMessagingSpec
 from redis_messaging.builders import names
 from redis_messaging.builders.names import Owner
-from redis_messaging.reconcile.addresses import Addresses
+from redis_messaging.reconcile.addresses import Addresses, OwnerConnections
 from redis_messaging.reconcile.topology import Action, TopologyReport
 from redis_messaging.redis import sentinel as rs
 
@@ -207,24 +206,13 @@ class SentinelTopology:
     def __init__(self, addresses: Addresses, *, timeout: float = 2.0) -> None:
         self.addresses = addresses
         self.timeout = timeout
-        self._connections: dict[str, rs.Connections] = {}
-        self._lock = threading.Lock()
+        self._connections = OwnerConnections(addresses, lambda pw: rs.Connections(pw, timeout=timeout))
 
     def connections(self, owner: Owner, password: str | None) -> rs.Connections:
-        key = owner.uid or f"{owner.namespace}/{owner.name}"
-        with self._lock:
-            conns = self._connections.get(key)
-            if conns is None:
-                conns = self._connections[key] = rs.Connections(password, timeout=self.timeout)
-            conns.set_password(password)
-            conns.set_tls(self.addresses.tls(owner))
-            return conns
+        return self._connections.get(owner, password)
 
     def forget(self, owner: Owner) -> None:
-        with self._lock:
-            conns = self._connections.pop(owner.uid or f"{owner.namespace}/{owner.name}", None)
-        if conns is not None:
-            conns.close()
+        self._connections.forget(owner)
 
     def observe(self, spec: RedisMessagingSpec, owner: Owner, conns: rs.Connections) -> Observation:
         redis_pods = [owner.redis_pod(i) for i in range(spec.redis.replicas)]
