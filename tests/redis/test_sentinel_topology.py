@@ -18,7 +18,7 @@ from sentinel_env import SentinelEnv
 from redis_messaging.api import models
 from redis_messaging.builders.names import Owner
 from redis_messaging.reconcile.addresses import MapAddresses
-from redis_messaging.reconcile.sentinel_topology import SentinelTopology
+from redis_messaging.reconcile.sentinel_topology import SentinelTopology, promote_grace_seconds
 from redis_messaging.reconcile.topology import TopologyReport
 from redis_messaging.redis import sentinel as rs
 
@@ -227,6 +227,15 @@ def test_all_sentinels_and_master_down_promotes_highest_offset(harness: Harness)
         h.env.kill(pod)
     h.env.kill("orders-redis-0")
     h.env.cont("orders-redis-1")
+    # The operator's clock: the set is masterless, but for less than the grace — it waits.
+    now = [0.0]
+    h.topology.clock = lambda: now[0]
+    waiting = h.heal()
+    assert waiting.actions == [], waiting
+    assert waiting.reason == "NoMaster", waiting
+    assert "orders-redis-2" in waiting.message
+    assert h.masters() == []
+    now[0] += promote_grace_seconds(SPEC)
     report = h.heal()
     assert report.master == "orders-redis-2", report
     assert [a.reason for a in report.actions][:1] == ["MasterPromoted"]
@@ -264,6 +273,29 @@ def test_sentinel_that_forgot_the_master_is_repointed(harness: Harness) -> None:
     assert [a.reason for a in report.actions] == ["SentinelReconfigured"]
     wait_healthy(h)
     assert h.env.sentinel_masters()["orders-sentinel-1"] == h.env.address("orders-redis-0")
+
+
+def test_a_sentinel_pointed_at_a_second_master_is_no_failover_to_wait_for(harness: Harness) -> None:
+    # A Sentinel names a second master with no newer configuration than the quorum (it was pointed
+    # there; it did not fail over). Sentinel never spreads an equal config-epoch, so waiting for the
+    # Sentinels to converge would be waiting forever: the operator repairs both at once.
+    h = harness
+    wait_healthy(h)
+    epochs = {p: int(h.env.client(p).sentinel_master(OWNER.master_name)["config-epoch"])
+              for p in h.env.sentinel_pods}
+    h.env.client("orders-redis-2").execute_command("REPLICAOF", "NO", "ONE")  # type: ignore[no-untyped-call]
+    stray = h.env.client("orders-sentinel-2")
+    stray.execute_command("SENTINEL", "REMOVE", OWNER.master_name)  # type: ignore[no-untyped-call]
+    host, port = h.env.address("orders-redis-2")
+    stray.execute_command("SENTINEL", "MONITOR", OWNER.master_name, host, str(port), "2")  # type: ignore[no-untyped-call]
+    stray.execute_command("SENTINEL", "SET", OWNER.master_name, "auth-pass", PASSWORD)  # type: ignore[no-untyped-call]
+    assert int(stray.sentinel_master(OWNER.master_name)["config-epoch"]) <= max(epochs.values())
+    report = h.heal()
+    assert [a.reason for a in report.actions] == ["SplitBrainRepaired", "SentinelReconfigured"], report
+    final = wait_healthy(h)
+    assert final.master == "orders-redis-0"
+    assert set(h.env.sentinel_masters().values()) == {h.env.address("orders-redis-0")}
+    assert h.masters() == ["orders-redis-0"]
 
 
 def test_sentinel_settings_follow_the_spec(harness: Harness) -> None:

@@ -11,6 +11,7 @@ from redis_messaging.reconcile.sentinel_topology import (
     Reset,
     SetSentinel,
     plan,
+    promote_grace_seconds,
 )
 from redis_messaging.redis.sentinel import RedisNode, SentinelNode
 
@@ -51,8 +52,12 @@ def sdown(pod: str) -> SentinelNode:
     return SentinelNode(addr(pod), False, error="ConnectionError")
 
 
-def obs(redis: dict[str, RedisNode], sentinels: dict[str, SentinelNode]) -> Observation:
-    return Observation(redis, sentinels, pod_of=lambda host: host.split(".")[0] if host.endswith(".host") else None)
+def obs(redis: dict[str, RedisNode], sentinels: dict[str, SentinelNode], masterless: float = 0.0) -> Observation:
+    return Observation(redis, sentinels, pod_of=lambda host: host.split(".")[0] if host.endswith(".host") else None,
+                       masterless_seconds=masterless)
+
+
+GRACE = promote_grace_seconds(SPEC)
 
 
 def healthy_redis(m: str = "r0") -> dict[str, RedisNode]:
@@ -108,9 +113,26 @@ def test_master_down_with_sentinel_quorum_is_left_to_sentinel() -> None:
 def test_no_master_and_no_sentinels_promotes_the_highest_offset() -> None:
     redis = {"r0": down("r0"), "r1": replica("r1", "r0", offset=90, link=False),
              "r2": replica("r2", "r0", offset=120, link=False)}
-    result = plan(obs(redis, {s: sdown(s) for s in S}), SPEC, expected_sentinels=3)
+    result = plan(obs(redis, {s: sdown(s) for s in S}, masterless=GRACE), SPEC, expected_sentinels=3)
     assert result.master == "r2"
     assert result.steps == [Promote("r2", 120), Replicate("r1", "r2")]
+
+
+def test_no_promotion_before_the_set_has_been_masterless_for_the_grace() -> None:
+    # At creation the seed pod may start seconds after the replicas that point at it; a frozen or
+    # restarting master comes back: neither is a reason to crown a replica.
+    redis = {"r0": down("r0"), "r1": replica("r1", "r0", offset=0, link=False),
+             "r2": replica("r2", "r0", offset=0, link=False)}
+    assert GRACE == 10.0  # down-after-milliseconds 5000 is below the floor
+    for seen in (0.0, 4.0, GRACE - 0.5):
+        result = plan(obs(redis, {s: sdown(s) for s in S}, masterless=seen), SPEC, expected_sentinels=3)
+        assert result.wait
+        assert result.steps == []
+        assert result.reason == "NoMaster"
+        assert "r2" in result.message
+    patient = models.parse_spec({"sentinel": {"replicas": 3, "quorum": 2, "downAfterMilliseconds": 30000}})
+    assert promote_grace_seconds(patient) == 30.0
+    assert plan(obs(redis, {s: sdown(s) for s in S}, masterless=GRACE), patient, expected_sentinels=3).wait
 
 
 def test_master_down_and_sentinels_without_majority_promotes() -> None:
@@ -118,7 +140,8 @@ def test_master_down_and_sentinels_without_majority_promotes() -> None:
              "r2": replica("r2", "r0", offset=120, link=False)}
     sentinels = {"s0": sentinel("s0", "r0"), "s1": sdown("s1"), "s2": sdown("s2")}
     quorum_one = models.parse_spec({"sentinel": {"replicas": 3, "quorum": 1}})
-    result = plan(obs(redis, sentinels), quorum_one, expected_sentinels=3)
+    result = plan(obs(redis, sentinels, masterless=promote_grace_seconds(quorum_one)), quorum_one,
+                  expected_sentinels=3)
     assert result.master == "r1"
     assert result.steps[:2] == [Promote("r1", 300), Replicate("r2", "r1")]
     assert Monitor("s0", "r1") in result.steps
@@ -179,11 +202,26 @@ def test_nothing_reachable_waits() -> None:
     assert result.wait
 
 
-def test_a_second_master_is_not_demoted_while_sentinels_converge() -> None:
+def test_a_second_master_is_not_demoted_while_a_newer_configuration_spreads() -> None:
+    # s2 led a failover to r1 (epoch 4); s0 and s1 still name r2 (epoch 3) until its hello reaches them.
     redis = healthy_redis("r2")
-    redis["r1"] = master("r1")  # promoted by an earlier, aborted attempt
-    sentinels = {"s0": sentinel("s0", "r2"), "s1": sentinel("s1", "r2"), "s2": sentinel("s2", "r1")}
+    redis["r1"] = master("r1")
+    sentinels = {"s0": sentinel("s0", "r2", epoch=3), "s1": sentinel("s1", "r2", epoch=3),
+                 "s2": sentinel("s2", "r1", epoch=4)}
     result = plan(obs(redis, sentinels), SPEC, expected_sentinels=3)
     assert result.wait
     assert result.steps == []
     assert result.reason == "SentinelsConverging"
+    assert "'s2': 4" in result.message
+
+
+def test_a_dissent_that_is_not_newer_is_repaired() -> None:
+    # One Sentinel names r1 with no newer configuration than the quorum naming r2 (it was pointed
+    # there, it did not fail over): Sentinel never spreads an equal epoch, so waiting would be forever.
+    redis = healthy_redis("r2")
+    redis["r1"] = master("r1")
+    for epochs in ((0, 0, 0), (3, 3, 2), (3, 0, 3)):
+        sentinels = {p: sentinel(p, "r1" if p == "s2" else "r2", epoch=e) for p, e in zip(S, epochs, strict=True)}
+        result = plan(obs(redis, sentinels), SPEC, expected_sentinels=3)
+        assert result.master == "r2"
+        assert result.steps == [Replicate("r1", "r2", split_brain=True), Monitor("s2", "r2")], epochs

@@ -76,21 +76,22 @@ class OwnerConnections(Generic[C]):
         self._lock = threading.Lock()
 
     @staticmethod
-    def _key(owner: Owner) -> str:
+    def key(owner: Owner) -> str:
+        """What identifies a resource across passes."""
         return owner.uid or f"{owner.namespace}/{owner.name}"
 
     def get(self, owner: Owner, password: str | None) -> C:
         with self._lock:
-            conns = self._by_owner.get(self._key(owner))
+            conns = self._by_owner.get(self.key(owner))
             if conns is None:
-                conns = self._by_owner[self._key(owner)] = self.make(password)
+                conns = self._by_owner[self.key(owner)] = self.make(password)
             conns.set_password(password)
             conns.set_tls(self.addresses.tls(owner))
             return conns
 
     def forget(self, owner: Owner) -> None:
         with self._lock:
-            conns = self._by_owner.pop(self._key(owner), None)
+            conns = self._by_owner.pop(self.key(owner), None)
         if conns is not None:
             conns.close()
 

@@ -6,7 +6,8 @@ Sentinel decides failovers. The operator only does what Sentinel cannot:
   and enough Sentinels are up to fail over themselves;
 - a second master (split brain) that the Sentinel quorum does not recognise is made a replica;
 - replicas that follow the wrong master are re-pointed;
-- with no Sentinel quorum and no master, the replica with the highest replication offset is promoted;
+- with no Sentinel quorum and no master for longer than Sentinel itself would wait, the replica with the
+  highest replication offset is promoted (a master that is only starting, or slow, is waited for);
 - Sentinels that monitor nothing or the wrong master are re-pointed, drifted settings are set again,
   and Sentinels that remember processes that no longer exist are reset, one per pass.
 
@@ -16,6 +17,7 @@ Sentinel decides failovers. The operator only does what Sentinel cannot:
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from redis_messaging.redis import sentinel as rs
 log = logging.getLogger(__name__)
 
 WAIT_SECONDS = 2.0
+MIN_PROMOTE_GRACE_SECONDS = 10.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,6 +79,8 @@ class Observation:
     redis: dict[str, rs.RedisNode]  # by pod name, every expected redis pod
     sentinels: dict[str, rs.SentinelNode]  # by pod name, every expected sentinel pod
     pod_of: Callable[[str], str | None]  # announced host -> pod name
+    # How long, by the operator's clock, no reachable Redis has said it is a master (0: one does).
+    masterless_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,34 @@ def desired_sentinel_settings(spec: RedisMessagingSpec) -> dict[str, str]:
         "failover-timeout": str(s.failover_timeout),
         "parallel-syncs": str(s.parallel_syncs),
     }
+
+
+def promote_grace_seconds(spec: RedisMessagingSpec) -> float:
+    """How long the operator lets a masterless set be before it promotes a replica itself: at least
+    what Sentinel waits before it calls a master down, and never less than a pod needs to start."""
+    return max(spec.sentinel.down_after_milliseconds / 1000, MIN_PROMOTE_GRACE_SECONDS)
+
+
+def _promotion(obs: Observation, spec: RedisMessagingSpec, pod: str) -> Plan | None:
+    """None when ``pod`` may be promoted now, else the plan that waits for the grace to run out."""
+    grace = promote_grace_seconds(spec)
+    if obs.masterless_seconds >= grace:
+        return None
+    return Plan(None, reason="NoMaster", available=False, wait=True,
+                message=f"no master and no Sentinel majority; {pod} (highest replication offset) is promoted "
+                        f"if no master returns within {grace - obs.masterless_seconds:.0f}s")
+
+
+def _newer_dissent(sentinels: dict[str, rs.SentinelNode], obs: Observation, consensus: str) -> bool:
+    """Whether a Sentinel that names another master holds a newer configuration (a higher
+    config-epoch) than every Sentinel naming ``consensus``: the end of a failover the others have
+    not heard of yet. A dissent that is not newer will never spread by itself."""
+    agree: list[int] = []
+    dissent: list[int] = []
+    for s in sentinels.values():
+        if s.monitoring and s.master is not None:
+            (agree if obs.pod_of(s.master[0]) == consensus else dissent).append(s.epoch)
+    return bool(dissent) and max(dissent) > max(agree, default=0)
 
 
 def _best_master(obs: Observation) -> tuple[str | None, bool]:
@@ -138,6 +171,8 @@ def plan(obs: Observation, spec: RedisMessagingSpec, *, expected_sentinels: int)
                 return Plan(None, reason="NoMaster", available=False, wait=True,
                             message="no redis pod is reachable")
             if promote:
+                if (waiting := _promotion(obs, spec, master)) is not None:
+                    return waiting
                 steps.append(Promote(master, obs.redis[master].offset))
         elif node.role != "master":
             return Plan(master, reason="MasterIsReplica", available=False, wait=True,
@@ -150,6 +185,8 @@ def plan(obs: Observation, spec: RedisMessagingSpec, *, expected_sentinels: int)
         if master is None:
             return Plan(None, reason="NoMaster", available=False, wait=True, message="no redis pod is reachable")
         if promote:
+            if (waiting := _promotion(obs, spec, master)) is not None:
+                return waiting
             steps.append(Promote(master, obs.redis[master].offset))
 
     if master is None:  # unreachable: every branch above returned or chose one
@@ -160,11 +197,13 @@ def plan(obs: Observation, spec: RedisMessagingSpec, *, expected_sentinels: int)
         if pod == master or not node.reachable:
             continue
         if node.role == "master":
-            if consensus is not None and not unanimous:
-                # A second master while some Sentinel still sees things differently may be the end of
-                # a failover the others have not caught up with: never demote it then.
+            if consensus is not None and not unanimous and _newer_dissent(reachable_sentinels, obs, consensus):
+                # A second master while a Sentinel with a newer configuration names another one is the
+                # end of a failover the others have not caught up with: never demote it then.
+                epochs = {p: s.epoch for p, s in sorted(reachable_sentinels.items()) if s.monitoring}
                 return Plan(master, reason="SentinelsConverging", wait=True, available=True,
-                            message=f"{pod} is a second master while the Sentinels converge ({dict(votes)})")
+                            message=f"{pod} is a second master while the Sentinels converge ({dict(votes)}, "
+                                    f"config epochs {epochs})")
             steps.append(Replicate(pod, master, split_brain=True))
         elif node.master is None or obs.pod_of(node.master[0]) != master:
             steps.append(Replicate(pod, master))
@@ -207,21 +246,32 @@ class SentinelTopology:
         self.addresses = addresses
         self.timeout = timeout
         self._connections = OwnerConnections(addresses, lambda pw: rs.Connections(pw, timeout=timeout))
+        self._masterless_since: dict[str, float] = {}  # by resource: when no master was first seen
+        self.clock: Callable[[], float] = time.monotonic
 
     def connections(self, owner: Owner, password: str | None) -> rs.Connections:
         return self._connections.get(owner, password)
 
     def forget(self, owner: Owner) -> None:
         self._connections.forget(owner)
+        self._masterless_since.pop(self._connections.key(owner), None)
 
     def observe(self, spec: RedisMessagingSpec, owner: Owner, conns: rs.Connections) -> Observation:
         redis_pods = [owner.redis_pod(i) for i in range(spec.redis.replicas)]
         sentinel_pods = [owner.sentinel_pod(i) for i in range(spec.sentinel.replicas)]
+        redis = {p: rs.observe_redis(conns, self.addresses.redis(owner, p)) for p in redis_pods}
+        key, now = self._connections.key(owner), self.clock()
+        if any(n.is_master for n in redis.values()):
+            self._masterless_since.pop(key, None)
+            masterless = 0.0
+        else:
+            masterless = now - self._masterless_since.setdefault(key, now)
         return Observation(
-            redis={p: rs.observe_redis(conns, self.addresses.redis(owner, p)) for p in redis_pods},
+            redis=redis,
             sentinels={p: rs.observe_sentinel(conns, self.addresses.sentinel(owner, p), owner.master_name)
                        for p in sentinel_pods},
             pod_of=lambda host: self.addresses.pod_of(owner, host),
+            masterless_seconds=masterless,
         )
 
     def check_and_heal(self, spec: RedisMessagingSpec, owner: Owner, pods: list[dict[str, Any]],

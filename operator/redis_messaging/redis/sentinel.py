@@ -140,6 +140,7 @@ class SentinelNode:
     master: Address | None = None
     flags: frozenset[str] = frozenset()
     failover_state: str = ""
+    epoch: int = 0  # config-epoch of the master it names: a failover it took part in raises it
     config: dict[str, str] = field(default_factory=dict)
     replicas: tuple[Address, ...] = ()
     sentinels: tuple[Address, ...] = ()
@@ -193,6 +194,7 @@ def observe_sentinel(conns: Connections, address: Address, master_name: str) -> 
         master=(info.get("ip", ""), int(info.get("port", 0) or 0)),
         flags=frozenset(f for f in info.get("flags", "").split(",") if f),
         failover_state=info.get("failover-state", ""),
+        epoch=int(info.get("config-epoch", 0) or 0),
         config={k: info[k] for k in ("quorum", "down-after-milliseconds", "failover-timeout",
                                      "parallel-syncs") if k in info},
         replicas=() if isinstance(replicas_reply, ResponseError) else _addresses(replicas_reply),
