@@ -143,3 +143,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
             report.sections.append((f"container logs in {namespace}", cluster.container_logs(namespace)))
     report.sections.append(("operator log", cluster.operator_log()))
     return report
+
+
+_FIGURES: list[str] = []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Keep the figures a scenario prints (lines starting "[e2e]" or "[chaos]"), passed or not."""
+    if report.when == "call":
+        _FIGURES.extend(line for line in report.capstdout.splitlines() if line.startswith(("[e2e]", "[chaos]")))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _FIGURES:
+        terminalreporter.section("figures the scenarios printed")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

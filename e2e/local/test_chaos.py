@@ -129,7 +129,9 @@ def local(local_cluster: Any) -> Any:
 @pytest.mark.parametrize("how", ["network", "sigstop"])
 def test_partitioned_master_is_replaced_and_rejoins_as_a_replica(cluster: Cluster, namespace: str, local: Any,
                                                                  how: str) -> None:
+    applied = time.monotonic()
     old = ready(cluster, namespace)
+    created = time.monotonic() - applied
     write(cluster, namespace, old, "before", 1000)
     started = time.monotonic()
     cut, mend = ((local.runner.partition, local.runner.heal) if how == "network"
@@ -158,19 +160,23 @@ def test_partitioned_master_is_replaced_and_rejoins_as_a_replica(cluster: Cluste
             eventually(refuses, timeout=30, interval=1, what="the isolated master refuses writes")
     finally:
         mend(namespace, old)
+    mended = time.monotonic()
     master = single_master(cluster, namespace)
+    one_master = time.monotonic() - mended
     assert master == new
     assert info(cluster, namespace, old)["role"] == "slave"
     for pod in redis_pods(cluster, namespace):
         eventually(lambda p=pod: count(cluster, namespace, p, "before") == 1000, timeout=30, what=f"{pod} has all")
         eventually(lambda p=pod: count(cluster, namespace, p, "during") == 500, timeout=30, what=f"{pod} has all")
     eventually(lambda: is_ready(cluster, namespace), timeout=READY_TIMEOUT, interval=1, what="Ready again")
-    print(f"\n[chaos] {how}: failover followed after {failover_seconds:.1f}s, "
-          f"healed and settled after {time.monotonic() - started:.1f}s")
+    print(f"\n[chaos] {how}: Ready {created:.1f}s after apply; failover followed after {failover_seconds:.1f}s; "
+          f"mended, one master {one_master:.1f}s later; Ready again {time.monotonic() - mended:.1f}s after mending")
 
 
 def test_full_restart_of_every_pod_keeps_the_data(cluster: Cluster, namespace: str, local: Any) -> None:
+    applied = time.monotonic()
     master = ready(cluster, namespace)
+    created = time.monotonic() - applied
     write(cluster, namespace, master, "before", 1000)
     cluster.redis_cli(namespace, master, "EVAL",
                       "for i = 1, 300 do redis.call('XADD', 'events', '*', 'n', i) end return 300", "0")
@@ -186,12 +192,16 @@ def test_full_restart_of_every_pod_keeps_the_data(cluster: Cluster, namespace: s
         return set(now) == set(before) and all(now[n] != before[n] for n in now)
 
     eventually(replaced, timeout=120, interval=1, what="every pod re-created")
+    recreated = time.monotonic() - started
     eventually(lambda: is_ready(cluster, namespace), timeout=READY_TIMEOUT, interval=1, what="Ready after the restart")
+    ready_again = time.monotonic() - started
     new = single_master(cluster, namespace)
     for pod in redis_pods(cluster, namespace):
         eventually(lambda p=pod: count(cluster, namespace, p, "before") == 1000, timeout=30, what=f"{pod} has all")
         assert cluster.redis_cli(namespace, pod, "XLEN", "events") == "300"
-    print(f"\n[chaos] full restart: master {master} -> {new}, settled after {time.monotonic() - started:.1f}s")
+    print(f"\n[chaos] full restart: Ready {created:.1f}s after apply; every pod deleted, re-created after "
+          f"{recreated:.1f}s, Ready after {ready_again:.1f}s, master {master} -> {new}, "
+          f"settled after {time.monotonic() - started:.1f}s")
 
 
 def test_operator_killed_mid_operation(cluster: Cluster, namespace: str, local: Any) -> None:
