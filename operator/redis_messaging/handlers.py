@@ -73,6 +73,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         reclaim_interval=ours.reclaim_interval_seconds, metrics=METRICS)
 
     def follow_master(owner: Owner, followed: Followed) -> None:
+        # A whole pass at once: the old master, the Sentinels' view and the conditions need a look
+        # that the next periodic pass would give up to a period later.
+        REGISTRY.schedule((owner.namespace, owner.name), 0.0)
         if followed.new is not None:
             master = Node(followed.new, addresses.redis(owner, followed.new))
             autoscaler.follow(owner.namespace, owner.name, Placement(master))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from redis_messaging.reconcile.sync import (
     CONVERGING_RETRY_MAX_SECONDS,
     CONVERGING_RETRY_MIN_SECONDS,
-    not_ready_for,
     converging_retry,
+    not_ready_for,
 )
 
 NOW = "2026-11-22T10:00:00Z"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,6 +28,8 @@ class Registry:
         self._bodies: dict[Key, dict[str, Any]] = {}
         self._due: dict[Key, float] = {}
         self._clock = clock
+        self._asked: dict[Key, float] = {}  # explicit schedule() calls not yet served by a pass
+        self._lock = threading.Lock()  # passes are scheduled from other threads too (failover watches)
 
     @staticmethod
     def key_of(body: Mapping[str, Any]) -> Key:
@@ -35,37 +38,49 @@ class Registry:
 
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         key = self.key_of(body)
-        if event_type == "DELETED" or (body.get("metadata") or {}).get("deletionTimestamp"):
-            self._bodies.pop(key, None)
-            self._due.pop(key, None)
-        else:
-            self._bodies[key] = dict(body)
+        with self._lock:
+            if event_type == "DELETED" or (body.get("metadata") or {}).get("deletionTimestamp"):
+                self._bodies.pop(key, None)
+                self._due.pop(key, None)
+                self._asked.pop(key, None)
+            else:
+                self._bodies[key] = dict(body)
 
     def schedule(self, key: Key, after: float) -> None:
-        """The next pass of ``key`` in ``after`` seconds (sooner wins over later)."""
+        """The next pass of ``key`` in ``after`` seconds (sooner wins over later); asked during a
+        pass of ``key``, it still holds when that pass ends."""
         due = self._clock() + after
-        self._due[key] = min(due, self._due.get(key, due))
+        with self._lock:
+            self._due[key] = min(due, self._due.get(key, due))
+            self._asked[key] = min(due, self._asked.get(key, due))
 
     def due(self, interval: float) -> list[tuple[Key, dict[str, Any]]]:
         """Resources whose pass is due; a resource seen for the first time is due after ``interval``."""
         now = self._clock()
         out = []
-        for key, body in list(self._bodies.items()):
-            when = self._due.setdefault(key, now + interval)
-            if when <= now:
-                out.append((key, body))
+        with self._lock:
+            for key, body in list(self._bodies.items()):
+                when = self._due.setdefault(key, now + interval)
+                if when <= now:
+                    self._asked.pop(key, None)  # served by this pass
+                    out.append((key, body))
         return out
 
     def done(self, key: Key, after: float) -> None:
-        if key in self._bodies:
-            self._due[key] = self._clock() + after
+        with self._lock:
+            if key in self._bodies:
+                due = self._clock() + after
+                self._due[key] = min(due, self._asked.pop(key, due))
 
     def get(self, key: Key) -> dict[str, Any] | None:
-        return self._bodies.get(key)
+        with self._lock:
+            return self._bodies.get(key)
 
     def clear(self) -> None:
-        self._bodies.clear()
-        self._due.clear()
+        with self._lock:
+            self._bodies.clear()
+            self._due.clear()
+            self._asked.clear()
 
 
 async def resync_forever(registry: Registry, run_pass: Callable[[dict[str, Any]], float | None],

@@ -287,6 +287,9 @@ class SentinelTopology:
             except Exception as exc:  # report and retry on the next pass; never crash the pass
                 failed.append(f"{step}: {type(exc).__name__}: {exc}")
         healthy = not result.wait and not result.steps and self._in_sync(obs, result.master)
+        reason = result.reason
+        if reason == "Healthy" and not healthy:
+            reason = "Syncing"  # nothing to repair: replicas syncing, Sentinels still learning of each other
         message = result.message or self._summary(obs, result.master)
         if failed:
             message = f"{message}; failed: {'; '.join(failed)}"
@@ -296,7 +299,7 @@ class SentinelTopology:
             master=result.master,
             available=result.available,
             healthy=healthy,
-            reason=result.reason if not failed else "HealingFailed",
+            reason=reason if not failed else "HealingFailed",
             message=message,
             actions=actions,
             labels=labels,

@@ -1,0 +1,96 @@
+"""When each resource gets its next pass."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from redis_messaging.reconcile.resync import Registry, resync_forever
+
+INTERVAL = 30.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def body(name: str) -> dict[str, Any]:
+    return {"metadata": {"namespace": "ns", "name": name}}
+
+
+def names(due: list[tuple[tuple[str, str], dict[str, Any]]]) -> list[str]:
+    return [key[1] for key, _ in due]
+
+
+def test_a_resource_at_rest_is_due_every_interval() -> None:
+    clock = Clock()
+    r = Registry(clock)
+    r.observe("ADDED", body("orders"))
+    assert names(r.due(INTERVAL)) == []
+    clock.now += INTERVAL
+    assert names(r.due(INTERVAL)) == ["orders"]
+    r.done(("ns", "orders"), INTERVAL)
+    clock.now += INTERVAL - 1
+    assert names(r.due(INTERVAL)) == []
+
+
+def test_a_pass_asked_for_while_another_runs_is_not_lost_when_that_one_ends() -> None:
+    # A failover is followed (from a watch thread) during a pass that found nothing to do: the pass
+    # ends asking for the usual period, the failover's request for a pass at once still holds.
+    clock = Clock()
+    r = Registry(clock)
+    r.observe("ADDED", body("orders"))
+    assert names(r.due(INTERVAL)) == []
+    clock.now += INTERVAL
+    assert names(r.due(INTERVAL)) == ["orders"]
+    r.schedule(("ns", "orders"), 0.0)  # during the pass
+    r.done(("ns", "orders"), INTERVAL)
+    assert names(r.due(INTERVAL)) == ["orders"]
+    r.done(("ns", "orders"), INTERVAL)  # that request was served: back to the period
+    clock.now += 1
+    assert names(r.due(INTERVAL)) == []
+
+
+def test_sooner_wins_and_a_deleted_resource_is_forgotten() -> None:
+    clock = Clock()
+    r = Registry(clock)
+    r.observe("ADDED", body("orders"))
+    r.schedule(("ns", "orders"), 10.0)
+    r.schedule(("ns", "orders"), 2.0)
+    r.schedule(("ns", "orders"), 20.0)
+    clock.now += 2
+    assert names(r.due(INTERVAL)) == ["orders"]
+    r.observe("DELETED", body("orders"))
+    r.done(("ns", "orders"), 0.0)
+    clock.now += INTERVAL
+    assert names(r.due(INTERVAL)) == []
+
+
+def test_the_loop_comes_back_when_a_pass_asks_and_survives_a_failing_one() -> None:
+    r = Registry()
+    r.observe("ADDED", body("orders"))
+    r.observe("ADDED", body("broken"))
+    r.schedule(("ns", "orders"), 0.0)
+    r.schedule(("ns", "broken"), 0.0)
+    seen: list[str] = []
+
+    async def main() -> None:
+        stopped = asyncio.Event()
+
+        def run_pass(b: dict[str, Any]) -> float | None:
+            seen.append(b["metadata"]["name"])
+            if b["metadata"]["name"] == "broken":
+                raise RuntimeError("boom")
+            if seen.count("orders") >= 3:
+                stopped.set()
+            return 0.05
+
+        await asyncio.wait_for(resync_forever(r, run_pass, INTERVAL, stopped, tick=0.01), timeout=5)
+
+    asyncio.run(main())
+    assert seen.count("orders") == 3
+    assert seen.count("broken") == 1  # a failed pass comes back after min(interval, 10 s)
