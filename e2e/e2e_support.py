@@ -153,7 +153,7 @@ class LocalBackend(Cluster):
         return "\n".join(parts)
 
     def events(self, namespace: str) -> str:
-        # The EndpointSlice controller refuses the pods' loopback addresses (the hosts files stand in
-        # for Service routing): its warnings would drown everything else.
+        # The Endpoints and EndpointSlice controllers refuse the pods' loopback addresses (the hosts
+        # files stand in for Service routing): their warnings would drown everything else.
         return "\n".join(line for line in super().events(namespace).splitlines()
-                         if "FailedToUpdateEndpointSlices" not in line)
+                         if "FailedToUpdateEndpoint" not in line)

@@ -147,6 +147,21 @@ def _run(argv: list[str], *, what: str, check: bool = True, timeout: float = 15.
     return result
 
 
+# Run in the pod's network namespace with the pod IP as argument: two gratuitous ARP requests on eth0
+# (sender and target address the pod IP), which Linux applies to existing entries whatever their age.
+GRATUITOUS_ARP = r"""
+import socket, sys, time
+ip = socket.inet_aton(sys.argv[1])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0x0806))
+mac = s.getsockname()[4]
+frame = b"\xff" * 6 + mac + b"\x08\x06" + b"\x00\x01\x08\x00\x06\x04\x00\x01" + mac + ip + b"\x00" * 6 + ip
+for i in range(2):
+    s.send(frame)
+    time.sleep(0.05)
+"""
+
+
 class PodNetwork:
     """A bridge in the host's network namespace for the pods' loopback subnet.
 
@@ -198,7 +213,17 @@ class PodNetwork:
             f"ip route add table local {self.subnet} dev eth0 src {pod_ip}"
         )
         _run(["nsenter", "--target", str(sandbox_pid), "--net", "sh", "-c", script], what="pod network")
+        self.announce(sandbox_pid, pod_ip)
         return host_if
+
+    def announce(self, sandbox_pid: int, pod_ip: str) -> None:
+        """Tell every neighbour that ``pod_ip`` now lives at this pod's MAC address (a gratuitous ARP,
+        as CNI bridge plugins send). kwok hands a deleted pod's IP to the next pod at once: without
+        this, the host and pods that talked to the old pod keep sending to its MAC, which is gone,
+        until their ARP entry ages out, tens of seconds during which the new pod is unreachable."""
+        _run(["ip", "neigh", "flush", "to", pod_ip, "dev", self.bridge], what="neighbour flush", check=False)
+        _run(["nsenter", "--target", str(sandbox_pid), "--net", sys.executable, "-c", GRATUITOUS_ARP, pod_ip],
+             what="gratuitous ARP")
 
     def partition(self, host_if: str) -> None:
         """Cut the pod off the bridge: what it sends and what is sent to it is dropped (no reset)."""
