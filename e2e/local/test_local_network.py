@@ -12,6 +12,7 @@ import subprocess
 import time
 from typing import Any
 
+import pytest
 from e2e_support import Cluster, eventually
 
 IMAGE = "redis:7.2"
@@ -55,20 +56,29 @@ def test_a_reused_pod_ip_is_reachable_at_once_from_the_host_and_from_pods(cluste
                                                                          local_cluster: Any) -> None:
     node = local_cluster.node_names[0]
     cluster.apply(namespace, pod("client", local_cluster.node_names[1]))
-    cluster.apply(namespace, pod("first", node))
-    client_ip, first_ip = running_ip(cluster, namespace, "client"), running_ip(cluster, namespace, "first")
-    assert client_ip != first_ip
-    assert host_ping(first_ip)
-    assert pod_ping(cluster, namespace, "client", first_ip)  # both now hold an ARP entry for its MAC
-
-    cluster.kubectl("delete", "pod", "first", "-n", namespace, "--wait=true", "--timeout=60s")
-    cluster.apply(namespace, pod("second", node))
-    second_ip = running_ip(cluster, namespace, "second")
-    assert second_ip == first_ip, "kwok gave the freed IP to another pod: the scenario needs it reused"
+    running_ip(cluster, namespace, "client")
+    # kwok hands out the node's lowest free IP; pods of other namespaces being deleted free some
+    # meanwhile, so the handover is tried a few times.
+    for attempt in range(4):
+        first, second = f"first-{attempt}", f"second-{attempt}"
+        cluster.apply(namespace, pod(first, node))
+        first_ip = running_ip(cluster, namespace, first)
+        # redis-server listening (the pod has no readiness probe); both now hold an ARP entry for its MAC
+        eventually(lambda ip=first_ip: host_ping(ip), timeout=10, interval=0.1, what="the host reaches it")
+        eventually(lambda ip=first_ip: pod_ping(cluster, namespace, "client", ip), timeout=10, interval=0.1,
+                   what="the client pod reaches it")
+        cluster.kubectl("delete", "pod", first, "-n", namespace, "--wait=true", "--timeout=60s")
+        cluster.apply(namespace, pod(second, node))
+        second_ip = running_ip(cluster, namespace, second)
+        if second_ip == first_ip:
+            break
+        cluster.kubectl("delete", "pod", second, "-n", namespace, "--wait=true", "--timeout=60s")
+    else:
+        pytest.skip("kwok never handed the freed IP to the next pod (other namespaces freed lower ones)")
     started = time.monotonic()
     # Readiness came through the probe; what matters is the neighbours: within 3 s, not 30.
     eventually(lambda: host_ping(second_ip), timeout=3, interval=0.1, what="the host reaches the new pod")
     eventually(lambda: pod_ping(cluster, namespace, "client", second_ip), timeout=3, interval=0.1,
                what="the client pod reaches the new pod")
     print(f"\n[e2e] a reused pod IP was reachable from the host and a pod {time.monotonic() - started:.2f}s "
-          f"after the new pod was ready")
+          f"after the new pod was ready (attempt {attempt + 1})")
