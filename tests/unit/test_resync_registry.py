@@ -26,13 +26,19 @@ def names(due: list[tuple[tuple[str, str], dict[str, Any]]]) -> list[str]:
     return [key[1] for key, _ in due]
 
 
-def test_a_resource_at_rest_is_due_every_interval() -> None:
+def first_pass_due() -> tuple[Clock, Registry]:
+    """A registry that has just seen "orders", its clock moved to that resource's first pass."""
     clock = Clock()
     r = Registry(clock)
     r.observe("ADDED", body("orders"))
     assert names(r.due(INTERVAL)) == []
     clock.now += INTERVAL
     assert names(r.due(INTERVAL)) == ["orders"]
+    return clock, r
+
+
+def test_a_resource_at_rest_is_due_every_interval() -> None:
+    clock, r = first_pass_due()
     r.done(("ns", "orders"), INTERVAL)
     clock.now += INTERVAL - 1
     assert names(r.due(INTERVAL)) == []
@@ -41,12 +47,7 @@ def test_a_resource_at_rest_is_due_every_interval() -> None:
 def test_a_pass_asked_for_while_another_runs_is_not_lost_when_that_one_ends() -> None:
     # A failover is followed (from a watch thread) during a pass that found nothing to do: the pass
     # ends asking for the usual period, the failover's request for a pass at once still holds.
-    clock = Clock()
-    r = Registry(clock)
-    r.observe("ADDED", body("orders"))
-    assert names(r.due(INTERVAL)) == []
-    clock.now += INTERVAL
-    assert names(r.due(INTERVAL)) == ["orders"]
+    clock, r = first_pass_due()
     r.schedule(("ns", "orders"), 0.0)  # during the pass
     r.done(("ns", "orders"), INTERVAL)
     assert names(r.due(INTERVAL)) == ["orders"]
