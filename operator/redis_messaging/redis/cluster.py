@@ -11,6 +11,10 @@ source (one pipeline each), then rounds of ``CLUSTER GETKEYSINSLOT`` and ``MIGRA
 slot of the batch in one pipeline per round, a check that no key is left (``COUNTKEYSINSLOT``), and
 ``CLUSTER SETSLOT <slot> NODE`` on the target, then the source, then every other master. Every step
 can be repeated, so a batch interrupted anywhere is finished by running it again.
+
+``MIGRATE`` runs without ``REPLACE``: a key that exists on both sides (``BUSYKEY``) is never overwritten.
+That slot's move stops there, open, with both values kept (the source's is the one clients see), and
+:attr:`MoveStats.blocked` names the slot and the keys, for a human to decide which value to keep.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.client import Redis
@@ -37,8 +41,8 @@ BUS_PORT_OFFSET = 10000
 
 __all__ = [
     "SLOTS", "Address", "ClusterNode", "Connections", "NodeView", "RawConnections", "SlotMover",
-    "add_slots", "forget", "meet", "observe", "parse_nodes", "ranges", "replicate", "reset", "resolve",
-    "slot_of", "stabilize",
+    "add_slots", "count_keys", "forget", "meet", "observe", "parse_nodes", "ranges", "replicate", "reset",
+    "resolve", "slot_of", "stabilize",
 ]
 
 
@@ -244,6 +248,22 @@ def observe(conns: Connections, address: Address) -> NodeView:
     )
 
 
+def count_keys(conns: Connections, address: Address, slots: Sequence[int]) -> dict[int, int] | None:
+    """How many keys the node at ``address`` holds in each of ``slots`` (``CLUSTER COUNTKEYSINSLOT``, one
+    pipeline; a replica counts its own copy); None when it does not answer: the counts are unknown."""
+    if not slots:
+        return {}
+    try:
+        pipe = conns.get(address).pipeline(transaction=False)
+        for slot in slots:
+            pipe.execute_command("CLUSTER", "COUNTKEYSINSLOT", str(slot))  # type: ignore[no-untyped-call]
+        replies = pipe.execute(raise_on_error=True)
+    except (RedisError, OSError) as exc:
+        log.info("keys of open slots not counted on %s:%s: %s", *address, _describe(exc))
+        return None
+    return {slot: int(count) for slot, count in zip(slots, replies, strict=True)}
+
+
 # ---------------------------------------------------------------------------------------------
 # Commands
 
@@ -325,10 +345,11 @@ raises from it to interrupt a migration at that exact point."""
 
 @dataclass
 class MoveStats:
-    slots: int = 0
+    slots: int = 0  # slots moved and assigned to the target
     keys: int = 0
     batches: int = 0
     seconds: float = 0.0
+    blocked: dict[int, tuple[bytes, ...]] = field(default_factory=dict)  # slot -> keys on both sides (BUSYKEY)
 
 
 class SlotMover:
@@ -362,8 +383,10 @@ class SlotMover:
         for batch in batches:
             if deadline is not None and time.monotonic() > deadline:
                 break
-            stats.keys += self._move_batch(source, target, batch, others)
-            stats.slots += len(batch)
+            keys, blocked = self._move_batch(source, target, batch, others)
+            stats.keys += keys
+            stats.slots += len(batch) - len(blocked)
+            stats.blocked.update(blocked)
             stats.batches += 1
         stats.seconds = time.monotonic() - started
         return stats
@@ -379,7 +402,8 @@ class SlotMover:
         return list(pipe.execute(raise_on_error=False))
 
     def _move_batch(self, source: Endpoint, target: Endpoint, batch: Sequence[int],
-                    others: Sequence[Address]) -> int:
+                    others: Sequence[Address]) -> tuple[int, dict[int, tuple[bytes, ...]]]:
+        """Move one batch; the keys moved, and the slots stopped by a key on both sides (left open)."""
         # 1. open: the target imports, the source migrates. Repeating either is harmless; "already
         #    the owner" (target) or "not the owner" (source) means that side finished before.
         replies = self._pipeline_all(target.address, (("CLUSTER", "SETSLOT", s, "IMPORTING", source.id)
@@ -390,8 +414,10 @@ class SlotMover:
         _check(replies, batch, "migrating on the source", ok=("not the owner",))
         self._stage("opened", batch)
 
-        # 2. keys: rounds of GETKEYSINSLOT + MIGRATE for every slot still holding keys.
+        # 2. keys: rounds of GETKEYSINSLOT + MIGRATE for every slot still holding keys. Never REPLACE:
+        #    a key the target holds already (BUSYKEY) stays where it is on both sides, and its slot stops.
         moved = 0
+        blocked: dict[int, tuple[bytes, ...]] = {}
         pending = list(batch)
         auth = ["AUTH", self.raw.password] if self.raw.password is not None else []
         for _ in range(self.max_rounds):
@@ -400,47 +426,70 @@ class SlotMover:
             found = self._pipeline_all(source.address, (("CLUSTER", "GETKEYSINSLOT", s, self.keys_per_migrate)
                                                         for s in pending))
             commands = []
-            with_keys = []
+            with_keys: list[tuple[int, list[bytes]]] = []
             for slot, keys in zip(pending, found, strict=True):
                 if isinstance(keys, Exception):
                     raise MigrationError(f"slot {slot}: keys not listed on the source: {_describe(keys)}")
                 if keys:
-                    with_keys.append((slot, len(keys)))
+                    with_keys.append((slot, list(keys)))
                     commands.append(("MIGRATE", target.cluster_ip, target.cluster_port, "", 0,
-                                     self.migrate_timeout_ms, "REPLACE", *auth, "KEYS", *keys))
+                                     self.migrate_timeout_ms, *auth, "KEYS", *keys))
             if not commands:
                 break
             results = self._pipeline_all(source.address, commands)
-            for (slot, count), result in zip(with_keys, results, strict=True):
+            for (slot, keys), result in zip(with_keys, results, strict=True):
+                if isinstance(result, Exception) and "BUSYKEY" in str(result):
+                    # MIGRATE deleted on the source every key the target took; the ones left are busy.
+                    blocked[slot] = self._busy_keys(source, target, keys)
+                    moved += len(keys) - len(blocked[slot])
+                    continue
                 if isinstance(result, Exception) and "NOKEY" not in str(result):
                     raise MigrationError(f"slot {slot}: MIGRATE to {target.cluster_ip}:{target.cluster_port} "
                                          f"failed: {_describe(result)}")
-                moved += count
+                moved += len(keys)
             # A slot that gave fewer keys than asked is empty now: new keys of a migrating slot are
             # created on the target (ASK), and keys written meanwhile were moved by MIGRATE itself.
-            pending = [slot for slot, count in with_keys if count >= self.keys_per_migrate]
+            pending = [slot for slot, keys in with_keys if len(keys) >= self.keys_per_migrate and slot not in blocked]
         else:
             raise MigrationError(f"slots {pending[:5]}... still hold keys after {self.max_rounds} rounds")
-        left = self._pipeline_all(source.address, (("CLUSTER", "COUNTKEYSINSLOT", s) for s in batch))
-        for slot, count in zip(batch, left, strict=True):
+        done = [s for s in batch if s not in blocked]
+        if blocked:
+            log.warning("slots %s not moved from %s to %s: keys on both sides", sorted(blocked), source.id, target.id)
+        if not done:
+            return moved, blocked
+        left = self._pipeline_all(source.address, (("CLUSTER", "COUNTKEYSINSLOT", s) for s in done))
+        for slot, count in zip(done, left, strict=True):
             if isinstance(count, Exception) or int(count) != 0:
                 raise MigrationError(f"slot {slot} still holds keys on the source ({count}); the next pass "
                                      "continues")
-        self._stage("migrated", batch)
+        self._stage("migrated", done)
 
         # 3. assign: the target first (it bumps its config epoch, so its claim wins everywhere), then
         #    the source (which refuses while it holds a key of the slot), then every other master.
-        replies = self._pipeline_all(target.address, (("CLUSTER", "SETSLOT", s, "NODE", target.id) for s in batch))
-        _check(replies, batch, "assignment on the target")
-        replies = self._pipeline_all(source.address, (("CLUSTER", "SETSLOT", s, "NODE", target.id) for s in batch))
-        _check(replies, batch, "assignment on the source")
+        replies = self._pipeline_all(target.address, (("CLUSTER", "SETSLOT", s, "NODE", target.id) for s in done))
+        _check(replies, done, "assignment on the target")
+        replies = self._pipeline_all(source.address, (("CLUSTER", "SETSLOT", s, "NODE", target.id) for s in done))
+        _check(replies, done, "assignment on the source")
         for other in others:
             try:
-                replies = self._pipeline_all(other, (("CLUSTER", "SETSLOT", s, "NODE", target.id) for s in batch))
+                replies = self._pipeline_all(other, (("CLUSTER", "SETSLOT", s, "NODE", target.id) for s in done))
             except (RedisError, OSError) as exc:  # it learns from gossip instead
                 log.info("slots not announced to %s:%s directly: %s", *other, _describe(exc))
-        self._stage("assigned", batch)
-        return moved
+        self._stage("assigned", done)
+        return moved, blocked
+
+    def _busy_keys(self, source: Endpoint, target: Endpoint, keys: Sequence[bytes]) -> tuple[bytes, ...]:
+        """The keys of a MIGRATE refused with BUSYKEY that are still on the source and also on the target
+        (asked with ASKING: the target does not serve the slot yet)."""
+        left = self._pipeline_all(source.address, (("EXISTS", k) for k in keys))
+        still = [k for k, n in zip(keys, left, strict=True) if not isinstance(n, Exception) and int(n)]
+        pipe = self.raw.get(target.address).pipeline(transaction=False)
+        for key in still:
+            pipe.execute_command("ASKING")  # type: ignore[no-untyped-call]
+            pipe.execute_command("EXISTS", key)  # type: ignore[no-untyped-call]
+        there = list(pipe.execute(raise_on_error=False))[1::2] if still else []
+        both = tuple(k for k, n in zip(still, there, strict=True) if not isinstance(n, Exception) and int(n))
+        return both or tuple(still)
 
 
 def _check(replies: Sequence[Any], batch: Sequence[int], what: str, ok: tuple[str, ...] = ()) -> None:
