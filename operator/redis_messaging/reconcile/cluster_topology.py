@@ -13,12 +13,13 @@ steps and the next pass, on a fresh observation, goes on:
    forgotten on every node, unless a live replica may still take over for them.
 3. **assign**: slots that no node claims are added to the master of the shard the even split gives
    them to. On a fresh cluster that is the bootstrap; on a cluster holding slots it only fixes
-   coverage lost with a shard whose every node was replaced. A cluster that holds slots is never
-   re-created.
+   coverage lost with a shard whose every node was replaced (a slot a master was importing goes to
+   that master: it holds the keys moved so far). A cluster that holds slots is never re-created.
 4. **replicas**: every other pod of a shard replicates the shard's master (``CLUSTER REPLICATE``),
    so each shard keeps ``replicasPerShard`` replicas after failovers and replaced pods.
 5. **open slots**: importing/migrating slots left by an interrupted migration are finished (keys
-   moved, slot assigned to the target), or made stable when their target is gone.
+   moved, slot assigned to the target shard's current master), or made stable only when the target
+   shard provably holds none of their keys; see :func:`open_slot` for the rule.
 6. **balance**: when every shard has its master and replicas in sync and the cluster state is ok,
    slots move until every shard holds an even share (within one slot); shards beyond ``shards`` give
    all theirs away, spread over every remaining shard. Migration runs in pipelined batches within a
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 SLOTS = cl.SLOTS
 MIN_SHARDS = 3
 WAIT_SECONDS = 1.0
+BLOCKED_SECONDS = 10.0
+"""How soon a pass comes back while a slot move is stopped by a key on both sides (a human decides)."""
+SLOT_MOVE_BLOCKED = "SlotMoveBlocked"
 PROGRESSING_REASONS = frozenset({"Joining", "Bootstrapping", "Resharding", "ScalingIn"})
 """Reasons of a pass that works towards the declared topology on purpose: Progressing, not Degraded."""
 
@@ -141,6 +145,7 @@ class AddSlots:
     shard: int
     slots: tuple[tuple[int, int], ...]
     bootstrap: bool
+    imported: bool = False  # slots the pod was importing from a source that is gone: it holds their keys
 
 
 @dataclass(frozen=True)
@@ -175,8 +180,13 @@ class Move:
 
 @dataclass(frozen=True)
 class Stabilize:
+    """``CLUSTER SETSLOT <slot> STABLE`` on ``pod``. ``guard``: pods counted again right before, each of
+    which must answer and hold no key of the slots, or nothing is closed (a key may have arrived since
+    the observation). The importing side is closed first, so no ASK-redirected write lands meanwhile."""
+
     pod: str
     slots: tuple[int, ...]
+    guard: tuple[str, ...] = ()
 
 
 Step = Meet | AddSlots | Replicate | Forget | Reset | Move | Stabilize
@@ -192,6 +202,10 @@ class Observation:
     pod_of: Callable[[str], str | None]  # announced hostname -> pod
     ips: dict[str, str] = field(default_factory=dict)  # pod -> its current IP, where known
     ports: dict[str, int] = field(default_factory=dict)  # pod -> its client port
+    # pod -> open slot -> keys it holds of that slot (CLUSTER COUNTKEYSINSLOT), for every slot some node
+    # imports or migrates, on every reachable node, replicas included; a pod or slot missing is unknown.
+    # Empty when no slot is open (nothing is counted then).
+    slot_keys: dict[str, dict[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -232,6 +246,8 @@ class _Analysis:
         self.table: dict[str, cl.ClusterNode] = {n.id: n for n in anchor_view.nodes} if anchor_view else {}
         self.id_of = {p: v.id for p, v in self.reachable.items() if v.id is not None}
         self.pod_by_id = {i: p for p, i in self.id_of.items()}
+        self._claimed: set[int] | None = None
+        self._shard_pods: dict[int, list[str]] = {}
 
     def _anchor(self) -> str | None:
         """A reachable master holding slots that knows the most nodes (an expected pod first); on a
@@ -261,15 +277,20 @@ class _Analysis:
         return min(found, key=lambda n: (n.failed or n.no_address, not n.is_master))
 
     def shard_pods(self, shard: int) -> list[str]:
-        return sorted((p for p, (s, _) in self.obs.members.items() if s == shard), key=self.obs.members.__getitem__)
+        if shard not in self._shard_pods:
+            self._shard_pods[shard] = sorted((p for p, (s, _) in self.obs.members.items() if s == shard),
+                                             key=self.obs.members.__getitem__)
+        return list(self._shard_pods[shard])
 
     def claimed(self) -> set[int]:
         """Every slot some node claims, in any reachable node's view."""
-        out: set[int] = set()
-        for view in self.reachable.values():
-            for node in view.nodes:
-                out |= node.slot_set()
-        return out
+        if self._claimed is None:
+            # the views mostly agree: each distinct range is expanded once
+            claims = {r for view in self.reachable.values() for node in view.nodes for r in node.slots}
+            self._claimed = set()
+            for start, end in claims:
+                self._claimed.update(range(start, end + 1))
+        return set(self._claimed)
 
     def shard_master(self, shard: int) -> cl.ClusterNode | None:
         pods = self.shard_pods(shard)
@@ -282,6 +303,37 @@ class _Analysis:
             return None
         followed = Counter(n.master_id for _, n in nodes if n.master_id)
         return max(masters, key=lambda pn: (followed[pn[1].id], -self.obs.members[pn[0]][1]))[1]
+
+    def shard_of_id(self, node_id: str) -> int | None:
+        """The shard of a node id: of the pod running it, or of the pod its table entry names."""
+        pod = self.pod_by_id.get(node_id)
+        if pod is None:
+            node = self.table.get(node_id)
+            pod = self.pod_of_node(node) if node is not None else None
+        where = self.obs.members.get(pod or "")
+        return where[0] if where is not None else None
+
+    def usable_master(self, shard: int) -> str | None:
+        """The pod of the shard's master if it can take part in a slot move now: reachable, a master in
+        the cluster's table and in its own view, not flagged ``fail``."""
+        node = self.shard_master(shard)
+        pod = self.pod_of_node(node) if node is not None else None
+        view = self.reachable.get(pod or "")
+        if node is None or pod is None or view is None or node.failed or not node.is_master:
+            return None
+        me = view.myself
+        return pod if me is not None and me.id == node.id and me.is_master else None
+
+    def slot_owner(self, slot: int) -> cl.ClusterNode | None:
+        """The master that serves ``slot`` in the anchor's table (the newest claim if two)."""
+        claims = [n for n in self.table.values() if n.is_master and any(b <= slot <= e for b, e in n.slots)]
+        return max(claims, key=lambda n: n.config_epoch) if claims else None
+
+    def keys_in(self, pod: str, slot: int) -> int | None:
+        """Keys of an open slot on ``pod``, as counted in this observation; None: unknown."""
+        if pod not in self.reachable:
+            return None
+        return self.obs.slot_keys.get(pod, {}).get(slot)
 
     def shard_view(self, shard: int) -> ShardView:
         master = self.shard_master(shard)
@@ -314,6 +366,202 @@ def _summary(a: _Analysis, shards: list[ShardView]) -> str:
         if not s.leaving:
             parts.append(f"shard {s.index}: {len(s.replicas)} replicas, {sum(e - b + 1 for b, e in s.slots)} slots")
     return "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Open slots: what an interrupted migration left behind
+
+
+@dataclass
+class Marks:
+    """The importing/migrating marks of one slot, as the reachable nodes report them on their own line."""
+
+    migrating: list[tuple[str, str]] = field(default_factory=list)  # (pod, target node id)
+    importing: list[tuple[str, str]] = field(default_factory=list)  # (pod, source node id)
+
+    @property
+    def pods(self) -> list[str]:
+        return sorted({p for p, _ in self.migrating} | {p for p, _ in self.importing})
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Move what is left of the slot from ``source`` (a master) to ``target`` (its shard's master)."""
+
+    source: str
+    target: str
+    source_shard: int
+    target_shard: int
+
+
+@dataclass(frozen=True)
+class Close:
+    """Make the slot stable on every node marking it; ``guard``: the pods that held none of its keys."""
+
+    guard: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Wait:
+    why: str  # without the slot number: slots waiting for the same reason are listed together
+
+
+OpenSlotDecision = Resume | Close | Wait
+
+
+def open_slot(a: _Analysis, slot: int, marks: Marks) -> list[OpenSlotDecision]:
+    """What to do with one open slot. The rule (the safety rule of DESIGN.md, as implemented):
+
+    **A slot move is never closed on the source while any node of the target shard holds keys of that
+    slot; when the target master failed over, the move resumes towards the shard's new master;
+    ``MIGRATE`` runs without ``REPLACE``, and ``BUSYKEY`` stops the move with a Condition and an Event
+    naming the slot and key.**
+
+    In detail:
+
+    - The *target shard* is the shard of the node the marks name (the migrating node's target, the
+      importing node). A target id no table knows any more (its node is gone from the cluster) names
+      no shard: then the target is the slot's owner if the migrating node no longer serves it, else the
+      shard outside the owner's that holds keys of the slot; if none does (every node answering,
+      counting 0) the slot is closed.
+    - The target shard's master is usable (reachable, a master, not ``fail``): the move resumes towards
+      it, whichever node of the shard that is now (after a failover: the promoted replica, whose
+      data has the keys moved so far). The source's ``MIGRATING`` is pointed at it, the remaining keys
+      follow. A target shard being removed gets the slot too when it may hold keys of it (keys from
+      both sides end on it, none overwritten); the balance phase then moves the slot on to a remaining
+      shard, as it does with every slot of a leaving shard.
+    - The slot is closed (``SETSLOT STABLE``) only when the target shard *provably* holds no key of it:
+      every node of the shard, replicas included, answered and counted 0, and the move cannot or need
+      not go on (no usable master, or a shard being removed). The importing side is closed first and
+      the counts are taken again right before the source is closed.
+    - Anything else waits and says why: an unreachable node of the target shard (unknown is not 0),
+      a target shard without a master while it may hold keys, an owner that does not answer, keys of
+      the slot on a third shard, marks naming two target shards.
+    - The target shard serves the slot already (the assignment was interrupted half-way): whatever a
+      source shard still holds of it moves over, and the source's mark is cleared by the assignment.
+    """
+    obs = a.obs
+    members = obs.members
+    owner = a.slot_owner(slot)
+    owner_pod = a.pod_of_node(owner) if owner is not None else None
+    if owner is None or owner_pod not in members:
+        return [Wait("open, and no node of this resource serves it")]
+    owner_shard = members[owner_pod][0]
+    named: set[int] = set()
+    gone: list[str] = []
+    for _pod, target_id in marks.migrating:
+        shard = a.shard_of_id(target_id)
+        if shard is None:
+            gone.append(target_id)
+        else:
+            named.add(shard)
+    named |= {members[pod][0] for pod, _ in marks.importing}
+    holders = {members[p][0] for p in members if (a.keys_in(p, slot) or 0) > 0}
+    if len(named) > 1:
+        return [Wait(f"its open marks name shards {', '.join(map(str, sorted(named)))} as its target")]
+    if named:
+        (target,) = named
+    elif owner_shard not in {members[pod][0] for pod, _ in marks.migrating}:
+        target = owner_shard  # assigned to the target shard already; its node that took it is gone since
+    else:
+        # the target node is gone: any node outside the owner's shard may hold what it took
+        outside = sorted(p for p in members if members[p][0] != owner_shard)
+        unknown = [p for p in outside if a.keys_in(p, slot) is None]
+        if unknown:
+            return [Wait(f"migrating to node {gone[0][:8]}, which is gone; whether {', '.join(unknown)} "
+                         "holds keys of it is unknown (not reachable)")]
+        elsewhere = sorted(holders - {owner_shard})
+        if len(elsewhere) > 1:
+            return [Wait(f"migrating to node {gone[0][:8]}, which is gone; shards "
+                         f"{', '.join(map(str, elsewhere))} hold keys of it: not moved automatically")]
+        if not elsewhere:
+            return [Close(tuple(outside))]
+        target = elsewhere[0]
+    target_pods = a.shard_pods(target)
+    counts = {p: a.keys_in(p, slot) for p in target_pods}
+    empty = bool(counts) and all(c == 0 for c in counts.values())
+    taker = a.usable_master(target)
+    if owner_shard != target:
+        stray = sorted(holders - {owner_shard, target})
+        if stray:
+            return [Wait(f"keys of it are on shard {', '.join(map(str, stray))} too, neither its owner nor its "
+                         "target: not moved automatically")]
+        if empty and (taker is None or target >= obs.shards):
+            return [Close(tuple(target_pods))]
+        if taker is None:
+            unknown = [p for p, c in counts.items() if c is None]
+            held = [f"{p} holds {c}" for p, c in counts.items() if c]
+            return [Wait(f"its target shard {target} has no usable master, and "
+                         + "; ".join(held + ([f"{', '.join(unknown)} not reachable"] if unknown else []))
+                         + ": the move resumes when the shard has a master again")]
+        source = a.usable_master(owner_shard)
+        if source != owner_pod:
+            return [Wait(f"its owner {owner_pod} is not reachable (or not a master)")]
+        return [Resume(owner_pod, taker, owner_shard, target)]
+    # the target shard serves the slot already: what a source shard still holds of it comes over
+    if taker is None or taker != owner_pod:
+        return [Wait(f"shard {target}, which serves it, has no usable master")]
+    sources = sorted((holders | {members[p][0] for p, _ in marks.migrating}) - {target})
+    if not sources:
+        return [Wait(f"marked open on {', '.join(marks.pods)} of shard {target}, which serves it")]
+    out: list[OpenSlotDecision] = []
+    for shard in sources:
+        giver = a.usable_master(shard)
+        if giver is None:
+            out.append(Wait(f"shard {shard} holds keys of it or migrates it, and has no usable master"))
+        else:
+            out.append(Resume(giver, taker, shard, target))
+    return out
+
+
+@dataclass
+class OpenSlots:
+    steps: list[Step] = field(default_factory=list)
+    waits: list[str] = field(default_factory=list)  # "slots 5-7: why"
+    finishing: int = 0  # open slots with a step
+
+
+def open_marks(a: _Analysis) -> dict[int, Marks]:
+    out: dict[int, Marks] = {}
+    for pod, view in sorted(a.reachable.items()):
+        me = view.myself
+        if me is None:
+            continue
+        for slot, target_id in me.migrating:
+            out.setdefault(slot, Marks()).migrating.append((pod, target_id))
+        for slot, source_id in me.importing:
+            out.setdefault(slot, Marks()).importing.append((pod, source_id))
+    return out
+
+
+def open_slots(a: _Analysis) -> OpenSlots:
+    """Phase 5: every open slot decided by :func:`open_slot`, as steps grouped by pod; the waits said."""
+    moves: dict[tuple[str, str, int, int], list[int]] = {}
+    close_importing: dict[str, list[int]] = {}
+    close_migrating: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+    waits: dict[str, list[int]] = {}
+    finishing = set()
+    for slot, marks in sorted(open_marks(a).items()):
+        for decision in open_slot(a, slot, marks):
+            if isinstance(decision, Wait):
+                waits.setdefault(decision.why, []).append(slot)
+                continue
+            finishing.add(slot)
+            if isinstance(decision, Resume):
+                key = (decision.source, decision.target, decision.source_shard, decision.target_shard)
+                moves.setdefault(key, []).append(slot)
+                continue
+            for pod, _ in marks.importing:
+                close_importing.setdefault(pod, []).append(slot)
+            for pod, _ in marks.migrating:
+                close_migrating.setdefault((pod, decision.guard), []).append(slot)
+    steps: list[Step] = [Stabilize(pod, tuple(slots)) for pod, slots in sorted(close_importing.items())]
+    steps += [Stabilize(pod, tuple(slots), guard) for (pod, guard), slots in sorted(close_migrating.items())]
+    steps += [Move(source, target, tuple(slots), source_shard, target_shard, resume=True)
+              for (source, target, source_shard, target_shard), slots in sorted(moves.items())]
+    said = [f"slot{'s' if len(slots) > 1 else ''} {format_ranges(cl.ranges(slots))}: {why}"
+            for why, slots in sorted(waits.items(), key=lambda item: item[1][0])]
+    return OpenSlots(steps=steps, waits=said, finishing=len(finishing))
 
 
 def plan(obs: Observation, *, reshard: bool = True) -> Plan:
@@ -396,6 +644,18 @@ def plan(obs: Observation, *, reshard: bool = True) -> Plan:
         joined = [p for p in a.expected if a.id_of.get(p) in a.table]
         if len(joined) < len(a.expected):
             return early([], "Joining", "waiting for every node to join before assigning slots")
+        # A slot some master was importing when its source vanished goes to that master: the keys moved
+        # so far are there, and ADDSLOTS ends the import. The rest follow the even split.
+        importers: dict[str, list[int]] = {}
+        for pod, view in sorted(a.reachable.items()):
+            me = view.myself
+            if me is not None and me.is_master and not me.failed and me.id in a.table:
+                for slot, _ in me.importing:
+                    if slot in unowned:
+                        importers.setdefault(pod, []).append(slot)
+                        unowned.discard(slot)
+        for pod, slots in sorted(importers.items()):
+            steps.append(AddSlots(pod, obs.members[pod][0], tuple(cl.ranges(slots)), bootstrap=False, imported=True))
         by_shard: dict[int, list[int]] = {}
         for slot in unowned:
             by_shard.setdefault(even_shard_of(slot, obs.shards), []).append(slot)
@@ -426,34 +686,15 @@ def plan(obs: Observation, *, reshard: bool = True) -> Plan:
     if steps:
         return early(steps, "Healing")
 
-    # 5. slots an interrupted migration left open
-    opened: dict[tuple[str, str], set[int]] = {}
-    for view in a.reachable.values():
-        mine = view.myself
-        if mine is None:
-            continue
-        for slot, to in mine.migrating:
-            opened.setdefault((mine.id, to), set()).add(slot)
-        for slot, origin in mine.importing:
-            opened.setdefault((origin, mine.id), set()).add(slot)
-    for (source_id, target_id), open_slots in sorted(opened.items()):
-        source_pod, target_pod = a.pod_by_id.get(source_id), a.pod_by_id.get(target_id)
-        target_node = a.table.get(target_id)
-        target_ok = (target_pod is not None and target_node is not None and target_node.is_master
-                     and not target_node.failed and obs.members.get(target_pod, (obs.shards, 0))[0] < obs.shards)
-        listed = tuple(sorted(open_slots))
-        if source_pod is not None and target_ok and target_pod is not None:
-            steps.append(Move(source_pod, target_pod, listed, obs.members[source_pod][0],
-                              obs.members[target_pod][0], resume=True))
-        elif source_pod is not None and not target_ok:
-            steps.append(Stabilize(source_pod, listed))
-            if target_pod is not None:
-                steps.append(Stabilize(target_pod, listed))
-        elif target_pod is not None and source_id not in a.table:
-            steps.append(Stabilize(target_pod, listed))
-    if steps:
-        return early(steps, "Resharding", f"finishing {sum(len(s) for s in opened.values())} slots an "
-                     "interrupted migration left open")
+    # 5. slots an interrupted migration left open (see open_slot for the rule)
+    opened = open_slots(a)
+    if opened.steps or opened.waits:
+        reason = "Resharding" if opened.steps else "SlotMoveWaiting"
+        parts = []
+        if opened.finishing:
+            parts.append(f"finishing {opened.finishing} slots an interrupted migration left open")
+        parts += opened.waits
+        return early(opened.steps, reason, "; ".join(parts))
 
     views = shard_views()
     by_index = {s.index: s for s in views}
@@ -561,6 +802,9 @@ class ClusterTopology:
         self.resolve = resolve
         self._plain = OwnerConnections(addresses, lambda pw: cl.Connections(pw, timeout=timeout))
         self._raw = OwnerConnections(addresses, lambda pw: cl.RawConnections(pw, timeout=migrate_timeout))
+        # per resource: the blocked slot moves last reported, so that the Warning Event is sent once per
+        # new finding, not once per pass (the Ready condition says it on every pass)
+        self._blocked: dict[str, frozenset[tuple[int, bytes]]] = {}
 
     def connections(self, owner: Owner, password: str | None) -> tuple[cl.Connections, cl.RawConnections]:
         return self._plain.get(owner, password), self._raw.get(owner, password)
@@ -568,6 +812,7 @@ class ClusterTopology:
     def forget(self, owner: Owner) -> None:
         self._plain.forget(owner)
         self._raw.forget(owner)
+        self._blocked.pop(OwnerConnections.key(owner), None)
 
     # -- observe ------------------------------------------------------------------------------
     def observe(self, spec: RedisMessagingSpec, owner: Owner, pods: list[dict[str, Any]],
@@ -594,6 +839,7 @@ class ClusterTopology:
                     members[pod] = where
                     more.append(pod)
         views.update(self._observe_all(owner, conns, more))
+        slot_keys = self._count_open_slots(owner, conns, views)
         ips: dict[str, str] = {}
         ports: dict[str, int] = {}
         for pod, view in views.items():
@@ -607,8 +853,23 @@ class ClusterTopology:
         return Observation(
             views=views, members=members, shards=shards, replicas_per_shard=per,
             min_good_replicas=config.min_replicas_to_write(spec, 1 + per),
-            pod_of=pod_of, ips=ips, ports=ports,
+            pod_of=pod_of, ips=ips, ports=ports, slot_keys=slot_keys,
         )
+
+    def _count_open_slots(self, owner: Owner, conns: cl.Connections,
+                          views: dict[str, cl.NodeView]) -> dict[str, dict[int, int]]:
+        """Keys of every open slot on every reachable node, replicas included (one pipeline each,
+        concurrently): what the plan needs to never close a move whose target shard holds keys. Nothing
+        is sent when no slot is open."""
+        answering = {p: v for p, v in views.items() if v.reachable and v.myself is not None}
+        slots = sorted({slot for v in answering.values() if v.myself is not None
+                        for slot, _ in (*v.myself.migrating, *v.myself.importing)})
+        if not slots:
+            return {}
+        pods = list(answering)
+        with ThreadPoolExecutor(max_workers=min(16, len(pods)), thread_name_prefix="cluster-count") as pool:
+            counts = pool.map(lambda p: cl.count_keys(conns, self.addresses.redis(owner, p), slots), pods)
+            return {p: c for p, c in zip(pods, counts, strict=True) if c is not None}
 
     def _observe_all(self, owner: Owner, conns: cl.Connections, pods: list[str]) -> dict[str, cl.NodeView]:
         """Every pod's view, observed concurrently: an unreachable pod costs one timeout, not one each."""
@@ -626,33 +887,50 @@ class ClusterTopology:
         result = plan(obs, reshard=self.reshard)
         actions: list[Action] = []
         failed: list[str] = []
+        blocked: list[Blocked] = []
         deadline = time.monotonic() + self.reshard_budget
+        target_side_open = False  # a Stabilize of an importing side failed: no source is closed after it
         for step in result.steps:
+            if isinstance(step, Stabilize) and step.guard and target_side_open:
+                failed.append(f"{_describe_step(step)}: not closed, as its target side is still open")
+                continue
             try:
-                action = self._execute(step, owner, obs, conns, raw, deadline)
+                action = self._execute(step, owner, obs, conns, raw, deadline, blocked)
             except Exception as exc:  # report and retry on the next pass; never crash the pass
                 failed.append(f"{_describe_step(step)}: {type(exc).__name__}: {exc}")
                 if isinstance(step, Move):
                     break  # later moves may depend on this one's slots
+                target_side_open |= isinstance(step, Stabilize) and not step.guard
                 continue
             if action is not None:
                 actions.append(action)
         message = result.message
         if failed:
             message = f"{message}; failed: {'; '.join(failed)}"
+        reason = result.reason if not failed else "HealingFailed"
+        found = frozenset((b.slot, k) for b in blocked for k in b.keys)
+        if blocked:
+            said = "; ".join(b.describe() for b in blocked[:3])
+            if len(blocked) > 3:
+                said += f"; and {len(blocked) - 3} more slots ({format_ranges(cl.ranges(b.slot for b in blocked[3:]))})"
+            reason, message = SLOT_MOVE_BLOCKED, f"{said}; {message}"
+            if found != self._blocked.get(OwnerConnections.key(owner)):
+                actions.append(Action(SLOT_MOVE_BLOCKED, said, warning=True))
+        self._blocked[OwnerConnections.key(owner)] = found
         shards = [ShardStatus(name=owner.shard(s.index), master=s.master, replicas=list(s.replicas),
                               slots=format_ranges(s.slots)).model_dump(by_alias=True, exclude_none=True)
                   for s in result.shards]
         return TopologyReport(
             master=None,
             available=result.available,
-            healthy=result.healthy and not failed,
-            reason=result.reason if not failed else "HealingFailed",
+            healthy=result.healthy and not failed and not blocked,
+            reason=reason,
             message=message,
             actions=actions,
             status={"shards": shards},
             labels={p: names.ROLE_MASTER if r == "master" else names.ROLE_REPLICA for p, r in result.roles.items()},
-            retry_after=WAIT_SECONDS if (result.wait or result.steps or failed) else None,
+            retry_after=(BLOCKED_SECONDS if blocked and not failed else
+                         WAIT_SECONDS if (result.wait or result.steps or failed) else None),
             release=[owner.shard(i) for i in result.released],
         )
 
@@ -665,7 +943,7 @@ class ClusterTopology:
         return cl.Endpoint(me.id, self.addresses.redis(owner, pod), ip, me.port or names.REDIS_PORT)
 
     def _execute(self, step: Step, owner: Owner, obs: Observation, conns: cl.Connections,
-                 raw: cl.RawConnections, deadline: float) -> Action | None:
+                 raw: cl.RawConnections, deadline: float, blocked: list[Blocked]) -> Action | None:
         addr = self.addresses
         if isinstance(step, Meet):
             cl.meet(conns, addr.redis(owner, step.via), step.ip, step.port)
@@ -678,6 +956,11 @@ class ClusterTopology:
             if step.bootstrap:
                 return Action("SlotsAssigned", f"shard {step.shard} ({step.pod}) serves {count} slots "
                               f"{format_ranges(step.slots)}")
+            if step.imported:
+                return Action("SlotCoverageFixed", f"{count} slots whose migration source is gone "
+                              f"({format_ranges(step.slots)}) are now served by shard {step.shard} ({step.pod}), "
+                              "which was importing them: it holds the keys moved so far; keys not moved "
+                              "before the source was lost are gone", warning=True)
             return Action("SlotCoverageFixed", f"{count} slots no node served ({format_ranges(step.slots)}) "
                           f"are now served by shard {step.shard} ({step.pod}); their data was lost", warning=True)
         if isinstance(step, Replicate):
@@ -693,9 +976,15 @@ class ClusterTopology:
             cl.reset(conns, addr.redis(owner, step.pod))
             return Action("NodeReset", f"{step.pod} left the cluster (its shard is being removed)")
         if isinstance(step, Stabilize):
+            for pod in step.guard:  # counted again: a key may have arrived since the observation
+                counts = cl.count_keys(conns, addr.redis(owner, pod), step.slots)
+                if counts is None or any(counts.values()):
+                    why = "does not answer" if counts is None else "holds keys of them now"
+                    raise cl.MigrationError(f"not closed: {pod} {why}")
             cl.stabilize(conns, addr.redis(owner, step.pod), step.slots)
-            return Action("SlotsStabilized", f"{len(step.slots)} open slots on {step.pod} closed: their "
-                          "migration target is gone", warning=True)
+            return Action("SlotsStabilized", f"{len(step.slots)} open slots ({format_ranges(cl.ranges(step.slots))}) "
+                          f"on {step.pod} closed: their migration cannot go on and no node of their target shard "
+                          "holds a key of them", warning=True)
         if time.monotonic() > deadline:
             return None  # the next pass continues
         source = self._endpoint(owner, obs, step.source)
@@ -707,13 +996,39 @@ class ClusterTopology:
         target_node = obs.views[step.target].myself
         first = 1 if target_node is not None and not target_node.slots else None  # a master serving nothing yet
         stats = mover.move(source, target, step.slots, others, deadline=deadline, first_batch=first)
+        blocked += [Blocked(slot, keys, step.source, step.target, step.source_shard, step.target_shard)
+                    for slot, keys in sorted(stats.blocked.items())]
         if not stats.slots:
             return None
         verb = "finished moving" if step.resume else "moved"
-        more = "" if stats.slots == len(step.slots) else f" ({len(step.slots) - stats.slots} left for the next pass)"
+        left = len(step.slots) - stats.slots - len(stats.blocked)
+        more = (f" ({left} left for the next pass)" if left else "") + (
+            f" ({len(stats.blocked)} stopped: keys on both sides)" if stats.blocked else "")
         return Action("SlotsMigrated", f"{verb} {stats.slots} slots and {stats.keys} keys from shard "
                       f"{step.source_shard} ({step.source}) to shard {step.target_shard} ({step.target}) in "
                       f"{stats.seconds:.2f}s{more}")
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """A slot whose move stopped because keys of it exist on both sides (MIGRATE said BUSYKEY)."""
+
+    slot: int
+    keys: tuple[bytes, ...]
+    source: str
+    target: str
+    source_shard: int
+    target_shard: int
+
+    def describe(self) -> str:
+        shown = ", ".join(repr(k.decode(errors="backslashreplace")) for k in self.keys[:3])
+        more = f" and {len(self.keys) - 3} more" if len(self.keys) > 3 else ""
+        one = len(self.keys) == 1
+        return (f"slot {self.slot} cannot move from shard {self.source_shard} ({self.source}) to shard "
+                f"{self.target_shard} ({self.target}): key{'' if one else 's'} {shown}{more} exist{'s' if one else ''} "
+                f"on both; the move is stopped so that neither value is overwritten (clients see the one on "
+                f"{self.source}). Keep one: delete the other copy (on {self.target}: ASKING, then DEL), and "
+                "the next pass finishes the move")
 
 
 def _describe_step(step: Step) -> str:
