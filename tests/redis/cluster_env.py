@@ -50,6 +50,7 @@ from redis_messaging.api.models import RedisMessagingSpec
 from redis_messaging.builders import cluster, config, names
 from redis_messaging.builders.names import Owner
 from redis_messaging.reconcile.addresses import MapAddresses
+from redis_messaging.redis import cluster as cl
 
 Address = tuple[str, int]
 BUS_OFFSET = 10000
@@ -377,6 +378,21 @@ class ClusterEnv:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{pod} does not answer within {timeout:g}s\n{self.log_tail(pod)}")
                 time.sleep(0.05)
+
+    def myself(self, pod: str) -> cl.ClusterNode:
+        """The pod's own line of ``CLUSTER NODES``: its id, role, slots and open (importing/migrating) marks."""
+        text = str(self.client(pod).execute_command("CLUSTER", "NODES"))  # type: ignore[no-untyped-call]
+        return next(n for n in cl.parse_nodes(text) if n.myself)
+
+    def open_marks(self) -> dict[str, tuple[tuple[tuple[int, str], ...], tuple[tuple[int, str], ...]]]:
+        """Every running pod that marks a slot open: pod -> (migrating, importing)."""
+        marks = {}
+        for pod in self.pod_names:
+            if self.is_running(pod):
+                me = self.myself(pod)
+                if me.migrating or me.importing:
+                    marks[pod] = (me.migrating, me.importing)
+        return marks
 
     def cluster_info(self, pod: str) -> dict[str, str]:
         text = str(self.client(pod).execute_command("CLUSTER", "INFO"))  # type: ignore[no-untyped-call]
