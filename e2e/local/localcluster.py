@@ -15,10 +15,10 @@ Also here, the two things a cluster's add-ons would do:
   Service names resolving to the pod IPs of their endpoints (no kube-proxy: a ClusterIP Service name
   resolves to one ready endpoint, e.g. the master Service to the master pod).
 
-The operator runs as a process of this machine (the checkout, the test's Python) in the host's network
-namespace, in a mount namespace of its own with the cluster's hosts file; it authenticates as the Helm
-chart's ServiceAccount with the chart's RBAC when helm is available, else as the control plane's
-`operator` identity.
+The operator runs as a process of this machine (the checkout, the project's virtualenv) in the host's
+network namespace, in a mount namespace of its own with the cluster's hosts file; it authenticates as
+the Helm chart's ServiceAccount with the chart's RBAC when helm is available, else as the control
+plane's `operator` identity.
 
 Usage::
 
@@ -58,10 +58,10 @@ from controlplane import ControlPlane, locate_assets  # noqa: E402
 from kubeapi import KubeApi, Obj, Reflector, quote, selector_matches  # noqa: E402
 from podrunner import (  # noqa: E402
     CLUSTER_DOMAIN,
-    DEFAULT_PATH,
     PodNetwork,
     PodRunner,
     _kill_group,
+    operator_image_problem,
     process_start_time,
 )
 
@@ -129,7 +129,7 @@ def missing_requirements() -> str | None:
         return f"cannot create namespaces here: {probe.stderr.strip()}"
     if "overlay" not in Path("/proc/filesystems").read_text():
         return "the kernel has no overlay file system"
-    return None
+    return operator_image_problem(REPO)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -670,9 +670,9 @@ class LocalCluster:
         return self.work / "logs" / "operator.log"
 
     def start_operator(self, extra_env: dict[str, str] | None = None) -> None:
-        """The operator as a process: `redis-messaging run --standalone`, the checkout, the test's
-        Python, in the host's network namespace and a mount namespace of its own whose /etc/hosts is
-        the cluster's."""
+        """The operator as a process: `redis-messaging run --standalone`, the checkout, the project's
+        virtualenv, in the host's network namespace and a mount namespace of its own whose /etc/hosts
+        is the cluster's."""
         assert self.runner is not None
         assert self.hosts is not None
         assert self.operator_kubeconfig is not None
@@ -687,7 +687,7 @@ class LocalCluster:
         spec.write_text(f"root {cdir}\nfile {resolv} /etc/resolv.conf\ndns {self.hosts.global_dir()}\n"
                         "workdir /tmp\n")
         env = {
-            "PATH": f"{self.runner.images.bin_dir}:{DEFAULT_PATH}", "HOME": "/tmp",
+            "PATH": self.runner.images.path, "HOME": "/tmp",  # the operator image's: the project's virtualenv
             "PYTHONPATH": str(REPO / "operator"), "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
             "KUBECONFIG": str(self.operator_kubeconfig),
             "REDIS_MESSAGING_METRICS_PORT": "0",  # it would listen on every interface

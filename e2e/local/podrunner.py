@@ -22,7 +22,8 @@ nodes whose image it knows:
   (grace period 0), as the kubelet does.
 
 Images it knows: redis images run the machine's redis-server / redis-sentinel (Debian packages), the
-operator's image runs this checkout with the test's Python (`python`, `redis-messaging` on PATH), the
+operator's image runs this checkout with the project's virtualenv (.venv: its `python` and the
+checkout's `redis-messaging` first on PATH, whatever interpreter runs the harness), the
 redis_exporter sidecar is not run (its container counts as running and ready). Pods whose images it
 does not know are reported running and ready without processes, as kwok alone would.
 
@@ -46,7 +47,6 @@ import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import threading
 import time
 from collections.abc import Callable
@@ -96,22 +96,67 @@ def image_repository(image: str) -> str:
     return last.split(":", 1)[0]
 
 
+# What the operator image's own containers import: the operator, the consumer helper, their libraries.
+OPERATOR_IMAGE_IMPORTS = ("redis", "kopf", "kubernetes", "pydantic", "redis_messaging.cli", "redis_messaging.consumer")
+_INTERPRETER_PATHS = ("import json, os, sys, sysconfig; p = sysconfig.get_paths(); print(json.dumps(["
+                      "os.path.realpath(sys.executable), p['stdlib'], p['platstdlib'], p['purelib'], p['platlib']]))")
+
+
+def project_virtualenv(repo_root: Path) -> Path | None:
+    """The virtualenv whose interpreter the operator image's containers run, as the image runs its own
+    (/opt/redis-messaging, first on its PATH): the checkout's .venv (.ci/setup.sh makes it), else the
+    one this harness runs in; None without either.
+
+    Never this process's interpreter as such: started from outside a virtualenv's directory (a link to
+    it elsewhere included), Python finds no pyvenv.cfg next to it and runs as the base interpreter,
+    without the virtualenv's packages."""
+    candidates = [repo_root / ".venv"]
+    if sys.prefix != sys.base_prefix:
+        candidates.append(Path(sys.prefix))
+    return next((venv for venv in candidates
+                 if (venv / "pyvenv.cfg").is_file() and os.access(venv / "bin" / "python", os.X_OK)), None)
+
+
+def operator_image_problem(repo_root: Path) -> str | None:
+    """Why this machine cannot play the operator image (None when it can): no virtualenv, or one that
+    lacks what the image's containers import."""
+    venv = project_virtualenv(repo_root)
+    if venv is None:
+        return (f"no virtualenv for the operator image's containers (none at {repo_root / '.venv'}, and the "
+                "harness runs in none): run `bash .ci/setup.sh`")
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c", f"import {', '.join(OPERATOR_IMAGE_IMPORTS)}"],
+                           env={"PATH": DEFAULT_PATH, "PYTHONPATH": str(repo_root / "operator"), "HOME": "/tmp"},
+                           capture_output=True, text=True, timeout=120, check=False)
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        return f"the virtualenv {venv} cannot run the operator image ({last}): run `bash .ci/setup.sh`"
+    return None
+
+
 class Images:
-    """The images this machine can play, and the directory of the operator image's commands."""
+    """The images this machine can play, and the commands of the operator image: the project's
+    virtualenv (see :func:`project_virtualenv`) first on PATH, as in the image, and the checkout's
+    package, whatever interpreter runs this harness."""
 
     def __init__(self, bin_dir: Path, repo_root: Path) -> None:
         self.bin_dir = bin_dir
         self.repo_root = repo_root
+        venv = project_virtualenv(repo_root)
+        if venv is None:
+            raise RuntimeError(operator_image_problem(repo_root))
+        self.venv = venv
+        self.python = venv / "bin" / "python"
+        found = subprocess.run([str(self.python), "-I", "-c", _INTERPRETER_PATHS], capture_output=True, text=True,
+                               timeout=60, check=True)
+        # the interpreter itself, its standard library, the virtualenv's site-packages
+        self.interpreter_paths: tuple[str, ...] = tuple(dict.fromkeys(json.loads(found.stdout)))
+        # the operator image's PATH: this directory (`redis-messaging` of the checkout), then the virtualenv
+        self.path = f"{bin_dir}:{venv / 'bin'}:{DEFAULT_PATH}"
         bin_dir.mkdir(parents=True, exist_ok=True)
-        python = Path(sys.executable)
-        for name in ("python", "python3"):
-            link = bin_dir / name
-            if not link.exists():
-                link.symlink_to(python)
         entry = bin_dir / "redis-messaging"
         entry.write_text(
             "#!/bin/sh\n"
-            f"exec {python} -c 'import sys; from redis_messaging.cli import main; sys.exit(main())' \"$@\"\n"
+            f"exec {self.python} -c 'import sys; from redis_messaging.cli import main; sys.exit(main())' \"$@\"\n"
         )
         entry.chmod(0o755)
 
@@ -122,14 +167,13 @@ class Images:
         if repo == "redis-messaging-operator":
             return ImageProfile(
                 "operator", entrypoint=("redis-messaging",), cmd=("run", "--standalone"),
-                env=(("PATH", f"{self.bin_dir}:{DEFAULT_PATH}"),
-                     ("PYTHONPATH", str(self.repo_root / "operator")),
+                env=(("PATH", self.path), ("PYTHONPATH", str(self.repo_root / "operator")),
                      ("PYTHONUNBUFFERED", "1"), ("PYTHONDONTWRITEBYTECODE", "1"), ("HOME", "/tmp")),
                 user=(10001, 10001),  # the Dockerfile's USER
-                # the interpreter, the package and its virtualenv's libraries, wherever the checkout is
+                # the interpreter, the package and the virtualenv's libraries, wherever they are
                 # (a checkout in a 0700 directory of root's is traversable in the container's root only)
-                reach=(os.path.realpath(sys.executable), str(self.bin_dir / "python"),
-                       str(self.repo_root / "operator" / "redis_messaging"), sysconfig.get_paths()["purelib"]),
+                reach=(str(self.python), *self.interpreter_paths, str(self.bin_dir / "redis-messaging"),
+                       str(self.repo_root / "operator" / "redis_messaging")),
             )
         if repo in ("redis_exporter", "redis-exporter"):
             return ImageProfile("exporter", run=False)
