@@ -20,8 +20,9 @@
 #   readonly               the root file system read-only (securityContext.readOnlyRootFilesystem);
 #                          the volumes stay as they are mounted
 #   user UID GID GROUPS FLAGS  COMMAND runs as UID:GID with the supplementary GROUPS (comma-separated,
-#                          or - for none), through setpriv; FLAGS (comma-separated, or -): nnp (no new
-#                          privileges), dropall (no capabilities at all)
+#                          or - for none), through setpriv (which sets the parent-death signal KILL
+#                          again); FLAGS (comma-separated, or -): nnp (no new privileges), dropall (no
+#                          capabilities at all)
 # The environment of COMMAND is this script's environment, as the runner gave it.
 set -eu
 spec="$1"
@@ -79,7 +80,8 @@ while read -r kind a b c d; do
       readonly_root=1
       ;;
     user)
-      privs="--reuid=$a --regid=$b"
+      # --pdeathsig again: changing user clears the one the runner set (the container would outlive it)
+      privs="--reuid=$a --regid=$b --pdeathsig KILL"
       if [ "$c" = - ]; then privs="$privs --clear-groups"; else privs="$privs --groups=$c"; fi
       case ",$d," in *,nnp,*) privs="$privs --no-new-privs" ;; esac
       case ",$d," in *,dropall,*) privs="$privs --bounding-set=-all --inh-caps=-all" ;; esac

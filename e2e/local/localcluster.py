@@ -20,6 +20,10 @@ network namespace, in a mount namespace of its own with the cluster's hosts file
 the Helm chart's ServiceAccount with the chart's RBAC when helm is available, else as the control
 plane's `operator` identity.
 
+Several clusters may run on one machine at once (each claims its own pod subnet and bridge). One that
+dies without stopping (SIGKILL, a CI timeout) leaves processes, veths, a bridge and directories behind;
+the next cluster to start removes them, and nothing of a live one (runrecord.py).
+
 Usage::
 
     with LocalCluster() as cluster:      # ~15 s
@@ -62,8 +66,8 @@ from podrunner import (  # noqa: E402
     PodRunner,
     _kill_group,
     operator_image_problem,
-    process_start_time,
 )
+from runrecord import RunRecord, bridge_links, find_processes, process_start_time  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +78,6 @@ STORAGE_CLASS = "standard"
 PROVISIONER = "rmsg.local/hostpath"
 OPERATOR_NAMESPACE = "redis-messaging"
 OPERATOR_RELEASE = "redis-messaging-operator"
-STATE_DIR = Path("/run/rmsg-local")  # which run owns which bridge, to clean up after a crashed run
 STARTUP_TIMEOUT = 60.0
 
 
@@ -381,49 +384,6 @@ class HostPathProvisioner:
             log.info("deleted released %s", pv["metadata"]["name"])
 
 
-# --------------------------------------------------------------------------------------------------
-# the pods' subnet
-
-
-def _claim_subnet() -> tuple[str, ipaddress.IPv4Network, Path]:
-    """A free 127.255.N.0/24 and its bridge `rmsgN`, recorded as ours in STATE_DIR (stale records of
-    dead runs are cleaned up first)."""
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    for record in STATE_DIR.glob("rmsg*.pid"):
-        try:
-            lines = record.read_text().split()
-            pid = int(lines[0])
-            os.kill(pid, 0)
-        except (ValueError, OSError, IndexError):
-            # A run that died without stopping (SIGKILL): its processes died with it (PDEATHSIG), its
-            # bridge and directories are left; remove them.
-            subprocess.run(["ip", "link", "del", record.stem], capture_output=True, check=False)
-            for path in lines[1:]:
-                if path.startswith(tempfile.gettempdir() + "/rmsg-"):
-                    shutil.rmtree(path, ignore_errors=True)
-            record.unlink(missing_ok=True)
-    for n in range(1, 255):
-        bridge = f"rmsg{n}"
-        record = STATE_DIR / f"{bridge}.pid"
-        try:
-            fd = os.open(record, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        if Path(f"/sys/class/net/{bridge}").exists():
-            record.unlink()
-            continue
-        subnet = ipaddress.ip_network(f"127.255.{n}.0/24")
-        routes = subprocess.run(["ip", "route", "show", "table", "local"], capture_output=True, text=True,
-                                check=False).stdout
-        if f"127.255.{n}." in routes:
-            record.unlink()
-            continue
-        return bridge, subnet, record
-    raise LocalClusterError("no free 127.255.N.0/24 subnet for the pods")
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -440,7 +400,7 @@ class LocalCluster:
         self.work = Path(tempfile.mkdtemp(prefix="rmsg-local-"))
         self.control_plane: ControlPlane | None = None
         self.network: PodNetwork | None = None
-        self._bridge_record: Path | None = None
+        self._record: RunRecord | None = None  # what a later cluster removes if this one dies (runrecord.py)
         self.scheduler: Process | None = None
         self.kwok: Process | None = None
         self.hosts: HostsFiles | None = None
@@ -492,19 +452,22 @@ class LocalCluster:
         if reason:
             raise LocalClusterError(reason)
         assets = locate_assets()
+        # First of all, what dead clusters left is removed and this one's subnet claimed; from then on
+        # everything is recorded before it is made (the control plane's directory once it has one: its
+        # processes die with this one).
+        self._record = record = self._step("cleanup and claim", RunRecord.claim)
+        record.add_path(self.work)
+        self._bridge = record.bridge
         self.control_plane = cp = ControlPlane(assets)
         self._step("control plane", cp.start)
         self._cp_workdir = cp.workdir
+        record.add_path(cp.workdir)
         if not cp.has_controller_manager:
             raise LocalClusterError("kube-controller-manager is not running")
         self.api = api = KubeApi(cp.server, cp.admin_token, cp.ca_path)
         system_kubeconfig = cp.kubeconfig_for_token(cp.admin_token, "local-system")
 
-        bridge, subnet, self._bridge_record = _claim_subnet()
-        self._bridge = bridge
-        with self._bridge_record.open("a") as record:  # what a later run removes if this one is killed
-            record.write(f"{self.work}\n{cp.workdir}\n")
-        self.network = network = PodNetwork(bridge, subnet)
+        self.network = network = PodNetwork(record.bridge, record.subnet)
         network.create()
 
         logs = self.work / "logs"
@@ -519,7 +482,7 @@ class LocalCluster:
             f"--config={HERE / 'kwok.yaml'}", f"--node-ip={network.gateway}",
             "--node-lease-duration-seconds=40",
         ], logs / "kwok.log")
-        self._step("nodes", lambda: self._create_nodes(subnet))
+        self._step("nodes", lambda: self._create_nodes(record.subnet))
 
         self.hosts = HostsFiles(api, self.work / "dns")
         self._step("hosts", self.hosts.start)
@@ -543,7 +506,9 @@ class LocalCluster:
 
     def _spawn(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> Process:
         process = Process(name, argv, log_path, env)
-        self._pgids[process.pid] = process_start_time(process.pid)
+        self._pgids[process.pid] = started = process_start_time(process.pid)
+        if self._record is not None:
+            self._record.add_group(process.pid, started)
         return process
 
     def _create_nodes(self, subnet: ipaddress.IPv4Network) -> None:
@@ -606,9 +571,6 @@ class LocalCluster:
             except Exception:
                 log.exception("stopping the local cluster's %s failed", name)
             self.timings[f"stop {name}"] = time.monotonic() - began
-        if self._bridge_record is not None:
-            self._bridge_record.unlink(missing_ok=True)
-            self._bridge_record = None
         self.runner = self.hosts = self.provisioner = None
         self.kwok = self.scheduler = None
         self.control_plane = None
@@ -617,6 +579,9 @@ class LocalCluster:
             sys.stderr.write(f"\nKEEP_LOCAL_CLUSTER=1: the local cluster's files are kept in {self.work}\n")
         else:
             shutil.rmtree(self.work, ignore_errors=True)
+        if self._record is not None:  # last: everything it lists is gone
+            self._record.release()
+            self._record = None
 
     # ---- kubectl ---------------------------------------------------------------------------------
 
@@ -705,6 +670,7 @@ class LocalCluster:
     def stop_operator(self, grace: float = 10.0) -> None:
         if self.operator is not None:
             self.operator.stop(grace)
+            self._forget(self.operator)
 
     def kill_operator(self) -> None:
         """SIGKILL: the operator dies mid-whatever it is doing."""
@@ -712,6 +678,12 @@ class LocalCluster:
             self.operator.signal(signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.operator.popen.wait(10)
+            self._forget(self.operator)
+
+    def _forget(self, process: Process) -> None:
+        """A process group of the record that is gone: a later process may get its number."""
+        if self._record is not None and not process.alive():
+            self._record.drop_group(process.pid)
 
     def operator_log(self, tail: int = 300) -> str:
         try:
@@ -721,38 +693,17 @@ class LocalCluster:
 
     def leftovers(self) -> list[str]:
         """What of this run still exists (after stop(), this should be nothing): processes in a process
-        group it started or in a pod's network namespace, and its bridge."""
+        group it started, in a pod's network namespace or naming one of its directories, its bridge
+        and veths (runrecord.py finds what a dead run left the same way)."""
         pgids = dict(self._pgids)
         netns: set[str] = set()
         if self._runner_ever is not None:
             pgids.update(self._runner_ever.all_pids)
-            netns |= {n for n in self._runner_ever.all_netns if n != os.readlink("/proc/self/ns/net")}
-
-        def ours(pgrp: int) -> bool:
-            # pid_max is small (32768 here) and other tiers run meanwhile: a group id is ours unless its
-            # number now belongs to a process that started later (Linux does not reuse a pid while a
-            # group still carries it, so a live group with a dead leader is still ours)
-            if pgrp not in pgids:
-                return False
-            started, now = pgids[pgrp], process_start_time(pgrp)
-            return started < 0 or now < 0 or now == started
-
+            netns |= self._runner_ever.all_netns
         markers = [str(self.work)] + ([str(self._cp_workdir)] if self._cp_workdir else [])
-        out = []
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit() or int(proc.name) == os.getpid():
-                continue
-            try:
-                stat = (proc / "stat").read_text()
-                pgrp = int(stat.rsplit(")", 1)[1].split()[2])
-                net = os.readlink(proc / "ns" / "net")
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-            except (OSError, ValueError, IndexError):
-                continue
-            if ours(pgrp) or net in netns or any(m in cmdline for m in markers):
-                out.append(f"pid {proc.name} (group {pgrp}, {net}): {cmdline}")
-        if self._bridge and Path(f"/sys/class/net/{self._bridge}").exists():
-            out.append(f"bridge {self._bridge}")
+        out = [str(proc) for proc in find_processes(groups=pgids, netns=netns, markers=markers)]
+        if self._bridge:
+            out += [f"link {name}" for name in bridge_links(self._bridge)]
         return out
 
 

@@ -27,8 +27,11 @@ checkout's `redis-messaging` first on PATH, whatever interpreter runs the harnes
 redis_exporter sidecar is not run (its container counts as running and ready). Pods whose images it
 does not know are reported running and ready without processes, as kwok alone would.
 
-Every process of a pod is in a process group of its own; the runner kills the groups on stop, and the
-kernel kills the sandboxes and containers if the harness dies first.
+Every container runs in a process group of its own. When a pod ends, the runner kills the groups,
+then whatever else is in the pod's network namespace (a child that started a session of its own);
+the kernel kills the sandboxes and containers if the harness dies first (PR_SET_PDEATHSIG, set again
+after a container changes user). What that misses, e.g. the children containers forked, stays in
+the pod's network namespace, where the next cluster finds it (runrecord.py).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from kubeapi import ApiError, KubeApi, Obj, Reflector, now_rfc3339, pod_path, quote
+from runrecord import RunRecordError, find_processes, kill_processes, process_start_time, veth_name
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +249,11 @@ class PodNetwork:
         if ipaddress.ip_address(pod_ip) not in self.subnet:
             raise ValueError(f"pod IP {pod_ip} is outside the pod subnet {self.subnet}")
         with self._lock:
-            self._counter += 1
-            host_if = f"{self.bridge[:8]}v{self._counter}"[:15]
+            while True:  # a name still taken (by whatever) is passed over, not fought over
+                self._counter += 1
+                host_if = veth_name(self.bridge, self._counter)
+                if not Path(f"/sys/class/net/{host_if}").exists():
+                    break
         _run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", str(sandbox_pid)],
              what="veth")
         _run(["ip", "link", "set", host_if, "master", self.bridge, "up"], what="veth up")
@@ -336,14 +343,6 @@ class Identity:
         flags = [f for f, on in (("nnp", self.no_new_privs), ("dropall", self.drop_all)) if on]
         groups = ",".join(map(str, self.groups)) or "-"
         return f"user {self.uid} {self.gid} {groups} {','.join(flags) or '-'}"
-
-
-def process_start_time(pid: int) -> int:
-    """When ``pid`` started (clock ticks since boot; field 22 of /proc/PID/stat), -1 when it is gone."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return -1
 
 
 def run_bounded(argv: list[str], *, env: dict[str, str], timeout: float,
@@ -497,6 +496,7 @@ class PodWorker:
         self.dir = runner.work_dir / "pods" / f"{self.namespace}_{self.name}_{self.uid[:8]}"
         self.sandbox: subprocess.Popen[bytes] | None = None
         self.host_if: str | None = None
+        self.netns: str | None = None  # the pod's network namespace (net:[INODE]), the sandbox's
         self.pod_ip: str | None = None
         self.containers: list[Container] = []
         self.init_containers: list[Container] = []
@@ -611,6 +611,9 @@ class PodWorker:
             if self.sandbox.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"pod {self.key}: the sandbox did not start; see {self.dir / 'sandbox.log'}")
             time.sleep(0.01)
+        self.runner._track_netns(self.sandbox.pid)
+        with contextlib.suppress(OSError):
+            self.netns = os.readlink(f"/proc/{self.sandbox.pid}/ns/net")
         assert self.pod_ip is not None
         self.host_if = self.runner.network.attach(self.sandbox.pid, self.pod_ip)
         resolv = self.dir / "resolv.conf"
@@ -1124,6 +1127,15 @@ class PodWorker:
                     c.proc.wait(10)
                 self.runner._untrack(c.proc.pid)
         if self.sandbox is not None:
+            if self.netns is not None:
+                # What left the containers' process groups (a child in a session of its own) is still in
+                # the pod's network namespace, as a cgroup would hold it. The sandbox goes last: while it
+                # lives, that namespace's number cannot be another's.
+                sandbox = self.sandbox.pid
+                try:
+                    kill_processes(lambda: [p for p in find_processes(netns=[self.netns or ""]) if p.pid != sandbox])
+                except RunRecordError as exc:
+                    log.warning("pod %s: %s", self.key, exc)
             _kill_group(self.sandbox.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.sandbox.wait(10)
@@ -1290,8 +1302,12 @@ class PodRunner:
         with self._lock:
             self._pids.add(pid)
             self.all_pids[pid] = process_start_time(pid)
-            with contextlib.suppress(OSError):
-                self.all_netns.add(os.readlink(f"/proc/{pid}/ns/net"))
+        self._track_netns(pid)
+
+    def _track_netns(self, pid: int) -> None:
+        """The network namespace ``pid`` is in now (a sandbox's once it has made its own)."""
+        with self._lock, contextlib.suppress(OSError):
+            self.all_netns.add(os.readlink(f"/proc/{pid}/ns/net"))
 
     def _track_exec(self, pid: int) -> None:
         """A short-lived exec (probe, hook): killed if still running when the runner stops. Not part of
