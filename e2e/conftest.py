@@ -8,8 +8,9 @@
   the chart's RBAC and the operator as a process. No Docker needed; Linux and root are.
 
 Every test collected under e2e/ is marked `e2e`. Without a cluster the whole tier is skipped, with
-the reason; nothing else is affected. On a failure, the test namespace's Events and pods, and the
-operator's log, are added to the report.
+the reason (where RMSG_REQUIRE_TIERS names e2e, as in CI, each of its tests fails instead); nothing
+else is affected. On a failure, the test namespace's Events and pods, and the operator's log, are
+added to the report.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import required_tiers
 from e2e_support import Cluster, LocalBackend, new_namespace_name
 
 _HERE = Path(__file__).resolve().parent
@@ -35,6 +37,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--e2e-backend", choices=BACKENDS, default=None,
                      help="the cluster the e2e tier runs against: kind (E2E_KUBECONFIG, the default) or local "
                           "(e2e/local, no Docker); default from E2E_BACKEND")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # With RMSG_REQUIRE_TIERS=...,e2e (bash .ci/run), a skipped scenario fails (tests/support/required_tiers.py).
+    required_tiers.register(config)
 
 
 def backend(config: pytest.Config) -> str:
