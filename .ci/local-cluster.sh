@@ -10,7 +10,9 @@
 # Needs: Linux, root (network and mount namespaces, a bridge), Go (to build the binaries once; they
 # are cached in ${RMSG_CACHE:-~/.cache/redis-messaging-operator}), util-linux, iproute2, Debian's
 # redis-server/redis-sentinel/redis-tools, and the project's Python environment (.venv from
-# .ci/setup.sh, or PYTHON=...). kubectl is built too when it is not on PATH.
+# .ci/setup.sh, or PYTHON=...; the operator image's pods run .venv's interpreter, else that of the
+# virtualenv PYTHON belongs to). kubectl is built too when it is not on PATH. A cluster killed
+# without stopping is cleaned up by the next one (e2e/local/runrecord.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
