@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 from redis_messaging.reconcile.resync import Registry, resync_forever
@@ -18,8 +20,11 @@ class Clock:
         return self.now
 
 
-def body(name: str) -> dict[str, Any]:
-    return {"metadata": {"namespace": "ns", "name": name}}
+def body(name: str, generation: int | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"namespace": "ns", "name": name, "uid": f"uid-{name}"}
+    if generation is not None:
+        meta["generation"] = generation
+    return {"metadata": meta}
 
 
 def names(due: list[tuple[tuple[str, str], dict[str, Any]]]) -> list[str]:
@@ -95,3 +100,58 @@ def test_the_loop_comes_back_when_a_pass_asks_and_survives_a_failing_one() -> No
     asyncio.run(main())
     assert seen.count("orders") == 3
     assert seen.count("broken") == 1  # a failed pass comes back after min(interval, 10 s)
+
+
+def run_loop(r: Registry, run_pass: Callable[[dict[str, Any]], float | None], stopped: asyncio.Event) -> None:
+    async def main() -> None:
+        await asyncio.wait_for(resync_forever(r, run_pass, INTERVAL, stopped, tick=0.01), timeout=5)
+
+    asyncio.run(main())
+
+
+def test_a_pass_runs_on_the_body_of_when_it_starts_not_of_when_its_round_began() -> None:
+    # Two resources due in one round; while the first one's pass runs long, an edit of the second one
+    # arrives (and Kopf's update handler applies it). The second one's periodic pass must not run on
+    # the body from before the edit: it would roll the pods back to the old template.
+    r = Registry()
+    r.observe("ADDED", body("slow"))
+    r.observe("ADDED", body("edited", generation=1))
+    r.schedule(("ns", "slow"), 0.0)
+    r.schedule(("ns", "edited"), 0.0)
+    ran_on: dict[str, int | None] = {}
+    stopped = asyncio.Event()
+
+    def run_pass(b: dict[str, Any]) -> float | None:
+        name = b["metadata"]["name"]
+        ran_on[name] = b["metadata"].get("generation")
+        if name == "slow":
+            time.sleep(0.1)
+            r.observe("MODIFIED", body("edited", generation=2))  # the watch, during this pass
+        else:
+            stopped.set()
+        return None
+
+    run_loop(r, run_pass, stopped)
+    assert ran_on == {"slow": None, "edited": 2}
+
+
+def test_a_resource_deleted_during_a_round_gets_no_pass_in_it() -> None:
+    r = Registry()
+    r.observe("ADDED", body("slow"))
+    r.observe("ADDED", body("deleted"))
+    r.observe("ADDED", body("last"))
+    for name in ("slow", "deleted", "last"):
+        r.schedule(("ns", name), 0.0)
+    ran: list[str] = []
+    stopped = asyncio.Event()
+
+    def run_pass(b: dict[str, Any]) -> float | None:
+        ran.append(b["metadata"]["name"])
+        if ran[-1] == "slow":
+            r.observe("DELETED", body("deleted"))
+        if ran[-1] == "last":
+            stopped.set()
+        return None
+
+    run_loop(r, run_pass, stopped)
+    assert ran == ["slow", "last"]
