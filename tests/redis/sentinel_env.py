@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -197,7 +198,7 @@ class SentinelEnv:
 
     def __init__(self, spec: RedisMessagingSpec, owner: Owner, base_dir: Path, *,
                  redis_port: int = names.REDIS_PORT, sentinel_port: int = names.SENTINEL_PORT,
-                 password: str | None, tls: KeyPair | None = None) -> None:
+                 password: str | None, tls: KeyPair | None = None, extra_env: Mapping[str, str] | None = None) -> None:
         if spec.mode != "sentinel":
             raise ValueError(f"SentinelEnv plays mode: sentinel, not {spec.mode}")
         if spec.auth.enabled != (password is not None):
@@ -256,6 +257,7 @@ class SentinelEnv:
             }
             if tls is not None:
                 env.update({"RMSG_TLS": "yes", "RMSG_TLS_DIR": str(root / "tls")})
+            env.update(extra_env or {})
             pod = Pod(name=name, kind=kind, ip=ip, port=port, root=root, env=env)
             self._pods[name] = pod
             self._write_volumes(pod)
@@ -312,6 +314,28 @@ class SentinelEnv:
             if p.address == (address[0], int(address[1])):
                 return p.name
         raise KeyError(f"no pod at {address}; pods are {self.addresses}")
+
+    def empty_volume(self, pod: str) -> None:
+        """Remove every file of the pod's data volume (the pod must not run): a volume that came back empty."""
+        p = self.pod(pod)
+        if p.alive():
+            raise RuntimeError(f"{pod} is running: stop it before emptying its volume")
+        for child in p.data_dir.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+    def pod_objects(self) -> list[dict[str, Any]]:
+        """The pods as the API server would list them: a pod whose process runs (a frozen one included)
+        has a running ``redis``/``sentinel`` container; a killed one's container is terminated."""
+        out: list[dict[str, Any]] = []
+        for p in self._pods.values():
+            state = {"running": {}} if p.alive() else {"terminated": {"exitCode": 137}}
+            out.append({"metadata": {"name": p.name, "namespace": self.owner.namespace},
+                        "status": {"phase": "Running",
+                                   "containerStatuses": [{"name": p.kind, "state": state}]}})
+        return out
 
     def pid(self, pod: str) -> int:
         p = self.pod(pod)

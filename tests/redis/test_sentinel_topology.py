@@ -12,63 +12,16 @@ from typing import Any
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.sentinel import Sentinel
 from sentinel_env import SentinelEnv
+from sentinel_harness import OWNER, PASSWORD, SPEC, Harness, deadline_loop, wait_healthy
 
 from redis_messaging.api import models
-from redis_messaging.builders.names import Owner
-from redis_messaging.reconcile.addresses import MapAddresses
-from redis_messaging.reconcile.sentinel_topology import SentinelTopology, promote_grace_seconds
+from redis_messaging.reconcile.sentinel_topology import promote_grace_seconds
 from redis_messaging.reconcile.topology import TopologyReport
 from redis_messaging.redis import sentinel as rs
+from redis_messaging.redis.sentinel import NO_MASTER
 
 pytestmark = pytest.mark.redis
-
-PASSWORD = "topology-test-Pa55word"
-OWNER = Owner(name="orders", namespace="shop", uid="uid-orders")
-SPEC = models.parse_spec({
-    "redis": {"replicas": 3},
-    "sentinel": {"replicas": 3, "quorum": 2, "downAfterMilliseconds": 1000, "failoverTimeout": 5000},
-})
-
-
-def deadline_loop(timeout: float, what: str, interval: float = 0.1) -> Iterator[int]:
-    end = time.monotonic() + timeout
-    i = 0
-    while time.monotonic() < end:
-        yield i
-        i += 1
-        time.sleep(interval)
-    raise AssertionError(f"{what} not reached within {timeout:g}s")
-
-
-class Harness:
-    def __init__(self, env: SentinelEnv) -> None:
-        self.env = env
-        redis_map = {p: env.address(p) for p in env.redis_pods}
-        sentinel_map = {p: env.address(p) for p in env.sentinel_pods}
-        self.addresses = MapAddresses(redis_map, sentinel_map)
-        self.topology = SentinelTopology(self.addresses, timeout=0.5)
-
-    def heal(self, spec: models.RedisMessagingSpec = SPEC) -> TopologyReport:
-        return self.topology.check_and_heal(spec, OWNER, [], PASSWORD)
-
-    def roles(self) -> dict[str, str]:
-        out = {}
-        for pod in self.env.redis_pods:
-            if self.env.is_running(pod) and not self.env.is_stopped(pod):
-                try:
-                    out[pod] = str(self.env.info(pod)["role"])
-                except RedisError:
-                    out[pod] = "unreachable"
-        return out
-
-    def masters(self) -> list[str]:
-        return sorted(p for p, r in self.roles().items() if r == "master")
-
-    def sentinel_client(self) -> Sentinel:
-        return Sentinel([self.env.address(p) for p in self.env.sentinel_pods], socket_timeout=0.5,
-                        sentinel_kwargs={"password": PASSWORD, "socket_timeout": 0.5}, password=PASSWORD)
 
 
 @pytest.fixture
@@ -78,15 +31,6 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
         env.wait_replication(timeout=30)
         env.sentinel_master(timeout=30)
         yield Harness(env)
-
-
-def wait_healthy(h: Harness, timeout: float = 30.0) -> TopologyReport:
-    report = h.heal()
-    for _ in deadline_loop(timeout, f"a healthy topology (last: {report.reason}: {report.message})", 0.3):
-        report = h.heal()
-        if report.healthy:
-            return report
-    raise AssertionError("unreachable")
 
 
 def test_three_redis_three_sentinels_come_up_and_agree(harness: Harness) -> None:
@@ -217,8 +161,9 @@ def test_all_sentinels_and_master_down_promotes_highest_offset(harness: Harness)
     for i in range(200):
         master.set(f"k{i}", i)
     master.execute_command("WAIT", 2, 2000)  # type: ignore[no-untyped-call]
-    # orders-redis-1 falls behind: it is frozen while more is written
-    h.env.stop("orders-redis-1")
+    # orders-redis-1 falls behind: cut from the master (it follows nobody) while more is written
+    lagging = h.env.client("orders-redis-1")
+    lagging.execute_command("REPLICAOF", *NO_MASTER)  # type: ignore[no-untyped-call]
     master.config_set("min-replicas-to-write", 0)
     for i in range(200, 300):
         master.set(f"k{i}", i)
@@ -226,13 +171,16 @@ def test_all_sentinels_and_master_down_promotes_highest_offset(harness: Harness)
     for pod in h.env.sentinel_pods:
         h.env.kill(pod)
     h.env.kill("orders-redis-0")
-    h.env.cont("orders-redis-1")
     # The operator's clock: the set is masterless, but for less than the grace — it waits.
     now = [0.0]
     h.topology.clock = lambda: now[0]
     waiting = h.heal()
+    for _ in deadline_loop(10, "orders-redis-1 to notice that its master is gone", 0.2):
+        if waiting.reason != "MasterUnreachable":  # orders-redis-2 may not have seen its master die yet
+            break
+        waiting = h.heal()
     assert waiting.actions == [], waiting
-    assert waiting.reason == "NoMaster", waiting
+    assert waiting.reason == "NoMaster", waiting  # orders-redis-0's container is not running: Kubernetes says so
     assert "orders-redis-2" in waiting.message
     assert h.masters() == []
     now[0] += promote_grace_seconds(SPEC)

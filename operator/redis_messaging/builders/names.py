@@ -37,6 +37,10 @@ AUTH_MOUNT = "/etc/redis-messaging-auth"
 TLS_MOUNT = "/etc/redis-messaging-tls"
 RUN_MOUNT = "/run/redis"
 DATA_MOUNT = "/data"
+# The master a Redis pod names while it waits to be told whom to follow (redis-start.sh): it keeps its
+# data, accepts no write, and no pod can sync from it. Nothing listens on port 1 of a pod's loopback.
+NO_MASTER_HOST = "127.0.0.1"
+NO_MASTER_PORT = 1
 
 
 @dataclass(frozen=True)

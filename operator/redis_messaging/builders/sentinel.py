@@ -127,7 +127,15 @@ def script_env(spec: RedisMessagingSpec, owner: Owner, headless: str) -> dict[st
         "RMSG_REDIS_HOSTS": _host_list(owner, redis_pods, owner.redis_headless),
         "RMSG_SENTINEL_HOSTS": _host_list(owner, sentinel_pods, owner.sentinel_headless),
         "RMSG_PRESTOP_SECONDS": str(max(spec.pod.termination_grace_period_seconds - 10, 5)),
+        "RMSG_CATCH_UP_MS": str(catch_up_millis(spec)),
     }
+
+
+def catch_up_millis(spec: RedisMessagingSpec) -> int:
+    """How long a planned switch-over keeps the master's writes paused for its replicas to catch up:
+    a paused master also holds back Sentinel's hello messages and the pings queued behind them, so it
+    stays well below down-after-milliseconds (a third of it, between 0.2 and 5 s)."""
+    return max(200, min(5000, spec.sentinel.down_after_milliseconds // 3))
 
 
 def _pod_template(spec: RedisMessagingSpec, owner: Owner, component: str, containers: list[Obj],

@@ -116,11 +116,14 @@ class DnsAddresses(TlsSettings):
 class MapAddresses(TlsSettings):
     """Explicit addresses by pod name ("namespace/pod" or "pod"), and the hosts those pods announce."""
 
-    def __init__(self, redis: dict[str, Address], sentinel: dict[str, Address] | None = None) -> None:
+    def __init__(self, redis: dict[str, Address], sentinel: dict[str, Address] | None = None,
+                 announced: dict[str, str] | None = None) -> None:
+        """``announced``: host -> pod for pods that announce another host than the one reached here."""
         super().__init__()
         self._redis = dict(redis)
         self._sentinel = dict(sentinel or {})
         self._hosts = {addr[0]: pod.rsplit("/", 1)[-1] for pod, addr in {**self._redis, **self._sentinel}.items()}
+        self._hosts.update(announced or {})
 
     @classmethod
     def from_file(cls, path: str | Path) -> MapAddresses:

@@ -25,6 +25,7 @@ from typing import Any
 from redis_messaging.api.models import RedisMessagingSpec
 from redis_messaging.builders import names
 from redis_messaging.builders.names import Owner
+from redis_messaging.builders.sentinel import catch_up_millis
 from redis_messaging.kube.client import Kube
 from redis_messaging.reconcile import conditions as cond
 from redis_messaging.reconcile.addresses import Addresses, OwnerConnections
@@ -227,15 +228,21 @@ class RollingStep:
         follows = {p: self.addresses.pod_of(owner, n.master[0]) if n.master else None for p, n in redis.items()}
         return RollObservation(pods, redis, sentinels, master, offset, follows)
 
-    def failover(self, spec: RedisMessagingSpec, owner: Owner, password: str | None, master: str) -> str:
+    def failover(self, spec: RedisMessagingSpec, owner: Owner, password: str | None, master: str) -> str | None:
         """Pause the master's writes, let the replicas catch up, ask the first Sentinel that accepts
-        to fail over; which one did. The pause ends when the old master is a replica (next passes)."""
+        to fail over; which one did. The pause ends when the old master is a replica (next passes).
+
+        The switch-over happens only once every replica (Sentinel may pick any) has caught up with the
+        paused master; otherwise writes resume at once and None says that nothing was switched: the
+        next pass tries again."""
         conns = self.connections(owner, password)
         master_address = self.addresses.redis(owner, master)
         replicas = [self.addresses.redis(owner, owner.redis_pod(i)) for i in range(spec.redis.replicas)]
         switchover.pause_writes(conns, master_address, min(spec.sentinel.failover_timeout, PAUSE_MAX_MS))
-        switchover.caught_up(conns, master_address, [r for r in replicas if r != master_address],
-                             timeout=CATCH_UP_SECONDS)
+        if not switchover.caught_up(conns, master_address, [r for r in replicas if r != master_address],
+                                    timeout=min(CATCH_UP_SECONDS, catch_up_millis(spec) / 1000)):
+            switchover.unpause(conns, master_address)
+            return None
         errors = []
         for pod in (owner.sentinel_pod(i) for i in range(spec.sentinel.replicas)):
             try:
@@ -303,6 +310,11 @@ class RollingStep:
         step = report.step = plan(obs)
         if isinstance(step, Failover):
             sentinel = self.failover(spec, owner, password, step.master)
+            if sentinel is None:
+                self.wait_or_delete(report, progress, Wait(
+                    f"the replicas did not catch up with {step.master} within {catch_up_millis(spec)} ms of pausing "
+                    "its writes: no switch-over, writes resumed, tried again at the next pass"), owner, delete_pod)
+                return report
             self.switched(report, progress, f"Switching the master over from {step.master} before restarting it "
                                             f"({'; '.join(step.reasons)}); SENTINEL FAILOVER through {sentinel}")
         elif isinstance(step, Wait | DeletePod):

@@ -289,6 +289,7 @@ def _write_status(ctx: Context, body: Obj, new_conditions: list[cond.Cond], extr
         if c["type"] == cond.READY or (c["type"] == cond.DEGRADED and c["status"] == "True"):
             warn = (c["type"] == cond.DEGRADED) or (c["status"] == "False" and c["reason"] in
                                                     ("InvalidSpec", "AuthSecretMissing", "AuthSecretInvalid",
+                                                     "MastersDiverged", "NoSafeView",
                                                      "Unsupported", tls_step.SECRET_MISSING,
                                                      tls_step.SECRET_INVALID, tls_step.CERT_MANAGER_MISSING))
             ctx.kube.event(body, reason=f"{c['type']}{c['status']}" if not warn else c["reason"],

@@ -20,6 +20,7 @@ from redis.client import Redis
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
+from redis_messaging.builders import names
 from redis_messaging.redis.tls import ClientTls
 from redis_messaging.redis.tls import options as tls_options
 
@@ -84,6 +85,11 @@ def _cmd(client: Redis, *args: str) -> Any:
 # Observation
 
 
+NO_MASTER: Address = (names.NO_MASTER_HOST, names.NO_MASTER_PORT)
+"""The master a Redis pod names while it waits to be told whom to follow (see redis-start.sh): it holds
+its data, accepts no write, and no other pod can sync from it."""
+
+
 @dataclass(frozen=True)
 class RedisNode:
     address: Address
@@ -94,10 +100,29 @@ class RedisNode:
     offset: int = 0  # master_repl_offset on a master, slave_repl_offset on a replica
     replicas: tuple[Address, ...] = ()
     error: str = ""
+    # The replication history this process holds (INFO replication): the id of its current history,
+    # and the id of the one before with the offset up to which it shares it (after a promotion).
+    replid: str = ""
+    replid2: str = ""
+    second_offset: int = -1
+    keys: int = 0  # keys in every database (INFO keyspace)
+    dataset_bytes: int = 0  # used_memory_dataset: tells apart datasets with as many keys
+    loading: bool = False  # still loading its RDB/AOF: what it holds is not known yet
+    priority: int = 100  # replica-priority: 0 means Sentinel never promotes it
 
     @property
     def is_master(self) -> bool:
         return self.reachable and self.role == "master"
+
+    @property
+    def unattached(self) -> bool:
+        """A replica that waits to be told whom to follow (it names :data:`NO_MASTER`)."""
+        return self.reachable and self.role == "slave" and self.master == NO_MASTER
+
+    @property
+    def empty(self) -> bool:
+        """Holds no key and no replication history worth keeping."""
+        return self.reachable and not self.loading and self.keys == 0
 
 
 def _parse_info(text: str) -> dict[str, str]:
@@ -109,9 +134,29 @@ def _parse_info(text: str) -> dict[str, str]:
     return out
 
 
-def observe_redis(conns: Connections, address: Address) -> RedisNode:
+def _int(value: Any, default: int = 0) -> int:
     try:
-        raw = _cmd(conns.get(address), "INFO", "replication")
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _keys(parsed: dict[str, Any]) -> int:
+    """The keys of every database, from INFO keyspace (``db0:keys=1,expires=0,...``)."""
+    total = 0
+    for key, value in parsed.items():
+        if not (str(key).startswith("db") and str(key)[2:].isdigit()):
+            continue
+        fields = value if isinstance(value, dict) else dict(
+            part.split("=", 1) for part in str(value).split(",") if "=" in part)
+        total += _int(fields.get("keys"))
+    return total
+
+
+def observe_redis(conns: Connections, address: Address) -> RedisNode:
+    """Role, master, replication history and data size of one Redis: one INFO of four sections."""
+    try:
+        raw = _cmd(conns.get(address), "INFO", "replication", "keyspace", "memory", "persistence")
     except (RedisError, OSError) as exc:
         return RedisNode(address, reachable=False, error=f"{type(exc).__name__}: {exc}")
     parsed: dict[str, Any] = raw if isinstance(raw, dict) else _parse_info(str(raw))
@@ -124,12 +169,22 @@ def observe_redis(conns: Connections, address: Address) -> RedisNode:
                 replicas.append((str(fields["ip"]), int(fields["port"])))
     info = {str(k): str(v) for k, v in parsed.items()}
     role = info.get("role", "")
+    replid2 = info.get("master_replid2", "")
+    facts: dict[str, Any] = {
+        "replid": info.get("master_replid", ""),
+        "replid2": "" if not replid2.strip("0") else replid2,  # all zeroes: no history before this one
+        "second_offset": _int(info.get("second_repl_offset"), -1),
+        "keys": _keys(parsed),
+        "dataset_bytes": _int(info.get("used_memory_dataset")),
+        "loading": info.get("loading") == "1",
+        "priority": _int(info.get("slave_priority", info.get("replica_priority")), 100),
+    }
     if role == "master":
-        return RedisNode(address, True, role, offset=int(info.get("master_repl_offset", 0) or 0),
-                         replicas=tuple(replicas))
-    master = (info.get("master_host", ""), int(info.get("master_port", 0) or 0))
+        return RedisNode(address, True, role, offset=_int(info.get("master_repl_offset")),
+                         replicas=tuple(replicas), **facts)
+    master = (info.get("master_host", ""), _int(info.get("master_port")))
     return RedisNode(address, True, role, master=master, link_up=info.get("master_link_status") == "up",
-                     offset=int(info.get("slave_repl_offset", 0) or 0))
+                     offset=_int(info.get("slave_repl_offset")), **facts)
 
 
 @dataclass(frozen=True)
@@ -212,6 +267,11 @@ def replicate(conns: Connections, address: Address, master: Address) -> None:
 
 def promote(conns: Connections, address: Address) -> None:
     _cmd(conns.get(address), "REPLICAOF", "NO", "ONE")
+
+
+def set_priority(conns: Connections, address: Address, priority: str) -> None:
+    """``replica-priority``: 0 keeps Sentinel from promoting a replica whose data is not vouched for."""
+    _cmd(conns.get(address), "CONFIG", "SET", "replica-priority", priority)
 
 
 def sentinel_monitor(conns: Connections, address: Address, master_name: str, master: Address,
