@@ -140,7 +140,7 @@ def consensus(obs: Observation) -> str | None:
     return best if best is not None and named.count(best) >= SPEC.sentinel.quorum else None
 
 
-@generated()
+@generated(5000)
 @given(case=cases())
 def test_generated_sentinel_plans_keep_every_safety_rule(case: Case) -> None:
     obs, data = case.obs, case.data

@@ -162,9 +162,11 @@ def holds(a: rs.RedisNode, b: rs.RedisNode) -> bool:
     from another history keeps that one as ``replid2``, valid up to ``second_offset - 1``. Histories
     that share nothing (a restart from AOF starts a new one) cannot be compared: then only an empty
     ``b`` is held."""
+    if not a.reachable or a.loading:
+        return False  # what it holds is not known yet
     if b.empty:
         return True
-    if not a.reachable or a.loading or not a.replid or not b.replid:
+    if not a.replid or not b.replid:
         return False
     if a.replid == b.replid:
         return a.offset >= b.offset
@@ -358,7 +360,9 @@ def plan(obs: Observation, spec: RedisMessagingSpec, *, expected_sentinels: int)
             if holds(chosen, node):
                 steps.append(Replicate(pod, master, split_brain=True))
                 continue
-            if (consensus == master and holds(node, chosen) and len(reachable_sentinels) == expected_sentinels
+            others = [n for p, n in obs.redis.items() if n.is_master and p != pod]
+            if (consensus == master and all(holds(node, o) for o in others)
+                    and len(reachable_sentinels) == expected_sentinels
                     and all(pod in {obs.pod_of(h) for h, _ in s.replicas} for s in reachable_sentinels.values())):
                 # The second master is ahead of the one the Sentinels name, and no Sentinel is hidden that
                 # could be leading a failover to it: a failover to it, with a newer config epoch.
