@@ -312,10 +312,15 @@ class Leftovers:
 
 
 def reap_dead(state_dir: Path = STATE_DIR) -> list[str]:
-    """Clean up after every dead cluster recorded in ``state_dir``; what was done, per cluster."""
+    """Clean up after every dead cluster recorded in ``state_dir``; what was done, per cluster. One that
+    cannot be cleaned up entirely keeps its record (and so its subnet) for the next attempt."""
     done = []
     for path in sorted([*state_dir.glob("rmsg*.run"), *state_dir.glob("rmsg*.pid")]):
-        summary = reap(path)
+        try:
+            summary = reap(path)
+        except RunRecordError as exc:
+            log.warning("cannot clean up after the dead local cluster of %s: %s", path.name, exc)
+            continue
         if summary:
             done.append(summary)
     return done
