@@ -386,3 +386,14 @@ def test_a_replica_in_sync_gets_its_replica_priority_back_and_a_waiting_one_is_a
     custom = models.parse_spec({"sentinel": {"replicas": 3, "quorum": 2},
                                 "redis": {"config": {"replica-priority": "7"}}})
     assert SetPriority("r1", "7") in plan(obs(redis, agreeing()), custom, expected_sentinels=3).steps
+
+
+def test_when_sentinel_has_no_replica_it_may_promote_the_operator_elects_after_the_grace() -> None:
+    # A full restart while the Sentinels kept their memory: they name r0, and every pod waits with
+    # replica-priority 0, so no Sentinel failover can happen; the operator elects after the grace.
+    redis = {"r0": unattached("r0", keys=400), "r1": unattached("r1", keys=500, replid="d" * 40),
+             "r2": unattached("r2", keys=450, replid="e" * 40)}
+    assert plan(obs(redis, agreeing(), masterless=GRACE - 1), SPEC, expected_sentinels=3).reason == "MasterIsReplica"
+    result = plan(obs(redis, agreeing(), masterless=GRACE), SPEC, expected_sentinels=3)
+    assert result.master == "r1"
+    assert isinstance(result.steps[0], Promote)

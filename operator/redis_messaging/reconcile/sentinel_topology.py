@@ -315,7 +315,12 @@ def plan(obs: Observation, spec: RedisMessagingSpec, *, expected_sentinels: int)
         elif node.role != "master":
             # It restarted and waits as a replica: its data is not vouched for. Sentinel fails over to a
             # replica that holds the data; the operator steps in only if that does not happen.
-            if not sentinel_majority or obs.masterless_seconds < sentinel_patience_seconds(spec):
+            # Sentinel can only promote a replica with a replica-priority above 0: when none is left (a full
+            # restart: every pod waits, its data not vouched for), only the operator can elect.
+            eligible = any(n.reachable and n.role == "slave" and n.priority > 0
+                           for p, n in obs.redis.items() if p != consensus)
+            patience = sentinel_patience_seconds(spec) if eligible else promote_grace_seconds(spec)
+            if not sentinel_majority or obs.masterless_seconds < patience:
                 return Plan(consensus, reason="MasterIsReplica", available=False, wait=True,
                             message=f"Sentinels name {consensus} but it serves as a replica (restarted, its data "
                                     "not vouched for); waiting for Sentinel to fail over")
