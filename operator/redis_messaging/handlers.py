@@ -19,7 +19,7 @@ from redis_messaging.reconcile.addresses import Addresses, DnsAddresses, MapAddr
 from redis_messaging.reconcile.cluster_rolling import ClusterRollingStep
 from redis_messaging.reconcile.cluster_topology import ClusterTopology
 from redis_messaging.reconcile.failover_watch import FailoverWatchers, Followed
-from redis_messaging.reconcile.resync import Registry, resync_forever
+from redis_messaging.reconcile.resync import PassOrder, Registry, resync_forever
 from redis_messaging.reconcile.rolling import RollingStep
 from redis_messaging.reconcile.sentinel_topology import SentinelTopology
 from redis_messaging.reconcile.streams import StreamsStep
@@ -98,6 +98,8 @@ def _context() -> Context:
 
 def _after_pass(body: dict[str, Any], outcome: Outcome) -> None:
     """Keep the failover watch (sentinel mode) and the autoscaler fed with what they need."""
+    if outcome.stale:  # nothing was done on an older body; the pass on the newest one follows
+        return
     owner = owner_of(body, _settings().cluster_domain)
     autoscaler: Autoscaler | None = _state.get("autoscaler")
     if outcome.spec is None:
@@ -132,8 +134,10 @@ def _measured_sync(body: dict[str, Any]) -> Outcome:
 def _run(body: kopf.Body) -> None:
     # A resource that needs another look soon gets it from the periodic loop, not from a Kopf retry:
     # retries write progress annotations, and waiting for pods or Sentinel is not an error.
-    outcome = _measured_sync(dict(body))
-    _after_pass(dict(body), outcome)
+    # The event's body, unless the watch has brought a newer one since (see PassOrder).
+    newest = PassOrder.newest(body, REGISTRY.get(Registry.key_of(body)))
+    outcome = _measured_sync(newest)
+    _after_pass(newest, outcome)
     if outcome.retry_after is not None:
         REGISTRY.schedule(Registry.key_of(body), outcome.retry_after)
 
@@ -151,6 +155,9 @@ def remember(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     REGISTRY.observe(event.get("type"), body)
     if event.get("type") == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        ctx: Context | None = _state.get("ctx")
+        if ctx is not None:  # the generations its passes handled
+            ctx.passes.forget(body["metadata"].get("uid") or f"{namespace}/{name}")
         watchers: FailoverWatchers | None = _state.get("watchers")
         if watchers is not None:
             watchers.stop(namespace, name)

@@ -11,7 +11,6 @@ import datetime as dt
 import logging
 import secrets
 import string
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +31,7 @@ from redis_messaging.reconcile import rolling as rolling_step
 from redis_messaging.reconcile import streams as streams_step
 from redis_messaging.reconcile import tls as tls_step
 from redis_messaging.reconcile import volumes as volumes_step
+from redis_messaging.reconcile.resync import PassOrder, generation_of
 from redis_messaging.reconcile.streams import StreamsReport, StreamsStep
 from redis_messaging.reconcile.topology import Topology, TopologyReport
 from redis_messaging.redis.tls import ClientTls
@@ -83,6 +83,7 @@ class Context:
     tls: tls_step.TlsStep | None = None  # the TLS Secret read, clients told, renewals reloaded; None: skipped
     operator_peer: Obj | None = None  # the operator's pods as a NetworkPolicyPeer (spec.networkPolicy)
     clock: Callable[[], str] = utcnow
+    passes: PassOrder = field(default_factory=PassOrder)  # one pass at a time per uid, never an older generation
 
 
 @dataclass
@@ -95,6 +96,7 @@ class Outcome:
     password: str | None = None
     tls: ClientTls | None = None
     streams: StreamsReport | None = None
+    stale: bool = False  # refused: a pass already handled a newer generation; nothing was done
 
 
 class SpecProblem(Exception):
@@ -105,15 +107,6 @@ class SpecProblem(Exception):
         self.reason = reason
         self.message = message
         self.retry_after = retry_after
-
-
-_locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
-
-
-def _lock_for(uid: str) -> threading.Lock:
-    with _locks_guard:
-        return _locks.setdefault(uid, threading.Lock())
 
 
 def owner_of(body: Obj, cluster_domain: str) -> Owner:
@@ -314,10 +307,21 @@ def _write_status(ctx: Context, body: Obj, new_conditions: list[cond.Cond], extr
     outcome.status_written = True
 
 
+# A body refused as older than one already handled is followed by a pass on the newest one this soon.
+STALE_RETRY_SECONDS = 0.5
+
+
 def sync(body: Obj, ctx: Context) -> Outcome:
-    """Run one pass over the resource ``body`` (as the API server returned it)."""
+    """Run one pass over the resource ``body`` (as the API server returned it), unless a pass of the
+    same resource already ran on a newer generation (see :class:`PassOrder`): then nothing is done,
+    nothing is written, and the outcome asks for a pass on the newest body soon."""
     owner = owner_of(body, ctx.cluster_domain)
-    with _lock_for(owner.uid or f"{owner.namespace}/{owner.name}"):
+    generation = generation_of(body)
+    with ctx.passes.turn(owner.uid or f"{owner.namespace}/{owner.name}", generation) as admitted:
+        if not admitted:
+            log.debug("%s/%s: not reconciled on generation %s, older than one already handled",
+                      owner.namespace, owner.name, generation)
+            return Outcome(stale=True, retry_after=STALE_RETRY_SECONDS)
         return _sync(body, ctx, owner)
 
 
