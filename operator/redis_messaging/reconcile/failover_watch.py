@@ -1,9 +1,10 @@
 """Follow Sentinel failovers as they happen.
 
 One thread per sentinel-mode resource subscribes to ``+switch-master`` (on one reachable Sentinel,
-moving on when it goes away) and moves the ``role`` pod labels and ``status.master`` at once, so the
-master Service points at the new master within a fraction of a second; the periodic pass is the
-safety net. The threads live at the operator level (no Kopf daemon), so they add no finalizer.
+moving on when it goes away or falls silent for :data:`~redis_messaging.redis.sentinel.WATCH_SILENCE_SECONDS`,
+and catching up on a switch made meanwhile) and moves the ``role`` pod labels and ``status.master`` at
+once, so the master Service points at the new master within a fraction of a second; the periodic pass
+is the safety net. The threads live at the operator level (no Kopf daemon), so they add no finalizer.
 """
 
 from __future__ import annotations

@@ -324,16 +324,47 @@ def parse_switch_master(data: str) -> SwitchMaster | None:
     return SwitchMaster(name, (old_host, int(old_port)), (new_host, int(new_port)), time.monotonic())
 
 
+# A Sentinel that stops answering without closing the connection (its node lost, a partition) leaves
+# a subscription waiting forever: nothing arrives, and nothing fails. So the watch sends PING on the
+# subscribed connection every WATCH_PING_SECONDS and gives the Sentinel up when nothing (a reply or a
+# message) has come back for WATCH_SILENCE_SECONDS; it then subscribes on the next Sentinel. A silent
+# Sentinel is thus left within WATCH_SILENCE_SECONDS + the poll interval (0.5 s), plus one connection
+# timeout per further silent Sentinel tried.
+WATCH_PING_SECONDS = 1.0
+WATCH_SILENCE_SECONDS = 3.0
+
+
+class SilentSentinel(RedisError):
+    """The subscribed Sentinel has answered nothing for longer than the watch allows."""
+
+
+def named_master(conns: Connections, address: Address, master_name: str) -> tuple[Address, int] | None:
+    """The master one Sentinel names now and its config-epoch (None: it does not monitor it)."""
+    try:
+        reply = _cmd(conns.get(address), "SENTINEL", "MASTER", master_name)
+    except ResponseError:
+        return None
+    info = _pairs(reply)
+    return (info.get("ip", ""), int(info.get("port", 0) or 0)), int(info.get("config-epoch", 0) or 0)
+
+
 def watch_switch_master(conns: Connections, sentinels: Callable[[], Iterable[Address]], master_name: str,
                         on_switch: Callable[[SwitchMaster], None], stopped: threading.Event,
-                        *, poll: float = 0.5, max_backoff: float = 5.0) -> None:
+                        *, poll: float = 0.5, max_backoff: float = 5.0, ping_every: float = WATCH_PING_SECONDS,
+                        silence: float = WATCH_SILENCE_SECONDS) -> None:
     """Subscribe to ``+switch-master`` on one reachable Sentinel at a time until ``stopped``.
 
-    A broken connection moves on to the next Sentinel; when none answers, the next round waits
-    longer (up to ``max_backoff``). ``on_switch`` runs in this thread.
+    A broken connection, or a Sentinel silent for ``silence`` seconds (see WATCH_SILENCE_SECONDS),
+    moves on to the next Sentinel; when none answers, the next round waits longer (up to
+    ``max_backoff``). A switch made while the watch was not listening is not lost: on subscribing,
+    the master the Sentinel names is compared with the one last known, and a different one of a
+    newer config-epoch is reported like a switch (a Sentinel with an older view is not believed).
+    ``on_switch`` runs in this thread; a switch may be reported twice (a catch-up and the message
+    of the same switch), so it must be idempotent.
     """
     backoff = poll
     last_error = ""
+    known: tuple[Address, int] | None = None  # the master last reported or found, and its config-epoch
     while not stopped.is_set():
         for address in list(sentinels()):
             if stopped.is_set():
@@ -341,19 +372,49 @@ def watch_switch_master(conns: Connections, sentinels: Callable[[], Iterable[Add
             pubsub = conns.get(address).pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
                 pubsub.subscribe("+switch-master")
+                named = named_master(conns, address, master_name)  # after subscribing: no switch in between
+                if named is not None:
+                    if known is not None and named[0] != known[0] and named[1] > known[1]:
+                        log.info("sentinel %s:%s names %s:%s as the master, switched while the watch did not "
+                                 "listen; following it", *address, *named[0])
+                        on_switch(SwitchMaster(master_name, known[0], named[0], time.monotonic()))
+                    if known is None or named[1] >= known[1]:
+                        known = named
                 if last_error:
                     log.info("sentinel %s:%s: subscribed to +switch-master", *address)
                 last_error, backoff = "", poll
+                heard = pinged = time.monotonic()
                 while not stopped.is_set():
-                    message = pubsub.get_message(timeout=poll)
+                    now = time.monotonic()
+                    if now - heard > silence:
+                        raise SilentSentinel(f"no answer for {now - heard:.1f}s")
+                    if now - pinged >= ping_every:
+                        pubsub.ping()
+                        pinged = now
+                    # Read replies raw: any of them is a sign of life, the plain PONG a Sentinel answers
+                    # too (redis-py's get_message would swallow that one as an unknown reply).
+                    response = pubsub.parse_response(block=False, timeout=min(poll, ping_every))
+                    if response is None:
+                        continue
+                    heard = time.monotonic()
+                    message = pubsub.handle_message(response) if isinstance(response, list) else None
                     if message is None or message.get("type") != "message":
                         continue
                     event = parse_switch_master(str(message.get("data", "")))
                     if event is not None and event.master_name == master_name:
                         on_switch(event)
+                        # and its config-epoch, for the comparison at the next subscription
+                        known = (event.new, known[1] if known is not None else 0)
+                        with contextlib.suppress(RedisError, OSError):
+                            found = named_master(conns, address, master_name)
+                            if found is not None and found[0] == event.new:
+                                known = found
             except (RedisError, OSError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
-                if error != last_error:
+                if isinstance(exc, SilentSentinel):
+                    log.warning("sentinel %s:%s: %s on the +switch-master subscription; trying the next one",
+                                *address, exc)
+                elif error != last_error:
                     log.info("sentinel %s:%s: no subscription (%s); trying the next one", *address, error)
                 last_error = error
             finally:
