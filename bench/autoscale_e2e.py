@@ -91,7 +91,7 @@ def main() -> int:
             return int(api.apps.read_namespaced_deployment_scale(DEPLOYMENT, NAMESPACE).spec.replicas or 0)
 
         with operator_running(NAMESPACE):
-            from redis_messaging import handlers
+            from redis_messaging.runtime import operator as runtime
 
             ticks_to_patch: list[float] = []
             api.create(NAMESPACE, rmsg("orders", {
@@ -100,7 +100,7 @@ def main() -> int:
                     "target": {"name": DEPLOYMENT}, "maxReplicas": args.rounds + 1,
                     "backlogPerReplica": PER_REPLICA}}]}]}))
             eventually(lambda: r.exists("orders") and r.xinfo_groups("orders"), timeout=60, what="group created")
-            autoscaler = eventually(lambda: handlers._state.get("autoscaler"), what="autoscaler")
+            autoscaler = eventually(lambda: (op := runtime.current()) and op.autoscaler, what="autoscaler")
             autoscaler.on_scaled = lambda scaled: ticks_to_patch.append(scaled.tick_to_patch)
 
             crossing_to_patch: list[float] = []

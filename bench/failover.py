@@ -33,7 +33,7 @@ from redis_messaging.api import models  # noqa: E402
 from redis_messaging.builders import names  # noqa: E402
 from redis_messaging.builders.names import Owner  # noqa: E402
 from redis_messaging.reconcile.addresses import MapAddresses  # noqa: E402
-from redis_messaging.reconcile.failover_watch import FailoverWatchers, Followed  # noqa: E402
+from redis_messaging.reconcile.failover_watch import FailoverWatch, Followed  # noqa: E402
 from redis_messaging.reconcile.sentinel_topology import SentinelTopology  # noqa: E402
 
 PASSWORD = "bench-failover-Pa55"
@@ -117,10 +117,10 @@ def main() -> int:
             followed.append(f)
             got.set()
 
-        watchers = None
+        watch = None
         if kube_side is not None:
-            watchers = FailoverWatchers(kube_side[1], addresses, on_followed)
-            watchers.ensure(owner, redis_replicas=3, sentinel_replicas=3, password=PASSWORD)
+            watch = FailoverWatch(kube_side[1], addresses, owner, on_followed=on_followed)
+            watch.ensure(redis_replicas=3, sentinel_replicas=3, password=PASSWORD)
         sentinel = Sentinel([env.address(p) for p in env.sentinel_pods], socket_timeout=0.3,
                             sentinel_kwargs={"password": PASSWORD, "socket_timeout": 0.3}, password=PASSWORD)
         client = sentinel.master_for(owner.master_name, socket_timeout=0.3)
@@ -141,7 +141,7 @@ def main() -> int:
                 else:
                     raise TimeoutError("no write accepted within 30 s of the kill")
                 to_write.append(time.monotonic() - killed)
-                if watchers is not None:
+                if watch is not None:
                     if not got.wait(10):
                         raise TimeoutError("the watcher did not follow the switch")
                     share.append(followed[-1].seconds)
@@ -149,8 +149,8 @@ def main() -> int:
                       + (f", labels+status moved {share[-1] * 1000:.0f} ms after +switch-master" if share else ""))
                 env.restart(master)
         finally:
-            if watchers is not None:
-                watchers.stop_all()
+            if watch is not None:
+                watch.stop(timeout=5)
             if kube_side is not None:
                 kube_side[0].stop()
 

@@ -43,5 +43,16 @@ class OperatorSettings(BaseSettings):
         "admits to Redis and Sentinel. The chart sets it; without it the operator must reach the pods "
         "through a rule of spec.networkPolicy.clients.",
     )
+    max_concurrent_passes: int = Field(
+        8, ge=1,
+        description="Reconcile passes of different resources that run at the same time (one at a time per "
+        "resource). A pass mostly waits on Redis and the API server; a resource whose pods do not answer "
+        "holds one of them for a Redis timeout per pod.",
+    )
+    autoscale_workers: int = Field(
+        4, ge=1,
+        description="Autoscaler ticks of different resources that run at the same time; each resource is "
+        "ticked on its own schedule, so a slow one delays no other.",
+    )
     liveness_endpoint: str = Field("http://0.0.0.0:8080/healthz", description="Kopf's liveness probe.")
     metrics_port: int = Field(9090, ge=0, description="Port of the operator's Prometheus metrics; 0 = off.")

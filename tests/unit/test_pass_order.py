@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 
 from redis_messaging.kube.client import Kube
-from redis_messaging.reconcile.resync import PassOrder
+from redis_messaging.reconcile.order import PassOrder
 from redis_messaging.reconcile.sync import STALE_RETRY_SECONDS, Context, sync
 
 

@@ -35,10 +35,27 @@ operator with only these rules, then once without each verb, and sees a 403 or a
 - apiGroups: ["redis-messaging.dev"]
   resources: ["redismessagings"]
   verbs: ["list", "watch"]
-# Kopf records what it handled in annotations of the resource (last-handled-configuration).
-- apiGroups: ["redis-messaging.dev"]
-  resources: ["redismessagings"]
-  verbs: ["patch"]
+# Kopf lists and watches the children of every resource (only those labelled
+# app.kubernetes.io/name=redis-messaging: the label selector is applied by the API server) into
+# in-memory indices: a pass reads them there, and a change of a pod, a StatefulSet or a claim wakes its
+# owner's pass at once. No reconcile pass starts before every index is filled.
+- apiGroups: [""]
+  resources: ["pods", "configmaps", "secrets", "services", "persistentvolumeclaims"]
+  verbs: ["list", "watch"]
+- apiGroups: ["apps"]
+  resources: ["statefulsets"]
+  verbs: ["list", "watch"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["list", "watch"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["list", "watch"]
+# Consumer autoscaling: HorizontalPodAutoscalers are indexed by namespace; one aimed at a workload the
+# operator scales is a conflict, and the operator refuses to fight it.
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["list", "watch"]
 # -- What the operator needs -----------------------------------------------------------------------
 # Status: conditions, observedGeneration, the master and the connection details.
 - apiGroups: ["redis-messaging.dev"]
@@ -50,29 +67,28 @@ operator with only these rules, then once without each verb, and sees a 403 or a
 - apiGroups: ["redis-messaging.dev"]
   resources: ["redismessagings/finalizers"]
   verbs: ["update"]
-# The default user's password: read from its Secret (generated, or named in spec.auth.secretName);
-# a generated one is created once.
+# Secrets the user names (spec.auth.secretName, spec.tls.secretName, the ACL users' Secrets) carry no
+# label of ours: each is read by name, at most once per safety-net period.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
 # Children in the core group: the ConfigMap (redis.conf, sentinel.conf), the Secrets (<name>-auth,
-# <name>-connection) and the Services. Listed by instance label to compare with the desired objects,
-# then written by server-side apply (a PATCH, which needs create when it creates the object).
+# <name>-connection) and the Services, compared with their indexed copies and written by server-side
+# apply (a PATCH, which needs create when it creates the object); a generated password is created once.
 - apiGroups: [""]
   resources: ["configmaps", "secrets", "services"]
-  verbs: ["list", "create", "patch"]
-# Children: the redis and Sentinel StatefulSets (or the shards'), listed and applied like the objects
-# above; each is also read to compare its volume claim templates with the declared storage size.
+  verbs: ["create", "patch"]
+# Children: the redis and Sentinel StatefulSets (or the shards'), applied like the objects above.
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
-  verbs: ["get", "list", "create", "patch"]
-# Children: the PodDisruptionBudgets of redis and Sentinel, listed and applied like the objects above.
+  verbs: ["create", "patch"]
+# Children: the PodDisruptionBudgets of redis and Sentinel, applied like the objects above.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["list", "create", "patch"]
-# Pods: those of a resource are listed to check the topology, and their role label (what the master
-# Service selects) follows the master chosen by Sentinel; consumer pods are listed to find the
-# consumers whose pod is gone, and get a pod-deletion-cost annotation before a scale-down.
+  verbs: ["create", "patch"]
+# Pods: the role label of a resource's pods (what the master Service selects) follows the master
+# chosen by Sentinel; consumer pods (not labelled by the operator) are listed to find the consumers
+# whose pod is gone, and get a pod-deletion-cost annotation before a scale-down.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "patch"]
@@ -86,10 +102,6 @@ operator with only these rules, then once without each verb, and sees a 403 or a
 - apiGroups: ["apps"]
   resources: ["deployments/scale", "statefulsets/scale"]
   verbs: ["get", "patch"]
-# Consumer autoscaling: refuses to fight a HorizontalPodAutoscaler that scales the same target.
-- apiGroups: ["autoscaling"]
-  resources: ["horizontalpodautoscalers"]
-  verbs: ["list"]
 # Consumer autoscaling: refuses to fight a KEDA ScaledObject that scales the same target. Without
 # KEDA the list is a 404, which the operator expects; without this rule it is a 403 even then.
 - apiGroups: ["keda.sh"]
@@ -99,7 +111,7 @@ operator with only these rules, then once without each verb, and sees a 403 or a
 # Volume expansion: grows the PersistentVolumeClaims of the redis pods in place.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["get", "list", "patch"]
+  verbs: ["patch"]
 # Volume expansion re-creates a StatefulSet (its volumeClaimTemplates are immutable) while orphaning
 # its pods; cluster scale-in deletes the StatefulSet of a shard whose slots were moved away.
 - apiGroups: ["apps"]
@@ -112,7 +124,7 @@ operator with only these rules, then once without each verb, and sees a 403 or a
 # Cluster scale-in deletes the PodDisruptionBudget of a removed shard.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "delete"]
+  verbs: ["delete"]
 # Monitoring turned off: the exporter's metrics Service and the dashboard ConfigMap are deleted.
 - apiGroups: [""]
   resources: ["services", "configmaps"]
@@ -123,10 +135,10 @@ operator with only these rules, then once without each verb, and sees a 403 or a
   resources: ["servicemonitors", "podmonitors", "prometheusrules"]
   verbs: ["list", "create", "patch", "delete"]
 # spec.networkPolicy: the resource's NetworkPolicy, applied like the children above, and deleted
-# when the spec turns it off (listed at every pass to find it).
+# when the spec turns it off.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["list", "create", "patch", "delete"]
+  verbs: ["create", "patch", "delete"]
 # TLS from an issuer (spec.tls.issuerRef): the cert-manager Certificate that fills the TLS Secret,
 # when cert-manager's CRDs are installed; listed by instance label and applied.
 - apiGroups: ["cert-manager.io"]

@@ -95,6 +95,9 @@ class _Runtime:
     written_at: float = float("-inf")
     measured_at: float = float("-inf")
     reclaimed_at: float = float("-inf")
+    pods_listed_at: float = float("-inf")
+    # replicas of each target as last read from (or written to) its scale subresource, and when
+    scales: dict[tuple[str, str], tuple[float, Obj]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -114,13 +117,18 @@ class Scaled:
 
 class Autoscaler:
     def __init__(self, kube: Kube, pools: Pools, *, status_interval: float = 10.0,
-                 reclaim_interval: float = 10.0, metrics: OperatorMetrics | None = None,
+                 reclaim_interval: float = 10.0, reread_interval: float = 30.0,
+                 metrics: OperatorMetrics | None = None,
                  clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
                  on_scaled: Callable[[Scaled], None] | None = None) -> None:
         self.kube = kube
         self.pools = pools
         self.status_interval = status_interval
         self.reclaim_interval = reclaim_interval
+        # At rest the loop asks the API server nothing: a target's replicas are read again only this
+        # often (or before a change), and consumer pods are listed only when entries are pending or
+        # this often (to delete the empty consumers of pods that are gone).
+        self.reread_interval = reread_interval
         self.metrics = metrics or OperatorMetrics()
         self.clock = clock
         self.monotonic = monotonic
@@ -305,17 +313,20 @@ class Autoscaler:
         if refused is not None:
             view.desired_replicas, view.last_decision, view.error = None, None, refused
             return None
-        try:
-            scale = self.kube.get_scale(target.kind, owner.namespace, target.name)
-        except KubeError as exc:
-            view.error = f"could not read the scale of {target.kind} {target.name}: {exc}"
-            return None
+        state_key = (stream, group.name, target.kind, target.name)
+        scale = self._read_scale(runtime, target.kind, target.name, view, fresh=False)
         if scale is None:
-            view.error = f"{target.kind} {target.name} does not exist"
             return None
         current = int((scale.get("spec") or {}).get("replicas") or 0)
-        state_key = (stream, group.name, target.kind, target.name)
         decision = decide(sample, spec, current, runtime.states.get(state_key) or GroupState())
+        if decision.changed:  # a change is decided on what the workload has now, not on what was read
+            scale = self._read_scale(runtime, target.kind, target.name, view, fresh=True)
+            if scale is None:
+                return None
+            fresh = int((scale.get("spec") or {}).get("replicas") or 0)
+            if fresh != current:
+                current = fresh
+                decision = decide(sample, spec, current, runtime.states.get(state_key) or GroupState())
         runtime.states[state_key] = decision.state
         view.current_replicas, view.desired_replicas = current, decision.desired
         view.last_decision = decision.reason
@@ -332,6 +343,8 @@ class Autoscaler:
             log.warning("%s/%s: %s", owner.namespace, owner.name, view.error)
             return None
         elapsed = self.monotonic() - started
+        patched = {**scale, "spec": {"replicas": decision.desired}}
+        runtime.scales[(target.kind, target.name)] = (self.monotonic(), patched)
         view.current_replicas = decision.desired
         view.last_scale_time = _iso(self.clock())
         log.debug("%s/%s %s/%s: scale patched %.3fs after the tick started", owner.namespace, owner.name,
@@ -348,6 +361,25 @@ class Autoscaler:
         if self.on_scaled is not None:
             self.on_scaled(done)
         return done
+
+    def _read_scale(self, runtime: _Runtime, kind: str, name: str, view: GroupView, *, fresh: bool) -> Obj | None:
+        """The target's scale subresource: read again when ``fresh`` or older than the re-read interval."""
+        key = (kind, name)
+        kept = runtime.scales.get(key)
+        now = self.monotonic()
+        if not fresh and kept is not None and now - kept[0] < self.reread_interval:
+            return kept[1]
+        try:
+            scale = self.kube.get_scale(kind, runtime.declared.owner.namespace, name)
+        except KubeError as exc:
+            view.error = f"could not read the scale of {kind} {name}: {exc}"
+            return None
+        if scale is None:
+            runtime.scales.pop(key, None)
+            view.error = f"{kind} {name} does not exist"
+            return None
+        runtime.scales[key] = (now, scale)
+        return scale
 
     def _set_deletion_costs(self, runtime: _Runtime, client: StreamsNode, stream: str, group: str,
                             scale: Obj) -> None:
@@ -383,8 +415,13 @@ class Autoscaler:
             # Consumers first, pods second: a consumer seen here has a pod that the list below shows
             # unless that pod is really gone.
             found = nodes.consumers(client, groups)
+            now = self.monotonic()
+            held = any(c.pending > 0 for consumers in found.values() for c in consumers.values())
+            if not held and now - runtime.pods_listed_at < self.reread_interval:
+                return pods  # nothing pending: the consumers of gone pods are cleaned up less often
             if pods is None:
                 pods = policy.pod_views(self.kube.list_metadata("Pod", owner.namespace))
+                runtime.pods_listed_at = now
             for key, consumers in found.items():
                 pending = {name: c.pending for name, c in consumers.items()}
                 dead, claimer = policy.orphans(pending, pods)

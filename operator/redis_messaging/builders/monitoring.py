@@ -61,7 +61,7 @@ def _meta(owner: Owner, name: str, extra_labels: dict[str, str] | None = None) -
 def metrics_service(owner: Owner) -> Obj:
     """Headless: one endpoint per pod with an exporter (redis, Sentinel and shard pods alike; pods
     without a ``metrics`` port are no endpoint of it)."""
-    selector = {names.LABEL_NAME: "redis-messaging", names.LABEL_INSTANCE: owner.name}
+    selector = {names.LABEL_NAME: names.APP_NAME, names.LABEL_INSTANCE: owner.name}
     return {
         "apiVersion": "v1",
         "kind": "Service",

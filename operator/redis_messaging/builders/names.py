@@ -8,6 +8,7 @@ from redis_messaging.api import models
 
 DOMAIN = models.GROUP
 MANAGER = "redis-messaging-operator"
+APP_NAME = "redis-messaging"  # the app.kubernetes.io/name of every child: what the operator's watches select
 
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
@@ -162,7 +163,7 @@ class Owner:
 
 def selector_labels(owner: Owner, component: str) -> dict[str, str]:
     return {
-        LABEL_NAME: "redis-messaging",
+        LABEL_NAME: APP_NAME,
         LABEL_INSTANCE: owner.name,
         LABEL_COMPONENT: component,
     }
@@ -178,4 +179,4 @@ def common_labels(owner: Owner, component: str) -> dict[str, str]:
 
 def instance_selector(owner: Owner) -> str:
     """Label selector matching every child object of one resource."""
-    return f"{LABEL_NAME}=redis-messaging,{LABEL_INSTANCE}={owner.name}"
+    return f"{LABEL_NAME}={APP_NAME},{LABEL_INSTANCE}={owner.name}"

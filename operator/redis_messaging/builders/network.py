@@ -32,7 +32,7 @@ def network_policy(spec: RedisMessagingSpec, owner: Owner, operator_peer: Obj | 
     np = spec.network_policy
     if not np.enabled:
         return None
-    instance = {names.LABEL_NAME: "redis-messaging", names.LABEL_INSTANCE: owner.name}
+    instance = {names.LABEL_NAME: names.APP_NAME, names.LABEL_INSTANCE: owner.name}
     client_ports = [names.REDIS_PORT] if spec.mode == "cluster" else [names.REDIS_PORT, names.SENTINEL_PORT]
     ours_ports = [*client_ports, BUS_PORT] if spec.mode == "cluster" else client_ports
     clients = [dict(p) for p in np.clients] or [{"podSelector": {"matchLabels": {LABEL_CLIENT: owner.name}}}]

@@ -138,15 +138,18 @@ class Kube:
         self._discovery: dict[str, tuple[float, frozenset[str]]] = {}  # api version -> (expires, kinds)
 
     @classmethod
-    def from_environment(cls, field_manager: str) -> Kube:
-        """In a pod: its ServiceAccount; elsewhere: $KUBECONFIG (read now) or ~/.kube/config."""
+    def from_environment(cls, field_manager: str, *, connections: int = 4) -> Kube:
+        """In a pod: its ServiceAccount; elsewhere: $KUBECONFIG (read now) or ~/.kube/config.
+        ``connections``: HTTP connections kept open to the API server (one per concurrent caller)."""
+        configuration = kubernetes.client.Configuration()
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            configuration = kubernetes.client.Configuration()
             kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            return cls(kubernetes.client.ApiClient(configuration), field_manager)
-        path = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or os.path.expanduser("~/.kube/config")
-        api = kubernetes.config.new_client_from_config(config_file=path)  # type: ignore[no-untyped-call]
-        return cls(api, field_manager)
+        else:
+            path = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or os.path.expanduser("~/.kube/config")
+            kubernetes.config.load_kube_config(config_file=path,  # type: ignore[no-untyped-call]
+                                               client_configuration=configuration)
+        configuration.connection_pool_maxsize = max(connections, 1)
+        return cls(kubernetes.client.ApiClient(configuration), field_manager)
 
     # -- raw ----------------------------------------------------------------------------------
     def _call(self, method: str, path: str, *, body: Any = None, query: Iterable[tuple[str, str]] = (),

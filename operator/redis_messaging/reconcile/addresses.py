@@ -19,6 +19,7 @@ from typing import Generic, Protocol, TypeVar
 
 from redis_messaging.builders import names
 from redis_messaging.builders.names import Owner
+from redis_messaging.redis import tls as rtls
 from redis_messaging.redis.sentinel import Connections
 from redis_messaging.redis.tls import ClientTls
 
@@ -55,10 +56,17 @@ class TlsSettings:
 
     def set_tls(self, owner: Owner, tls: ClientTls | None) -> None:
         with self._tls_lock:
+            key = (owner.namespace, owner.name)
+            old = self._tls.get(key)
+            if old == tls:
+                return
             if tls is None:
-                self._tls.pop((owner.namespace, owner.name), None)
+                self._tls.pop(key, None)
             else:
-                self._tls[(owner.namespace, owner.name)] = tls
+                self._tls[key] = tls
+                rtls.hold(tls)
+        if old is not None:
+            rtls.release(old)
 
 
 C = TypeVar("C", bound=Connections)
@@ -94,6 +102,18 @@ class OwnerConnections(Generic[C]):
             conns = self._by_owner.pop(self.key(owner), None)
         if conns is not None:
             conns.close()
+
+    def close(self) -> None:
+        """Close every client (the resource is gone, or the operator stops)."""
+        with self._lock:
+            held = list(self._by_owner.values())
+            self._by_owner.clear()
+        for conns in held:
+            conns.close()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._by_owner)
 
 
 class DnsAddresses(TlsSettings):

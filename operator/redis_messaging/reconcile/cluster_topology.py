@@ -814,6 +814,11 @@ class ClusterTopology:
         self._raw.forget(owner)
         self._blocked.pop(OwnerConnections.key(owner), None)
 
+    def close(self) -> None:
+        self._plain.close()
+        self._raw.close()
+        self._blocked.clear()
+
     # -- observe ------------------------------------------------------------------------------
     def observe(self, spec: RedisMessagingSpec, owner: Owner, pods: list[dict[str, Any]],
                 conns: cl.Connections) -> Observation:

@@ -206,6 +206,9 @@ class RollingStep:
     def connections(self, owner: Owner, password: str | None) -> rs.Connections:
         return self._connections.get(owner, password)
 
+    def close(self) -> None:
+        self._connections.close()
+
     def observe(self, spec: RedisMessagingSpec, owner: Owner, pods: Mapping[str, PodState],
                 password: str | None) -> RollObservation:
         conns = self.connections(owner, password)

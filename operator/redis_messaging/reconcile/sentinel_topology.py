@@ -464,6 +464,10 @@ class SentinelTopology:
         self._connections.forget(owner)
         self._masterless_since.pop(self._connections.key(owner), None)
 
+    def close(self) -> None:
+        self._connections.close()
+        self._masterless_since.clear()
+
     def observe(self, spec: RedisMessagingSpec, owner: Owner, conns: rs.Connections,
                 pods: list[dict[str, Any]] | None = None) -> Observation:
         redis_pods = [owner.redis_pod(i) for i in range(spec.redis.replicas)]

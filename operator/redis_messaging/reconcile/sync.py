@@ -31,7 +31,7 @@ from redis_messaging.reconcile import rolling as rolling_step
 from redis_messaging.reconcile import streams as streams_step
 from redis_messaging.reconcile import tls as tls_step
 from redis_messaging.reconcile import volumes as volumes_step
-from redis_messaging.reconcile.resync import PassOrder, generation_of
+from redis_messaging.reconcile.order import PassOrder, generation_of
 from redis_messaging.reconcile.streams import StreamsReport, StreamsStep
 from redis_messaging.reconcile.topology import Topology, TopologyReport
 from redis_messaging.redis.tls import ClientTls
@@ -42,33 +42,11 @@ Obj = dict[str, Any]
 PASSWORD_ALPHABET = string.ascii_letters + string.digits
 
 
-# A resource that is not Ready is looked at again soon: nothing it owns (pods, StatefulSets) wakes the
-# operator, and the safety-net period is for resources at rest. Soon after a change, then less often
-# the longer the wait lasts (a tenth of the time waited so far), between these bounds.
-CONVERGING_RETRY_MIN_SECONDS = 2.0
-CONVERGING_RETRY_MAX_SECONDS = 15.0
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 def utcnow() -> str:
     return dt.datetime.now(dt.UTC).strftime(TIME_FORMAT)
-
-
-def converging_retry(waited: float) -> float:
-    """Seconds until the next pass of a resource that has not been Ready for ``waited`` seconds."""
-    return min(max(CONVERGING_RETRY_MIN_SECONDS, waited / 10), CONVERGING_RETRY_MAX_SECONDS)
-
-
-def not_ready_for(body: Obj, now: str) -> float:
-    """How long the resource's status has said Ready is not True (0: it said True, or nothing yet)."""
-    for c in (body.get("status") or {}).get("conditions") or []:
-        if c.get("type") == cond.READY and c.get("status") != "True" and c.get("lastTransitionTime"):
-            try:
-                since = dt.datetime.strptime(c["lastTransitionTime"], TIME_FORMAT)
-                return max(0.0, (dt.datetime.strptime(now, TIME_FORMAT) - since).total_seconds())
-            except ValueError:
-                return 0.0
-    return 0.0
 
 
 @dataclass
@@ -278,6 +256,11 @@ def _write_status(ctx: Context, body: Obj, new_conditions: list[cond.Cond], extr
     comparable = {k: old.get(k) for k in status}
     if comparable == status:
         return
+    if log.isEnabledFor(logging.DEBUG):
+        changed = sorted(k for k in status if comparable.get(k) != status[k])
+        log.debug("%s/%s: status changed: %s; conditions %s -> %s", meta["namespace"], meta["name"], changed,
+                  [(c.get("type"), c.get("status"), c.get("reason")) for c in old.get("conditions") or []],
+                  [(c.get("type"), c.get("status"), c.get("reason")) for c in merged])
     for c in cond.transitions(old.get("conditions") or [], merged):
         if c["type"] == cond.READY or (c["type"] == cond.DEGRADED and c["status"] == "True"):
             warn = (c["type"] == cond.DEGRADED) or (c["status"] == "False" and c["reason"] in
@@ -455,8 +438,6 @@ def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
     for later in (volumes.retry_after, auth.retry_after, roll.retry_after):
         if later is not None:
             outcome.retry_after = min(later, outcome.retry_after or later)
-    if outcome.retry_after is None and not any(c.type == cond.READY and c.status for c in new_conditions):
-        outcome.retry_after = converging_retry(not_ready_for(body, ctx.clock()))
     extra["connection"] = {
         "secretName": owner.connection_secret,
         "host": owner.service_host(owner.master_service),

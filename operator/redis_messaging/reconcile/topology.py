@@ -36,3 +36,6 @@ class Topology(Protocol):
     def check_and_heal(self, spec: RedisMessagingSpec, owner: Owner, pods: list[dict[str, Any]],
                        password: str | None) -> TopologyReport:
         """Inspect the running Redis processes, repair what needs repair, report."""
+
+    def close(self) -> None:
+        """Close every connection it holds (its resource is gone)."""

@@ -26,7 +26,36 @@ from redis.exceptions import RedisError
 Address = tuple[str, int]
 
 _files_lock = threading.Lock()
-_dirs: dict[str, Path] = {}
+_dirs: dict[str, Path] = {}  # key pair fingerprint -> its private directory
+_holders: dict[str, int] = {}  # key pair fingerprint -> resources that use it (hold/release)
+
+
+def hold(tls: ClientTls) -> None:
+    """A resource uses ``tls``: its key pair files stay until every holder released them."""
+    if tls.cert and tls.key:
+        with _files_lock:
+            _holders[tls.fingerprint] = _holders.get(tls.fingerprint, 0) + 1
+
+
+def release(tls: ClientTls) -> None:
+    """A resource no longer uses ``tls``: the last holder removes its key pair files."""
+    if not (tls.cert and tls.key):
+        return
+    with _files_lock:
+        left = _holders.get(tls.fingerprint, 0) - 1
+        if left > 0:
+            _holders[tls.fingerprint] = left
+            return
+        _holders.pop(tls.fingerprint, None)
+        directory = _dirs.pop(tls.fingerprint, None)
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def key_pair_dirs() -> int:
+    """How many key pairs have files on disk now (tests: nothing left behind)."""
+    with _files_lock:
+        return len(_dirs)
 
 
 def _private_dir() -> Path:

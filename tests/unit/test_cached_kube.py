@@ -1,0 +1,140 @@
+"""A pass reads the children from the watch-fed indices: nothing to change means no request at all."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis_messaging.builders import names
+from redis_messaging.kube.cached import TOMBSTONE_SECONDS, CachedKube
+from redis_messaging.kube.client import Kube, KubeError
+
+Obj = dict[str, Any]
+SELECTOR = f"{names.LABEL_NAME}={names.APP_NAME},{names.LABEL_INSTANCE}=orders"
+
+
+class Api(Kube):
+    """The API server: answers from ``objects`` and counts every request."""
+
+    def __init__(self) -> None:
+        super().__init__(None, "test")  # type: ignore[arg-type]
+        self.objects: dict[str, Any] = {}
+        self.requests: list[tuple[str, str]] = []
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        self.requests.append((method, path))
+        if method == "GET":
+            if path not in self.objects:
+                raise KubeError(404, "NotFound", path)
+            return self.objects[path]
+        body = kwargs.get("body") or {}
+        return {**body, "metadata": {"name": path.rsplit("/", 1)[-1], **body.get("metadata", {}),
+                                     "resourceVersion": "10"}}
+
+
+class Source:
+    def __init__(self) -> None:
+        self.stores: dict[str, dict[tuple[str, ...], list[Obj]]] = {}
+
+    def lookup(self, kind: str, key: tuple[str, ...]) -> list[Obj] | None:
+        if kind not in self.stores:
+            return None
+        return list(self.stores[kind].get(key, []))
+
+    def put(self, kind: str, obj: Obj) -> None:
+        meta = obj["metadata"]
+        store = self.stores.setdefault(kind, {})
+        for key in (("owner", meta["namespace"], meta["labels"][names.LABEL_INSTANCE]),
+                    ("name", meta["namespace"], meta["name"])):
+            store[key] = [o for o in store.get(key, []) if o["metadata"]["name"] != meta["name"]] + [obj]
+
+
+def child(kind: str, name: str, version: int = 5, **labels: str) -> Obj:
+    return {"apiVersion": "v1", "kind": kind, "metadata": {
+        "name": name, "namespace": "shop", "resourceVersion": str(version),
+        "labels": {names.LABEL_NAME: names.APP_NAME, names.LABEL_INSTANCE: "orders", **labels}}}
+
+
+class Clock:
+    now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def cached() -> tuple[CachedKube, Api, Source, Clock]:
+    api, source, clock = Api(), Source(), Clock()
+    return CachedKube(api, source, ttl=30.0, clock=clock), api, source, clock
+
+
+def test_children_come_from_the_index_without_a_request() -> None:
+    kube, api, source, _ = cached()
+    source.put("Service", child("Service", "orders-master", **{names.LABEL_COMPONENT: "redis"}))
+    source.put("Service", child("Service", "orders-sentinel", **{names.LABEL_COMPONENT: "sentinel"}))
+    source.put("StatefulSet", child("StatefulSet", "orders-redis"))
+    assert [o["metadata"]["name"] for o in kube.list("Service", "shop", SELECTOR)] == ["orders-master",
+                                                                                       "orders-sentinel"]
+    only = kube.list("Service", "shop", f"{SELECTOR},{names.LABEL_COMPONENT}=sentinel")
+    assert [o["metadata"]["name"] for o in only] == ["orders-sentinel"]
+    assert kube.get("StatefulSet", "shop", "orders-redis") is not None
+    assert kube.get("StatefulSet", "shop", "orders-sentinel") is None  # indexed: absent means absent
+    assert kube.list("PersistentVolumeClaim", "shop", SELECTOR) == []  # not indexed: asked, kept
+    assert api.requests == [("GET", "/api/v1/namespaces/shop/persistentvolumeclaims")]
+
+
+def test_a_secret_the_user_named_is_read_once_per_period() -> None:
+    kube, api, source, clock = cached()
+    source.stores["Secret"] = {}
+    api.objects["/api/v1/namespaces/shop/secrets/mine"] = {"metadata": {"name": "mine"}, "data": {"password": "eA=="}}
+    for _ in range(5):
+        assert kube.get("Secret", "shop", "mine") is not None
+    assert len(api.requests) == 1
+    clock.now += 31
+    kube.get("Secret", "shop", "mine")
+    assert len(api.requests) == 2
+
+
+def test_what_the_pass_wrote_is_read_back_until_the_watch_has_it() -> None:
+    kube, api, source, _ = cached()
+    source.stores["Service"] = {}
+    source.put("ConfigMap", child("ConfigMap", "orders-config", version=5))
+    written = kube.apply({**child("ConfigMap", "orders-config"), "data": {"redis.conf": "new"}})
+    assert written["metadata"]["resourceVersion"] == "10"
+    assert kube.get("ConfigMap", "shop", "orders-config")["data"] == {"redis.conf": "new"}  # type: ignore[index]
+    created = kube.apply(child("Service", "orders-master"))
+    assert created["metadata"]["name"] in [o["metadata"]["name"] for o in kube.list("Service", "shop", SELECTOR)]
+    kube.delete("ConfigMap", "shop", "orders-config")
+    assert kube.get("ConfigMap", "shop", "orders-config") is None  # gone for us before the watch says so
+    source.stores["ConfigMap"] = {}  # the watch saw the deletion
+    source.put("Service", child("Service", "orders-master", version=12))
+    kube.settle()
+    assert kube._written == {}
+    assert all(m in ("PATCH", "DELETE") for m, _ in api.requests)  # writes only, no read
+
+
+def test_a_deletion_the_watch_never_reports_is_forgotten_after_a_while() -> None:
+    kube, _, source, clock = cached()
+    source.put("ConfigMap", child("ConfigMap", "orders-config"))
+    kube.delete("ConfigMap", "shop", "orders-config")
+    assert kube.get("ConfigMap", "shop", "orders-config") is None
+    clock.now += TOMBSTONE_SECONDS + 1
+    assert kube.get("ConfigMap", "shop", "orders-config") is not None
+    kube.settle()
+    assert kube._written == {}
+
+
+def test_a_kind_that_is_not_served_lists_nothing_and_is_not_asked_again_within_the_period() -> None:
+    kube, api, _, _ = cached()
+    assert kube.list("ScaledObject", "shop") == []
+    assert kube.list("ScaledObject", "shop") == []
+    assert len(api.requests) == 1
+
+
+def test_an_object_the_pass_patched_and_someone_else_deleted_is_not_brought_back() -> None:
+    # The pass labels a pod; the StatefulSet controller deletes the pod a moment later.
+    kube, _, source, _ = cached()
+    source.put("Pod", child("Pod", "orders-redis-3"))
+    kube.label_pod("shop", "orders-redis-3", {"role": "replica"})
+    source.stores["Pod"] = {}  # the watch: deleted
+    assert kube.list("Pod", "shop", SELECTOR) == []
+    kube.settle()
+    assert kube._written == {}
