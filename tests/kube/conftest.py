@@ -12,6 +12,7 @@ import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from controlplane import AssetsNotFoundError, ControlPlane, locate_assets
@@ -99,3 +100,20 @@ _KUBE_CONFIG_MODULES = (
     "kubernetes_asyncio.config",
     "kubernetes_asyncio.config.kube_config",
 )
+
+
+_FIGURES: list[str] = []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Keep the figures a test prints (lines starting "[runtime]"), passed or not."""
+    if report.when == "call":
+        _FIGURES.extend(line for line in report.capstdout.splitlines() if line.startswith("[runtime]"))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _FIGURES:
+        terminalreporter.section("figures the kube tier printed")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

@@ -98,6 +98,9 @@ class Operator:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop scheduling, wait for the passes and ticks under way, close every controller."""
+        global _current
+        if _current is not None and _current() is self:
+            _current = None
         self.passes.stop(timeout)
         self.ticks.stop(timeout)
         with self._lock:
