@@ -32,9 +32,9 @@ from sentinel_env import SentinelEnv  # noqa: E402
 from redis_messaging.api import models  # noqa: E402
 from redis_messaging.builders import names  # noqa: E402
 from redis_messaging.builders.names import Owner  # noqa: E402
-from redis_messaging.reconcile.addresses import MapAddresses  # noqa: E402
-from redis_messaging.reconcile.failover_watch import FailoverWatch, Followed  # noqa: E402
-from redis_messaging.reconcile.sentinel_topology import SentinelTopology  # noqa: E402
+from redis_messaging.modes.sentinel.topology import SentinelTopology  # noqa: E402
+from redis_messaging.modes.sentinel.watch import FailoverWatch, Followed  # noqa: E402
+from redis_messaging.redis.addresses import MapAddresses  # noqa: E402
 
 PASSWORD = "bench-failover-Pa55"
 

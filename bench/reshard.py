@@ -33,7 +33,7 @@ from cluster_env import ClusterEnv, heal_until  # noqa: E402
 
 from redis_messaging.api import models  # noqa: E402
 from redis_messaging.builders.names import Owner  # noqa: E402
-from redis_messaging.reconcile.cluster_topology import ClusterTopology  # noqa: E402
+from redis_messaging.modes.cluster.topology import ClusterTopology  # noqa: E402
 from redis_messaging.redis import cluster as cl  # noqa: E402
 
 PASSWORD = "bench-Pa55word"

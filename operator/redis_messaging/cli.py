@@ -11,8 +11,9 @@ import yaml
 
 from redis_messaging.api import crd as crd_module
 from redis_messaging.api import models
-from redis_messaging.builders import UnsupportedSpec, build, sentinel
+from redis_messaging.builders import UnsupportedSpec, common
 from redis_messaging.builders.names import Owner
+from redis_messaging.modes import build
 
 
 def _render(path: str) -> int:
@@ -27,14 +28,14 @@ def _render(path: str) -> int:
                       uid="<uid>")
         try:
             spec = models.parse_spec(doc.get("spec") or {})
-            secret = sentinel.auth_secret_name(spec, owner)
+            secret = common.auth_secret_name(spec, owner)
             placeholder = f"<password from Secret {secret}>" if secret else None
             objects = build(spec, owner, password=placeholder)
             if spec.auth.enabled and not spec.auth.secret_name:
-                objects.insert(1, sentinel.generated_auth_secret(owner))
-            exporter = sentinel.exporter_secret_name(spec, owner)
+                objects.insert(1, common.generated_auth_secret(owner))
+            exporter = common.exporter_secret_name(spec, owner)
             if exporter:
-                objects.insert(1, sentinel.generated_auth_secret(owner, exporter))
+                objects.insert(1, common.generated_auth_secret(owner, exporter))
         except (ValueError, UnsupportedSpec) as exc:
             print(f"error: {owner.name}: {exc}", file=sys.stderr)
             return 1

@@ -22,8 +22,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from redis_messaging.api import models
-from redis_messaging.builders import UnsupportedSpec, build
+from redis_messaging.builders import UnsupportedSpec
 from redis_messaging.builders.names import Owner
+from redis_messaging.modes import build
 
 Obj = dict[str, Any]
 

@@ -298,8 +298,8 @@ def use_kubeconfig(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
 def redis_pod_labels(namespace: str) -> dict[str, str]:
     """The labels the redis StatefulSet gives its pods, from the builders."""
     from redis_messaging.api.models import parse_spec
-    from redis_messaging.builders import build
     from redis_messaging.builders.names import Owner
+    from redis_messaging.modes import build
 
     objects = build(parse_spec(SPEC), Owner(NAME, namespace), password=None)
     sts = next(o for o in objects if o["kind"] == "StatefulSet" and o["metadata"]["name"] == f"{NAME}-redis")

@@ -1,9 +1,9 @@
 """Cluster-mode "pods" as real redis-server processes on loopback, running the operator's rendered files.
 
 Each pod of a ``mode: cluster`` resource (``<name>-shard-<i>-<j>``) is played by the real start
-script of the ConfigMap that :func:`redis_messaging.builders.config.config_files` renders
+script of the ConfigMap that :func:`redis_messaging.modes.config_files` renders
 (``sh redis-start.sh`` with ``RMSG_MODE=cluster``), with the environment the shard StatefulSet gives
-it (:func:`redis_messaging.builders.cluster.script_env`). Where Kubernetes gives a pod its own address
+it (:func:`redis_messaging.modes.cluster.objects.script_env`). Where Kubernetes gives a pod its own address
 and a stable DNS name, the harness gives it its own loopback address (``127.a.b.c``, the client port
 and the bus port free on it) and uses that address as the name the pod announces
 (``cluster-announce-hostname``), so MOVED redirections and ``CLUSTER NODES`` name real addresses.
@@ -45,12 +45,14 @@ from redis.retry import Retry
 from sentinel_env import free_loopback_ip, port_is_free
 from tls_certs import KeyPair, mount
 
+from redis_messaging import modes
 from redis_messaging.api import models
 from redis_messaging.api.models import RedisMessagingSpec
-from redis_messaging.builders import cluster, config, names
+from redis_messaging.builders import names
 from redis_messaging.builders.names import Owner
-from redis_messaging.reconcile.addresses import MapAddresses
+from redis_messaging.modes.cluster import objects as cluster
 from redis_messaging.redis import cluster as cl
+from redis_messaging.redis.addresses import MapAddresses
 
 Address = tuple[str, int]
 BUS_OFFSET = 10000
@@ -144,7 +146,7 @@ class ClusterEnv:
         self.password = password
         self.tls = tls
         self.tls_options: dict[str, Any] = tls.redis_kwargs() if tls is not None else {}
-        self.files = config.config_files(spec, owner)
+        self.files = modes.config_files(spec, owner)
         self._pods: dict[str, Pod] = {}
         self._clients: list[Any] = []
         self._closed = False

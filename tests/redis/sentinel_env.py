@@ -1,9 +1,9 @@
 """Sentinel-mode "pods" as real processes on loopback, running the operator's rendered files.
 
 Each pod of a ``mode: sentinel`` resource is played by the real start script of the ConfigMap that
-:func:`redis_messaging.builders.config.config_files` renders (``sh redis-start.sh`` or
+:func:`redis_messaging.modes.config_files` renders (``sh redis-start.sh`` or
 ``sh sentinel-start.sh``), with the environment the StatefulSet gives it
-(:func:`redis_messaging.builders.sentinel.script_env`). Where Kubernetes gives every pod its own
+(:func:`redis_messaging.modes.sentinel.objects.script_env`). Where Kubernetes gives every pod its own
 address and DNS name, the harness gives every pod its own loopback address (``127.a.b.c``) and uses
 that address as the pod's host name, on the standard ports, exactly like a cluster.
 
@@ -46,10 +46,11 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 from tls_certs import KeyPair, mount
 
+from redis_messaging import modes
 from redis_messaging.api.models import RedisMessagingSpec
-from redis_messaging.builders import config, names
+from redis_messaging.builders import names
 from redis_messaging.builders.names import Owner
-from redis_messaging.builders.sentinel import script_env
+from redis_messaging.modes.sentinel.objects import script_env
 
 Kind = Literal["redis", "sentinel"]
 Address = tuple[str, int]
@@ -216,7 +217,7 @@ class SentinelEnv:
         self.tls_options: dict[str, Any] = tls.redis_kwargs() if tls is not None else {}
         self.redis_port = redis_port
         self.sentinel_port = sentinel_port
-        self.files = config.config_files(spec, owner)
+        self.files = modes.config_files(spec, owner)
         self._clients: list[redis.Redis] = []
         self._closed = False
 

@@ -12,9 +12,9 @@ from sentinel_env import SentinelEnv
 
 from redis_messaging.api import models
 from redis_messaging.builders.names import Owner
-from redis_messaging.reconcile.addresses import MapAddresses
-from redis_messaging.reconcile.sentinel_topology import SentinelTopology
-from redis_messaging.reconcile.topology import TopologyReport
+from redis_messaging.modes.base import TopologyReport
+from redis_messaging.modes.sentinel.topology import SentinelTopology
+from redis_messaging.redis.addresses import MapAddresses
 
 PASSWORD = "topology-test-Pa55word"
 OWNER = Owner(name="orders", namespace="shop", uid="uid-orders")

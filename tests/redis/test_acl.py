@@ -29,8 +29,8 @@ from redis_messaging.api import models
 from redis_messaging.builders import config
 from redis_messaging.builders.names import Owner
 from redis_messaging.reconcile.acl import AclStep
-from redis_messaging.reconcile.addresses import MapAddresses
 from redis_messaging.redis import acl
+from redis_messaging.redis.addresses import MapAddresses
 
 pytestmark = pytest.mark.redis
 

@@ -13,8 +13,8 @@ from cluster_env import ClusterEnv, actions_of, heal_until
 
 from redis_messaging.api import models
 from redis_messaging.builders.names import Owner
-from redis_messaging.reconcile.cluster_topology import ClusterTopology
-from redis_messaging.reconcile.topology import TopologyReport
+from redis_messaging.modes.base import TopologyReport
+from redis_messaging.modes.cluster.topology import ClusterTopology
 from redis_messaging.redis import cluster as cl
 
 pytestmark = pytest.mark.redis

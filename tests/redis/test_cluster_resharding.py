@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from redis_messaging.api import models
 from redis_messaging.builders.names import Owner
-from redis_messaging.reconcile.cluster_topology import ClusterTopology
+from redis_messaging.modes.cluster.topology import ClusterTopology
 from redis_messaging.reconcile.streams import StreamsStep
 from redis_messaging.redis import cluster as cl
 from redis_messaging.redis.nodes import Pools, provision

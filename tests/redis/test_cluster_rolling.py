@@ -16,9 +16,9 @@ from cluster_env import ClusterEnv, heal_until, three_shards
 from redis.exceptions import RedisError
 
 from redis_messaging.builders.names import Owner
-from redis_messaging.reconcile.cluster_rolling import ClusterRollingStep
-from redis_messaging.reconcile.cluster_topology import ClusterTopology
-from redis_messaging.reconcile.rolling import PodState
+from redis_messaging.modes.cluster.rolling import ClusterRoller
+from redis_messaging.modes.cluster.topology import ClusterTopology
+from redis_messaging.modes.rollout import PodState
 
 pytestmark = pytest.mark.redis
 
@@ -66,7 +66,7 @@ class Writer:
 
 
 def test_every_pod_replaced_replicas_first_one_failover_per_shard_nothing_lost(env: ClusterEnv) -> None:
-    step = ClusterRollingStep(None, env.addresses(), timeout=1.0)
+    step = ClusterRoller(None, env.addresses(), timeout=1.0)
     topology = ClusterTopology(env.addresses(), timeout=1.0)
     shard_of = {p: env.pod(p).shard for p in env.pod_names}
     outdated = dict.fromkeys(env.pod_names, ("config hash a -> b",))

@@ -1,10 +1,10 @@
-"""Ordered rolling update on real processes: the operator's plan (reconcile.rolling) drives a roll of
+"""Ordered rolling update on real processes: the operator's plan (modes.sentinel.rolling) drives a roll of
 every pod of a sentinel-mode resource (SentinelEnv.restart plays the StatefulSet re-creating a pod
 that was deleted), while a writer appends with ``WAIT 1`` through Sentinel discovery.
 
 Proven: Sentinels first, then replicas one at a time (each back in sync before the next), one
 ``SENTINEL FAILOVER``, then the old master; at most one failover; no acknowledged write lost; the roll
-resumes with a fresh RollingStep (an operator restart) because its state is the pods'. Printed: the
+resumes with a fresh SentinelRoller (an operator restart) because its state is the pods'. Printed: the
 total time writes were unavailable and the longest gap.
 """
 
@@ -23,8 +23,9 @@ from sentinel_env import SentinelEnv
 
 from redis_messaging.api import models
 from redis_messaging.builders.names import Owner
-from redis_messaging.reconcile.addresses import MapAddresses
-from redis_messaging.reconcile.rolling import DeletePod, Done, Failover, PodState, RollingStep, Wait
+from redis_messaging.modes.rollout import DeletePod, Done, PodState, Wait
+from redis_messaging.modes.sentinel.rolling import Failover, SentinelRoller
+from redis_messaging.redis.addresses import MapAddresses
 
 pytestmark = pytest.mark.redis
 
@@ -137,7 +138,7 @@ def states(env: SentinelEnv, updated: set[str]) -> dict[str, PodState]:
 def test_roll_replicas_first_one_failover_no_acknowledged_write_lost(env: SentinelEnv) -> None:
     addresses = MapAddresses({p: env.address(p) for p in env.redis_pods},
                              {p: env.address(p) for p in env.sentinel_pods})
-    step = RollingStep(None, addresses, timeout=1.0)
+    step = SentinelRoller(None, addresses, timeout=1.0)
     first_master = env.wait_replication()
     updated: set[str] = set()
     moves: list[str] = []
@@ -166,7 +167,7 @@ def test_roll_replicas_first_one_failover_no_acknowledged_write_lost(env: Sentin
             if isinstance(decision, DeletePod):
                 moves.append(f"restart {decision.pod}")
                 if len(moves) == 2:  # the operator restarts mid-roll: a fresh step, nothing remembered
-                    step = RollingStep(None, addresses, timeout=1.0)
+                    step = SentinelRoller(None, addresses, timeout=1.0)
             elif isinstance(decision, Failover):
                 moves.append(f"failover from {decision.master}")
             else:

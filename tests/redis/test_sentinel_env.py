@@ -25,8 +25,9 @@ from redis.exceptions import AuthenticationError, RedisError
 from redis.retry import Retry
 from sentinel_env import SentinelEnv, free_loopback_ip, port_is_free
 
+from redis_messaging import modes
 from redis_messaging.api.models import RedisMessagingSpec, parse_spec
-from redis_messaging.builders import config, names
+from redis_messaging.builders import names
 from redis_messaging.builders.names import Owner
 
 pytestmark = pytest.mark.redis
@@ -182,7 +183,7 @@ def test_password_is_required_and_never_rendered_nor_on_a_command_line(env: Sent
         for rendered in env.pod(pod).config_dir.iterdir():
             assert secret not in rendered.read_bytes(), f"{rendered} holds the password"
 
-    for key, text in config.config_files(env.spec, OWNER).items():
+    for key, text in modes.config_files(env.spec, OWNER).items():
         assert PASSWORD not in text, f"ConfigMap key {key} holds the password"
 
 

@@ -19,9 +19,9 @@ from sentinel_env import SentinelEnv
 from sentinel_harness import OWNER, PASSWORD, Harness, deadline_loop
 
 from redis_messaging.api import models
-from redis_messaging.reconcile import rolling
-from redis_messaging.reconcile.rolling import RollingStep
-from redis_messaging.reconcile.sentinel_topology import promote_grace_seconds
+from redis_messaging.modes.sentinel import rolling
+from redis_messaging.modes.sentinel.rolling import SentinelRoller
+from redis_messaging.modes.sentinel.topology import promote_grace_seconds
 from redis_messaging.redis.sentinel import NO_MASTER
 
 pytestmark = pytest.mark.redis
@@ -189,7 +189,7 @@ def test_the_rolling_switch_over_waits_for_the_replicas_to_catch_up(make_env: li
     env = started(make_env, spec_for("aof"), tmp_path)
     h = Harness(env, spec=env.spec)
     master = heal_until_every_pod_holds(h, 0, 30)
-    step = RollingStep(None, h.addresses, timeout=0.5)
+    step = SentinelRoller(None, h.addresses, timeout=0.5)
     env.stop("orders-redis-2")
     env.client(master).set("while-frozen", 1)
     assert step.failover(env.spec, OWNER, PASSWORD, master) is None

@@ -16,8 +16,8 @@ from sentinel_env import SentinelEnv
 from sentinel_harness import OWNER, PASSWORD, SPEC, Harness, deadline_loop, wait_healthy
 
 from redis_messaging.api import models
-from redis_messaging.reconcile.sentinel_topology import promote_grace_seconds
-from redis_messaging.reconcile.topology import TopologyReport
+from redis_messaging.modes.base import TopologyReport
+from redis_messaging.modes.sentinel.topology import promote_grace_seconds
 from redis_messaging.redis import sentinel as rs
 from redis_messaging.redis.sentinel import NO_MASTER
 

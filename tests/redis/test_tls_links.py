@@ -23,12 +23,12 @@ from tls_certs import Authority, KeyPair, authority, renew
 
 from redis_messaging.api import models
 from redis_messaging.builders.names import Owner
-from redis_messaging.reconcile.addresses import MapAddresses
-from redis_messaging.reconcile.cluster_topology import ClusterTopology
-from redis_messaging.reconcile.sentinel_topology import SentinelTopology
+from redis_messaging.modes.cluster.topology import ClusterTopology
+from redis_messaging.modes.sentinel.topology import SentinelTopology
 from redis_messaging.reconcile.tls import Prepared, TlsStep
 from redis_messaging.redis import sentinel as rs
 from redis_messaging.redis import tls as rtls
+from redis_messaging.redis.addresses import MapAddresses
 
 pytestmark = pytest.mark.redis
 

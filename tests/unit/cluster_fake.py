@@ -1,12 +1,12 @@
 """A cluster described by hand, for the pure cluster plan: pods, node ids, roles, slots, open marks and
-the keys each node holds of the open slots. The tests of :mod:`redis_messaging.reconcile.cluster_topology`
+the keys each node holds of the open slots. The tests of :mod:`redis_messaging.modes.cluster.topology`
 build their observations with it (harness, not tests)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from redis_messaging.reconcile import cluster_topology as ct
+from redis_messaging.modes.cluster import topology as ct
 from redis_messaging.redis import cluster as cl
 
 SLOTS = 16384

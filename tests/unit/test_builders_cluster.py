@@ -12,8 +12,9 @@ from typing import Any
 import yaml
 
 from redis_messaging.api import models
-from redis_messaging.builders import build, config, names
+from redis_messaging.builders import config, names
 from redis_messaging.builders.names import Owner
+from redis_messaging.modes import build
 
 ROOT = Path(__file__).parents[2]
 OWNER = Owner(name="events", namespace="shop", uid="uid-1")
@@ -99,7 +100,7 @@ def test_redis_conf_enables_cluster_with_nodes_conf_on_the_volume() -> None:
     assert "cluster-preferred-endpoint-type hostname" in lines
     assert "dir /data" in lines
     assert not any(line.startswith("replicaof") for line in lines)
-    start = data["redis-start.sh"]
+    start = data["redis-role.sh"]  # what redis-start.sh adds in this mode
     assert "cluster-announce-hostname $RMSG_SELF_HOST" in start
     assert "CLUSTER FAILOVER" in data["prestop.sh"]
     assert "sentinel.conf" not in data

@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from redis_messaging.api import models
-from redis_messaging.builders import build, config, names, sentinel
+from redis_messaging.builders import common, config, names
 from redis_messaging.builders.names import Owner
+from redis_messaging.modes import build
 
 ROOT = Path(__file__).parents[2]
 OWNER = Owner(name="orders", namespace="shop", uid="uid-1")
@@ -119,7 +120,7 @@ def test_pods_announce_stable_hostnames() -> None:
     assert env["RMSG_HEADLESS_SERVICE"] == "orders-redis-headless"
     assert env["RMSG_SEED_HOST"] == "orders-redis-0.orders-redis-headless.shop.svc.cluster.local"
     assert env["RMSG_SENTINEL_HOSTS"].split()[2] == "orders-sentinel-2.orders-sentinel-headless.shop.svc.cluster.local"
-    start = objects()[("ConfigMap", "orders-config")]["data"]["redis-start.sh"]
+    start = objects()[("ConfigMap", "orders-config")]["data"]["redis-role.sh"]  # what redis-start.sh adds in this mode
     assert "replica-announce-ip $RMSG_SELF_HOST" in start
 
 
@@ -205,7 +206,7 @@ def test_env_never_carries_a_secret_value() -> None:
 
 
 def test_generated_auth_secret_has_no_data_in_the_build() -> None:
-    secret = sentinel.generated_auth_secret(OWNER)
+    secret = common.generated_auth_secret(OWNER)
     assert "data" not in secret
     assert "stringData" not in secret
     assert ("Secret", "orders-auth") not in objects()

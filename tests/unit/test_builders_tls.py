@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from redis_messaging.api import models
-from redis_messaging.builders import build, names, tls
+from redis_messaging.builders import names, tls
 from redis_messaging.builders.names import Owner
+from redis_messaging.modes import build
 
 OWNER = Owner(name="secure", namespace="shop", uid="u1")
 FACTS = tls.Facts(ca="-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n", revision="r1")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from cluster_fake import Fake
 
-from redis_messaging.reconcile import cluster_topology as ct
+from redis_messaging.modes.cluster import topology as ct
 
 A, A1 = "r-shard-0-0", "r-shard-0-1"  # the source shard: master, replica
 B, B1 = "r-shard-1-0", "r-shard-1-1"  # the target shard: master, replica

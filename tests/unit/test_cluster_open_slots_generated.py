@@ -24,7 +24,7 @@ from generated import generated
 from hypothesis import given
 from hypothesis import strategies as st
 
-from redis_messaging.reconcile import cluster_topology as ct
+from redis_messaging.modes.cluster import topology as ct
 
 
 @dataclass

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from cluster_fake import Fake
 
-from redis_messaging.reconcile import cluster_topology as ct
+from redis_messaging.modes.cluster import topology as ct
 from redis_messaging.redis import cluster as cl
 
 SLOTS = 16384

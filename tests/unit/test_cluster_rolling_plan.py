@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from redis_messaging.reconcile.cluster_rolling import ClusterFailover, ClusterObservation, plan
-from redis_messaging.reconcile.rolling import DeletePod, Done, PodState, Wait
+from redis_messaging.modes.cluster.rolling import ClusterFailover, ClusterObservation, plan
+from redis_messaging.modes.rollout import DeletePod, Done, PodState, Wait
 from redis_messaging.redis import cluster as cl
 
 SHARDS = {0: ("events-shard-0-0", "events-shard-0-1"), 1: ("events-shard-1-0", "events-shard-1-1")}

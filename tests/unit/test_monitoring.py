@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from redis_messaging.api import models
-from redis_messaging.builders import build, monitoring, names
+from redis_messaging.builders import monitoring, names
 from redis_messaging.builders.names import Owner
 from redis_messaging.metrics import OperatorMetrics
+from redis_messaging.modes import build
 
 promql = pytest.importorskip("promql_parser", reason="dev dependency promql-parser (pip install promql-parser)")
 

@@ -18,9 +18,10 @@ from urllib.parse import quote
 import pytest
 
 from redis_messaging.api import models
-from redis_messaging.builders import UnsupportedSpec, build, sentinel
+from redis_messaging.builders import UnsupportedSpec, common
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import with_applied_hash
+from redis_messaging.modes import build
 
 OWNER = Owner(name="orders", namespace="shop", uid="uid-1")
 PASSWORD = "Zq7-secret/pass+word=with%chars\"and\\slashes"
@@ -73,7 +74,7 @@ def rendered(spec: models.RedisMessagingSpec) -> list[dict[str, Any]]:
     """What the reconcile pass applies (with the applied-hash annotation the kube layer adds),
     plus the generated auth Secret's shape and the monitoring objects, when this version has them."""
     objects = [with_applied_hash(o) for o in build(spec, OWNER, password=PASSWORD)]
-    objects.append(sentinel.generated_auth_secret(OWNER))
+    objects.append(common.generated_auth_secret(OWNER))
     try:
         from redis_messaging.builders import monitoring
     except ImportError:

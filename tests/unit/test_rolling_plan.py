@@ -5,16 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from redis_messaging.builders import names
-from redis_messaging.reconcile.rolling import (
-    DeletePod,
-    Done,
-    Failover,
-    PodState,
-    RollObservation,
-    Wait,
-    outdated_reasons,
-    plan,
-)
+from redis_messaging.modes.rollout import DeletePod, Done, PodState, Wait, outdated_reasons
+from redis_messaging.modes.sentinel.rolling import Failover, RollObservation, plan
 from redis_messaging.redis.sentinel import RedisNode, SentinelNode
 
 R = ["orders-redis-0", "orders-redis-1", "orders-redis-2"]

@@ -15,8 +15,8 @@ from fake_kube import FakeKube
 
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube
-from redis_messaging.reconcile.addresses import TlsSettings
 from redis_messaging.redis import tls as rtls
+from redis_messaging.redis.addresses import TlsSettings
 from redis_messaging.runtime.operator import Operator
 from redis_messaging.settings import OperatorSettings
 

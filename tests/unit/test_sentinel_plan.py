@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from redis_messaging.api import models
-from redis_messaging.reconcile.sentinel_topology import (
+from redis_messaging.modes.sentinel.topology import (
     Failover,
     Monitor,
     Observation,

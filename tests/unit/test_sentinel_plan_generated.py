@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from redis_messaging.api import models
-from redis_messaging.reconcile.sentinel_topology import (
+from redis_messaging.modes.sentinel.topology import (
     Failover,
     Observation,
     Promote,

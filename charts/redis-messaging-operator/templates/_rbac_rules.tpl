@@ -42,12 +42,15 @@ operator with only these rules, then once without each verb, and sees a 403 or a
 - apiGroups: [""]
   resources: ["pods", "configmaps", "secrets", "services", "persistentvolumeclaims"]
   verbs: ["list", "watch"]
+# ... the same for the StatefulSets,
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
   verbs: ["list", "watch"]
+# ... the PodDisruptionBudgets,
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["list", "watch"]
+# ... and the NetworkPolicy (spec.networkPolicy).
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["list", "watch"]

@@ -31,6 +31,7 @@ COMPONENT_SHARD = "shard"
 
 REDIS_PORT = 6379
 SENTINEL_PORT = 26379
+BUS_PORT = REDIS_PORT + 10000  # Cluster mode: the cluster bus
 EXPORTER_PORT = 9121
 
 CONFIG_MOUNT = "/etc/redis-messaging"

@@ -13,7 +13,6 @@ from typing import Any
 
 from redis_messaging.api.models import RedisMessagingSpec
 from redis_messaging.builders import names
-from redis_messaging.builders.cluster import BUS_PORT
 from redis_messaging.builders.names import Owner
 
 Obj = dict[str, Any]
@@ -34,7 +33,7 @@ def network_policy(spec: RedisMessagingSpec, owner: Owner, operator_peer: Obj | 
         return None
     instance = {names.LABEL_NAME: names.APP_NAME, names.LABEL_INSTANCE: owner.name}
     client_ports = [names.REDIS_PORT] if spec.mode == "cluster" else [names.REDIS_PORT, names.SENTINEL_PORT]
-    ours_ports = [*client_ports, BUS_PORT] if spec.mode == "cluster" else client_ports
+    ours_ports = [*client_ports, names.BUS_PORT] if spec.mode == "cluster" else client_ports
     clients = [dict(p) for p in np.clients] or [{"podSelector": {"matchLabels": {LABEL_CLIENT: owner.name}}}]
     ingress: list[Obj] = [
         {"from": [{"podSelector": {"matchLabels": dict(instance)}}], "ports": _tcp(*ours_ports)},

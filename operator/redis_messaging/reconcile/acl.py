@@ -27,13 +27,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from redis_messaging import modes
+from redis_messaging.api import conditions as cond
 from redis_messaging.api.models import RedisMessagingSpec
 from redis_messaging.builders import config, names
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube
-from redis_messaging.reconcile import conditions as cond
-from redis_messaging.reconcile.addresses import Address, Addresses
 from redis_messaging.redis import acl
+from redis_messaging.redis.addresses import Address, Addresses
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +107,9 @@ class AclStep:
 
     # -- the processes ------------------------------------------------------------------------
     def processes(self, spec: RedisMessagingSpec, owner: Owner) -> list[Process]:
-        if spec.mode == "cluster":
-            return [Process(p, "redis", self.addresses.redis(owner, p))
-                    for i in range(spec.cluster.shards)
-                    for p in (owner.shard_pod(i, j) for j in range(1 + spec.cluster.replicas_per_shard))]
-        out = [Process(p, "redis", self.addresses.redis(owner, p))
-               for p in (owner.redis_pod(i) for i in range(spec.redis.replicas))]
-        out += [Process(p, "sentinel", self.addresses.sentinel(owner, p))
-                for p in (owner.sentinel_pod(i) for i in range(spec.sentinel.replicas))]
+        mode = modes.of(spec)
+        out = [Process(p, "redis", self.addresses.redis(owner, p)) for p in mode.redis_pods(spec, owner)]
+        out += [Process(p, "sentinel", self.addresses.sentinel(owner, p)) for p in mode.sentinel_pods(spec, owner)]
         return out
 
     def _each(self, spec: RedisMessagingSpec, owner: Owner, passwords: list[str | None],

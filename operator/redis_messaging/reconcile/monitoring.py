@@ -12,11 +12,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis_messaging.api import conditions as cond
 from redis_messaging.api.models import RedisMessagingSpec
 from redis_messaging.builders import monitoring, names
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube
-from redis_messaging.reconcile import conditions as cond
 
 log = logging.getLogger(__name__)
 

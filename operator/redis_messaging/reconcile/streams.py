@@ -20,12 +20,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis_messaging.api import conditions as cond
 from redis_messaging.api.models import RedisMessagingSpec, Stream
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube, KubeError
-from redis_messaging.reconcile import conditions as cond
-from redis_messaging.reconcile.addresses import Addresses
-from redis_messaging.reconcile.topology import Action
+from redis_messaging.modes.base import Action
+from redis_messaging.redis.addresses import Addresses
 from redis_messaging.redis.nodes import GroupKey, Node, Placement, Pools, provision, queues_as_streams
 
 log = logging.getLogger(__name__)

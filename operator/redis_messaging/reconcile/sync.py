@@ -1,12 +1,21 @@
-"""One idempotent reconcile pass: validate -> ensure children -> check and heal -> status.
+"""One idempotent reconcile pass: a flat list of uniform steps, merged into one status.
 
-Create, update, resume and the periodic timer all run :func:`sync`. A pass that finds nothing to
-change sends no write to the API server: children are compared with their live copies before any
-apply, and the status is patched only when it differs.
+Every wake-up (a new resource, a spec change, a change of an owned pod, a followed failover, the safety
+net) runs :func:`sync`. After the spec is validated and its mode found (:mod:`redis_messaging.modes`),
+each step of :data:`STEPS` runs in order and returns a :class:`StepResult`: what it did (each a
+:class:`Note`: an Event, Warning or Normal, and a line of the pass's log), the conditions it reports, the
+status fields it fills, when it wants the pass to come back, and which of its conditions' reasons are
+Warning Events when they appear. A step that finds the spec cannot be served raises :class:`SpecProblem`
+(or the TLS step's problem): the pass then writes only that. One place (:func:`_finish`) merges the
+results and writes the status, and only when it differs: a pass that finds nothing to change sends no
+write (and, reading the children from the operator's indices, no request at all).
+
+Adding a step is adding a function and a line to :data:`STEPS`.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import logging
 import secrets
@@ -17,31 +26,27 @@ from typing import Any
 
 import pydantic
 
+from redis_messaging import modes
+from redis_messaging.api import conditions as cond
 from redis_messaging.api import models
-from redis_messaging.builders import UnsupportedSpec, build, names, network, sentinel
-from redis_messaging.builders import cluster as build_cluster
+from redis_messaging.builders import UnsupportedSpec, common, names, network
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube, KubeError, needs_apply, with_applied_hash
+from redis_messaging.modes.base import Action, Mode, Roller, Topology, TopologyReport
+from redis_messaging.modes.cluster import topology as cluster_topology
 from redis_messaging.reconcile import acl as acl_step
-from redis_messaging.reconcile import cluster_rolling as cluster_rolling_step
-from redis_messaging.reconcile import cluster_topology
-from redis_messaging.reconcile import conditions as cond
 from redis_messaging.reconcile import monitoring as monitoring_step
-from redis_messaging.reconcile import rolling as rolling_step
 from redis_messaging.reconcile import streams as streams_step
 from redis_messaging.reconcile import tls as tls_step
 from redis_messaging.reconcile import volumes as volumes_step
 from redis_messaging.reconcile.order import PassOrder, generation_of
 from redis_messaging.reconcile.streams import StreamsReport, StreamsStep
-from redis_messaging.reconcile.topology import Topology, TopologyReport
 from redis_messaging.redis.tls import ClientTls
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 PASSWORD_ALPHABET = string.ascii_letters + string.digits
-
-
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -51,13 +56,15 @@ def utcnow() -> str:
 
 @dataclass
 class Context:
+    """What the passes of one resource use: its controller builds one, with one step instance each
+    (their connections and caches are this resource's only)."""
+
     kube: Kube
     cluster_domain: str = "cluster.local"
-    topologies: dict[str, Topology] = field(default_factory=dict)  # by mode
+    topologies: dict[str, Topology] = field(default_factory=dict)  # by mode; a mode without one: unchecked
+    rollers: dict[str, Roller] = field(default_factory=dict)  # by mode; a mode without one: no rolling update
     streams: StreamsStep | None = None  # groups, retention and autoscale conflicts; None: skipped
     acl: acl_step.AclStep | None = None  # ACL users and password rotation on the processes; None: skipped
-    rolling: rolling_step.RollingStep | None = None  # ordered replacement of outdated pods; None: skipped
-    cluster_rolling: cluster_rolling_step.ClusterRollingStep | None = None  # the same in cluster mode
     tls: tls_step.TlsStep | None = None  # the TLS Secret read, clients told, renewals reloaded; None: skipped
     operator_peer: Obj | None = None  # the operator's pods as a NetworkPolicyPeer (spec.networkPolicy)
     clock: Callable[[], str] = utcnow
@@ -75,6 +82,51 @@ class Outcome:
     tls: ClientTls | None = None
     streams: StreamsReport | None = None
     stale: bool = False  # refused: a pass already handled a newer generation; nothing was done
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something a step did: an Event on the resource (Warning when ``warning``) and a line of the log."""
+
+    reason: str
+    message: str
+    warning: bool = False
+    prefixed: bool = True  # the log line says "<reason>: <message>" (else the message alone)
+
+    @property
+    def line(self) -> str:
+        return f"{self.reason}: {self.message}" if self.prefixed else self.message
+
+    @classmethod
+    def of(cls, action: Action) -> Note:
+        return cls(action.reason, action.message, action.warning)
+
+
+@dataclass
+class StepResult:
+    notes: list[Note] = field(default_factory=list)
+    conditions: list[cond.Cond] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    retry_after: float | None = None
+    warn: frozenset[str] = frozenset()  # reasons of its conditions that are a Warning Event when they appear
+
+
+@dataclass
+class Pass:
+    """What the steps of one pass share."""
+
+    ctx: Context
+    body: Obj
+    owner: Owner
+    spec: models.RedisMessagingSpec
+    mode: Mode
+    outcome: Outcome
+    password: str | None = None
+    rotation: acl_step.Rotation | None = None
+    prepared: tls_step.Prepared = field(default_factory=tls_step.Prepared)
+    live: dict[tuple[str, str], Obj] = field(default_factory=dict)
+    pods: list[Obj] = field(default_factory=list)
+    report: TopologyReport | None = None
 
 
 class SpecProblem(Exception):
@@ -105,13 +157,13 @@ def generate_password(length: int = 32) -> str:
     return "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(length))
 
 
-def ensure_auth(ctx: Context, spec: models.RedisMessagingSpec, owner: Owner, actions: list[str]) -> str | None:
+def ensure_auth(ctx: Context, spec: models.RedisMessagingSpec, owner: Owner, notes: list[Note]) -> str | None:
     """The default user's password: from the named Secret, or a generated one created once. The
     exporter user's generated Secret is created here too (the pods mount it)."""
-    exporter = sentinel.exporter_secret_name(spec, owner)
+    exporter = common.exporter_secret_name(spec, owner)
     if exporter is not None and ctx.kube.get("Secret", owner.namespace, exporter) is None:
-        _create_generated(ctx, owner, exporter, actions)
-    name = sentinel.auth_secret_name(spec, owner)
+        _create_generated(ctx, owner, exporter, notes)
+    name = common.auth_secret_name(spec, owner)
     if name is None:
         return None
     secret = ctx.kube.get("Secret", owner.namespace, name)
@@ -120,24 +172,27 @@ def ensure_auth(ctx: Context, spec: models.RedisMessagingSpec, owner: Owner, act
             # looked at again soon: a missing Secret is usually being created right now
             raise SpecProblem("AuthSecretMissing",
                               f"Secret {name} named in spec.auth.secretName does not exist", 5)
-        secret = _create_generated(ctx, owner, name, actions)
-    import base64
-
+        secret = _create_generated(ctx, owner, name, notes)
     raw = (secret.get("data") or {}).get("password")
     if not raw:
         raise SpecProblem("AuthSecretInvalid", f"Secret {name} has no key 'password'", 30)
     return base64.b64decode(raw).decode()
 
 
-def _create_generated(ctx: Context, owner: Owner, name: str, actions: list[str]) -> Obj:
-    obj = sentinel.generated_auth_secret(owner, name)
+def _create_generated(ctx: Context, owner: Owner, name: str, notes: list[Note]) -> Obj:
+    obj = common.generated_auth_secret(owner, name)
     obj["stringData"] = {"password": generate_password()}
     created = ctx.kube.create(obj)
-    actions.append(f"Created Secret {name} with a generated password")
+    notes.append(_changed(f"Created Secret {name} with a generated password"))
     return created
 
 
-def ensure_children(ctx: Context, owner: Owner, desired: list[Obj], actions: list[str]) -> dict[tuple[str, str], Obj]:
+def _changed(line: str) -> Note:
+    """A child created, updated or deleted: the Event's reason is the verb."""
+    return Note(line.split(" ", 1)[0], line, prefixed=False)
+
+
+def ensure_children(ctx: Context, owner: Owner, desired: list[Obj], notes: list[Note]) -> dict[tuple[str, str], Obj]:
     """Apply every desired object whose live copy differs; return the live objects by (kind, name)."""
     selector = names.instance_selector(owner)
     live: dict[tuple[str, str], Obj] = {}
@@ -151,7 +206,7 @@ def ensure_children(ctx: Context, owner: Owner, desired: list[Obj], actions: lis
             continue
         live[key] = ctx.kube.apply(with_applied_hash(obj))
         verb = "Created" if why == "missing" else "Updated"
-        actions.append(f"{verb} {key[0]} {key[1]}" + ("" if why == "missing" else f" ({why})"))
+        notes.append(_changed(f"{verb} {key[0]} {key[1]}" + ("" if why == "missing" else f" ({why})")))
     return live
 
 
@@ -168,34 +223,13 @@ def move_role_labels(kube: Kube, owner: Owner, pods: list[Obj], roles: dict[str,
     return changed
 
 
-def _ready(sts: Obj | None) -> int:
-    return int(((sts or {}).get("status") or {}).get("readyReplicas") or 0)
-
-
-def _pods_ready(spec: models.RedisMessagingSpec, owner: Owner,
-                live: dict[tuple[str, str], Obj]) -> tuple[bool, str, int]:
-    """Whether every pod the spec asks for is ready, in words, and how many Redis pods are."""
-    if spec.mode == "cluster":
-        per_shard = 1 + spec.cluster.replicas_per_shard
-        ready = [_ready(live.get(("StatefulSet", owner.shard(i)))) for i in range(spec.cluster.shards)]
-        full = sum(1 for r in ready if r >= per_shard)
-        return (full == spec.cluster.shards,
-                f"shards {full}/{spec.cluster.shards} ready ({sum(ready)}/{per_shard * spec.cluster.shards} pods)",
-                sum(ready))
-    redis_ready = _ready(live.get(("StatefulSet", owner.redis_sts)))
-    sentinel_ready = _ready(live.get(("StatefulSet", owner.sentinel_sts)))
-    return (redis_ready >= spec.redis.replicas and sentinel_ready >= spec.sentinel.replicas,
-            f"redis {redis_ready}/{spec.redis.replicas} ready, "
-            f"sentinel {sentinel_ready}/{spec.sentinel.replicas} ready", redis_ready)
-
-
 def release_shards(kube: Kube, spec: models.RedisMessagingSpec, owner: Owner, release: list[str]) -> list[str]:
     """Delete the StatefulSet and PodDisruptionBudget of shards the topology released (their slots
     moved away, their nodes forgotten); never those of a shard the spec still declares."""
     done = []
     for name in release:
         index = owner.shard_of_object(name)
-        if spec.mode != "cluster" or index is None or index < spec.cluster.shards:
+        if index is None or spec.mode != "cluster" or index < spec.cluster.shards:
             continue
         for kind in ("StatefulSet", "PodDisruptionBudget"):
             if kube.get(kind, owner.namespace, name) is not None:
@@ -204,9 +238,158 @@ def release_shards(kube: Kube, spec: models.RedisMessagingSpec, owner: Owner, re
     return done
 
 
-def _conditions(spec: models.RedisMessagingSpec, owner: Owner, live: dict[tuple[str, str], Obj],
+# ---------------------------------------------------------------------------------------------
+# The steps, in order
+
+
+def step_auth(p: Pass) -> StepResult:
+    """The default user's password (and the exporter's generated Secret)."""
+    out = StepResult()
+    p.password = ensure_auth(p.ctx, p.spec, p.owner, out.notes)
+    return out
+
+
+def step_tls(p: Pass) -> StepResult:
+    """Before any workload: nothing runs without the TLS Secret it asks for."""
+    if p.ctx.tls is not None:
+        p.prepared = p.ctx.tls.prepare(p.spec, p.owner)
+        p.outcome.tls = p.ctx.tls.addresses.tls(p.owner)
+    return StepResult()
+
+
+def step_rotation(p: Pass) -> StepResult:
+    """A changed password is added on every process before the connection Secret carries it."""
+    out = StepResult()
+    p.rotation = acl_step.Rotation(p.password, p.password)
+    if p.ctx.acl is not None:
+        p.rotation = p.ctx.acl.before_apply(p.spec, p.owner, p.password)
+        p.password = p.rotation.use
+        out.notes += [_changed(line) for line in p.rotation.actions]
+    return out
+
+
+def step_children(p: Pass) -> StepResult:
+    """Every child object as the spec says: the mode's objects, monitoring, the NetworkPolicy; larger
+    volumes grown first (the StatefulSet re-created, held back while it terminates)."""
+    ctx, spec, owner = p.ctx, p.spec, p.owner
+    out = StepResult(warn=frozenset({monitoring_step.SKIPPED, volumes_step.NOT_ALLOWED, volumes_step.FAILED}))
+    assert p.rotation is not None  # set by step_rotation
+    desired = p.mode.objects(spec, owner, password=p.rotation.publish, tls_facts=p.prepared.facts)
+    monitoring = monitoring_step.plan(ctx.kube, spec, owner)  # CRD kinds only where they are served
+    desired += monitoring.objects
+    policy = network.network_policy(spec, owner, ctx.operator_peer)
+    if policy is not None:
+        desired.append(policy)
+    volumes = volumes_step.VolumesStep(ctx.kube).run(owner, desired, persistence=spec.persistence.mode != "none")
+    out.notes += [_changed(line) for line in volumes.actions]
+    p.live = ensure_children(ctx, owner, volumes.desired, out.notes)
+    out.notes += [_changed(line) for line in monitoring_step.prune(ctx.kube, owner, volumes.desired, p.live)]
+    if policy is None:  # turned off: the resource's NetworkPolicy goes
+        for item in ctx.kube.list("NetworkPolicy", owner.namespace, names.instance_selector(owner)):
+            ctx.kube.delete("NetworkPolicy", owner.namespace, item["metadata"]["name"])
+            out.notes.append(_changed(f"Deleted NetworkPolicy {item['metadata']['name']} (spec.networkPolicy is off)"))
+    out.conditions += [c for c in (monitoring.condition, volumes.condition) if c is not None]
+    out.retry_after = volumes.retry_after
+    return out
+
+
+def step_users(p: Pass) -> StepResult:
+    """ACL users on every process, and the end of a password rotation."""
+    out = StepResult(warn=frozenset({acl_step.USER_SECRET_MISSING, acl_step.NOT_APPLIED}))
+    if p.ctx.acl is None or p.rotation is None:
+        return out
+    auth = p.ctx.acl.after_apply(p.spec, p.owner, p.rotation)
+    out.notes += [_changed(line) for line in auth.actions]
+    out.conditions += [auth.condition] if auth.condition is not None else []
+    out.retry_after = auth.retry_after
+    return out
+
+
+def step_topology(p: Pass) -> StepResult:
+    """Check and heal the processes (the mode's controller), role labels, shards released."""
+    out = StepResult()
+    p.outcome.spec, p.outcome.password = p.spec, p.password
+    topology = p.ctx.topologies.get(p.mode.name)
+    if topology is None:
+        return out
+    ctx, owner = p.ctx, p.owner
+    p.pods = ctx.kube.list("Pod", owner.namespace, names.instance_selector(owner))
+    report = p.report = topology.check_and_heal(p.spec, owner, p.pods, p.password)
+    out.notes += [Note("RoleLabelMoved", why, prefixed=False)
+                  for _, why in move_role_labels(ctx.kube, owner, p.pods, report.labels)]
+    out.notes += [Note.of(action) for action in report.actions]
+    out.notes += [Note("ShardRemoved", why, prefixed=False)
+                  for why in release_shards(ctx.kube, p.spec, owner, report.release)]
+    out.retry_after = report.retry_after
+    return out
+
+
+def step_rolling(p: Pass) -> StepResult:
+    """Outdated pods replaced one disruption at a time, in the mode's order, only while serving."""
+    out = StepResult()
+    roller = p.ctx.rollers.get(p.mode.name)
+    if roller is None or p.report is None or not p.report.available:
+        return out
+    statefulsets = {name: obj for (kind, name), obj in p.live.items() if kind == "StatefulSet"}
+    roll = roller.run(p.spec, p.owner, statefulsets, p.pods, p.password)
+    out.notes += [Note(reason, message) for reason, message in roll.events]
+    out.conditions += [roll.condition] if roll.condition is not None else []
+    out.retry_after = roll.retry_after
+    return out
+
+
+def step_certificates(p: Pass) -> StepResult:
+    """A renewed certificate, served by every redis-server without a restart."""
+    out = StepResult()
+    if p.ctx.tls is None or p.prepared.leaf is None:
+        return out
+    reloaded = p.ctx.tls.reload(p.spec, p.owner, p.password, p.prepared, p.mode.redis_pods(p.spec, p.owner))
+    out.notes += [Note("CertificateReloaded", why, prefixed=False) for why in reloaded.actions]
+    out.retry_after = reloaded.retry_after
+    return out
+
+
+def step_streams(p: Pass) -> StepResult:
+    """Declared groups and retention where each stream lives, and who else scales their consumers."""
+    out = StepResult(warn=frozenset({"StreamsFailed", streams_step.AUTOSCALE_CONFLICT}))
+    if p.ctx.streams is None:
+        return out
+    report = p.report
+    master = report.master if report is not None and report.available else None
+    shards = None
+    if p.spec.mode == "cluster":  # every stream on the master of its key's slot
+        shards = report.status.get("shards", []) if report is not None and report.available else []
+    streams = p.outcome.streams = p.ctx.streams.run(p.spec, p.owner, master, p.password,
+                                                    waiting=report.message if report is not None else "",
+                                                    shards=shards)
+    if streams is not None:
+        out.notes += [Note.of(action) for action in streams.actions]
+        out.conditions += streams.conditions
+    return out
+
+
+Step = Callable[[Pass], StepResult]
+STEPS: tuple[tuple[str, Step], ...] = (
+    ("auth", step_auth),
+    ("tls", step_tls),
+    ("rotation", step_rotation),
+    ("children", step_children),
+    ("users", step_users),
+    ("topology", step_topology),
+    ("rolling update", step_rolling),
+    ("certificates", step_certificates),
+    ("streams", step_streams),
+)
+"""The steps of a pass, in order."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The pass
+
+
+def _conditions(spec: models.RedisMessagingSpec, mode: Mode, owner: Owner, live: dict[tuple[str, str], Obj],
                 report: TopologyReport | None, changed: bool) -> tuple[list[cond.Cond], dict[str, Any]]:
-    pods_ready, pods_msg, redis_ready = _pods_ready(spec, owner, live)
+    pods_ready, pods_msg, redis_ready = mode.readiness(spec, owner, live)
     extra: dict[str, Any] = {"readyReplicas": redis_ready}
     out = []
     if report is None or report.available is None:
@@ -245,8 +428,18 @@ def _conditions(spec: models.RedisMessagingSpec, owner: Owner, live: dict[tuple[
     return out, extra
 
 
+PROBLEM_WARNINGS = frozenset({"InvalidSpec", "AuthSecretMissing", "AuthSecretInvalid", "Unsupported",
+                              tls_step.SECRET_MISSING, tls_step.SECRET_INVALID, tls_step.CERT_MANAGER_MISSING})
+"""Reasons of a spec that cannot be served: a Warning Event when Ready turns False for them."""
+
+TOPOLOGY_WARNINGS = frozenset({"MastersDiverged", "NoSafeView"})
+"""Reasons of a topology wait that needs a human: a Warning Event when Ready turns False for them."""
+
+
 def _write_status(ctx: Context, body: Obj, new_conditions: list[cond.Cond], extra: dict[str, Any],
-                  outcome: Outcome) -> None:
+                  outcome: Outcome, warn: frozenset[str] = frozenset()) -> None:
+    """The status, when it differs from the body's; an Event for each transition worth one: Ready,
+    Degraded turning True, and any condition turning to a reason of ``warn`` (a Warning)."""
     meta = body["metadata"]
     old = body.get("status") or {}
     generation = meta.get("generation")
@@ -263,22 +456,13 @@ def _write_status(ctx: Context, body: Obj, new_conditions: list[cond.Cond], extr
                   [(c.get("type"), c.get("status"), c.get("reason")) for c in merged])
     for c in cond.transitions(old.get("conditions") or [], merged):
         if c["type"] == cond.READY or (c["type"] == cond.DEGRADED and c["status"] == "True"):
-            warn = (c["type"] == cond.DEGRADED) or (c["status"] == "False" and c["reason"] in
-                                                    ("InvalidSpec", "AuthSecretMissing", "AuthSecretInvalid",
-                                                     "MastersDiverged", "NoSafeView",
-                                                     "Unsupported", tls_step.SECRET_MISSING,
-                                                     tls_step.SECRET_INVALID, tls_step.CERT_MANAGER_MISSING))
-            ctx.kube.event(body, reason=f"{c['type']}{c['status']}" if not warn else c["reason"],
+            warning = (c["type"] == cond.DEGRADED) or (c["status"] == "False" and c["reason"] in warn)
+            ctx.kube.event(body, reason=f"{c['type']}{c['status']}" if not warning else c["reason"],
                            message=f"{c['type']}={c['status']} ({c['reason']}): {c['message']}",
-                           type_="Warning" if warn else "Normal")
-        elif c["type"] == streams_step.AUTOSCALE_CONFLICT and c["status"] == "True":
+                           type_="Warning" if warning else "Normal")
+        elif c["type"] in warn and c["status"] == "True":  # a condition that is a problem when True
             ctx.kube.event(body, reason=c["type"], message=c["message"], type_="Warning")
-        elif (c["type"], c["reason"]) in ((streams_step.STREAMS_READY, "StreamsFailed"),
-                                          (monitoring_step.MONITORING_READY, monitoring_step.SKIPPED),
-                                          (volumes_step.VOLUMES_EXPANDED, volumes_step.NOT_ALLOWED),
-                                          (volumes_step.VOLUMES_EXPANDED, volumes_step.FAILED),
-                                          (acl_step.AUTH_READY, acl_step.USER_SECRET_MISSING),
-                                          (acl_step.AUTH_READY, acl_step.NOT_APPLIED)):
+        elif c["reason"] in warn:
             ctx.kube.event(body, reason=c["reason"], message=c["message"], type_="Warning")
     try:
         ctx.kube.patch_status(models.KIND, meta["namespace"], meta["name"], status)
@@ -324,131 +508,47 @@ def _problem(ctx: Context, body: Obj, outcome: Outcome, reason: str, message: st
 
 def _sync(body: Obj, ctx: Context, owner: Owner) -> Outcome:
     outcome = Outcome()
-    # 1. validate: what the schema could not refuse.
-    try:
+    try:  # what the schema could not refuse
         spec = models.parse_spec(body.get("spec") or {})
     except pydantic.ValidationError as exc:
         return _problem(ctx, body, outcome, "InvalidSpec", validation_message(exc), None)
-
-    # 2. ensure children, in order.
-    prepared = tls_step.Prepared()
     try:
-        password = ensure_auth(ctx, spec, owner, outcome.actions)
-        if ctx.tls is not None:  # before any workload: nothing runs without the TLS Secret it asks for
-            prepared = ctx.tls.prepare(spec, owner)
-            outcome.tls = ctx.tls.addresses.tls(owner)
-        # A changed password is added on every process before the connection Secret carries it.
-        rotation = acl_step.Rotation(password, password)
-        if ctx.acl is not None:
-            rotation = ctx.acl.before_apply(spec, owner, password)
-            password, outcome.actions = rotation.use, outcome.actions + rotation.actions
-        desired = build(spec, owner, password=rotation.publish, tls_facts=prepared.facts)
-        monitoring = monitoring_step.plan(ctx.kube, spec, owner)  # CRD kinds only where they are served
-        desired += monitoring.objects
-        policy = network.network_policy(spec, owner, ctx.operator_peer)
-        if policy is not None:
-            desired.append(policy)
-        # Larger volumes: claims grown, StatefulSet re-created (held back while it terminates).
-        volumes = volumes_step.VolumesStep(ctx.kube).run(owner, desired, persistence=spec.persistence.mode != "none")
-        desired, outcome.actions = volumes.desired, outcome.actions + volumes.actions
-        live = ensure_children(ctx, owner, desired, outcome.actions)
-        outcome.actions += monitoring_step.prune(ctx.kube, owner, desired, live)
-        if policy is None:  # turned off: the resource's NetworkPolicy goes
-            for item in ctx.kube.list("NetworkPolicy", owner.namespace, names.instance_selector(owner)):
-                ctx.kube.delete("NetworkPolicy", owner.namespace, item["metadata"]["name"])
-                outcome.actions.append(f"Deleted NetworkPolicy {item['metadata']['name']} (spec.networkPolicy is off)")
-        auth = ctx.acl.after_apply(spec, owner, rotation) if ctx.acl is not None else acl_step.AclReport()
-        outcome.actions += auth.actions
-    except (SpecProblem, tls_step.TlsProblem) as exc:
-        return _problem(ctx, body, outcome, exc.reason, exc.message, exc.retry_after)
+        mode = modes.of(spec)
     except UnsupportedSpec as exc:
         return _problem(ctx, body, outcome, "Unsupported", str(exc), None)
-    except KubeError as exc:
-        if exc.status == 422:  # the API server refused an object we built from this spec
-            return _problem(ctx, body, outcome, "InvalidSpec", f"a child object was refused: {exc.message}", None)
-        raise
-    for action in outcome.actions:
-        ctx.kube.event(body, reason=action.split(" ", 1)[0], message=action)
+    p = Pass(ctx, body, owner, spec, mode, outcome)
+    results: list[StepResult] = []
+    for name, step in STEPS:
+        try:
+            result = step(p)
+        except (SpecProblem, tls_step.TlsProblem) as exc:
+            return _problem(ctx, body, outcome, exc.reason, exc.message, exc.retry_after)
+        except UnsupportedSpec as exc:
+            return _problem(ctx, body, outcome, "Unsupported", str(exc), None)
+        except KubeError as exc:
+            if exc.status == 422:  # the API server refused an object we built from this spec
+                return _problem(ctx, body, outcome, "InvalidSpec", f"a child object was refused: {exc.message}",
+                                None)
+            raise
+        for note in result.notes:
+            ctx.kube.event(body, reason=note.reason, message=note.message,
+                           type_="Warning" if note.warning else "Normal")
+            outcome.actions.append(note.line)
+        log.debug("%s/%s: step %s: %d notes", owner.namespace, owner.name, name, len(result.notes))
+        results.append(result)
+    return _finish(p, results)
 
-    # 3. check and heal the topology.
-    roll = rolling_step.RollReport()
-    outcome.spec, outcome.password = spec, password
-    report: TopologyReport | None = None
-    topology = ctx.topologies.get(spec.mode)
-    if topology is not None:
-        pods = ctx.kube.list("Pod", owner.namespace, names.instance_selector(owner))
-        report = topology.check_and_heal(spec, owner, pods, password)
-        for _pod, why in move_role_labels(ctx.kube, owner, pods, report.labels):
-            outcome.actions.append(why)
-            ctx.kube.event(body, reason="RoleLabelMoved", message=why)
-        for act in report.actions:
-            ctx.kube.event(body, reason=act.reason, message=act.message,
-                           type_="Warning" if act.warning else "Normal")
-            outcome.actions.append(f"{act.reason}: {act.message}")
-        outcome.retry_after = report.retry_after
-        for why in release_shards(ctx.kube, spec, owner, report.release):
-            outcome.actions.append(why)
-            ctx.kube.event(body, reason="ShardRemoved", message=why)
-        statefulsets = {name: obj for (kind, name), obj in live.items() if kind == "StatefulSet"}
-        if ctx.rolling is not None and spec.mode == "sentinel" and report.available:
-            # Outdated pods: Sentinels, replicas, a switch-over, the old master; one at a time.
-            roll = ctx.rolling.run(spec, owner, statefulsets, pods, password)
-        elif ctx.cluster_rolling is not None and spec.mode == "cluster" and report.available:
-            # Outdated shard pods: replicas, a CLUSTER FAILOVER per master, the old masters; one at a time.
-            roll = ctx.cluster_rolling.run(spec, owner, statefulsets, pods, password)
-        for reason, message in roll.events:
-            ctx.kube.event(body, reason=reason, message=message)
-        outcome.actions += roll.actions
 
-    if ctx.tls is not None and prepared.leaf is not None:  # a renewed certificate, served without a restart
-        redis_pods = (build_cluster.all_pods(spec, owner) if spec.mode == "cluster"
-                      else [owner.redis_pod(i) for i in range(spec.redis.replicas)])
-        reloaded = ctx.tls.reload(spec, owner, password, prepared, redis_pods)
-        for why in reloaded.actions:
-            outcome.actions.append(why)
-            ctx.kube.event(body, reason="CertificateReloaded", message=why)
-        if reloaded.retry_after is not None:
-            outcome.retry_after = min(reloaded.retry_after, outcome.retry_after or reloaded.retry_after)
-
-    # 4. streams: declared groups and retention on the master, and who else scales their consumers.
-    if ctx.streams is not None:
-        master = report.master if report is not None and report.available else None
-        shards = None
-        if spec.mode == "cluster":  # every stream on the master of its key's slot
-            shards = report.status.get("shards", []) if report is not None and report.available else []
-        outcome.streams = ctx.streams.run(spec, owner, master, password,
-                                          waiting=report.message if report is not None else "", shards=shards)
-        for act in outcome.streams.actions if outcome.streams is not None else ():
-            ctx.kube.event(body, reason=act.reason, message=act.message,
-                           type_="Warning" if act.warning else "Normal")
-            outcome.actions.append(f"{act.reason}: {act.message}")
-
-    # 5. status.
-    new_conditions, extra = _conditions(spec, owner, live, report, bool(outcome.actions))
-    if outcome.streams is not None:
-        new_conditions += outcome.streams.conditions
-    if monitoring.condition is not None:
-        new_conditions.append(monitoring.condition)
-    if volumes.condition is not None:
-        new_conditions.append(volumes.condition)
-    if auth.condition is not None:
-        new_conditions.append(auth.condition)
-    if roll.condition is not None:
-        new_conditions.append(roll.condition)
-    for later in (volumes.retry_after, auth.retry_after, roll.retry_after):
-        if later is not None:
-            outcome.retry_after = min(later, outcome.retry_after or later)
-    extra["connection"] = {
-        "secretName": owner.connection_secret,
-        "host": owner.service_host(owner.master_service),
-        "port": names.REDIS_PORT,
-        "sentinelHost": owner.service_host(owner.sentinel_service),
-        "sentinelPort": names.SENTINEL_PORT,
-        "masterName": owner.master_name,
-    } if spec.mode == "sentinel" else {
-        "secretName": owner.connection_secret,
-        "host": owner.service_host(owner.cluster_service),
-        "port": names.REDIS_PORT,
-    }
-    _write_status(ctx, body, new_conditions, extra, outcome)
-    return outcome
+def _finish(p: Pass, results: list[StepResult]) -> Outcome:
+    """One status from every step's result; when to come back: the soonest any step asked for."""
+    new_conditions, extra = _conditions(p.spec, p.mode, p.owner, p.live, p.report, bool(p.outcome.actions))
+    warn = set(PROBLEM_WARNINGS | TOPOLOGY_WARNINGS)
+    for result in results:
+        new_conditions += result.conditions
+        extra.update(result.status)
+        warn |= result.warn
+        if result.retry_after is not None:
+            p.outcome.retry_after = min(result.retry_after, p.outcome.retry_after or result.retry_after)
+    extra["connection"] = p.mode.connection(p.spec, p.owner)
+    _write_status(p.ctx, p.body, new_conditions, extra, p.outcome, frozenset(warn))
+    return p.outcome

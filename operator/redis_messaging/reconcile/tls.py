@@ -4,7 +4,7 @@ Before any workload is applied, :meth:`TlsStep.prepare` reads the TLS Secret (or
 ``issuerRef``, applies the cert-manager Certificate and waits for the Secret it fills). Nothing is
 built without it: a pod mounting a missing Secret would not start, and running without TLS where TLS
 was asked for is not an option. From the Secret it records the client settings of every component
-that connects (on the shared :class:`~redis_messaging.reconcile.addresses.Addresses`) and gives the
+that connects (on the shared :class:`~redis_messaging.redis.addresses.Addresses`) and gives the
 builders the CA (for the connection Secret) and a revision of the certificate (for Sentinel, which
 cannot reload one: a renewal rolls the Sentinels).
 
@@ -29,9 +29,9 @@ from redis_messaging.api.models import RedisMessagingSpec
 from redis_messaging.builders import tls as tls_build
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube, with_applied_hash
-from redis_messaging.reconcile.addresses import Address, Addresses
 from redis_messaging.redis import acl
 from redis_messaging.redis import tls as rtls
+from redis_messaging.redis.addresses import Address, Addresses
 
 log = logging.getLogger(__name__)
 

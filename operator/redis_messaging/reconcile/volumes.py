@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from redis_messaging.api import conditions as cond
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube, KubeError
-from redis_messaging.reconcile import conditions as cond
 
 log = logging.getLogger(__name__)
 

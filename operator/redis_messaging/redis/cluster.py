@@ -2,7 +2,7 @@
 
 Every function takes addresses (host, port) and a password; none knows about Kubernetes. A node is
 observed in one pipelined round trip (``CLUSTER NODES``, ``CLUSTER INFO``, ``INFO replication``,
-``DBSIZE``). Nothing here decides anything: :mod:`redis_messaging.reconcile.cluster_topology` plans
+``DBSIZE``). Nothing here decides anything: :mod:`redis_messaging.modes.cluster.topology` plans
 from what these functions observe.
 
 Moving slots (:class:`SlotMover`) follows the protocol of the Redis Cluster specification, batched:

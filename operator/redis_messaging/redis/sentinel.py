@@ -2,7 +2,7 @@
 
 Every function takes addresses (host, port) and a password; none knows about Kubernetes. Reads are
 pipelined, one round trip per process. Nothing here decides anything: the plan is made by
-:mod:`redis_messaging.reconcile.sentinel_topology` from what these functions observe.
+:mod:`redis_messaging.modes.sentinel.topology` from what these functions observe.
 """
 
 from __future__ import annotations

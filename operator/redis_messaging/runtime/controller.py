@@ -27,17 +27,14 @@ from redis_messaging.autoscale.loop import Autoscaler
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.cached import CachedKube
 from redis_messaging.kube.client import Kube
+from redis_messaging.modes import MODES
+from redis_messaging.modes.base import Watch
 from redis_messaging.reconcile.acl import AclStep
-from redis_messaging.reconcile.addresses import Addresses
-from redis_messaging.reconcile.cluster_rolling import ClusterRollingStep
-from redis_messaging.reconcile.cluster_topology import ClusterTopology
-from redis_messaging.reconcile.failover_watch import FailoverWatch, Followed
 from redis_messaging.reconcile.order import PassOrder, generation_of
-from redis_messaging.reconcile.rolling import RollingStep
-from redis_messaging.reconcile.sentinel_topology import SentinelTopology
 from redis_messaging.reconcile.streams import StreamsStep
 from redis_messaging.reconcile.sync import Context, Outcome, owner_of, sync
 from redis_messaging.reconcile.tls import TlsStep
+from redis_messaging.redis.addresses import Addresses
 from redis_messaging.redis.nodes import Node, Placement, Pools
 from redis_messaging.settings import OperatorSettings
 
@@ -84,17 +81,16 @@ class ResourceController:
         self.context = Context(
             kube=kube,
             cluster_domain=shared.settings.cluster_domain,
-            topologies={"sentinel": SentinelTopology(addresses, timeout=timeout),
-                        "cluster": ClusterTopology(addresses, timeout=timeout)},
+            topologies={name: mode.topology(addresses, timeout=timeout) for name, mode in MODES.items()},
+            rollers={name: mode.roller(kube, addresses, timeout=timeout) for name, mode in MODES.items()},
             streams=StreamsStep(kube, addresses, shared.pools),
             acl=AclStep(kube, addresses, timeout=timeout),
-            rolling=RollingStep(kube, addresses, timeout=timeout),
-            cluster_rolling=ClusterRollingStep(kube, addresses, timeout=timeout),
             tls=TlsStep(kube, addresses, timeout=timeout),
             operator_peer=shared.settings.operator_peer,
             passes=PassOrder(),
         )
-        self.watch: FailoverWatch | None = None
+        self.watch: Watch | None = None
+        self._watch_mode: str | None = None
 
     def __repr__(self) -> str:
         return f"ResourceController({self.key[0]}/{self.key[1]})"
@@ -165,23 +161,24 @@ class ResourceController:
             autoscaler.forget(*self.key)
             self._stop_watch()
             return
-        if outcome.spec.mode == "sentinel":
-            if self.watch is None:
-                pods = self.shared.pods
-                self.watch = FailoverWatch(self.shared.kube, self.shared.addresses, self.owner,
-                                           pods=(lambda: pods(self.owner)) if pods is not None else None,
-                                           on_followed=self._followed)
+        mode = MODES[outcome.spec.mode]
+        if self._watch_mode != mode.name:  # the mode is immutable; a new resource under the same name is not
+            self._stop_watch()
+            pods = self.shared.pods
+            self.watch = mode.watch(self.shared.kube, self.shared.addresses, self.owner,
+                                    pods=(lambda: pods(self.owner)) if pods is not None else None,
+                                    on_followed=self._followed)
+            self._watch_mode = mode.name
+        if self.watch is not None:
             self.watch.ensure(redis_replicas=outcome.spec.redis.replicas,
                               sentinel_replicas=outcome.spec.sentinel.replicas, password=outcome.password)
-        else:
-            self._stop_watch()
         report = outcome.streams
         autoscaler.place(body, self.owner, outcome.spec, outcome.password,
                          placement=report.placement if report is not None else None,
                          conflicts=report.conflicts if report is not None else {},
                          trimmed=report.trimmed if report is not None else {}, tls=outcome.tls)
 
-    def _followed(self, owner: Owner, followed: Followed) -> None:
+    def _followed(self, owner: Owner, followed: Any) -> None:
         # A whole pass at once: the old master, the Sentinels' view and the conditions need a look
         # that the next periodic pass would give up to a period later.
         self.shared.wake(self, 0.0)
@@ -193,6 +190,7 @@ class ResourceController:
         if self.watch is not None:
             self.watch.stop(timeout)
             self.watch = None
+        self._watch_mode = None
 
     # -- the end ----------------------------------------------------------------------------------
     def close(self, timeout: float | None = None) -> None:
@@ -204,9 +202,8 @@ class ResourceController:
         ctx = self.context
         for topology in ctx.topologies.values():
             topology.close()
-        for step in (ctx.rolling, ctx.cluster_rolling):
-            if step is not None:
-                step.close()
+        for roller in ctx.rollers.values():
+            roller.close()
         self.shared.autoscaler.forget(*self.key)
         self.shared.pools.forget(self.key)
         self.shared.addresses.set_tls(self.owner, None)

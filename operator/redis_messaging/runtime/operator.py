@@ -27,8 +27,8 @@ from redis_messaging.autoscale.loop import Autoscaler
 from redis_messaging.builders import names
 from redis_messaging.kube.cached import CachedKube
 from redis_messaging.kube.client import Kube
-from redis_messaging.reconcile.addresses import Addresses, DnsAddresses, MapAddresses
 from redis_messaging.reconcile.order import generation_of
+from redis_messaging.redis.addresses import Addresses, DnsAddresses, MapAddresses
 from redis_messaging.redis.nodes import Pools
 from redis_messaging.runtime.controller import Key, ResourceController, Shared, key_of
 from redis_messaging.runtime.indices import Indices

@@ -42,9 +42,9 @@ from typing import Any
 from redis_messaging.api.models import RedisMessagingSpec, ShardStatus
 from redis_messaging.builders import config, names
 from redis_messaging.builders.names import Owner
-from redis_messaging.reconcile.addresses import Addresses, OwnerConnections
-from redis_messaging.reconcile.topology import Action, TopologyReport
+from redis_messaging.modes.base import Action, TopologyReport
 from redis_messaging.redis import cluster as cl
+from redis_messaging.redis.addresses import Addresses, OwnerConnections
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ A shard without replicas (``replicasPerShard: 0``) has nobody to hand over to: i
 in place, and its slots are unavailable until it is back (its data is on its volume).
 
 Nothing is remembered between passes: the next move follows from the pods and what the nodes report,
-so an operator restart resumes the roll. :func:`plan` is pure; :class:`ClusterRollingStep` acts.
+so an operator restart resumes the roll. :func:`plan` is pure; :class:`ClusterRoller` acts.
 """
 
 from __future__ import annotations
@@ -25,17 +25,17 @@ from dataclasses import dataclass
 
 from redis_messaging.api.models import RedisMessagingSpec
 from redis_messaging.builders.names import Owner
-from redis_messaging.reconcile.rolling import (
+from redis_messaging.modes.rollout import (
     DeletePod,
     Done,
     Obj,
     PodState,
-    RollingStep,
+    Roller,
     RollReport,
     Wait,
-    _pod_ready,
     gate,
     outdated_reasons,
+    pod_ready,
 )
 from redis_messaging.redis import cluster as cl
 
@@ -96,7 +96,7 @@ def plan(obs: ClusterObservation) -> ClusterRollStep:
     return DeletePod(old.name, "shard", (*old.outdated, "no replica to hand over to"), len(outdated))
 
 
-class ClusterRollingStep(RollingStep):
+class ClusterRoller(Roller):
     """The cluster-mode roll; connections, pod deletion and reporting are the Sentinel-mode step's."""
 
     def pod_states_of_shards(self, spec: RedisMessagingSpec, owner: Owner, statefulsets: Mapping[str, Obj],
@@ -113,7 +113,7 @@ class ClusterRollingStep(RollingStep):
                 if pod is None or sts is None:
                     states[name] = PodState(name, "shard", ready=False)
                     continue
-                states[name] = PodState(name, "shard", _pod_ready(pod), outdated_reasons(pod, sts))
+                states[name] = PodState(name, "shard", pod_ready(pod), outdated_reasons(pod, sts))
         return states, shard_of
 
     def run(self, spec: RedisMessagingSpec, owner: Owner, statefulsets: Mapping[str, Obj], pods: list[Obj],

@@ -5,27 +5,27 @@ with its own volume holding the data and ``nodes.conf``), one headless Service g
 its stable DNS name (the name it announces with ``cluster-announce-hostname``), one client Service
 that cluster clients use as a seed, one PodDisruptionBudget per shard, the ConfigMap and the
 connection Secret. Which node is master, which slots it serves and how replicas attach is decided at
-run time by :mod:`redis_messaging.reconcile.cluster_topology`; nothing here depends on it.
+run time by :mod:`redis_messaging.modes.cluster.topology`; nothing here depends on it.
 
 Objects shared with sentinel mode (ConfigMap, metadata, Services, pod template, volume claim) come
-from :mod:`redis_messaging.builders.sentinel`, so both modes render them the same way.
+from :mod:`redis_messaging.builders.common`, so both modes render them the same way.
 """
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 from urllib.parse import quote
 
 from redis_messaging.api.models import RedisMessagingSpec
-from redis_messaging.builders import config, names, pods, sentinel, tls
+from redis_messaging.builders import common, config, names, pods, tls
 from redis_messaging.builders.names import Owner
+from redis_messaging.modes.cluster import scripts
 
 Obj = dict[str, Any]
 
 BUS_PORT_OFFSET = 10000
 """Redis Cluster's bus listens on the client port + 10000."""
-BUS_PORT = names.REDIS_PORT + BUS_PORT_OFFSET
+BUS_PORT = names.BUS_PORT
 
 
 def shard_selector(owner: Owner, index: int) -> dict[str, str]:
@@ -44,10 +44,6 @@ def all_pods(spec: RedisMessagingSpec, owner: Owner) -> list[str]:
 def seed_addresses(spec: RedisMessagingSpec, owner: Owner) -> list[str]:
     """``host:port`` of every shard pod, by its stable name: what a cluster client starts from."""
     return [f"{owner.pod_host(p, owner.redis_headless)}:{names.REDIS_PORT}" for p in all_pods(spec, owner)]
-
-
-def _b64(value: str) -> str:
-    return base64.b64encode(value.encode()).decode()
 
 
 def connection_secret(spec: RedisMessagingSpec, owner: Owner, password: str | None,
@@ -71,19 +67,19 @@ def connection_secret(spec: RedisMessagingSpec, owner: Owner, password: str | No
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": sentinel.meta(owner, owner.connection_secret, names.COMPONENT_SHARD),
+        "metadata": common.meta(owner, owner.connection_secret, names.COMPONENT_SHARD),
         "type": "Opaque",
-        "data": {k: _b64(v) for k, v in sorted(data.items())},
+        "data": {k: common.b64(v) for k, v in sorted(data.items())},
     }
 
 
 def services(owner: Owner) -> list[Obj]:
     component = names.COMPONENT_SHARD
-    headless = sentinel._service(owner, owner.redis_headless, component, names.REDIS_PORT, "redis", headless=True)
+    headless = common.service(owner, owner.redis_headless, component, names.REDIS_PORT, "redis", headless=True)
     # The bus port is published too, so that `kubectl get endpoints` shows what the nodes talk on.
     headless["spec"]["ports"].append(
         {"name": "cluster-bus", "port": BUS_PORT, "targetPort": "cluster-bus", "protocol": "TCP"})
-    client = sentinel._service(owner, owner.cluster_service, component, names.REDIS_PORT, "redis")
+    client = common.service(owner, owner.cluster_service, component, names.REDIS_PORT, "redis")
     return [headless, client]
 
 
@@ -98,11 +94,11 @@ def script_env(spec: RedisMessagingSpec, owner: Owner) -> dict[str, str]:
 
 
 def shard_statefulset(spec: RedisMessagingSpec, owner: Owner, index: int) -> Obj:
-    auth = sentinel.auth_secret_name(spec, owner)
+    auth = common.auth_secret_name(spec, owner)
     tls_secret = tls.secret_name(spec, owner)
-    exporter = sentinel.exporter_secret_name(spec, owner)
-    volumes, mounts = pods.config_volumes(owner, auth, sentinel.user_secrets(spec), tls_secret, exporter)
-    claims = sentinel._data_claim(spec)
+    exporter = common.exporter_secret_name(spec, owner)
+    volumes, mounts = pods.config_volumes(owner, auth, common.user_secrets(spec), tls_secret, exporter)
+    claims = common.data_claim(spec)
     if not claims:
         volumes.append({"name": "data", "emptyDir": {}})
     mounts.append({"name": "data", "mountPath": names.DATA_MOUNT})  # data and nodes.conf
@@ -127,9 +123,10 @@ def shard_statefulset(spec: RedisMessagingSpec, owner: Owner, index: int) -> Obj
     if spec.monitoring.exporter.enabled:
         containers.append(pods.exporter_container(spec, exporter, owner=owner, headless=owner.redis_headless,
                                                   tls_secret=tls_secret))
-    cfg = config.config_files(spec, owner)
-    config_hash = config.content_hash({k: cfg[k] for k in ("redis.conf", "redis-start.sh", "common.sh")})
-    template = sentinel._pod_template(spec, owner, names.COMPONENT_SHARD, containers, volumes, config_hash)
+    cfg = scripts.config_files(spec)
+    config_hash = config.content_hash({k: cfg[k] for k in ("redis.conf", "redis-start.sh", "redis-role.sh",
+                                                            "common.sh")})
+    template = common.pod_template(spec, owner, names.COMPONENT_SHARD, containers, volumes, config_hash)
     template["metadata"]["labels"][names.LABEL_SHARD] = str(index)
     sts_spec: Obj = {
         "serviceName": owner.redis_headless,
@@ -146,14 +143,14 @@ def shard_statefulset(spec: RedisMessagingSpec, owner: Owner, index: int) -> Obj
     }
     if claims:
         sts_spec["volumeClaimTemplates"] = claims
-    metadata = sentinel.meta(owner, owner.shard(index), names.COMPONENT_SHARD)
+    metadata = common.meta(owner, owner.shard(index), names.COMPONENT_SHARD)
     metadata["labels"][names.LABEL_SHARD] = str(index)
     return {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": metadata, "spec": sts_spec}
 
 
 def pod_disruption_budget(owner: Owner, index: int) -> Obj:
     """At most one pod of a shard down at a time: its master or one replica, never both."""
-    metadata = sentinel.meta(owner, owner.shard(index), names.COMPONENT_SHARD)
+    metadata = common.meta(owner, owner.shard(index), names.COMPONENT_SHARD)
     metadata["labels"][names.LABEL_SHARD] = str(index)
     return {
         "apiVersion": "policy/v1",
@@ -167,7 +164,7 @@ def build(spec: RedisMessagingSpec, owner: Owner, *, password: str | None,
           tls_facts: tls.Facts | None = None) -> list[Obj]:
     """Every object of a cluster-mode resource, in the order they are applied.
 
-    The generated auth Secret is not in this list (see :func:`sentinel.generated_auth_secret`).
+    The generated auth Secret is not in this list (see :func:`redis_messaging.builders.common.generated_auth_secret`).
     StatefulSets of shards beyond ``cluster.shards`` are not here either: they are deleted by the
     reconcile pass only once their slots have moved away and their nodes are forgotten.
     """
@@ -175,7 +172,7 @@ def build(spec: RedisMessagingSpec, owner: Owner, *, password: str | None,
     certificate = tls.certificate(spec, owner)
     return [
         *([certificate] if certificate else []),
-        sentinel.config_map(spec, owner),
+        common.config_map(owner, scripts.config_files(spec), names.COMPONENT_REDIS),
         connection_secret(spec, owner, password, tls_facts),
         *services(owner),
         *(shard_statefulset(spec, owner, i) for i in shards),

@@ -20,8 +20,8 @@ from typing import Any
 from redis_messaging.builders import names
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube, KubeError
-from redis_messaging.reconcile.addresses import Addresses
 from redis_messaging.redis import sentinel as rs
+from redis_messaging.redis.addresses import Addresses
 
 log = logging.getLogger(__name__)
 

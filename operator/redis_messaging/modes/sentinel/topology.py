@@ -41,9 +41,9 @@ from typing import Any
 from redis_messaging.api.models import RedisMessagingSpec
 from redis_messaging.builders import names
 from redis_messaging.builders.names import Owner
-from redis_messaging.reconcile.addresses import Addresses, OwnerConnections
-from redis_messaging.reconcile.topology import Action, TopologyReport
+from redis_messaging.modes.base import Action, TopologyReport
 from redis_messaging.redis import sentinel as rs
+from redis_messaging.redis.addresses import Addresses, OwnerConnections
 
 log = logging.getLogger(__name__)
 

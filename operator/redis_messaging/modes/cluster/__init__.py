@@ -1,0 +1,1 @@
+"""Cluster mode: objects, configuration and scripts, healing and resharding, rolling updates."""

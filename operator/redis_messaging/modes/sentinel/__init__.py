@@ -1,0 +1,1 @@
+"""Sentinel mode: objects, configuration and scripts, healing, rolling updates, failover follow-up."""
