@@ -608,9 +608,6 @@ class Nemesis:
             return "no Ready condition yet"
         if ready["status"] != "True":
             return f"Ready={ready['status']}: {ready.get('reason')}: {ready.get('message')}"
-        progressing = next((c for c in status.get("conditions") or [] if c["type"] == "Progressing"), None)
-        if progressing and progressing["status"] == "True":
-            return f"Progressing: {progressing.get('reason')}: {progressing.get('message')}"
         return None
 
     def outdated_reason(self) -> str | None:
@@ -750,6 +747,7 @@ class Nemesis:
 
     def pick(self, target: str, pick: float) -> str:
         """A pod of the role: master, replica, sentinel (the ``pick`` fraction chooses among several)."""
+        names: list[str]
         if target == "sentinel":
             names = [p["metadata"]["name"] for p in self.pods("sentinel")]
         else:

@@ -401,14 +401,15 @@ class Workload:
         stream, group = self.args.stream, self.args.group
         delivered: list[tuple[str, Any]] = []
         try:
-            own = conn.xreadgroup(group, self.consumer, {stream: "0"}, count=200)
+            own: Any = conn.xreadgroup(group, self.consumer, {stream: "0"}, count=200)
             delivered += [e for _, entries in own for e in entries]
             if time.monotonic() - self.last_claim > 1.0 or claim_idle_ms == 0:
                 self.last_claim = time.monotonic()
-                claimed = conn.xautoclaim(stream, group, self.consumer, claim_idle_ms, self.claim_cursor, count=200)
+                claimed: Any = conn.xautoclaim(stream, group, self.consumer, claim_idle_ms, self.claim_cursor,
+                                               count=200)
                 self.claim_cursor = str(claimed[0])
                 delivered += list(claimed[1])
-            new = conn.xreadgroup(group, self.consumer, {stream: ">"}, count=200)
+            new: Any = conn.xreadgroup(group, self.consumer, {stream: ">"}, count=200)
             delivered += [e for _, entries in new for e in entries]
         except (RedisError, OSError) as exc:
             self._failed(f"consume {where}", exc)
