@@ -897,7 +897,7 @@ class Nemesis:
         return f"partitioned {pod} ({f.target}) for {f.hold:.1f}s"
 
     def heal(self, pod: str) -> None:
-        with contextlib.suppress(LookupError, AssertionError):
+        with contextlib.suppress(LookupError, AssertionError, RuntimeError):  # a pod gone meanwhile
             self.runner.heal(self.ns, pod)
         self.partitioned.discard(pod)
 

@@ -1182,6 +1182,12 @@ class PodWorker:
                 self.sandbox.wait(10)
             self.runner._untrack(self.sandbox.pid)
             self.sandbox = None
+        if self.host_if is not None:
+            # The namespace outlives its processes while the kernel still holds sockets of it (a killed
+            # server's connections closing towards peers that are gone): its eth0 would keep the pod IP
+            # on the bridge, answer ARP for it and reset connections, while kwok gives that IP to the
+            # next pod. Deleting the veth takes the pod off the network at once.
+            _run(["ip", "link", "del", self.host_if], what="veth delete", check=False)
 
     def _delete_object(self) -> None:
         """The pod's processes are gone: remove the object, as the kubelet does (grace period 0)."""
