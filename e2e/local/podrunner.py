@@ -227,6 +227,7 @@ class PodNetwork:
         self.gateway = str(subnet.network_address + 1)
         self._lock = threading.Lock()
         self._counter = 0
+        self._rp_filter: str | None = None  # the bridge's, while some pods are cut off the host
 
     def create(self) -> None:
         _run(["ip", "link", "add", self.bridge, "type", "bridge"], what="bridge")
@@ -241,6 +242,7 @@ class PodNetwork:
             raise
 
     def destroy(self) -> None:
+        _run(["ip", "link", "del", self.void], what="void delete", check=False)
         _run(["ip", "link", "del", self.bridge], what="bridge delete", check=False)
 
     def attach(self, sandbox_pid: int, pod_ip: str) -> str:
@@ -282,6 +284,44 @@ class PodNetwork:
 
     def heal(self, host_if: str) -> None:
         _run(["ip", "link", "set", host_if, "master", self.bridge], what="heal")
+
+    @property
+    def void(self) -> str:
+        """A bridge without ports, named like the pods' veths (so a dead cluster's is removed with
+        them, runrecord.py): what the host sends to a pod cut off from it goes there and is dropped."""
+        return veth_name(self.bridge, 0)
+
+    def cut_host(self, ips: list[str]) -> bool:
+        """Cut the host's network namespace (where the operator runs) off these pod IPs, both ways and
+        silently (dropped, no reset), while the pods still reach each other over the bridge: a route to
+        the void for each IP, and strict reverse-path filtering on the bridge, which then drops what
+        arrives from an IP whose route back does not lead to the bridge. False when only the way to
+        the pods is cut: with net.ipv4.conf.all.rp_filter=2 (loose) the filter is loose on every
+        interface, and lets in what the pods send."""
+        rp_filter = Path(f"/proc/sys/net/ipv4/conf/{self.bridge}/rp_filter")
+        with self._lock:
+            if not Path(f"/sys/class/net/{self.void}").exists():
+                _run(["ip", "link", "add", self.void, "type", "bridge"], what="void")
+                _run(["ip", "link", "set", self.void, "up"], what="void up")
+                Path(f"/proc/sys/net/ipv4/conf/{self.void}/route_localnet").write_text("1\n")
+                self._rp_filter = rp_filter.read_text().strip()
+                rp_filter.write_text("1\n")
+            for ip in ips:
+                if ipaddress.ip_address(ip) not in self.subnet:
+                    raise ValueError(f"{ip} is outside the pod subnet {self.subnet}")
+                _run(["ip", "route", "replace", "table", "local", f"{ip}/32", "dev", self.void, "src",
+                      self.gateway], what="cut")
+        return Path("/proc/sys/net/ipv4/conf/all/rp_filter").read_text().strip() != "2"
+
+    def mend_host(self) -> None:
+        """Undo every :meth:`cut_host` (the routes go with the void)."""
+        with self._lock:
+            _run(["ip", "link", "del", self.void], what="void delete", check=False)
+            previous = self._rp_filter
+            if previous is not None:
+                with contextlib.suppress(OSError):
+                    Path(f"/proc/sys/net/ipv4/conf/{self.bridge}/rp_filter").write_text(f"{previous}\n")
+                self._rp_filter = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -439,6 +479,7 @@ class Container:
     last_terminated: Obj | None = None
     done: bool = False  # init container completed, or exited for good (restartPolicy)
     frozen: bool = False
+    held: bool = False  # not restarted while held (a test empties its volume meanwhile)
     backoff_steps: int = 0
     identity: Identity = field(default_factory=Identity)
     probes: dict[str, ProbeState] = field(default_factory=dict)
@@ -651,7 +692,7 @@ class PodWorker:
                 self._probe(c, now)
                 return
             self._exited(c, code, now)
-        if c.done or now < c.next_start:
+        if c.done or c.held or now < c.next_start:
             return
         self._start_container(c)
 
@@ -1141,6 +1182,12 @@ class PodWorker:
                 self.sandbox.wait(10)
             self.runner._untrack(self.sandbox.pid)
             self.sandbox = None
+        if self.host_if is not None:
+            # The namespace outlives its processes while the kernel still holds sockets of it (a killed
+            # server's connections closing towards peers that are gone): its eth0 would keep the pod IP
+            # on the bridge, answer ARP for it and reset connections, while kwok gives that IP to the
+            # next pod. Deleting the veth takes the pod off the network at once.
+            _run(["ip", "link", "del", self.host_if], what="veth delete", check=False)
 
     def _delete_object(self) -> None:
         """The pod's processes are gone: remove the object, as the kubelet does (grace period 0)."""
@@ -1174,6 +1221,13 @@ class PodWorker:
         c = self.container(name)
         if c.proc is not None:
             _kill_group(c.proc.pid, sig)
+
+    def hold(self, name: str | None) -> None:
+        """The container is not restarted once it exits, until :meth:`release`."""
+        self.container(name).held = True
+
+    def release(self, name: str | None) -> None:
+        self.container(name).held = False
 
     # ---- status ----------------------------------------------------------------------------------
 
@@ -1389,6 +1443,28 @@ class PodRunner:
         worker = self.worker(namespace, name)
         assert worker.host_if is not None
         self.network.heal(worker.host_if)
+
+    def running(self, namespace: str) -> list[str]:
+        """The pods of ``namespace`` whose processes have not ended yet (deleted ones included)."""
+        with self._lock:
+            return sorted(w.name for w in self._workers.values()
+                          if w.namespace == namespace and not w.terminated.is_set())
+
+    def cut_from_host(self, namespace: str, names: list[str]) -> tuple[list[str], bool]:
+        """Cut the host (the operator) off these pods, which still reach each other: their IPs, and
+        whether both ways are cut (see :meth:`PodNetwork.cut_host`)."""
+        ips = [ip for ip in (self.worker(namespace, name).pod_ip for name in names) if ip]
+        return ips, self.network.cut_host(ips)
+
+    def mend_host(self) -> None:
+        self.network.mend_host()
+
+    def sandbox_pid(self, namespace: str, name: str) -> int:
+        """The process holding the pod's namespaces (`nsenter --net=/proc/PID/ns/net` joins its network)."""
+        sandbox = self.worker(namespace, name).sandbox
+        if sandbox is None or sandbox.poll() is not None:
+            raise PodNotFound(f"pod {namespace}/{name} has no sandbox running")
+        return sandbox.pid
 
     def freeze(self, namespace: str, name: str) -> None:
         self.worker(namespace, name).freeze()

@@ -1,0 +1,171 @@
+"""Nothing acknowledged is lost: runs of the fault-injection harness (e2e/nemesis.py) on the local
+cluster, and what they proved.
+
+It brings up the local cluster of e2e/local (Linux, root, what `bash .ci/setup.sh` built) with the
+operator, then for each mode and each seed runs one nemesis run in a namespace of its own: a fresh
+resource under load (writes acknowledged by ``WAIT 1``, stream entries, a consumer group), the seed's
+faults one after the other (each healed and recovered from before the next), then the checker. It
+prints one line per run, then per mode a table per fault kind: runs, writes and entries acknowledged,
+lost (must be 0), time to recover from the fault (healed -> Ready, topology settled, writes
+acknowledged again; median and max); and for every failing seed the command that replays it. The
+logs of failing runs (operator, containers, events, objects, the workload's record) are kept.
+
+    python bench/nemesis.py --runs N [--mode sentinel|cluster|both] [--seed S] [--smoke]
+                            [--keep DIR] [--operator-commit REV]
+
+``--seed S`` runs seeds S, S+1, ... (default: a random start, printed); the first fault of seed S
+is ``menu[S % len(menu)]``, so consecutive seeds go through every kind. ``--smoke`` is one quick run
+per mode (a redis-server SIGKILLed). ``--operator-commit REV`` runs the operator of that commit
+(``git archive``) instead of the working tree, e.g. while the tree is being edited.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+
+
+def _in_project_venv() -> None:
+    """Run with the project's virtualenv (what .ci/setup.sh makes), whatever `python` started this."""
+    if VENV_PYTHON.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+        os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), str(Path(__file__).resolve()), *sys.argv[1:]])  # noqa: S606
+
+
+_in_project_venv()
+sys.path[:0] = [str(ROOT / "e2e"), str(ROOT / "e2e" / "local"), str(ROOT / "tests" / "support")]
+
+import localcluster  # noqa: E402
+import nemesis  # noqa: E402
+from e2e_support import LocalBackend  # noqa: E402
+
+
+def stamp() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def say(line: str) -> None:
+    print(f"[{stamp()}] {line}", flush=True)
+
+
+def operator_tree(rev: str, into: Path) -> Path:
+    """The operator package of commit ``rev``, extracted under ``into``; the PYTHONPATH entry."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "operator"], capture_output=True,
+                             check=True, timeout=120).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True, timeout=120)
+    return into / "operator"
+
+
+def table(mode: str, results: list[nemesis.RunResult]) -> str:
+    kinds = list(dict.fromkeys(k for k in nemesis.FAULTS[mode] if any(k in r.plan for r in results)))
+    rows = []
+    header = ("fault kind", "runs", "acked writes", "acked entries", "lost", "recover median", "recover max")
+    for kind in [*kinds, "all"]:
+        runs = [r for r in results if kind == "all" or any(f.kind == kind for f in r.faults)
+                or (not r.faults and r.plan.startswith(kind))]
+        times = [f.recover_seconds for r in runs for f in r.faults
+                 if (kind == "all" or f.kind == kind) and f.recover_seconds is not None]
+        unrecovered = sum(1 for r in runs for f in r.faults
+                          if (kind == "all" or f.kind == kind) and f.recover_seconds is None)
+        rows.append((
+            kind, str(len(runs)), f"{sum(r.acked_writes for r in runs):,}",
+            f"{sum(r.acked_entries for r in runs):,}", str(sum(r.lost for r in runs)),
+            f"{statistics.median(times):.1f} s" if times else "-",
+            (f"{max(times):.1f} s" if times else "-") + (f" ({unrecovered} not)" if unrecovered else ""),
+        ))
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
+    lines = [f"{mode}: {len(results)} runs, {sum(r.ok for r in results)} ok"]
+    for row in (header, *rows):
+        lines.append("  " + "  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w)
+                                      for i, (x, w) in enumerate(zip(row, widths, strict=True))))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--runs", type=int, default=10, help="runs per mode")
+    parser.add_argument("--mode", choices=("sentinel", "cluster", "both"), default="both")
+    parser.add_argument("--seed", type=int, default=None, help="the first seed (default: a random one)")
+    parser.add_argument("--smoke", action="store_true", help="one quick run per mode")
+    parser.add_argument("--keep", type=Path, default=None, help="where failing runs' logs go (default: a new "
+                                                                "directory under /tmp)")
+    parser.add_argument("--operator-commit", default=None, help="run the operator of this commit")
+    parser.add_argument("--verbose", action="store_true", help="say what each recovery waited for")
+    parser.add_argument("--keep-all", action="store_true", help="keep the logs of every run, not only failing ones")
+    args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    reason = localcluster.missing_requirements()
+    if reason:
+        print(f"the local cluster cannot run here: {reason}", file=sys.stderr)
+        return 2
+    modes = list(nemesis.MODES) if args.mode == "both" else [args.mode]
+    if args.smoke:
+        plan = {mode: [nemesis.seed_for(mode, "kill-redis", args.seed or 0)] for mode in modes}
+    else:
+        start = args.seed if args.seed is not None else random.SystemRandom().randrange(1_000_000)
+        plan = {mode: list(range(start, start + args.runs)) for mode in modes}
+    keep = args.keep or Path(tempfile.mkdtemp(prefix="rmsg-nemesis-"))
+    keep.mkdir(parents=True, exist_ok=True)
+    say(f"seeds: {', '.join(f'{m} {s[0]}..{s[-1]}' for m, s in plan.items())}; failing runs kept in {keep}")
+
+    began = time.monotonic()
+    results: dict[str, list[nemesis.RunResult]] = {mode: [] for mode in modes}
+    extra = f" --operator-commit {args.operator_commit}" if args.operator_commit else ""
+    with tempfile.TemporaryDirectory(prefix="rmsg-nemesis-operator-") as tree:
+        env = None
+        if args.operator_commit:
+            env = {"PYTHONPATH": str(operator_tree(args.operator_commit, Path(tree)))}
+            say(f"the operator runs commit {args.operator_commit} from {env['PYTHONPATH']}")
+        with localcluster.LocalCluster() as local:
+            local.start_operator(env)
+            say(f"local cluster up in {local.timings['start']:.1f}s")
+            cluster = LocalBackend(local.kubeconfig, local=local)
+            with (keep / "results.jsonl").open("a") as record:
+                for mode in modes:
+                    for seed in plan[mode]:
+                        namespace = f"nemesis-{mode[0]}{seed}-{secrets.token_hex(2)}"
+                        cluster.kubectl("create", "namespace", namespace)
+                        try:
+                            result = nemesis.run_seed(cluster, local, namespace, mode, seed, say=say, keep_dir=keep,
+                                                      operator_env=env, replay_extra=extra,
+                                                      verbose=args.verbose, keep_all=args.keep_all)
+                        finally:
+                            cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+                        results[mode].append(result)
+                        record.write(json.dumps({**asdict(result), "lost": result.lost, "ok": result.ok}) + "\n")
+                        record.flush()
+    total = time.monotonic() - began
+
+    print()
+    for mode in modes:
+        print(table(mode, results[mode]))
+        print()
+    failed = [r for mode in modes for r in results[mode] if not r.ok]
+    print(f"total: {sum(len(r) for r in results.values())} runs in {total / 60:.1f} min "
+          f"({', '.join(f'{m}: {sum(x.seconds for x in results[m]) / 60:.1f} min' for m in modes)})")
+    if failed:
+        print(f"\n{len(failed)} failing seed(s):")
+        for r in failed:
+            print(r.summary())
+    else:
+        print("no failing seed")
+    print("not expressed on this cluster: " + "; ".join(f"{k} ({v})" for k, v in nemesis.NOT_EXPRESSED.items()))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
