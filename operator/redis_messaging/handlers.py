@@ -12,15 +12,13 @@ import kopf
 from redis_messaging import metrics
 from redis_messaging.api import models
 from redis_messaging.builders import names
-from redis_messaging.runtime.indices import entries
+from redis_messaging.runtime.indices import CHILD_INDICES, entries
 from redis_messaging.runtime.operator import Operator
 from redis_messaging.settings import OperatorSettings
 
 SETTINGS = OperatorSettings()  # what `redis-messaging run` starts with; re-read at every operator start
 RESOURCE = (models.GROUP, models.VERSION, models.PLURAL)
 CHILDREN = {names.LABEL_NAME: names.APP_NAME}  # every child of every resource carries it
-CHILD_RESOURCES = ("pods", "statefulsets", "persistentvolumeclaims", "configmaps", "services", "secrets",
-                   "poddisruptionbudgets", "networkpolicies")
 
 
 @kopf.on.startup()
@@ -36,8 +34,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     selector = ",".join(f"{k}={v}" for k, v in CHILDREN.items())
-    for plural in CHILD_RESOURCES:  # only the operator's children, selected by the API server
-        settings.watching.label_selectors[plural] = selector
+    for _index, group, _version, plural in CHILD_INDICES.values():  # only the operator's children, selected by
+        settings.watching.label_selectors[(group, plural) if group else plural] = selector  # the API server
     ours = OperatorSettings()
     operator = await asyncio.to_thread(Operator.from_settings, ours)
     operator.start()
@@ -63,48 +61,13 @@ def observe(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: An
 
 
 # -- the children: indexed (what a pass reads), and their changes wake their owner's pass ----------
-def _child(namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body) -> dict[tuple[str, ...], Any]:
+def child_entries(namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+    """The index entries of one child: under its owner (instance label) and under its name."""
     return entries(namespace or "", name, labels, body, names.LABEL_INSTANCE)
 
 
-@kopf.index("", "v1", "pods", labels=CHILDREN)
-def pods_by_owner(namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    return _child(namespace, name, labels, body)
-
-
-@kopf.index("apps", "v1", "statefulsets", labels=CHILDREN)
-def statefulsets_by_owner(namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    return _child(namespace, name, labels, body)
-
-
-@kopf.index("", "v1", "persistentvolumeclaims", labels=CHILDREN)
-def claims_by_owner(namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    return _child(namespace, name, labels, body)
-
-
-@kopf.index("", "v1", "configmaps", labels=CHILDREN)
-def configmaps_by_owner(namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    return _child(namespace, name, labels, body)
-
-
-@kopf.index("", "v1", "services", labels=CHILDREN)
-def services_by_owner(namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    return _child(namespace, name, labels, body)
-
-
-@kopf.index("", "v1", "secrets", labels=CHILDREN)
-def secrets_by_owner(namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    return _child(namespace, name, labels, body)
-
-
-@kopf.index("policy", "v1", "poddisruptionbudgets", labels=CHILDREN)
-def budgets_by_owner(namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    return _child(namespace, name, labels, body)
-
-
-@kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=CHILDREN)
-def policies_by_owner(namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    return _child(namespace, name, labels, body)
+for _index, _group, _version, _plural in CHILD_INDICES.values():
+    kopf.index(_group, _version, _plural, labels=CHILDREN, id=_index)(child_entries)
 
 
 @kopf.index("autoscaling", "v2", "horizontalpodautoscalers")

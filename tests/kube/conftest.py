@@ -102,6 +102,13 @@ _KUBE_CONFIG_MODULES = (
 )
 
 
+@pytest.fixture
+def needs_controllers(control_plane: ControlPlane) -> None:
+    """For tests that need the controllers of kube-controller-manager (StatefulSets, Deployments, PVs)."""
+    if not control_plane.has_controller_manager:
+        pytest.skip("needs kube-controller-manager (workload and volume controllers) from .ci/control-plane.sh")
+
+
 _FIGURES: list[str] = []
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import yaml
@@ -141,3 +144,18 @@ def operator_running(namespace: str, *, extra_env: dict[str, str] | None = None)
     assert runner.exit_code == 0, output[-4000:]
     where = output.find("Traceback")
     assert where < 0, output[max(0, where - 1500):where + 4000]
+
+
+def redis_server_helper() -> ModuleType:
+    """tests/redis/_server.py (real redis-server processes), imported by path: tests/redis is no package."""
+    found = sys.modules.get("redis_test_server")
+    if found is not None:
+        return found
+    path = Path(__file__).resolve().parents[1] / "redis" / "_server.py"
+    spec = importlib.util.spec_from_file_location("redis_test_server", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -7,20 +7,17 @@ mapped to a closed port, so the topology step finds no Sentinel and takes the on
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from controlplane import ControlPlane, iter_event_summaries
-from helpers import Api, eventually, install_crd, operator_running, rmsg
+from helpers import Api, eventually, install_crd, operator_running, redis_server_helper, rmsg
 from kubernetes import client
 from redis.client import Redis
 
@@ -30,31 +27,13 @@ SELECTOR = f"app={DEPLOYMENT}"
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 
 
-def _load_server_helper() -> ModuleType:
-    """tests/redis/_server.py, imported by path (tests/redis is not a package)."""
-    path = Path(__file__).resolve().parents[1] / "redis" / "_server.py"
-    spec = importlib.util.spec_from_file_location("redis_test_server", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_server = _load_server_helper()
+_server = redis_server_helper()
 
 
 @pytest.fixture(scope="session")
 def api(kube_api: client.ApiClient) -> Api:
     install_crd(kube_api)
     return Api(kube_api)
-
-
-@pytest.fixture
-def needs_controllers(control_plane: ControlPlane) -> None:
-    if not control_plane.has_controller_manager:
-        pytest.skip("needs kube-controller-manager (Deployment and ReplicaSet controllers) from .ci/control-plane.sh")
 
 
 @pytest.fixture

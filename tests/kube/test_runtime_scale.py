@@ -3,20 +3,18 @@ resource costs the others, and what a deleted resource leaves behind."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import sys
 import threading
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
-from controlplane import ControlPlane
-from helpers import Api, eventually, install_crd, operator_running, rmsg
+from helpers import Api, eventually, install_crd, operator_running, redis_server_helper, rmsg
 from kubernetes import client
+from leaks import open_sockets, threads_named
 
 from redis_messaging.runtime import operator as runtime
 
@@ -24,30 +22,13 @@ PASSWORD = "runtime-test-Pa55"
 DEPLOYMENT = "billing-worker"
 
 
-def _load_server_helper() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "redis" / "_server.py"
-    spec = importlib.util.spec_from_file_location("redis_test_server_runtime", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_server = _load_server_helper()
+_server = redis_server_helper()
 
 
 @pytest.fixture(scope="session")
 def api(kube_api: client.ApiClient) -> Api:
     install_crd(kube_api)
     return Api(kube_api)
-
-
-@pytest.fixture
-def needs_controllers(control_plane: ControlPlane) -> None:
-    if not control_plane.has_controller_manager:
-        pytest.skip("needs kube-controller-manager (StatefulSet controller) from .ci/control-plane.sh")
 
 
 def figure(text: str) -> None:
@@ -164,19 +145,6 @@ def test_a_resource_whose_pods_never_answer_delays_neither_passes_nor_ticks_of_a
     silent.close()
 
 
-def open_sockets() -> int:
-    import os
-
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
-                count += 1
-        except OSError:
-            continue
-    return count
-
-
 def test_resources_created_and_deleted_in_a_loop_leave_nothing_behind(
         api: Api, namespace: str, operator_kubeconfig: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     closed = f"127.0.0.1:{_server.free_port()}"  # every pod: refused at once
@@ -211,4 +179,4 @@ def test_resources_created_and_deleted_in_a_loop_leave_nothing_behind(
                    what=f"threads back to {threads} (now {threading.active_count()})")
         eventually(lambda: open_sockets() <= sockets + 2, timeout=15,
                    what=f"sockets back to {sockets} (now {open_sockets()})")
-        assert not [t.name for t in threading.enumerate() if t.name.startswith("failover-watch")]
+        assert not threads_named("failover-watch")

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from controlplane import ControlPlane
 from helpers import Api, eventually, install_crd, operator_running, rmsg
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -32,12 +31,6 @@ DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
 def api(kube_api: client.ApiClient) -> Api:
     install_crd(kube_api)
     return Api(kube_api)
-
-
-@pytest.fixture
-def needs_controllers(control_plane: ControlPlane) -> None:
-    if not control_plane.has_controller_manager:
-        pytest.skip("needs kube-controller-manager (StatefulSet and PV controllers) from .ci/control-plane.sh")
 
 
 @pytest.fixture

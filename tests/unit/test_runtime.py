@@ -3,15 +3,14 @@ resources, and nothing of a deleted resource left behind."""
 
 from __future__ import annotations
 
-import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import pytest
 from fake_kube import FakeKube
+from leaks import open_sockets, threads_named
 
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube
@@ -109,21 +108,6 @@ def test_a_resource_gets_a_pass_when_seen_and_each_pass_runs_on_the_newest_spec(
     assert configmap_says("maxmemory 64mb")
 
 
-def open_sockets() -> int:
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
-                count += 1
-        except OSError:
-            continue
-    return count
-
-
-def watch_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("failover-watch")]
-
-
 def test_nothing_of_a_deleted_resource_is_left(kube: FakeKube, operators: list[Operator]) -> None:
     op = start(kube, Nowhere())
     operators.append(op)
@@ -135,11 +119,12 @@ def test_nothing_of_a_deleted_resource_is_left(kube: FakeKube, operators: list[O
         for name in names:
             eventually(lambda n=name: (c := op.controller("shop", n)) is not None and c.passes > 0,
                        what=f"{name}'s first pass")
-            eventually(lambda n=name: f"failover-watch shop/{n}" in watch_threads(), what=f"{name}'s watch")
+            eventually(lambda n=name: f"failover-watch shop/{n}" in threads_named("failover-watch"),
+                       what=f"{name}'s watch")
         for name in names:
             op.observe("DELETED", rmsg(name))
     assert op.controllers == {}
-    eventually(lambda: watch_threads() == [], what="every watch thread ended")
+    eventually(lambda: threads_named("failover-watch") == [], what="every watch thread ended")
     eventually(lambda: not op.passes.scheduled() and not op.ticks.scheduled(), what="nothing scheduled")
     assert op.autoscaler.resources() == []
     assert len(op.pools._connections) == 0

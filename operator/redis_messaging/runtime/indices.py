@@ -21,18 +21,20 @@ from typing import Any
 Obj = dict[str, Any]
 IndexKey = tuple[str, ...]
 
-# The kinds the operator indexes, as Kopf names its indices (the index functions of handlers.py).
-INDEX_OF_KIND = {
-    "Pod": "pods_by_owner",
-    "StatefulSet": "statefulsets_by_owner",
-    "PersistentVolumeClaim": "claims_by_owner",
-    "ConfigMap": "configmaps_by_owner",
-    "Service": "services_by_owner",
-    "Secret": "secrets_by_owner",
-    "PodDisruptionBudget": "budgets_by_owner",
-    "NetworkPolicy": "policies_by_owner",
-    "HorizontalPodAutoscaler": "autoscalers_by_namespace",
+# The children the operator indexes (those labelled app.kubernetes.io/name=redis-messaging): kind ->
+# (Kopf's name of the index, API group, version, plural). handlers.py registers one index each.
+CHILD_INDICES: dict[str, tuple[str, str, str, str]] = {
+    "Pod": ("pods_by_owner", "", "v1", "pods"),
+    "StatefulSet": ("statefulsets_by_owner", "apps", "v1", "statefulsets"),
+    "PersistentVolumeClaim": ("claims_by_owner", "", "v1", "persistentvolumeclaims"),
+    "ConfigMap": ("configmaps_by_owner", "", "v1", "configmaps"),
+    "Service": ("services_by_owner", "", "v1", "services"),
+    "Secret": ("secrets_by_owner", "", "v1", "secrets"),
+    "PodDisruptionBudget": ("budgets_by_owner", "policy", "v1", "poddisruptionbudgets"),
+    "NetworkPolicy": ("policies_by_owner", "networking.k8s.io", "v1", "networkpolicies"),
 }
+INDEX_OF_KIND = {kind: index for kind, (index, *_) in CHILD_INDICES.items()}
+INDEX_OF_KIND["HorizontalPodAutoscaler"] = "autoscalers_by_namespace"  # indexed whole, by namespace
 
 
 def entries(namespace: str, name: str, labels: Mapping[str, str], body: Mapping[str, Any],
