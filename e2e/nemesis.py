@@ -974,24 +974,27 @@ class Nemesis:
         return f"emptied the volume of {pod} ({f.target}), down {f.hold:.1f}s"
 
     def _rolling_update(self, f: Fault, notes: list[str]) -> str:
-        before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in self.pods()}
         if f.change == "image":
+            rolling = self.pods()
             self.patch_spec({"image": ROLLED_IMAGE})
             change = f"image {IMAGE} -> {ROLLED_IMAGE}"
         else:
+            rolling = self.redis_pods()  # the Sentinels' configuration does not change
             self.patch_spec({"redis": {"config": {"hz": "11"}}})
             change = "redis.config hz 10 -> 11"
+        before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in rolling}
+        after = min(f.after, len(before) - 1)  # the master fails before the last pod rolls
 
         def replaced() -> str | None:
             now = {p["metadata"]["name"]: p["metadata"]["uid"] for p in self.pods()}
             done = sum(1 for name, uid in before.items() if now.get(name) not in (None, uid))
-            return None if done >= f.after else f"{done} of {f.after} pods replaced"
+            return None if done >= after else f"{done} of {after} pods replaced"
 
         try:
             wait_until(replaced, timeout=self.timeouts.trigger, interval=0.2, what="the roll's progress")
         except NotRecovered as exc:
             notes.append(f"the master failed anyway: {exc}")
-        what = f"rolling update ({change}); after {f.after} pod(s) replaced: "
+        what = f"rolling update ({change}); after {after} of {len(before)} pod(s) replaced: "
         return what + self.fail_master(f.how, f.pick, notes)
 
     def _reshard(self, f: Fault, notes: list[str]) -> str:
