@@ -439,6 +439,7 @@ class Container:
     last_terminated: Obj | None = None
     done: bool = False  # init container completed, or exited for good (restartPolicy)
     frozen: bool = False
+    held: bool = False  # not restarted while held (a test empties its volume meanwhile)
     backoff_steps: int = 0
     identity: Identity = field(default_factory=Identity)
     probes: dict[str, ProbeState] = field(default_factory=dict)
@@ -651,7 +652,7 @@ class PodWorker:
                 self._probe(c, now)
                 return
             self._exited(c, code, now)
-        if c.done or now < c.next_start:
+        if c.done or c.held or now < c.next_start:
             return
         self._start_container(c)
 
@@ -1174,6 +1175,13 @@ class PodWorker:
         c = self.container(name)
         if c.proc is not None:
             _kill_group(c.proc.pid, sig)
+
+    def hold(self, name: str | None) -> None:
+        """The container is not restarted once it exits, until :meth:`release`."""
+        self.container(name).held = True
+
+    def release(self, name: str | None) -> None:
+        self.container(name).held = False
 
     # ---- status ----------------------------------------------------------------------------------
 
