@@ -49,7 +49,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -401,12 +401,16 @@ def _free_port() -> int:
 
 
 class LocalCluster:
-    def __init__(self, *, nodes: int = NODES, names_in: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, *, nodes: int = NODES, names_in: Callable[[str], bool] | None = None,
+                 apiserver_args: Iterable[str] = ()) -> None:
         """``names_in``: the namespaces whose pods and Services the hosts files name (default: all).
         The names of pods no process plays (e.g. on extra kwok-only nodes) then resolve nowhere, and
-        thousands of them cost no rewrite of the hosts files."""
+        thousands of them cost no rewrite of the hosts files. ``apiserver_args``: added to (and, for
+        a flag given twice, overriding) the API server's, e.g. a larger --service-cluster-ip-range than
+        the 254 ClusterIPs of the default /24."""
         self.node_names = [f"rmsg-node-{i}" for i in range(nodes)]
         self.names_in = names_in
+        self.apiserver_args = list(apiserver_args)
         self.work = Path(tempfile.mkdtemp(prefix="rmsg-local-"))
         self.control_plane: ControlPlane | None = None
         self.network: PodNetwork | None = None
@@ -469,7 +473,7 @@ class LocalCluster:
         self._record = record = self._step("cleanup and claim", RunRecord.claim)
         record.add_path(self.work)
         self._bridge = record.bridge
-        self.control_plane = cp = ControlPlane(assets)
+        self.control_plane = cp = ControlPlane(assets, extra_apiserver_args=self.apiserver_args)
         self._step("control plane", cp.start)
         self._cp_workdir = cp.workdir
         record.add_path(cp.workdir)
