@@ -87,6 +87,7 @@ KWOK_ONLY_SUBNET = ipaddress.IPv4Network("127.254.0.0/16")  # their pods' IPs (n
 PODS_PER_KWOK_NODE = 100  # of the 110 kwok's nodes allow
 PODS_PER_RESOURCE = 6
 RM_PATH = f"/apis/{models.GROUP}/{models.VERSION}"
+SERVICE_RANGE = "10.0.0.0/16"  # ClusterIPs are only allocated: no kube-proxy, nothing connects to them
 SENTINEL_PORT = 26379
 
 # The targets (DESIGN.md, "Numbers to aim at"), for N = 1000 on 2 cores.
@@ -486,7 +487,9 @@ class Run:
         opts = self.opts
         kwok_pods = PODS_PER_RESOURCE * (opts.count - len(self.real))
         began = time.monotonic()
-        with LocalCluster(names_in=lambda ns: ns != KWOK_NS) as cluster:
+        # three ClusterIP Services a resource: more than the 254 addresses of the local cluster's /24
+        ip_range = f"--service-cluster-ip-range={SERVICE_RANGE}"
+        with LocalCluster(names_in=lambda ns: ns != KWOK_NS, apiserver_args=[ip_range]) as cluster:
             self.fig.phases["cluster up"] = time.monotonic() - began
             assert cluster.api is not None
             assert cluster.control_plane is not None
