@@ -54,6 +54,7 @@ import logging
 import math
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -217,6 +218,158 @@ def operator_pid(cluster: LocalCluster, timeout: float = 60.0) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# --diagnose: a sitecustomize module on the operator's PYTHONPATH (no change to the operator's code)
+
+DIAG_HOOK = r'''"""Written by bench/scale.py --diagnose. SIGUSR2: every thread's name and CPU time; SIGUSR1: that, a
+summary of the stacks, the operator's indices by kind (deep size) and objects by type. Each answer is one
+block on stderr (the operator's log: the process's own files are in its copy-on-write root)."""
+import collections, gc, itertools, logging, os, signal, sys, threading, traceback
+
+logging.getLogger("redis_messaging.runtime").setLevel(logging.DEBUG)  # "pass N done in X s; next in"
+_SEQ = itertools.count(1)
+
+
+def _threads():
+    out = []
+    for t in threading.enumerate():
+        try:
+            with open(f"/proc/self/task/{t.native_id}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out.append(f"thread\t{t.native_id}\t{t.name}\t{int(fields[11]) + int(fields[12])}")
+        except (OSError, TypeError):
+            pass
+    return out
+
+
+def _deep(obj, seen):
+    size, stack = 0, [obj]
+    while stack:
+        o = stack.pop()
+        if id(o) in seen:
+            continue
+        seen.add(id(o))
+        size += sys.getsizeof(o)
+        if isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            stack.extend(o)
+    return size
+
+
+def _full():
+    out = _threads()
+    tops = collections.Counter()
+    for frame in sys._current_frames().values():
+        stack = traceback.extract_stack(frame)
+        ours = [f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in stack
+                if "redis_messaging" in f.filename or "/kopf/" in f.filename]
+        last = stack[-1]
+        tops[" <- ".join(reversed(ours[-2:])) + f" | {os.path.basename(last.filename)}:{last.lineno} {last.name}"] += 1
+    out += [f"stack\t{n}\t{where}" for where, n in tops.most_common(12)]
+    from redis_messaging.runtime import operator as runtime
+    op = runtime.current()
+    if op is not None:
+        out.append(f"controllers\t{len(op.controllers)}")
+        seen = set()
+        for kind, index in op.indices._by_kind.items():
+            entries = [o for key in list(index.keys()) for o in list(index.get(key) or [])]
+            size = sum(_deep(o, seen) for o in entries)
+            out.append(f"index\t{kind}\t{len(entries)}\t{size}")
+    types = collections.Counter(type(o).__name__ for o in gc.get_objects())
+    out += [f"type\t{name}\t{n}" for name, n in types.most_common(10)]
+    return out
+
+
+def _answer(seq, what):
+    try:
+        lines = what()
+    except Exception as exc:
+        lines = [f"error\t{exc!r}"]
+    block = "".join(f"RMSG-DIAG {seq}\t{line}\n" for line in [*lines, "end"])
+    os.write(2, block.encode())  # one write: not interleaved with the log's lines
+
+
+def _on(what):
+    return lambda *_: threading.Thread(target=_answer, args=(next(_SEQ), what), daemon=True).start()
+
+
+signal.signal(signal.SIGUSR2, _on(_threads))
+signal.signal(signal.SIGUSR1, _on(_full))
+'''
+
+
+class Diagnosis:
+    """Asks the operator (through the hook) for its threads' CPU time, stacks and index sizes; the answers
+    are read from its log, and kept in ``directory``."""
+
+    def __init__(self, directory: Path, pid: int, log_path: Path) -> None:
+        self.dir = directory
+        self.pid = pid
+        self.log_path = log_path
+        self.count = 0
+
+    @staticmethod
+    def install(directory: Path) -> dict[str, str]:
+        """The hook's module in ``directory``; the operator's environment that loads it."""
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "sitecustomize.py").write_text(DIAG_HOOK)
+        return {"PYTHONPATH": f"{ROOT / 'operator'}:{directory}"}
+
+    def ask(self, full: bool, name: str) -> list[list[str]]:
+        self.count += 1
+        prefix = f"RMSG-DIAG {self.count}\t"
+        offset = self.log_path.stat().st_size
+        os.kill(self.pid, signal.SIGUSR1 if full else signal.SIGUSR2)
+
+        def answer() -> list[str] | None:
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+            lines = [line[len(prefix):] for line in text.splitlines() if line.startswith(prefix)]
+            return lines if lines and lines[-1] == "end" else None
+
+        try:
+            lines = eventually(answer, timeout=120, interval=0.2, what=f"the operator's answer {self.count}")
+        except TimeoutError:
+            return []
+        (self.dir / f"{self.count:02d}-{name}.tsv").write_text("\n".join(lines) + "\n")
+        return [line.split("\t") for line in lines[:-1]]
+
+
+def thread_group(name: str) -> str:
+    """`failover-watch ns/name` -> `failover-watch`, `pass_3` -> `pass`, `ThreadPoolExecutor-0_5` -> ..."""
+    return re.sub(r"[_-]\d+$", "", name.split(" ", 1)[0])
+
+
+def thread_cpu(before: list[list[str]], after: list[list[str]], seconds: float) -> list[tuple[str, int, float]]:
+    """(group, threads, cores) between two answers, busiest first."""
+    was = {row[1]: int(row[3]) for row in before if row[0] == "thread"}
+    groups: dict[str, list[float]] = {}
+    for row in after:
+        if row[0] == "thread":
+            used = (int(row[3]) - was.get(row[1], 0)) / CLK_TCK / seconds
+            groups.setdefault(thread_group(row[2]), []).append(used)
+    return sorted(((g, len(v), sum(v)) for g, v in groups.items()), key=lambda x: -x[2])
+
+
+LOG_PASS = re.compile(r"^(\S+ \S+) DEBUG redis_messaging\.runtime\.controller: \S+: pass \d+ done in ([0-9.]+)s")
+
+
+def pass_durations(log_path: Path, since: float, until: float) -> list[float]:
+    """Pass durations the operator logged (DEBUG, with --diagnose) between two times."""
+    out = []
+    with log_path.open(errors="replace") as f:
+        for line in f:
+            m = LOG_PASS.match(line)
+            if m:
+                at = time.mktime(time.strptime(m.group(1).split(",")[0], "%Y-%m-%d %H:%M:%S"))
+                if since <= at <= until:
+                    out.append(float(m.group(2)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
 # the audit log
 
 
@@ -305,10 +458,10 @@ def add_kwok_nodes(api: KubeApi, count: int, timeout: float = 120.0) -> None:
         time.sleep(0.5)
 
 
-def resource(name: str, real: bool) -> Obj:
+def resource(name: str, real: bool, volumes: bool = True) -> Obj:
     spec: Obj = {"mode": "sentinel", "image": REAL_IMAGE if real else UNPLAYED_IMAGE,
                  "redis": {"replicas": 3}, "sentinel": {"replicas": 3, "quorum": 2},
-                 "persistence": {"mode": "aof", "storage": {"size": "1Gi"}}}
+                 "persistence": {"mode": "aof", "storage": {"size": "1Gi"}} if volumes else {"mode": "none"}}
     if real:
         spec["sentinel"]["downAfterMilliseconds"] = 2000  # a shorter wait for each failover of the bench
     else:
@@ -443,6 +596,9 @@ class Options:
     changes: int
     failovers: int
     create_timeout: float
+    kwok_volumes: bool = False
+    operator_env: dict[str, str] = field(default_factory=dict)
+    diagnose: Path | None = None
     progress_every: float = 15.0
 
 
@@ -465,7 +621,10 @@ class Figures:
     idle_load: str = ""
     idle_requests: int | None = None
     idle_breakdown: list[tuple[str, int]] = field(default_factory=list)
+    idle_log_lines: float = math.nan  # operator log lines per minute at idle
+    diag: list[str] = field(default_factory=list)
     spec: list[float] = field(default_factory=list)
+    spec_slowest: list[tuple[float, str]] = field(default_factory=list)
     spec_load: str = ""
     failover: list[float] = field(default_factory=list)
     failover_first: list[float] = field(default_factory=list)
@@ -502,8 +661,13 @@ class Run:
                 cluster.api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                                           "metadata": {"name": ns}})
             env = {"REDIS_MESSAGING_RESYNC_SECONDS": f"{opts.resync:g}"} if opts.resync != 30 else {}
+            env.update(opts.operator_env)
+            if opts.diagnose is not None:
+                env.update(Diagnosis.install(opts.diagnose / f"n{opts.count}"))
             cluster.start_operator(env)
             pid = operator_pid(cluster)
+            self.diagnosis = (Diagnosis(opts.diagnose / f"n{opts.count}", pid, cluster.operator_log_path)
+                              if opts.diagnose else None)
             assert cluster.operator_user is not None
             self.audit = AuditLog(cluster.control_plane.audit_log_path, cluster.operator_user)
             self.watches = Watches(cluster.api).start()
@@ -560,7 +724,8 @@ class Run:
         start = time.time()
 
         def post(r: Res) -> None:
-            self.api.request("POST", f"{RM_PATH}/namespaces/{r.namespace}/{models.PLURAL}", resource(r.name, r.real))
+            body = resource(r.name, r.real, volumes=r.real or opts.kwok_volumes)
+            self.api.request("POST", f"{RM_PATH}/namespaces/{r.namespace}/{models.PLURAL}", body)
 
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             list(pool.map(post, self.res))
@@ -598,6 +763,11 @@ class Run:
         fig.components = {k: (cpu_after[k] - cpu_before[k]) / (end - start) for k in cpu_after if k in cpu_before}
         fig.create_requests = len(self.audit.requests(start, end))
         fig.phases["create"] = end - start
+        if self.diagnosis is not None:
+            durations = pass_durations(self.cluster.operator_log_path, start, end)
+            if durations:
+                fig.diag.append(f"passes while creating: {len(durations)}, p50 {percentile(durations, 50):.3f} s, "
+                                f"p90 {percentile(durations, 90):.3f} s, max {max(durations):.3f} s")
 
     def alive(self) -> None:
         operator = self.cluster.operator
@@ -613,11 +783,25 @@ class Run:
         time.sleep(opts.settle)
         self.alive()
         self.audit.skip()
+        threads_before = self.diagnosis.ask(False, "idle-start") if self.diagnosis else []
+        log_from = self.cluster.operator_log_path.stat().st_size
         start = time.time()
         self.sampler.sample()
         time.sleep(opts.idle)
         self.sampler.sample()
         end = time.time()
+        fig.idle_log_lines = self.log_lines(log_from) / ((end - start) / 60)
+        if self.diagnosis is not None:
+            after = self.diagnosis.ask(True, "idle-end")
+            fig.diag += [f"idle CPU by thread: {g} x{n}: {cores:.3f} core"
+                         for g, n, cores in thread_cpu(threads_before, after, end - start)[:6]]
+            fig.diag += [f"indices: {row[1]}: {row[2]} objects, {int(row[3]) / 2**20:.1f} MiB (deep size)"
+                         for row in after if row[0] == "index"]
+            fig.diag += [f"stacks: {row[1]} x {row[2]}" for row in after if row[0] == "stack"][:6]
+            durations = pass_durations(self.cluster.operator_log_path, start, end)
+            if durations:
+                fig.diag.append(f"passes at idle: {len(durations)}, p50 {percentile(durations, 50):.3f} s, "
+                                f"p90 {percentile(durations, 90):.3f} s, max {max(durations):.3f} s")
         time.sleep(2)  # the last requests' events reach the file
         events = self.audit.requests(start, end)
         fig.idle_seconds = end - start
@@ -629,6 +813,12 @@ class Run:
         fig.phases["settle + idle"] = opts.settle + opts.idle + 2
         self.say(f"idle: {fig.idle_cpu:.3f} core, {fig.idle_rss:.0f} MiB, {len(events)} requests "
                  f"in {fig.idle_seconds:.0f}s ({', '.join(f'{k}: {v}' for k, v in fig.idle_breakdown)})")
+
+    def log_lines(self, offset: int) -> int:
+        """Lines the operator logged since ``offset``."""
+        with self.cluster.operator_log_path.open("rb") as f:
+            f.seek(offset)
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
     # ---- failovers -------------------------------------------------------------------------------
 
@@ -782,6 +972,7 @@ class Run:
                 fig.notes.append(f"spec change {k + 1} of {r.key}: {exc}")
                 continue
             fig.spec.append(seen - sent)
+            fig.spec_slowest = sorted([*fig.spec_slowest, (seen - sent, r.key)], reverse=True)[:3]
             time.sleep(random.uniform(0.2, 1.0))
         fig.spec_load = load()
         fig.phases["spec changes"] = time.monotonic() - began
@@ -841,10 +1032,15 @@ def report(fig: Figures) -> list[str]:
         lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     if fig.idle_breakdown:
         lines.append("  requests at idle: " + ", ".join(f"{k} x{v}" for k, v in fig.idle_breakdown))
+    if not math.isnan(fig.idle_log_lines):
+        lines.append(f"  operator log at idle: {fig.idle_log_lines:.0f} lines/min")
+    if fig.spec_slowest:
+        lines.append("  slowest spec changes: " + ", ".join(f"{k} {t * 1000:.0f} ms" for t, k in fig.spec_slowest))
     if fig.components:
         lines.append("  CPU while creating, cores: " + ", ".join(
             f"{k} {v:.2f}" for k, v in sorted(fig.components.items(), key=lambda kv: -kv[1])))
     lines.append("  phases: " + ", ".join(f"{k} {v:.0f} s" for k, v in fig.phases.items()))
+    lines += [f"  diagnosis: {d}" for d in fig.diag]
     lines += [f"  note: {n}" for n in fig.notes]
     return lines
 
@@ -861,6 +1057,15 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=None, help="seconds of the idle window (default two periods)")
     parser.add_argument("--changes", type=int, default=30, help="spec changes per run")
     parser.add_argument("--failovers", type=int, default=20, help="failovers per run")
+    parser.add_argument("--kwok-volumes", action="store_true",
+                        help="kwok-only resources with persistent volumes too (default: persistence none; their "
+                        "claims are bound by the local cluster's provisioner and kube-controller-manager's binder "
+                        "at a few per second)")
+    parser.add_argument("--operator-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment of the operator, e.g. REDIS_MESSAGING_MAX_CONCURRENT_PASSES=32")
+    parser.add_argument("--diagnose", type=Path, default=None, metavar="DIR",
+                        help="load a hook into the operator (sitecustomize in DIR; DEBUG log of its runtime) and "
+                        "report its threads' CPU at idle, its index sizes and pass durations")
     args = parser.parse_args()
     if args.smoke:
         args.counts, args.real, args.changes, args.failovers = "3", 1, 3, 1
@@ -883,7 +1088,8 @@ def main() -> int:
                        settle=2 * resync if args.settle is None else args.settle,
                        idle=max(60.0, 2 * resync) if args.idle is None else args.idle,
                        changes=args.changes, failovers=args.failovers,
-                       create_timeout=300 + 1.5 * n)
+                       create_timeout=300 + 1.5 * n, kwok_volumes=args.kwok_volumes,
+                       operator_env=dict(e.split("=", 1) for e in args.operator_env), diagnose=args.diagnose)
         print(f"== N = {n}  (load {load()})", flush=True)
         step = time.monotonic()
         fig = Run(opts)()
