@@ -49,7 +49,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -58,7 +58,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO / "tests" / "kube"))  # tests/kube/controlplane.py
 
-from controlplane import ControlPlane, locate_assets  # noqa: E402
+from controlplane import OPERATOR_USER, ControlPlane, locate_assets  # noqa: E402
 from kubeapi import KubeApi, Obj, Reflector, quote, selector_matches  # noqa: E402
 from podrunner import (  # noqa: E402
     CLUSTER_DOMAIN,
@@ -186,9 +186,11 @@ class HostsFiles:
     """The cluster's names: one hosts file per namespace (and one for the operator), rewritten
     atomically in a directory that pods mount (their /etc/hosts is a symlink into it)."""
 
-    def __init__(self, api: KubeApi, root: Path, domain: str = CLUSTER_DOMAIN) -> None:
+    def __init__(self, api: KubeApi, root: Path, domain: str = CLUSTER_DOMAIN,
+                 include: Callable[[str], bool] | None = None) -> None:
         self.root = root
         self.domain = domain
+        self.include = include  # namespaces whose pods and Services get names (None: all)
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -229,6 +231,8 @@ class HostsFiles:
         return directory
 
     def _changed(self, key: str, old: Obj | None, new: Obj | None) -> None:
+        if self.include is not None and not self.include(key.split("/", 1)[0]):
+            return  # nothing of it is named: no rewrite
         self._dirty.set()
 
     def _writer(self) -> None:
@@ -245,8 +249,10 @@ class HostsFiles:
 
     def render(self) -> dict[str, str]:
         """namespace ("" for the operator's) -> hosts file content."""
-        pods = [p for p in self.pods.items() if (p.get("status") or {}).get("podIP")]
-        services = self.services.items()
+        named = self.include or (lambda namespace: True)
+        pods = [p for p in self.pods.items()
+                if (p.get("status") or {}).get("podIP") and named(p["metadata"]["namespace"])]
+        services = [s for s in self.services.items() if named(s["metadata"]["namespace"])]
         entries: list[tuple[str, str, str]] = []  # (ip, fqdn, namespace)
         aliases: dict[str, list[tuple[str, str]]] = {}  # namespace -> (ip, name relative to it)
 
@@ -395,8 +401,16 @@ def _free_port() -> int:
 
 
 class LocalCluster:
-    def __init__(self, *, nodes: int = NODES) -> None:
+    def __init__(self, *, nodes: int = NODES, names_in: Callable[[str], bool] | None = None,
+                 apiserver_args: Iterable[str] = ()) -> None:
+        """``names_in``: the namespaces whose pods and Services the hosts files name (default: all).
+        The names of pods no process plays (e.g. on extra kwok-only nodes) then resolve nowhere, and
+        thousands of them cost no rewrite of the hosts files. ``apiserver_args``: added to (and, for
+        a flag given twice, overriding) the API server's, e.g. a larger --service-cluster-ip-range than
+        the 254 ClusterIPs of the default /24."""
         self.node_names = [f"rmsg-node-{i}" for i in range(nodes)]
+        self.names_in = names_in
+        self.apiserver_args = list(apiserver_args)
         self.work = Path(tempfile.mkdtemp(prefix="rmsg-local-"))
         self.control_plane: ControlPlane | None = None
         self.network: PodNetwork | None = None
@@ -408,6 +422,7 @@ class LocalCluster:
         self.runner: PodRunner | None = None
         self.operator: Process | None = None
         self.operator_kubeconfig: Path | None = None
+        self.operator_user: str | None = None  # the operator's user name in the audit log
         self.api: KubeApi | None = None
         self.timings: dict[str, float] = {}
         self._operator_starts = 0
@@ -458,7 +473,7 @@ class LocalCluster:
         self._record = record = self._step("cleanup and claim", RunRecord.claim)
         record.add_path(self.work)
         self._bridge = record.bridge
-        self.control_plane = cp = ControlPlane(assets)
+        self.control_plane = cp = ControlPlane(assets, extra_apiserver_args=self.apiserver_args)
         self._step("control plane", cp.start)
         self._cp_workdir = cp.workdir
         record.add_path(cp.workdir)
@@ -484,7 +499,7 @@ class LocalCluster:
         ], logs / "kwok.log")
         self._step("nodes", lambda: self._create_nodes(record.subnet))
 
-        self.hosts = HostsFiles(api, self.work / "dns")
+        self.hosts = HostsFiles(api, self.work / "dns", include=self.names_in)
         self._step("hosts", self.hosts.start)
         self.provisioner = HostPathProvisioner(api, self.work / "volumes")
         self._step("provisioner", self.provisioner.start)
@@ -608,10 +623,12 @@ class LocalCluster:
         if os.environ.get("E2E_LOCAL_OPERATOR_RBAC", "chart") == "masters":
             log.warning("E2E_LOCAL_OPERATOR_RBAC=masters: the operator runs as system:masters, not the chart's RBAC")
             self.operator_kubeconfig = self.control_plane.operator_kubeconfig
+            self.operator_user = OPERATOR_USER
             return
         if helm is None:
             log.warning("no helm: the operator runs with the control plane's operator identity (system:masters)")
             self.operator_kubeconfig = self.control_plane.operator_kubeconfig
+            self.operator_user = OPERATOR_USER
             return
         rendered = subprocess.run(
             [str(helm), "template", OPERATOR_RELEASE, str(REPO / "charts" / "redis-messaging-operator"),
@@ -629,6 +646,7 @@ class LocalCluster:
             raise LocalClusterError(f"expected one ServiceAccount of the chart, found {names}")
         token = self.control_plane.token_for_service_account(OPERATOR_NAMESPACE, names[0], 48 * 3600)
         self.operator_kubeconfig = self.control_plane.kubeconfig_for_token(token, "chart-operator")
+        self.operator_user = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{names[0]}"
 
     @property
     def operator_log_path(self) -> Path:
