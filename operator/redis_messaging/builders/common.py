@@ -7,7 +7,7 @@ import base64
 from typing import Any
 
 from redis_messaging.api.models import RedisMessagingSpec
-from redis_messaging.builders import config, names, pods
+from redis_messaging.builders import config, names, pods, tls
 from redis_messaging.builders.names import Owner
 
 Obj = dict[str, Any]
@@ -36,6 +36,24 @@ def generated_auth_secret(owner: Owner, name: str | None = None) -> Obj:
     m = meta(owner, name or owner.auth_secret, names.COMPONENT_REDIS)
     m["annotations"] = {names.ANNOTATION_GENERATED: "true"}
     return {"apiVersion": "v1", "kind": "Secret", "metadata": m, "type": "Opaque"}
+
+
+def connection_secret(owner: Owner, component: str, data: dict[str, str], password: str | None,
+                      tls_facts: tls.Facts | None) -> Obj:
+    """The Secret applications mount to connect: the mode's addresses and URLs in ``data``, then the
+    password and, with TLS, the CA that signed the servers' certificates (``ca.crt``)."""
+    data = dict(data)
+    if password is not None:
+        data["password"] = password
+    if tls_facts is not None:
+        data[tls.CA_FILE] = tls_facts.ca
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta(owner, owner.connection_secret, component),
+        "type": "Opaque",
+        "data": {k: b64(v) for k, v in sorted(data.items())},
+    }
 
 
 def b64(value: str) -> str:

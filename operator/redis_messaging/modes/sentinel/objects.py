@@ -30,17 +30,7 @@ def connection_secret(spec: RedisMessagingSpec, owner: Owner, password: str | No
         "url": f"{scheme}://{cred}{host}:{names.REDIS_PORT}/0",
         "sentinelUrl": f"{scheme}+sentinel://{cred}{sentinel_host}:{names.SENTINEL_PORT}/{owner.master_name}/0",
     }
-    if password is not None:
-        data["password"] = password
-    if tls_facts is not None:
-        data[tls.CA_FILE] = tls_facts.ca
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": common.meta(owner, owner.connection_secret, names.COMPONENT_REDIS),
-        "type": "Opaque",
-        "data": {k: common.b64(v) for k, v in sorted(data.items())},
-    }
+    return common.connection_secret(owner, names.COMPONENT_REDIS, data, password, tls_facts)
 
 
 def services(owner: Owner) -> list[Obj]:
