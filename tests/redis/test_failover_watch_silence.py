@@ -5,6 +5,7 @@ that follows is seen through another Sentinel. Real redis-server and redis-senti
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -182,3 +183,20 @@ def test_a_failover_made_while_the_watch_was_deaf_is_followed_once_it_listens_ag
             env.cont(first)
     assert reported_at - listening_again < CAUGHT_UP_WITHIN
     assert (switch.old, switch.new) == (old_master, new_master)
+
+
+def test_sentinels_that_never_answer_are_logged_once_each_not_at_every_round(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A resource whose Sentinels are all unreachable (its pods not started, a whole node lost) keeps
+    its watch retrying; the log says so once per Sentinel, not three lines per round for ever."""
+    ports = []
+    for _ in range(3):
+        with socket.socket() as s:  # a port nothing listens on: connection refused at once
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    nowhere = [("127.0.0.1", p) for p in ports]
+    caplog.set_level(logging.INFO, logger=rs.__name__)
+    with Watch(lambda: nowhere):
+        time.sleep(4.0)  # rounds after 0.5, 1 and 2 s of backoff: at least four rounds
+    failures = [r for r in caplog.records if r.name == rs.__name__ and "no subscription" in r.getMessage()]
+    assert sorted((str(r.args[0]), int(r.args[1])) for r in failures if isinstance(r.args, tuple)) == sorted(nowhere)

@@ -363,7 +363,7 @@ def watch_switch_master(conns: Connections, sentinels: Callable[[], Iterable[Add
     of the same switch), so it must be idempotent.
     """
     backoff = poll
-    last_error = ""
+    last_error: dict[Address, str] = {}  # per Sentinel: a failure is logged when it changes, not each round
     known: tuple[Address, int] | None = None  # the master last reported or found, and its config-epoch
     while not stopped.is_set():
         for address in list(sentinels()):
@@ -382,7 +382,8 @@ def watch_switch_master(conns: Connections, sentinels: Callable[[], Iterable[Add
                         known = named
                 if last_error:
                     log.info("sentinel %s:%s: subscribed to +switch-master", *address)
-                last_error, backoff = "", poll
+                last_error.clear()
+                backoff = poll
                 heard = pinged = time.monotonic()
                 while not stopped.is_set():
                     now = time.monotonic()
@@ -414,9 +415,9 @@ def watch_switch_master(conns: Connections, sentinels: Callable[[], Iterable[Add
                 if isinstance(exc, SilentSentinel):
                     log.warning("sentinel %s:%s: %s on the +switch-master subscription; trying the next one",
                                 *address, exc)
-                elif error != last_error:
+                elif error != last_error.get(address):
                     log.info("sentinel %s:%s: no subscription (%s); trying the next one", *address, error)
-                last_error = error
+                last_error[address] = error
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     pubsub.close()
