@@ -35,16 +35,17 @@ def spec(persistence: str) -> models.RedisMessagingSpec:
         "mode": "cluster",
         "cluster": {"shards": 3, "replicasPerShard": 1, "nodeTimeout": 3000},
         "persistence": {"mode": persistence},
-        "redis": {"config": {"repl-diskless-sync-delay": "0"}},
+        # a second cluster-node-timeout line (the last one counts, for redis-server and the start script)
+        "redis": {"config": {"repl-diskless-sync-delay": "0", "cluster-node-timeout": "2000"}},
     })
 
 
 class Shard:
-    """Shard 0 of a healthy three-shard cluster: its master, its replica, keys that live on it."""
+    """A shard of a healthy three-shard cluster: its master, its replica, keys that live on it."""
 
-    def __init__(self, env: ClusterEnv) -> None:
+    def __init__(self, env: ClusterEnv, index: int = 0) -> None:
         self.env = env
-        pods = env.shard_pods(0)
+        pods = env.shard_pods(index)
         self.master = next(p for p in pods if env.myself(p).is_master)
         self.replica = next(p for p in pods if p != self.master)
         lo, hi = env.myself(self.master).slots[0]
@@ -100,14 +101,24 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Cl
         yield env, shard
 
 
-def restart_without_data(env: ClusterEnv, pod: str) -> None:
-    """SIGKILL, the data files gone (nodes.conf kept), started again at once."""
-    env.kill(pod, signal.SIGKILL)
-    data = env.pod(pod).data_dir
-    shutil.rmtree(data / "appendonlydir", ignore_errors=True)
-    (data / "dump.rdb").unlink(missing_ok=True)
-    assert (data / "nodes.conf").exists()
-    env.start([pod], timeout=40)
+def restart_without_data(env: ClusterEnv, *pods: str) -> None:
+    """SIGKILL, the data files gone (nodes.conf kept), started again at once (all together)."""
+    for pod in pods:
+        env.kill(pod, signal.SIGKILL)
+        data = env.pod(pod).data_dir
+        shutil.rmtree(data / "appendonlydir", ignore_errors=True)
+        (data / "dump.rdb").unlink(missing_ok=True)
+        assert (data / "nodes.conf").exists()
+    env.start(list(pods), timeout=60)
+
+
+def settled(env: ClusterEnv, shard: Shard) -> str | None:
+    """The shard's master, once one pod is master and the other a replica with its link up."""
+    masters = [p for p in (shard.master, shard.replica) if env.myself(p).is_master]
+    others = [p for p in (shard.master, shard.replica) if p not in masters]
+    if len(masters) == 1 and env.client(others[0]).info("replication").get("master_link_status") == "up":
+        return masters[0]
+    return None
 
 
 @pytest.mark.parametrize("cluster", ["none", "aof"], indirect=True)
@@ -115,16 +126,8 @@ def test_a_master_back_without_its_data_hands_over_to_its_replica(cluster: tuple
     env, shard = cluster
     restart_without_data(env, shard.master)
 
-    def settled() -> str | None:
-        """The shard's master, once one pod is master and the other a replica with its link up."""
-        masters = [p for p in (shard.master, shard.replica) if env.myself(p).is_master]
-        others = [p for p in (shard.master, shard.replica) if p not in masters]
-        if len(masters) == 1 and env.client(others[0]).info("replication").get("master_link_status") == "up":
-            return masters[0]
-        return None
-
-    eventually(settled, 30, "shard 0 settled")
-    master = settled()
+    eventually(lambda: settled(env, shard), 30, "shard 0 settled")
+    master = settled(env, shard)
     assert master is not None
     # every acknowledged write is there, on both pods; the replica that held them took over
     assert shard.present(master) == KEYS, f"{shard.present(master)} of {KEYS} acknowledged keys on {master}"
@@ -151,3 +154,18 @@ def test_a_master_whose_replica_does_not_answer_starts_as_the_master_it_was(
                f"{shard.replica} following {shard.master} again")
     assert env.myself(shard.master).is_master
     assert shard.present(shard.replica) == KEYS
+
+
+@pytest.mark.parametrize("cluster", ["none"], indirect=True)
+def test_two_of_three_masters_back_without_data_at_once_hand_over_without_a_majority_to_vote(
+        cluster: tuple[ClusterEnv, Shard]) -> None:
+    """Two masters down together (one node holding both): no take-over can win the masters' vote, so
+    each start script has its replica take over without one; the cluster does not stay down."""
+    env, shard = cluster
+    other = Shard(env, 1)
+    restart_without_data(env, shard.master, other.master)
+    for s in (shard, other):
+        eventually(lambda s=s: settled(env, s) == s.replica, 30, f"{s.replica} the master, {s.master} its replica")
+    assert shard.present(shard.replica) == KEYS
+    eventually(lambda: shard.present(shard.master) == KEYS, 10, f"the keys back on {shard.master}")
+    assert env.cluster_info(shard.replica)["cluster_state"] == "ok"

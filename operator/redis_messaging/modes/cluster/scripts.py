@@ -29,62 +29,97 @@ REDIS_ROLE_SH = r"""# Sourced by redis-start.sh in Cluster mode: the name this n
   if [ -n "${RMSG_ANNOUNCE_IP:-}" ]; then echo "cluster-announce-ip $RMSG_ANNOUNCE_IP"; fi
 } >>"$conf"
 
-# A master that restarts cannot vouch for its data: `appendfsync everysec` may not have written its
-# last writes, an RDB is older still, with persistence none or an emptied volume nothing is left. A
-# replica that was in sync with it until it died holds every write acknowledged with WAIT. Started as
-# the master its nodes.conf names, this node would be followed by that replica, which would full-sync
-# from it and drop what only it held. So before redis-server starts, the richest such replica takes
-# over (CLUSTER FAILOVER FORCE: the masters vote, its epoch is new); this node then starts, hears the
-# newer epoch and follows it. When the replicas lost the link before this node's last write (they lack
-# writes it holds), none answers, or none is in sync, it starts as the master it was.
-# RMSG_HANDOVER_SECONDS bounds the wait for the take-over; past it the start fails and the kubelet
-# starts it again (it never serves as the master of data it may lack while a richer replica lives).
+# A master that restarts cannot always vouch for its data: with `appendfsync everysec` its AOF may lack
+# the last writes (Redis postpones the write while an fsync is slow, and answers the clients anyway),
+# an RDB is older still, with persistence none or an emptied volume nothing is left. A replica that
+# kept its link until this node's last persisted write holds every write acknowledged with WAIT.
+# Started as the master its nodes.conf names, this node would be followed by that replica, which would
+# full-sync from it and drop what only it held. So before redis-server starts, the replica with the
+# highest offset among those takes over (CLUSTER FAILOVER FORCE: the masters vote, its epoch is new;
+# TAKEOVER when no vote is won within two node timeouts, e.g. most masters down with this one: this
+# node, the only other owner of these slots, is not running); this node then starts, hears the newer
+# epoch and follows it. The trade: a write acknowledged without WAIT in the last moment before the
+# crash may be lost, as `everysec` may lose it anyway. With `appendonly yes` and `appendfsync always`
+# every acknowledged write is in the AOF, and the node starts as the master it was. It also does when
+# no replica answers (after waiting up to RMSG_HANDOVER_SEARCH_SECONDS for one when it persisted
+# nothing), or none was in sync. Until the take-over is seen (RMSG_HANDOVER_SECONDS) the node does not
+# start; past it the start fails and the kubelet starts it again.
+
+# conf_value KEY: the value redis-server takes for KEY in $conf (the last line wins).
+conf_value() { awk -v k="$1" '$1 == k { v = $2 } END { print v }' "$conf"; }
+
+# owned_slots ID: the slot fields of node ID's line of the CLUSTER NODES text on stdin ("[...]" fields
+# are slots being moved, not owned); empty when the line is missing.
+owned_slots() { awk -v id="$1" '$1 == id { n = 0; for (i = 9; i <= NF; i++) if ($i !~ /^\[/) n++; print n }'; }
+
 cluster_handover() {
-  nodes="$(awk '$1 == "cluster-config-file" { print $2 }' "$conf")"
+  nodes="$(conf_value cluster-config-file)"
   [ -s "$nodes" ] || return 0
-  me="$(awk '$3 ~ /myself/ && $3 ~ /master/ && NF > 8 { print $1 }' "$nodes")"
-  [ -n "$me" ] || return 0  # a replica, or a master without slots: nothing to hand over
-  data_dir="$(dirname "$nodes")"
+  me="$(awk '$3 ~ /myself/ && $3 ~ /master/ { print $1 }' "$nodes")"
+  [ -n "$me" ] && [ "$(owned_slots "$me" <"$nodes")" -gt 0 ] || return 0
   # When this node last persisted data (its newest AOF or RDB file); nothing persisted: never.
-  last_write="$(find "$data_dir" -maxdepth 2 -type f \( -name '*.aof' -o -name '*.rdb' \) -size +0 \
+  last_write="$(find "$(dirname "$nodes")" -maxdepth 2 -type f \( -name '*.aof' -o -name '*.rdb' \) -size +0 \
     -exec stat -c %Y {} + 2>/dev/null | sort -n | tail -n 1)"
   last_write="${last_write:-0}"
-  now="$(date +%s)"
-  best=""; best_offset=-1
+  if [ "$(conf_value appendonly)" = yes ] && [ "$(conf_value appendfsync)" = always ] && [ "$last_write" -gt 0 ]; then
+    return 0
+  fi
   field() { printf '%s\n' "$info" | awk -F: -v k="$1" '$1 == k { print $2 }'; }
-  # The replicas nodes.conf names: "<id> <ip>:<port>@<bus>[,<hostname>] <flags> <master-id> ..."
-  for addr in $(awk -v me="$me" '$3 ~ /slave/ && $4 == me { print $2 }' "$nodes"); do
-    ip="${addr%%:*}"; name="${addr#*,}"; [ "$name" = "$addr" ] && name="$ip"
-    for h in $name $ip; do
-      info="$(rcli "$h" "$redis_port" INFO replication | tr -d '\r')"
-      [ -n "$info" ] && break
+  search_until=$(( $(date +%s) + ${RMSG_HANDOVER_SEARCH_SECONDS:-30} ))
+  while :; do
+    best=""; best_port=""; best_offset=-1; silent=0
+    # The replicas nodes.conf names: "<id> <ip>:<port>@<bus>[,<hostname>[,<aux>...]] <flags> <master-id> ..."
+    for addr in $(awk -v me="$me" '$3 ~ /slave/ && $4 == me { print $2 }' "$nodes"); do
+      hp="${addr%%@*}"; ip="${hp%:*}"; rport="${hp##*:}"; rest="${addr#*@}"; name=""
+      case "$rest" in *,*) name="${rest#*,}"; name="${name%%,*}" ;; esac
+      info=""
+      for h in $name $ip; do
+        info="$(rcli "$h" "$rport" INFO replication | tr -d '\r')"
+        [ -n "$info" ] && break
+      done
+      if [ -z "$info" ]; then silent=$((silent + 1)); continue; fi
+      now="$(date +%s)"
+      [ "$(field role)" = slave ] && [ "$(field master_sync_in_progress)" = 0 ] || continue
+      follows="$(rcli "$h" "$rport" CLUSTER NODES | tr -d '\r' | awk '$3 ~ /myself/ { print $4 }')"
+      [ "$follows" = "$me" ] || continue
+      down="$(field master_link_down_since_seconds)"
+      # Its link went down after this node's last persisted write (a second of slack for the rounding
+      # of both clocks); -1 is a replica that has not synced since it started.
+      case "$down" in ''|-*) continue ;; esac
+      [ $((now - down + 1)) -ge "$last_write" ] || continue
+      offset="$(field slave_repl_offset)"
+      if [ "${offset:-0}" -gt "$best_offset" ]; then best="$h"; best_port="$rport"; best_offset="$offset"; fi
     done
-    [ -n "$info" ] || continue
-    [ "$(field role)" = slave ] && [ "$(field master_sync_in_progress)" = 0 ] || continue
-    follows="$(rcli "$h" "$redis_port" CLUSTER NODES | tr -d '\r' | awk '$3 ~ /myself/ { print $4 }')"
-    [ "$follows" = "$me" ] || continue
-    down="$(field master_link_down_since_seconds)"
-    # In sync until this node's last write: its link went down after that (a second of slack for
-    # the clocks of a file's mtime and a second's rounding); -1 is a replica that never synced.
-    case "$down" in ''|-*) continue ;; esac
-    [ $((now - down + 1)) -ge "$last_write" ] || continue
-    offset="$(field slave_repl_offset)"
-    if [ "${offset:-0}" -gt "$best_offset" ]; then best="$h"; best_offset="$offset"; fi
+    [ -n "$best" ] && break
+    # Nothing persisted here, and a replica did not answer (its pod moving, its name not resolving yet):
+    # it may hold the shard's data. Wait for it a while rather than start empty and be followed.
+    if [ "$last_write" -eq 0 ] && [ "$silent" -gt 0 ] && [ "$(date +%s)" -lt "$search_until" ]; then
+      sleep 1
+      continue
+    fi
+    return 0
   done
-  [ -n "$best" ] || return 0
-  echo "redis-start: this node was the master of its slots; replica $best (offset $best_offset)" \
-    "was in sync until it died and takes over first"
-  timeout_ms="$(awk '$1 == "cluster-node-timeout" { print $2 }' "$conf")"
-  deadline=$(( $(date +%s) + ${RMSG_HANDOVER_SECONDS:-$(( ${timeout_ms:-15000} * 4 / 1000 + 10 ))} ))
-  asked=0
+  echo "redis-start: this node was the master of its slots; replica $best (offset $best_offset) kept" \
+    "its link until this node's last persisted write and takes over first"
+  timeout_ms="$(conf_value cluster-node-timeout)"
+  timeout_s=$(( ${timeout_ms:-15000} / 1000 + 1 ))
+  started="$(date +%s)"
+  deadline=$(( started + ${RMSG_HANDOVER_SECONDS:-$(( timeout_s * 4 + 10 ))} ))
+  asked=0; how=FORCE
   while [ "$(date +%s)" -lt "$deadline" ]; do
-    case "$(rcli "$best" "$redis_port" INFO replication | tr -d '\r')" in
+    case "$(rcli "$best" "$best_port" INFO replication | tr -d '\r')" in
       *role:master*) echo "redis-start: $best is the master now; this node follows it"; return 0 ;;
     esac
-    # ask again each node timeout: a vote may be lost, or refused while an earlier one is recent
+    view="$(rcli "$best" "$best_port" CLUSTER NODES | tr -d '\r')"
+    if [ -n "$view" ] && [ "$(printf '%s\n' "$view" | owned_slots "$me")" != "" ] \
+        && [ "$(printf '%s\n' "$view" | owned_slots "$me")" -eq 0 ]; then
+      echo "redis-start: another node holds this node's slots now; this node follows it"
+      return 0
+    fi
     if [ "$asked" -le "$(date +%s)" ]; then
-      rcli "$best" "$redis_port" CLUSTER FAILOVER FORCE >/dev/null || true
-      asked=$(( $(date +%s) + ${timeout_ms:-15000} / 1000 + 1 ))
+      if [ "$(date +%s)" -ge $(( started + 2 * timeout_s )) ]; then how=TAKEOVER; fi
+      rcli "$best" "$best_port" CLUSTER FAILOVER "$how" >/dev/null || true
+      asked=$(( $(date +%s) + timeout_s ))
     fi
     sleep 0.2
   done
