@@ -167,9 +167,20 @@ class VolumesStep:
             report.retry_after = TERMINATING_RETRY
             return None
         live_templates = {t["metadata"]["name"]: t for t in live["spec"].get("volumeClaimTemplates") or []}
-        out = copy.deepcopy(obj)
+        # The desired object with the sizes this pass may apply; copied (spec and template list only) the
+        # first time one changes: most passes change none, and a deep copy was most of this step's time.
+        out = obj
+        templates: list[Obj] = obj["spec"]["volumeClaimTemplates"]
+
+        def set_template(i: int, template: Obj) -> None:
+            nonlocal out, templates
+            if out is obj:
+                templates = list(templates)
+                out = {**obj, "spec": {**obj["spec"], "volumeClaimTemplates": templates}}
+            templates[i] = template
+
         outdated = False  # the live claim template is smaller than the spec and the claims grew
-        for i, template in enumerate(out["spec"]["volumeClaimTemplates"]):
+        for i, template in enumerate(obj["spec"]["volumeClaimTemplates"]):
             claim_name = template["metadata"]["name"]
             live_template = live_templates.get(claim_name)
             if live_template is None:
@@ -177,14 +188,14 @@ class VolumesStep:
             want, have = _size(template), _size(live_template)
             if not _bigger(want, have):
                 if want != have:  # never shrink; keep what the StatefulSet was created with
-                    out["spec"]["volumeClaimTemplates"][i] = _with_size(template, have)
+                    set_template(i, _with_size(template, have))
                 continue
             claims = self._claims(owner, live, claim_name)
             ok = self._grow(owner, claims, want or "", template, report, problems, grown)
             if ok:
                 outdated = True
             else:  # keep the StatefulSet as it is, so the apply is not refused
-                out["spec"]["volumeClaimTemplates"][i] = _with_size(template, have)
+                set_template(i, _with_size(template, have))
         if not outdated:
             return out
         # 2. the template can only change by re-creating the StatefulSet; its pods and claims stay.

@@ -22,6 +22,7 @@ from redis.client import Redis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.retry import Retry
 
+from redis_messaging.redis import DRIVER_INFO
 from redis_messaging.redis.tls import ClientTls
 from redis_messaging.redis.tls import options as tls_options
 
@@ -61,7 +62,7 @@ def _cmd(client: Redis, *args: str) -> Any:
 def _client(address: Address, password: str | None, timeout: float, tls: ClientTls | None) -> Redis:
     return Redis(host=address[0], port=address[1], password=password, socket_timeout=timeout,
                  socket_connect_timeout=timeout, decode_responses=True, retry=Retry(NoBackoff(), 0),
-                 **tls_options(tls))
+                 driver_info=DRIVER_INFO, **tls_options(tls))
 
 
 def connect(address: Address, passwords: Sequence[str | None], *, timeout: float = 2.0,

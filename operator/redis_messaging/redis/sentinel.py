@@ -21,6 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from redis_messaging.builders import names
+from redis_messaging.redis import DRIVER_INFO
 from redis_messaging.redis.tls import ClientTls
 from redis_messaging.redis.tls import options as tls_options
 
@@ -52,7 +53,7 @@ class Connections:
                 client = Redis(host=address[0], port=address[1], password=self.password,
                                socket_timeout=self.timeout, socket_connect_timeout=self.connect_timeout,
                                decode_responses=self.decode, retry=Retry(NoBackoff(), 0),
-                               **tls_options(self.tls))
+                               driver_info=DRIVER_INFO, **tls_options(self.tls))
                 self._clients[address] = client
             return client
 
