@@ -67,7 +67,7 @@ from podrunner import (  # noqa: E402
     _kill_group,
     operator_image_problem,
 )
-from runrecord import RunRecord, bridge_links, find_processes, process_start_time  # noqa: E402
+from runrecord import RunRecord, boot_ticks, bridge_links, find_processes, process_start_time  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -427,6 +427,7 @@ class LocalCluster:
         self.timings: dict[str, float] = {}
         self._operator_starts = 0
         self._pgids: dict[int, int] = {}  # every process group started here, with its start time (leftovers())
+        self._runner_stopped: int | None = None  # when the pod runner stopped (clock ticks since boot)
         self._runner_ever: PodRunner | None = None
         self._bridge: str | None = None
         self._cp_workdir: Path | None = None
@@ -565,13 +566,18 @@ class LocalCluster:
                                         f"{self.kwok.tail() if self.kwok else ''}")
             time.sleep(0.1)
 
+    def _stop_runner(self) -> None:
+        if self.runner is not None:
+            self.runner.stop()
+        self._runner_stopped = boot_ticks()  # no process of its pods starts later
+
     def stop(self) -> None:
         """Everything down, in reverse order; each step runs even if an earlier one failed."""
         for reflector in self._reflectors():  # all at once: each ends at its next watch timeout
             reflector.request_stop()
         steps: list[tuple[str, Callable[[], None]]] = [
             ("operator", self.stop_operator),
-            ("runner", lambda: self.runner.stop() if self.runner else None),
+            ("runner", self._stop_runner),
             ("provisioner", lambda: self.provisioner.stop() if self.provisioner else None),
             ("hosts", lambda: self.hosts.stop() if self.hosts else None),
             ("kwok", lambda: self.kwok.stop(5) if self.kwok else None),
@@ -719,7 +725,8 @@ class LocalCluster:
             pgids.update(self._runner_ever.all_pids)
             netns |= self._runner_ever.all_netns
         markers = [str(self.work)] + ([str(self._cp_workdir)] if self._cp_workdir else [])
-        out = [str(proc) for proc in find_processes(groups=pgids, netns=netns, markers=markers)]
+        out = [str(proc) for proc in find_processes(groups=pgids, netns=netns, markers=markers,
+                                                    netns_before=self._runner_stopped)]
         if self._bridge:
             out += [f"link {name}" for name in bridge_links(self._bridge)]
         return out

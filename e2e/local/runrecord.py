@@ -86,6 +86,11 @@ def process_start_time(pid: int) -> int:
         return -1
 
 
+def boot_ticks() -> int:
+    """Now, in clock ticks since boot (the unit of a process's start time)."""
+    return int(float(Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK"))
+
+
 def group_is(pgid: int, started: int) -> bool:
     """Whether process group ``pgid`` is still the one whose leader started at ``started``. A leader
     that is gone leaves its number to the group while the group lives (Linux reuses no pid a group
@@ -104,6 +109,7 @@ class Proc:
     pgrp: int
     netns: str  # net:[INODE]
     cmdline: str
+    started: int = -1  # clock ticks since boot
 
     def __str__(self) -> str:
         return f"pid {self.pid} (group {self.pgrp}, {self.netns}): {self.cmdline}"
@@ -116,12 +122,13 @@ def processes() -> Iterator[Proc]:
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         try:
-            pgrp = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2])
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            pgrp, started = int(stat[2]), int(stat[19])
             netns = os.readlink(entry / "ns" / "net")
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except (OSError, ValueError, IndexError):
             continue
-        yield Proc(int(entry.name), pgrp, netns, cmdline)
+        yield Proc(int(entry.name), pgrp, netns, cmdline, started)
 
 
 _ADDRESS = re.compile(r"[|+]-- (\d+\.\d+\.\d+\.\d+)")
@@ -137,17 +144,22 @@ def netns_addresses(pid: int) -> set[ipaddress.IPv4Address]:
 
 
 def find_processes(*, groups: Mapping[int, int] | None = None, subnet: ipaddress.IPv4Network | None = None,
-                   netns: Iterable[str] = (), markers: Sequence[str] = ()) -> list[Proc]:
+                   netns: Iterable[str] = (), markers: Sequence[str] = (),
+                   netns_before: int | None = None) -> list[Proc]:
     """The live processes that belong to a run: in a network namespace of ``netns`` or one holding an
     address of ``subnet`` (its pods), in the host's network namespace and in one of ``groups``
-    ({pgid: leader start time}), or with one of ``markers`` (its directories) on their command line."""
+    ({pgid: leader start time}), or with one of ``markers`` (its directories) on their command line.
+    ``netns_before`` (clock ticks since boot): a process in one of ``netns`` counts only if it started
+    before then; the kernel gives a freed namespace's number to the next one, maybe another cluster's
+    pod."""
     groups = groups or {}
     host = os.readlink("/proc/self/ns/net")
     pod_netns = set(netns) - {host}
     in_subnet: dict[str, bool] = {}
     found = []
     for proc in processes():
-        mine = proc.netns in pod_netns or any(m in proc.cmdline for m in markers)
+        mine = (proc.netns in pod_netns and (netns_before is None or proc.started <= netns_before)) \
+            or any(m in proc.cmdline for m in markers)
         if not mine and proc.netns == host:
             mine = proc.pgrp in groups and group_is(proc.pgrp, groups[proc.pgrp])
         elif not mine and subnet is not None:
