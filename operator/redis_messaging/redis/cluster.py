@@ -339,7 +339,7 @@ class Endpoint:
 
 
 Hook = Callable[[str, Sequence[int]], None]
-"""Called at each stage of a batch (``opened``, ``migrated``, ``assigned``) with its slots; a test
+"""Called at each stage of a batch (``opened``, ``migrated``, ``target-assigned``, ``assigned``) with its slots; a test
 raises from it to interrupt a migration at that exact point."""
 
 
@@ -468,6 +468,7 @@ class SlotMover:
         #    the source (which refuses while it holds a key of the slot), then every other master.
         replies = self._pipeline_all(target.address, (("CLUSTER", "SETSLOT", s, "NODE", target.id) for s in done))
         _check(replies, done, "assignment on the target")
+        self._stage("target-assigned", done)
         replies = self._pipeline_all(source.address, (("CLUSTER", "SETSLOT", s, "NODE", target.id) for s in done))
         _check(replies, done, "assignment on the source")
         for other in others:
