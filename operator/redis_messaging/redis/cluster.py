@@ -66,6 +66,10 @@ def _cmd(client: Redis, *args: Any) -> Any:
     return client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 def _describe(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, ResponseError) else f"{type(exc).__name__}: {exc}"
 
@@ -339,7 +343,7 @@ class Endpoint:
 
 
 Hook = Callable[[str, Sequence[int]], None]
-"""Called at each stage of a batch (``opened``, ``migrated``, ``assigned``) with its slots; a test
+"""Called at each stage of a batch (``opened``, ``migrated``, ``target-assigned``, ``assigned``) with its slots; a test
 raises from it to interrupt a migration at that exact point."""
 
 
@@ -356,8 +360,10 @@ class SlotMover:
     """Moves slots between two masters in pipelined batches (see the module docstring)."""
 
     def __init__(self, raw: RawConnections, *, batch_slots: int = 256, keys_per_migrate: int = 1000,
-                 migrate_timeout_ms: int = 30_000, max_rounds: int = 1000, hook: Hook | None = None) -> None:
+                 migrate_timeout_ms: int = 30_000, max_rounds: int = 1000, hook: Hook | None = None,
+                 epoch_wait: float = 5.0) -> None:
         self.raw = raw
+        self.epoch_wait = epoch_wait
         self.batch_slots = batch_slots
         self.keys_per_migrate = keys_per_migrate
         self.migrate_timeout_ms = migrate_timeout_ms
@@ -464,19 +470,59 @@ class SlotMover:
                                      "continues")
         self._stage("migrated", done)
 
-        # 3. assign: the target first (it bumps its config epoch, so its claim wins everywhere), then
-        #    the source (which refuses while it holds a key of the slot), then every other master.
-        replies = self._pipeline_all(target.address, (("CLUSTER", "SETSLOT", s, "NODE", target.id) for s in done))
-        _check(replies, done, "assignment on the target")
-        replies = self._pipeline_all(source.address, (("CLUSTER", "SETSLOT", s, "NODE", target.id) for s in done))
-        _check(replies, done, "assignment on the source")
+        # 3. assign. The target's copies of the keys are safe while it imports the slot; once it owns the
+        #    slot, a node claiming the slot with a higher config epoch makes them "dirty" and Redis
+        #    deletes them. The source's replica is such a node if it wins an election before it heard
+        #    of the move (slot marks and ownership are not replicated; a pre-stop hook fails a master
+        #    over at any time). So the target first gets the highest config epoch and every master
+        #    learns it, the other masters are told the new owner (from then on they refuse to vote for
+        #    a replica claiming the slot for the source), the source is checked to be the master still,
+        #    and only then the target takes the slot, then the source.
+        self._outbid_source(source, target, others)
         for other in others:
             try:
                 replies = self._pipeline_all(other, (("CLUSTER", "SETSLOT", s, "NODE", target.id) for s in done))
             except (RedisError, OSError) as exc:  # it learns from gossip instead
                 log.info("slots not announced to %s:%s directly: %s", *other, _describe(exc))
+        role = self._pipeline_all(source.address, (("ROLE",),))[0]
+        if isinstance(role, Exception) or not role or _text(role[0]) != "master":
+            raise MigrationError(f"the source {source.id[:8]} is no longer a master (it failed over during the "
+                                 "move); the slots stay open and the move resumes from the shard's new master")
+        replies = self._pipeline_all(target.address, (("CLUSTER", "SETSLOT", s, "NODE", target.id) for s in done))
+        _check(replies, done, "assignment on the target")
+        self._stage("target-assigned", done)
+        replies = self._pipeline_all(source.address, (("CLUSTER", "SETSLOT", s, "NODE", target.id) for s in done))
+        _check(replies, done, "assignment on the source")
         self._stage("assigned", done)
         return moved, blocked
+
+    def _outbid_source(self, source: Endpoint, target: Endpoint, others: Sequence[Address]) -> None:
+        """Give the target the cluster's highest config epoch (``CLUSTER BUMPEPOCH``: it still imports,
+        nothing it holds is at stake) and wait, bounded, until the source and every other master that
+        answers knows it. Past the bound the batch fails with its slots still open (safe)."""
+        reply = self._pipeline_all(target.address, (("CLUSTER", "BUMPEPOCH"),))[0]
+        if isinstance(reply, Exception):
+            raise MigrationError(f"the target's config epoch not raised: {_describe(reply)}")
+        epoch = int(_text(reply).split()[-1])
+        deadline = time.monotonic() + self.epoch_wait
+        waiting = [source.address, *others]
+        while True:
+            behind = []
+            for address in waiting:
+                try:
+                    text = _text(self._pipeline_all(address, (("CLUSTER", "NODES"),))[0])
+                except (RedisError, OSError):
+                    continue  # a master the operator cannot reach; it learns by gossip
+                seen = next((n.config_epoch for n in parse_nodes(text) if n.id == target.id), 0)
+                if seen < epoch:
+                    behind.append(address)
+            if not behind:
+                return
+            if time.monotonic() > deadline:
+                raise MigrationError(f"config epoch {epoch} of the target {target.id[:8]} not known to "
+                                     f"{len(behind)} master(s) within {self.epoch_wait:g}s; the next pass continues")
+            waiting = behind
+            time.sleep(0.02)
 
     def _busy_keys(self, source: Endpoint, target: Endpoint, keys: Sequence[bytes]) -> tuple[bytes, ...]:
         """The keys of a MIGRATE refused with BUSYKEY that are still on the source and also on the target

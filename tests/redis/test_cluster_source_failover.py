@@ -1,0 +1,136 @@
+"""The source shard of a slot move fails over while the slot is being assigned (nemesis seed 2009).
+
+The target takes the slot (``SETSLOT NODE``: it leaves the importing state and bumps its config epoch
+without agreement) and, before the cluster has heard of it, the source master's replica takes over with
+``CLUSTER FAILOVER`` (a pre-stop hook). That replica still sees its old master as the slot's owner
+(``MIGRATING``/``IMPORTING`` marks and slot ownership are not replicated), so once promoted it claims the
+slot with its new, higher epoch. A target that lost a slot it owns and holds keys of (a "dirty" slot)
+deletes those keys: every key moved so far and every write made through ``ASK`` would be gone, though
+acknowledged with ``WAIT``. The rule: a slot move never ends with keys of the slot deleted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from cluster_env import ClusterEnv, heal_until, three_shards
+
+from redis_messaging.builders.names import Owner
+from redis_messaging.modes.cluster.topology import ClusterTopology
+from redis_messaging.redis import cluster as cl
+
+pytestmark = pytest.mark.redis
+
+PASSWORD = "source-failover-Pa55word"
+OWNER = Owner(name="events", namespace="shop", uid="uid-events")
+SPEC = three_shards()
+A, A1, B = "events-shard-0-0", "events-shard-0-1", "events-shard-1-0"  # source master, its replica; target
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[ClusterEnv]:
+    with ClusterEnv(SPEC, OWNER, tmp_path, password=PASSWORD) as env:
+        env.start()
+        heal_until(ClusterTopology(env.addresses(), timeout=1.0), SPEC, OWNER, PASSWORD, timeout=40, env=env)
+        yield env
+
+
+def tag_on(env: ClusterEnv, pod: str) -> tuple[str, int]:
+    served = env.myself(pod).slot_set()
+    for i in range(100_000):
+        tag = f"{{t{i}}}"
+        if cl.slot_of(tag) in served:
+            return tag, cl.slot_of(tag)
+    raise AssertionError(f"no tag found for {pod}")
+
+
+def owner_of(env: ClusterEnv, pod: str, slot: int) -> str | None:
+    nodes = cl.parse_nodes(str(env.client(pod).execute_command("CLUSTER", "NODES")))
+    owners = [n for n in nodes if n.is_master and slot in n.slot_set()]
+    return max(owners, key=lambda n: n.config_epoch).id if owners else None
+
+
+def settle_epochs(env: ClusterEnv, timeout: float = 20.0) -> None:
+    """Wait until every node agrees on every master's config epoch, and those are distinct (the epoch
+    collisions of a fresh cluster resolved)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        views = [{n.id: n.config_epoch for n in cl.parse_nodes(str(env.client(p).execute_command(
+            "CLUSTER", "NODES"))) if n.is_master and n.slots} for p in env.pod_names]
+        epochs = list(views[0].values())
+        if all(v == views[0] for v in views) and len(set(epochs)) == len(epochs):
+            return
+        time.sleep(0.1)
+    raise AssertionError("config epochs did not settle")
+
+
+def test_the_source_failing_over_while_the_target_takes_the_slot_loses_no_acknowledged_write(
+        env: ClusterEnv) -> None:
+    # B is not the newest epoch: taking the slot bumps its epoch, as in the nemesis run
+    settle_epochs(env)
+    env.client("events-shard-2-0").execute_command("CLUSTER", "BUMPEPOCH")
+    settle_epochs(env)
+    tag, slot = tag_on(env, A)
+    keys = [f"{tag}w{i}" for i in range(30)]
+    app = env.cluster_client()
+    for key in keys[:20]:  # on the source, acknowledged by its replica
+        app.set(key, key)
+    assert env.client(A).execute_command("WAIT", 1, 5000) == 1
+
+    # the move is under way: half the keys went to B, and new keys are written on B (ASK), acknowledged
+    source_id, target_id = env.myself(A).id, env.myself(B).id
+    env.client(B).execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    env.client(A).execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    ip, port = env.address(B)
+    env.client(A).execute_command("MIGRATE", ip, port, "", 0, 5000, "AUTH", PASSWORD, "KEYS", *keys[:10])
+    target = env.client(B)
+    for key in keys[20:]:
+        pipe = target.pipeline(transaction=False)
+        pipe.execute_command("ASKING")
+        pipe.set(key, key)
+        pipe.execute()
+    assert target.execute_command("WAIT", 1, 5000) == 1
+
+    # the operator finishes the move; right after the target took the slot, A's pre-stop hook hands the
+    # shard to A1 before A1 heard of the target's claim (B is stopped meanwhile: a slow node, a late
+    # packet; A1's epoch is a step ahead, as a replica's is whenever it heard of a newer epoch than the
+    # target had: its election outbids the target's claim)
+    fired: list[str] = []
+
+    def hook(stage: str, slots: Sequence[int]) -> None:
+        if stage != "target-assigned" or slot not in slots or fired:
+            return
+        process = env.pod(B).process
+        assert process is not None
+        os.killpg(process.pid, signal.SIGSTOP)
+        try:
+            replica = env.client(A1)
+            fired.append(str(replica.execute_command("CLUSTER", "BUMPEPOCH")))
+            fired.append(str(replica.execute_command("CLUSTER", "FAILOVER")))
+            deadline = time.monotonic() + 1.5  # under the node timeout: B is not flagged failing
+            while time.monotonic() < deadline and env.myself(A).is_master:
+                time.sleep(0.02)
+            fired.append("A is " + ("still the master" if env.myself(A).is_master else "a replica"))
+        finally:
+            os.killpg(process.pid, signal.SIGCONT)
+
+    topology = ClusterTopology(env.addresses(), timeout=1.0, hook=hook)
+    heal_until(topology, SPEC, OWNER, PASSWORD, timeout=60, env=env)
+    assert fired, "the move never reached the target's assignment"
+    assert env.open_marks() == {}
+
+    # every acknowledged write is there, on the slot's owner, which every node agrees on
+    owners = {owner_of(env, pod, slot) for pod in env.pod_names}
+    assert len(owners) == 1, owners
+    (owner,) = owners
+    (owner_pod,) = [p for p in env.pod_names if env.myself(p).id == owner]
+    served = env.client(owner_pod)
+    missing = [key for key in keys if served.get(key) != key]
+    assert missing == [], (f"{len(missing)} acknowledged writes lost from {owner_pod}: {missing}\n"
+                           + env.log_tail(A, A1, B, lines=15))
+    app = env.cluster_client()
+    assert [app.get(key) for key in keys] == keys
