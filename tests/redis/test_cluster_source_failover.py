@@ -134,3 +134,45 @@ def test_the_source_failing_over_while_the_target_takes_the_slot_loses_no_acknow
                            + env.log_tail(A, A1, B, lines=15))
     app = env.cluster_client()
     assert [app.get(key) for key in keys] == keys
+
+
+def test_the_source_failing_over_before_the_assignment_leaves_the_move_to_resume_from_its_new_master(
+        env: ClusterEnv) -> None:
+    """The source's replica takes over after the keys moved and before the slot is assigned: the move
+    stops with the slot open (the target still imports it) and resumes from the shard's new master,
+    which the target's own table does not name (an importing node keeps the slot's old owner). The
+    target is shard 0's master: the planner's anchor, whose table it reads first."""
+    A, A1, B = "events-shard-1-0", "events-shard-1-1", "events-shard-0-0"
+    settle_epochs(env)
+    tag, slot = tag_on(env, A)
+    keys = [f"{tag}w{i}" for i in range(30)]
+    app = env.cluster_client()
+    for key in keys:
+        app.set(key, key)
+    assert env.client(A).execute_command("WAIT", 1, 5000) == 1
+    source_id, target_id = env.myself(A).id, env.myself(B).id
+    env.client(B).execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    env.client(A).execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    fired: list[str] = []
+
+    def hook(stage: str, slots: Sequence[int]) -> None:
+        if stage != "migrated" or slot not in slots or fired:
+            return
+        fired.append(str(env.client(A1).execute_command("CLUSTER", "FAILOVER")))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not env.myself(A1).is_master:
+            time.sleep(0.02)
+        fired.append("A1 is " + ("the master" if env.myself(A1).is_master else "a replica"))
+
+    topology = ClusterTopology(env.addresses(), timeout=1.0, hook=hook)
+    heal_until(topology, SPEC, OWNER, PASSWORD, timeout=60, env=env)
+    assert fired == ["OK", "A1 is the master"], fired
+    assert env.open_marks() == {}
+    # the move finished on the target (the balance may move the slot on again): one owner every node
+    # agrees on, holding every acknowledged write
+    owners = {owner_of(env, pod, slot) for pod in env.pod_names}
+    assert len(owners) == 1, owners
+    (owner,) = owners
+    (owner_pod,) = [p for p in env.pod_names if env.myself(p).id == owner]
+    missing = [key for key in keys if env.client(owner_pod).get(key) != key]
+    assert missing == [], f"{len(missing)} acknowledged writes lost from {owner_pod}: {missing}"

@@ -329,6 +329,18 @@ class _Analysis:
         claims = [n for n in self.table.values() if n.is_master and any(b <= slot <= e for b, e in n.slots)]
         return max(claims, key=lambda n: n.config_epoch) if claims else None
 
+    def self_claim(self, slot: int) -> cl.ClusterNode | None:
+        """The master that says itself it serves ``slot`` (the newest claim if two). An importing node
+        keeps the slot's old owner in its table whatever claims it hears (Redis skips importing slots),
+        so when the source of a move failed over, the anchor's table may name a replica: the new
+        master's own word is what serves the slot."""
+        claims = [v.myself for v in self.reachable.values()
+                  if v.myself is not None and v.myself.is_master and any(b <= slot <= e for b, e in v.myself.slots)]
+        if not claims:
+            return None
+        newest = max(claims, key=lambda n: n.config_epoch)
+        return self.table.get(newest.id, newest)
+
     def keys_in(self, pod: str, slot: int) -> int | None:
         """Keys of an open slot on ``pod``, as counted in this observation; None: unknown."""
         if pod not in self.reachable:
@@ -444,6 +456,9 @@ def open_slot(a: _Analysis, slot: int, marks: Marks) -> list[OpenSlotDecision]:
     members = obs.members
     owner = a.slot_owner(slot)
     owner_pod = a.pod_of_node(owner) if owner is not None else None
+    if owner is None or not owner.is_master or owner_pod not in members:
+        owner = a.self_claim(slot)
+        owner_pod = a.pod_of_node(owner) if owner is not None else None
     if owner is None or owner_pod not in members:
         return [Wait("open, and no node of this resource serves it")]
     owner_shard = members[owner_pod][0]
