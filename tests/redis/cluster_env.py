@@ -432,5 +432,15 @@ def heal_until(topology: Any, spec: RedisMessagingSpec, owner: Owner, password: 
         time.sleep(interval)
 
 
+def tag_on(env: ClusterEnv, pod: str) -> tuple[str, int]:
+    """A hash tag whose slot ``pod`` serves."""
+    served = env.myself(pod).slot_set()
+    for i in range(100_000):
+        tag = f"{{t{i}}}"
+        if cl.slot_of(tag) in served:
+            return tag, cl.slot_of(tag)
+    raise AssertionError(f"no tag found for {pod}")
+
+
 def actions_of(reports: Iterable[Any]) -> list[str]:
     return [a.reason for r in reports for a in r.actions]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_env import ClusterEnv, actions_of, heal_until, three_shards
+from cluster_env import ClusterEnv, actions_of, heal_until, tag_on, three_shards
 
 from redis_messaging.builders.names import Owner
 from redis_messaging.modes.base import TopologyReport
@@ -31,16 +31,6 @@ def env(tmp_path: Path) -> Iterator[ClusterEnv]:
         env.start()
         heal_until(ClusterTopology(env.addresses(), timeout=1.0), SPEC, OWNER, PASSWORD, timeout=40, env=env)
         yield env
-
-
-def tag_on(env: ClusterEnv, pod: str) -> tuple[str, int]:
-    """A hash tag whose slot ``pod`` serves."""
-    served = env.myself(pod).slot_set()
-    for i in range(100_000):
-        tag = f"{{t{i}}}"
-        if cl.slot_of(tag) in served:
-            return tag, cl.slot_of(tag)
-    raise AssertionError(f"no tag found for {pod}")
 
 
 def half_move(env: ClusterEnv, slot: int, keys: list[str]) -> None:

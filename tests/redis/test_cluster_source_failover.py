@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from cluster_env import ClusterEnv, heal_until, three_shards
+from cluster_env import ClusterEnv, heal_until, tag_on, three_shards
 
 from redis_messaging.builders.names import Owner
 from redis_messaging.modes.cluster.topology import ClusterTopology
@@ -37,15 +37,6 @@ def env(tmp_path: Path) -> Iterator[ClusterEnv]:
         env.start()
         heal_until(ClusterTopology(env.addresses(), timeout=1.0), SPEC, OWNER, PASSWORD, timeout=40, env=env)
         yield env
-
-
-def tag_on(env: ClusterEnv, pod: str) -> tuple[str, int]:
-    served = env.myself(pod).slot_set()
-    for i in range(100_000):
-        tag = f"{{t{i}}}"
-        if cl.slot_of(tag) in served:
-            return tag, cl.slot_of(tag)
-    raise AssertionError(f"no tag found for {pod}")
 
 
 def owner_of(env: ClusterEnv, pod: str, slot: int) -> str | None:
