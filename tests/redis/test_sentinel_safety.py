@@ -153,6 +153,15 @@ def test_a_full_restart_seeds_from_the_pod_with_the_most_data(make_env: list[Sen
             client.set(f"late{i}", i)
         assert client.execute_command("WAIT", 1, 5000) == 1  # type: ignore[no-untyped-call]
         total += 100
+    # What the test is about is which pod seeds the set, not Redis's own windows: every AOF holds what
+    # its process has (no write postponed behind a slow fsync, no rewrite after a full sync under way,
+    # whose end a SIGKILL would lose and which a loaded machine makes long).
+    for pod in env.redis_pods:
+        for _ in deadline_loop(30, f"{pod}'s AOF written and no rewrite under way", 0.1):
+            p = env.info(pod, "persistence")
+            if not (p.get("aof_buffer_length") or p.get("aof_rewrite_in_progress")
+                    or p.get("aof_rewrite_scheduled")):
+                break
     for pod in env.pod_names:
         env.kill(pod)
     if case == "ordinal-0-empty":
