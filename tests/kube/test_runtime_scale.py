@@ -175,7 +175,7 @@ def test_resources_created_and_deleted_in_a_loop_leave_nothing_behind(
                 api.delete(namespace, name)
             eventually(lambda ns=names: all(op.controller(namespace, n) is None for n in ns), what="all forgotten")
         assert op.autoscaler.resources() == []
-        eventually(lambda: threading.active_count() <= threads, timeout=15,
+        eventually(lambda: threading.active_count() <= threads, timeout=40,
                    what=f"threads back to {threads} (now {threading.active_count()})")
         eventually(lambda: open_sockets() <= sockets + 2, timeout=15,
                    what=f"sockets back to {sockets} (now {open_sockets()})")
