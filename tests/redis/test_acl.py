@@ -323,6 +323,8 @@ def test_exporter_user_outlives_a_rotation_of_the_default_password(tmp_path: Pat
         env.start()
         env.wait_replication(timeout=30)
         env.sentinel_master(timeout=30)
+        for pod in env.sentinel_pods:  # every Sentinel listening, not only one naming the master
+            env.wait_ready(pod, timeout=30)
         step = AclStep(None, MapAddresses({p: env.address(p) for p in env.redis_pods},
                                           {p: env.address(p) for p in env.sentinel_pods}), timeout=1.0)
 
