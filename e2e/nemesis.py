@@ -846,12 +846,7 @@ class Nemesis:
         self.local.kill_operator()
         what = f"SIGKILL the operator, down {f.hold:.1f}s"
         try:
-            if f.during:
-                time.sleep(min(0.5, f.hold))
-                what += "; " + self.fail_master(f.how, f.pick, notes)
-                time.sleep(max(0.0, f.hold - 0.5))
-            else:
-                time.sleep(f.hold)
+            what += self._operator_down_for(f, notes)
         finally:
             self.ensure_operator()
         return what
@@ -861,15 +856,21 @@ class Nemesis:
         self.operator_stopped = True
         what = f"SIGSTOP the operator for {f.hold:.1f}s"
         try:
-            if f.during:
-                time.sleep(min(0.5, f.hold))
-                what += "; " + self.fail_master(f.how, f.pick, notes)
-                time.sleep(max(0.0, f.hold - 0.5))
-            else:
-                time.sleep(f.hold)
+            what += self._operator_down_for(f, notes)
         finally:
             self.ensure_operator()
         return what
+
+    def _operator_down_for(self, f: Fault, notes: list[str]) -> str:
+        """Wait out the operator's outage; with ``f.during``, the master fails half a second into it.
+        What was done besides, to add to the fault's description."""
+        if not f.during:
+            time.sleep(f.hold)
+            return ""
+        time.sleep(min(0.5, f.hold))
+        failed = "; " + self.fail_master(f.how, f.pick, notes)
+        time.sleep(max(0.0, f.hold - 0.5))
+        return failed
 
     def ensure_operator(self) -> None:
         """The operator runs (again), not stopped."""
