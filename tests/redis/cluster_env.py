@@ -156,8 +156,9 @@ class ClusterEnv:
     # -- pods and volumes ----------------------------------------------------------------------
     def _add_pods(self, shard: int) -> list[str]:
         added = []
-        for pod_name in cluster.shard_pods(self.spec, self.owner, shard):
-            ip = free_cluster_ip()
+        pod_names = cluster.shard_pods(self.spec, self.owner, shard)
+        ips = [free_cluster_ip() for _ in pod_names]
+        for pod_name, ip in zip(pod_names, ips, strict=True):
             root = self.base_dir / pod_name
             env = {
                 "PATH": os.environ.get("PATH", os.defpath),
@@ -167,6 +168,7 @@ class ClusterEnv:
                 "POD_NAMESPACE": self.owner.namespace,
                 **cluster.script_env(self.spec, self.owner),
                 "RMSG_SHARD": str(shard),
+                "RMSG_SHARD_HOSTS": " ".join(ips),
                 "RMSG_CONFIG_DIR": str(root / "config"),
                 "RMSG_AUTH_DIR": str(root / "auth"),
                 "RMSG_RUN_DIR": str(root / "run"),

@@ -172,3 +172,22 @@ def test_two_of_three_masters_back_without_data_at_once_hand_over_without_a_majo
     assert shard.present(shard.replica) == KEYS
     eventually(lambda: shard.present(shard.master) == KEYS, 10, f"the keys back on {shard.master}")
     assert env.cluster_info(shard.replica)["cluster_state"] == "ok"
+
+
+@pytest.mark.parametrize("cluster", ["aof"], indirect=True)
+def test_a_master_whose_volume_is_lost_has_its_replica_take_over_before_it_starts(
+        cluster: tuple[ClusterEnv, Shard]) -> None:
+    """The whole volume gone, nodes.conf too: the pod starts at once at the same address as a new, empty
+    node. Its replica still follows the old node's address; started straight away, the new node would be
+    followed and the replica would full-sync an empty data set (0 keys left)."""
+    env, shard = cluster
+    env.kill(shard.master, signal.SIGKILL)
+    env.wipe(shard.master)
+    env.start([shard.master], timeout=60)
+    assert "volume is gone" in env.pod(shard.master).log.read_text()
+    assert env.myself(shard.replica).is_master
+    assert shard.present(shard.replica) == KEYS
+    # the operator's pass then attaches the new node to the shard, and forgets the old one
+    heal_until(ClusterTopology(env.addresses(), timeout=0.5), env.spec, OWNER, PASSWORD, timeout=60, env=env)
+    assert settled(env, shard) == shard.replica
+    eventually(lambda: shard.present(shard.master) == KEYS, 20, f"the keys back on {shard.master}")

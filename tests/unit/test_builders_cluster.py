@@ -201,3 +201,13 @@ def test_config_hash_follows_redis_conf() -> None:
     b = objects(cluster={"nodeTimeout": 9000})[("StatefulSet", "events-shard-0")]["spec"]["template"]["metadata"]
     assert a[names.ANNOTATION_CONFIG_HASH] != b["annotations"][names.ANNOTATION_CONFIG_HASH]
     assert config.content_hash({"x": 1}) == config.content_hash({"x": 1})
+
+
+def test_each_shard_pod_knows_its_shard_peers_by_name() -> None:
+    """A pod whose volume was lost asks its shard's pods who still follows its address."""
+    for index in range(3):
+        sts = objects(cluster={"shards": 3, "replicasPerShard": 2})[("StatefulSet", f"events-shard-{index}")]
+        env = {e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+        hosts = env["RMSG_SHARD_HOSTS"].split()
+        assert [h.split(".")[0] for h in hosts] == [f"events-shard-{index}-{j}" for j in range(3)]
+        assert len({h.split(".", 1)[1] for h in hosts}) == 1  # one headless Service names them all

@@ -101,32 +101,93 @@ cluster_handover() {
   done
   echo "redis-start: this node was the master of its slots; replica $best (offset $best_offset) kept" \
     "its link until this node's last persisted write and takes over first"
+  take_over "$best" "$best_port" "$me"
+}
+
+# take_over HOST PORT ID: has the replica at HOST:PORT take over the slots of node ID (FORCE, then
+# TAKEOVER past two node timeouts) and waits until it has; past RMSG_HANDOVER_SECONDS this start fails.
+take_over() {
   timeout_ms="$(conf_value cluster-node-timeout)"
   timeout_s=$(( ${timeout_ms:-15000} / 1000 + 1 ))
   started="$(date +%s)"
   deadline=$(( started + ${RMSG_HANDOVER_SECONDS:-$(( timeout_s * 4 + 10 ))} ))
   asked=0; how=FORCE
   while [ "$(date +%s)" -lt "$deadline" ]; do
-    case "$(rcli "$best" "$best_port" INFO replication | tr -d '\r')" in
-      *role:master*) echo "redis-start: $best is the master now; this node follows it"; return 0 ;;
+    case "$(rcli "$1" "$2" INFO replication | tr -d '\r')" in
+      *role:master*) echo "redis-start: $1 is the master now; this node follows it"; return 0 ;;
     esac
-    view="$(rcli "$best" "$best_port" CLUSTER NODES | tr -d '\r')"
-    if [ -n "$view" ] && [ "$(printf '%s\n' "$view" | owned_slots "$me")" != "" ] \
-        && [ "$(printf '%s\n' "$view" | owned_slots "$me")" -eq 0 ]; then
+    view="$(rcli "$1" "$2" CLUSTER NODES | tr -d '\r')"
+    if [ -n "$view" ] && [ "$(printf '%s\n' "$view" | owned_slots "$3")" != "" ] \
+        && [ "$(printf '%s\n' "$view" | owned_slots "$3")" -eq 0 ]; then
       echo "redis-start: another node holds this node's slots now; this node follows it"
       return 0
     fi
     if [ "$asked" -le "$(date +%s)" ]; then
       if [ "$(date +%s)" -ge $(( started + 2 * timeout_s )) ]; then how=TAKEOVER; fi
-      rcli "$best" "$best_port" CLUSTER FAILOVER "$how" >/dev/null || true
+      rcli "$1" "$2" CLUSTER FAILOVER "$how" >/dev/null || true
       asked=$(( $(date +%s) + timeout_s ))
     fi
     sleep 0.2
   done
-  echo "redis-start: $best did not take over within the bound; not starting as the master of data it may lack" >&2
+  echo "redis-start: $1 did not take over within the bound; not starting as the master of data it may lack" >&2
   exit 1
 }
+
+# A node whose volume was lost (no nodes.conf) starts as a new, empty node, at the address of the node
+# it was. If that node still owns slots, its replicas still follow that address: they would reconnect to
+# the new node and full-sync its empty data set. So before redis-server starts, the shard's peers
+# (RMSG_SHARD_HOSTS) are asked whether a slot-owning master is known at this node's address; if so, the
+# replica of it with the highest offset takes over first, and this node starts once nobody follows its
+# address. A new shard (nobody knows this address) starts at once.
+lost_volume_handover() {
+  nodes="$(conf_value cluster-config-file)"
+  [ -s "$nodes" ] && return 0
+  self_ip="${RMSG_ANNOUNCE_IP:-}"
+  search_until=$(( $(date +%s) + ${RMSG_HANDOVER_SEARCH_SECONDS:-30} ))
+  while :; do
+    old=""
+    for h in ${RMSG_SHARD_HOSTS:-}; do
+      [ "$h" = "$RMSG_SELF_HOST" ] && continue
+      # "<id> <ip>:<port>@<bus>[,<hostname>] <flags> <master> <ping> <pong> <epoch> <link> <slot>...": a
+      # master owning slots at this node's name (or announced address) and port, in a peer's view.
+      old="$(rcli "$h" "$redis_port" CLUSTER NODES | tr -d '\r' \
+        | awk -v name="$RMSG_SELF_HOST" -v ip="$self_ip" -v port="$redis_port" '
+          $3 ~ /master/ && $3 !~ /myself/ {
+            a = $2; host = ""; c = index(a, ",")
+            if (c) { host = substr(a, c + 1); sub(/,.*/, "", host) }
+            hp = a; sub(/@.*/, "", hp); p = hp; sub(/.*:/, "", p); h = hp; sub(/:[0-9]+$/, "", h)
+            if (p != port || !(host == name || h == name || (ip != "" && h == ip))) next
+            n = 0; for (i = 9; i <= NF; i++) if ($i !~ /^\[/) n++
+            if (n > 0) { print $1; exit }
+          }')"
+      [ -n "$old" ] && break
+    done
+    # Nobody knows this address as a slot owner: a new node, or the old one's slots have moved on.
+    [ -n "$old" ] || return 0
+    best=""; best_offset=-1
+    for h in ${RMSG_SHARD_HOSTS:-}; do
+      [ "$h" = "$RMSG_SELF_HOST" ] && continue
+      follows="$(rcli "$h" "$redis_port" CLUSTER NODES | tr -d '\r' | awk '$3 ~ /myself/ && $3 ~ /slave/ { print $4 }')"
+      [ "$follows" = "$old" ] || continue
+      info="$(rcli "$h" "$redis_port" INFO replication | tr -d '\r')"
+      case "$info" in *master_sync_in_progress:0*) ;; *) continue ;; esac
+      offset="$(printf '%s\n' "$info" | awk -F: '$1 == "slave_repl_offset" { print $2 }')"
+      if [ "${offset:-0}" -gt "$best_offset" ]; then best="$h"; best_offset="${offset:-0}"; fi
+    done
+    [ -n "$best" ] && break
+    # Its replica does not answer (its pod moving too): it may hold the shard's data; wait a while.
+    if [ "$(date +%s)" -ge "$search_until" ]; then
+      echo "redis-start: no replica of node $old, which this node replaces, answered; starting as a new node"
+      return 0
+    fi
+    sleep 1
+  done
+  echo "redis-start: this node's volume is gone; node $old, which it was, still owns slots, and its" \
+    "replica $best (offset $best_offset) takes over first"
+  take_over "$best" "$redis_port" "$old"
+}
 cluster_handover
+lost_volume_handover
 """
 
 CLUSTER_PRESTOP_SH = r"""#!/bin/sh
