@@ -67,7 +67,8 @@ class Roller(Protocol):
 class Watch(Protocol):
     """A mode's follow-up of failovers as they happen (Sentinel's ``+switch-master``)."""
 
-    def ensure(self, *, redis_replicas: int, sentinel_replicas: int, password: str | None) -> None: ...
+    def ensure(self, *, redis_replicas: int, sentinel_replicas: int, password: str | None,
+               down_after_milliseconds: int = 0) -> None: ...
 
     def stop(self, timeout: float | None = None) -> None: ...
 

@@ -317,6 +317,34 @@ class SwitchMaster:
     received_at: float  # time.monotonic()
 
 
+@dataclass(frozen=True)
+class MasterDown:
+    """A Sentinel's word that a master is down and a failover is coming: ``+odown`` (a quorum of
+    Sentinels agree), ``+try-failover`` (this Sentinel starts one, also for ``SENTINEL FAILOVER``) or
+    ``+vote-for-leader`` (it votes for the Sentinel that will fail over; every Sentinel asked votes,
+    so this one is heard also when another one saw the master down and leads)."""
+
+    master_name: str
+    address: Address
+    event: str
+    received_at: float  # time.monotonic()
+
+
+DOWN_EVENTS = ("+odown", "+try-failover", "+vote-for-leader")
+
+
+def parse_master_down(event: str, data: str, master_name: str, current: Address | None) -> MasterDown | None:
+    """``master <name> <ip> <port> [...]``, the payload of a Sentinel event about a master; a vote
+    (``<runid> <epoch>``) names no master: it is about ``current``, the one master these Sentinels
+    monitor (None: not known yet)."""
+    parts = data.split()
+    if event == "+vote-for-leader":
+        return MasterDown(master_name, current, event, time.monotonic()) if current is not None else None
+    if len(parts) < 4 or parts[0] != "master" or not parts[3].isdigit():
+        return None
+    return MasterDown(parts[1], (parts[2], int(parts[3])), event, time.monotonic())
+
+
 def parse_switch_master(data: str) -> SwitchMaster | None:
     parts = data.split()
     if len(parts) != 5:
@@ -351,7 +379,8 @@ def named_master(conns: Connections, address: Address, master_name: str) -> tupl
 
 def watch_switch_master(conns: Connections, sentinels: Callable[[], Iterable[Address]], master_name: str,
                         on_switch: Callable[[SwitchMaster], None], stopped: threading.Event,
-                        *, poll: float = 0.5, max_backoff: float = 5.0, ping_every: float = WATCH_PING_SECONDS,
+                        *, on_down: Callable[[MasterDown], None] | None = None,
+                        poll: float = 0.5, max_backoff: float = 5.0, ping_every: float = WATCH_PING_SECONDS,
                         silence: float = WATCH_SILENCE_SECONDS) -> None:
     """Subscribe to ``+switch-master`` on one reachable Sentinel at a time until ``stopped``.
 
@@ -361,7 +390,9 @@ def watch_switch_master(conns: Connections, sentinels: Callable[[], Iterable[Add
     the master the Sentinel names is compared with the one last known, and a different one of a
     newer config-epoch is reported like a switch (a Sentinel with an older view is not believed).
     ``on_switch`` runs in this thread; a switch may be reported twice (a catch-up and the message
-    of the same switch), so it must be idempotent.
+    of the same switch), so it must be idempotent. With ``on_down``, the Sentinel's ``+odown``,
+    ``+try-failover`` and ``+vote-for-leader`` about this master are reported too (in this thread: it
+    must not block).
     """
     backoff = poll
     last_error: dict[Address, str] = {}  # per Sentinel: a failure is logged when it changes, not each round
@@ -372,7 +403,7 @@ def watch_switch_master(conns: Connections, sentinels: Callable[[], Iterable[Add
                 return
             pubsub = conns.get(address).pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
-                pubsub.subscribe("+switch-master")
+                pubsub.subscribe("+switch-master", *(DOWN_EVENTS if on_down is not None else ()))
                 named = named_master(conns, address, master_name)  # after subscribing: no switch in between
                 if named is not None:
                     if known is not None and named[0] != known[0] and named[1] > known[1]:
@@ -401,6 +432,13 @@ def watch_switch_master(conns: Connections, sentinels: Callable[[], Iterable[Add
                     heard = time.monotonic()
                     message = pubsub.handle_message(response) if isinstance(response, list) else None
                     if message is None or message.get("type") != "message":
+                        continue
+                    channel = str(message.get("channel", ""))
+                    if channel in DOWN_EVENTS:
+                        down = parse_master_down(channel, str(message.get("data", "")), master_name,
+                                                 known[0] if known is not None else None)
+                        if on_down is not None and down is not None and down.master_name == master_name:
+                            on_down(down)
                         continue
                     event = parse_switch_master(str(message.get("data", "")))
                     if event is not None and event.master_name == master_name:

@@ -171,7 +171,8 @@ class ResourceController:
             self._watch_mode = mode.name
         if self.watch is not None:
             self.watch.ensure(redis_replicas=outcome.spec.redis.replicas,
-                              sentinel_replicas=outcome.spec.sentinel.replicas, password=outcome.password)
+                              sentinel_replicas=outcome.spec.sentinel.replicas, password=outcome.password,
+                              down_after_milliseconds=outcome.spec.sentinel.down_after_milliseconds)
         report = outcome.streams
         autoscaler.place(body, self.owner, outcome.spec, outcome.password,
                          placement=report.placement if report is not None else None,

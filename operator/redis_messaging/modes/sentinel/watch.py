@@ -6,6 +6,16 @@ and catching up on a switch made meanwhile) and moves the ``role`` pod labels an
 once, so the master Service points at the new master within a fraction of a second; the periodic pass
 is the safety net. Each watch belongs to its resource's controller (no Kopf daemon, so no finalizer),
 which stops it when the resource goes.
+
+It also fences a master the Sentinels are failing over. Between the promotion of a replica and the
+moment Sentinel re-points the others, the old master, if it answers again (a partition healed, a
+frozen process resumed), still takes writes, and a replica that still follows it acknowledges them
+(``WAIT``); the promoted replica lacks them, and both are re-synced from it. So on ``+odown`` or
+``+try-failover`` for the master, the watch pauses the old master's writes (``CLIENT PAUSE ... WRITE``,
+retried every 100 ms while it does not answer) until it is a replica, or the Sentinels name another
+master and no replica follows it any more. A write sent meanwhile waits, and then fails on a replica or
+is refused (``min-replicas-to-write``) or unacknowledged (``WAIT``), instead of being acknowledged and
+lost. Should the failover not happen, writes resume after :func:`fence_seconds`.
 """
 
 from __future__ import annotations
@@ -17,13 +27,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from redis_messaging.builders import names
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube, KubeError
 from redis_messaging.redis import sentinel as rs
+from redis_messaging.redis import switchover
 from redis_messaging.redis.addresses import Addresses
 
 log = logging.getLogger(__name__)
+
+
+FENCE_RETRY_SECONDS = 0.1
+FENCE_MAX_SECONDS = 300.0
+
+
+def fence_seconds(down_after_milliseconds: int) -> float:
+    """How long a master the Sentinels fail over keeps its writes paused at most: twice the time
+    Sentinel waits before calling it down (a failover's election, promotion and re-pointing take about
+    that), between 5 and 30 seconds."""
+    return min(30.0, max(5.0, 2 * down_after_milliseconds / 1000))
 
 
 @dataclass
@@ -48,7 +72,8 @@ class FailoverWatch:
         self.owner = owner
         self.on_followed = on_followed
         self._pods = pods or self._list_pods
-        self._wanted: tuple[int, int, str | None] | None = None
+        self._wanted: tuple[int, int, str | None, float] | None = None
+        self._fences: dict[str, threading.Thread] = {}  # pod -> the thread fencing it
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -57,16 +82,20 @@ class FailoverWatch:
     def key(self) -> str:
         return f"{self.owner.namespace}/{self.owner.name}"
 
-    def ensure(self, *, redis_replicas: int, sentinel_replicas: int, password: str | None) -> None:
-        """Watch; restart the watch when what it depends on changed."""
-        wanted = (redis_replicas, sentinel_replicas, password)
+    def ensure(self, *, redis_replicas: int, sentinel_replicas: int, password: str | None,
+               down_after_milliseconds: int = 0) -> None:
+        """Watch; restart the watch when what it depends on changed. With ``down_after_milliseconds``
+        (the Sentinels' setting), a master being failed over is fenced (see the module)."""
+        wanted = (redis_replicas, sentinel_replicas, password,
+                  fence_seconds(down_after_milliseconds) if down_after_milliseconds > 0 else 0.0)
         with self._lock:
             if self._thread is not None and self._thread.is_alive() and self._wanted == wanted:
                 return
             self._stopped.set()
             self._stopped = threading.Event()
             self._wanted = wanted
-            self._thread = threading.Thread(target=self._run, args=(sentinel_replicas, password, self._stopped),
+            self._thread = threading.Thread(target=self._run,
+                                            args=(sentinel_replicas, password, wanted[3], self._stopped),
                                             name=f"failover-watch {self.key}", daemon=True)
             self._thread.start()
 
@@ -86,17 +115,108 @@ class FailoverWatch:
     def _list_pods(self) -> list[dict[str, Any]]:
         return self.kube.list("Pod", self.owner.namespace, names.instance_selector(self.owner))
 
-    def _run(self, sentinel_replicas: int, password: str | None, stopped: threading.Event) -> None:
+    def _run(self, sentinel_replicas: int, password: str | None, fence: float, stopped: threading.Event) -> None:
         owner = self.owner
         conns = rs.Connections(password, timeout=2.0, tls=self.addresses.tls(owner))
 
         def sentinels() -> list[rs.Address]:
             return [self.addresses.sentinel(owner, owner.sentinel_pod(i)) for i in range(sentinel_replicas)]
 
+        def on_down(event: rs.MasterDown) -> None:
+            self._start_fence(event, password, fence, stopped, sentinels)
+
         try:
-            rs.watch_switch_master(conns, sentinels, owner.master_name, self._follow, stopped)
+            rs.watch_switch_master(conns, sentinels, owner.master_name, self._follow, stopped,
+                                   on_down=on_down if fence > 0 else None)
         finally:
             conns.close()
+
+    def _start_fence(self, event: rs.MasterDown, password: str | None, seconds: float,
+                     stopped: threading.Event, sentinels: Callable[[], list[rs.Address]]) -> None:
+        pod = self.addresses.pod_of(self.owner, event.address[0])
+        if pod is None:
+            log.warning("%s: Sentinel says %s:%s is down, which is none of our pods", self.key, *event.address)
+            return
+        with self._lock:
+            running = self._fences.get(pod)
+            if running is not None and running.is_alive():
+                return
+            thread = threading.Thread(target=self._fence, args=(pod, event, password, seconds, stopped, sentinels),
+                                      name=f"fence {self.key}/{pod}", daemon=True)
+            self._fences[pod] = thread
+        thread.start()
+
+    def _fence(self, pod: str, event: rs.MasterDown, password: str | None, seconds: float,
+               stopped: threading.Event, sentinels: Callable[[], list[rs.Address]]) -> None:
+        """Pause ``pod``'s writes until it is a replica (see the module), or until the Sentinels name
+        another master and no replica follows it any more (it can acknowledge nothing; Sentinel, which
+        looks at a former master as at any replica, every 10 s, converts it later). At least
+        ``seconds`` otherwise, longer while the Sentinels name another master, at most FENCE_MAX_SECONDS."""
+        address = self.addresses.redis(self.owner, pod)
+        conns = rs.Connections(password, timeout=1.0, tls=self.addresses.tls(self.owner))
+        first_until = event.received_at + seconds
+        paused_at: float | None = None
+        paused_until = 0.0
+        try:
+            while not stopped.is_set():
+                now = time.monotonic()
+                try:
+                    if paused_at is None:
+                        if now >= first_until:
+                            log.warning("%s: could not pause the writes of %s (it did not answer) within %.0fs",
+                                        self.key, pod, seconds)
+                            return
+                        switchover.pause_writes(conns, address, max(1, int((first_until - now) * 1000)))
+                        paused_at, paused_until = time.monotonic(), first_until
+                        log.warning("%s: Sentinel reported %s for master %s; its writes are paused (%.2fs later) "
+                                    "until it is a replica", self.key, event.event, pod, paused_at - event.received_at)
+                        self._event("MasterFenced", f"Sentinel reported {event.event} for master {pod}: its "
+                                    "writes are paused until it is a replica, so that none is acknowledged that "
+                                    "the replica being promoted lacks")
+                    else:
+                        node = rs.observe_redis(conns, address)
+                        if node.role == "slave":
+                            switchover.unpause(conns, address)
+                            log.info("%s: %s is a replica now; its writes were paused for %.1fs", self.key, pod,
+                                     time.monotonic() - paused_at)
+                            return
+                        deposed, failing_over = self._deposed(conns, sentinels(), event.address)
+                        if deposed and not failing_over and node.reachable and not node.replicas:
+                            # The failover is over (every replica re-pointed) and nothing follows it: it
+                            # can acknowledge no write. The pause ends, or it would hold back the
+                            # Sentinels' hello messages and their command to convert it, queued on the
+                            # same connection.
+                            switchover.unpause(conns, address)
+                            log.info("%s: the Sentinels failed over and no replica follows %s; its writes were "
+                                     "paused for %.1fs", self.key, pod, time.monotonic() - paused_at)
+                            return
+                        if paused_until - now < 1.0:
+                            if deposed and now - paused_at < FENCE_MAX_SECONDS:
+                                switchover.pause_writes(conns, address, 2000)
+                                paused_until = time.monotonic() + 2.0
+                            elif now >= paused_until:
+                                log.info("%s: the Sentinels still name %s the master (no failover happened); "
+                                         "its writes resume", self.key, pod)
+                                return
+                except (RedisError, OSError) as exc:
+                    log.debug("%s: fencing %s: %s", self.key, pod, exc)
+                stopped.wait(FENCE_RETRY_SECONDS if paused_at is None else 0.25)
+        finally:
+            conns.close()
+
+    def _deposed(self, conns: rs.Connections, sentinels: list[rs.Address], master: rs.Address) -> tuple[bool, bool]:
+        """Whether the Sentinels that answer name another master than ``master``, and whether one of
+        them is still failing over (re-pointing the replicas)."""
+        seen = [node for sentinel in sentinels
+                if (node := rs.observe_sentinel(conns, sentinel, self.owner.master_name)).monitoring]
+        deposed = bool(seen) and all(node.master not in (None, master) for node in seen)
+        return deposed, any(node.failing_over for node in seen)
+
+    def _event(self, reason: str, message: str) -> None:
+        owner = self.owner
+        involved = {"apiVersion": "redis-messaging.dev/v1alpha1", "kind": "RedisMessaging",
+                    "metadata": {"name": owner.name, "namespace": owner.namespace, "uid": owner.uid}}
+        self.kube.event(involved, reason=reason, message=message)
 
     def _follow(self, event: rs.SwitchMaster) -> None:
         owner = self.owner
@@ -122,10 +242,7 @@ class FailoverWatch:
         followed = Followed(old, new, time.monotonic() - event.received_at)
         log.info("%s: Sentinel switched the master %s -> %s; labels and status followed in %.3fs",
                  self.key, old, new, followed.seconds)
-        involved = {"apiVersion": "redis-messaging.dev/v1alpha1", "kind": "RedisMessaging",
-                    "metadata": {"name": owner.name, "namespace": owner.namespace, "uid": owner.uid}}
-        self.kube.event(involved, reason="MasterSwitched",
-                        message=f"Sentinel failed over from {old} to {new}; labels and status followed "
-                        f"in {followed.seconds * 1000:.0f} ms")
+        self._event("MasterSwitched", f"Sentinel failed over from {old} to {new}; labels and status followed "
+                    f"in {followed.seconds * 1000:.0f} ms")
         if self.on_followed is not None:
             self.on_followed(owner, followed)

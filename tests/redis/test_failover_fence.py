@@ -1,0 +1,196 @@
+"""A master the Sentinels fail over is fenced: it acknowledges no write that the promoted replica lacks.
+
+The master freezes (SIGSTOP, like a partition) long enough for the Sentinels to call it down, and
+resumes as they start the failover. Unfenced, it takes writes again at once, and a replica that still
+follows it acknowledges them (``WAIT 1``) until Sentinel re-points that replica at the promoted one:
+those writes are then gone from every pod. The failover watch pauses the old master's writes on
+``+odown`` / ``+try-failover`` until it is a replica. Real redis-server and redis-sentinel processes,
+and a client that writes to the master it knows, as fast as it can, like the nemesis workload."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ReadOnlyError, RedisError
+from redis.retry import Retry
+from sentinel_env import Address, SentinelEnv
+
+from redis_messaging.api import models
+from redis_messaging.builders.names import Owner
+from redis_messaging.modes.sentinel.watch import FailoverWatch
+from redis_messaging.redis.addresses import MapAddresses
+
+pytestmark = pytest.mark.redis
+
+T = TypeVar("T")
+
+PASSWORD = "fence-Pa55word"
+OWNER = Owner(name="orders", namespace="shop", uid="uid-orders")
+DOWN_AFTER_MS = 1000
+SPEC = models.parse_spec({
+    "auth": {"enabled": True},
+    "redis": {"replicas": 3, "config": {"repl-diskless-sync-delay": "0"}},
+    "sentinel": {"replicas": 3, "quorum": 2, "downAfterMilliseconds": DOWN_AFTER_MS, "failoverTimeout": 5000},
+})
+WRITE_SECONDS = 40.0  # the writer's bound, whatever happens
+WRITES = 200_000  # and its count bound
+
+
+def eventually(check: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.05) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = check()
+        except RedisError:
+            found = None
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g}s")
+        time.sleep(interval)
+
+
+class Recorder:
+    """What the watch asks of the API server: pod labels, the status, Events."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+
+    def label_pod(self, namespace: str, name: str, labels: dict[str, str]) -> None:
+        pass
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        pass
+
+    def event(self, involved: dict[str, Any], *, reason: str, message: str, **_: Any) -> None:
+        with self.lock:
+            self.events.append((reason, message))
+
+    def reasons(self) -> list[str]:
+        with self.lock:
+            return [r for r, _ in self.events]
+
+
+class Writer:
+    """Writes ``k<i>`` to the master it knows, each acknowledged by ``WAIT 1``; on an error it asks the
+    Sentinels for the master again. Records every acknowledged key."""
+
+    def __init__(self, env: SentinelEnv, master: Address) -> None:
+        self.env = env
+        self.master = master
+        self.acked: list[str] = []
+        self.errors = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="writer", daemon=True)
+
+    def _client(self, address: Address) -> redis.Redis:
+        return redis.Redis(host=address[0], port=address[1], password=PASSWORD, socket_timeout=1,
+                           socket_connect_timeout=1, decode_responses=True, retry=Retry(NoBackoff(), 0))
+
+    def _run(self) -> None:
+        client = self._client(self.master)
+        end = time.monotonic() + WRITE_SECONDS
+        for i in range(WRITES):
+            if self.stopped.is_set() or time.monotonic() > end:
+                break
+            key = f"k{i}"
+            try:
+                client.set(key, i)
+                if int(client.execute_command("WAIT", 1, 1000)) >= 1:  # type: ignore[no-untyped-call]
+                    self.acked.append(key)
+            except (RedisError, OSError):
+                self.errors += 1
+                client.close()
+                time.sleep(0.05)
+                named = self.env.sentinel_masters()
+                found = next((a for a in named.values() if a is not None), None)
+                client = self._client(found or self.master)
+        client.close()
+
+    def __enter__(self) -> Writer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stopped.set()
+        self.thread.join(WRITE_SECONDS + 10)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[SentinelEnv]:
+    with SentinelEnv(SPEC, OWNER, tmp_path, password=PASSWORD) as env:
+        env.start()
+        env.wait_replication(timeout=30)
+        env.sentinel_master(timeout=30)
+
+        def knows_all(pod: str) -> bool:
+            reply = env.client(pod).execute_command("SENTINEL", "MASTER", OWNER.master_name)  # type: ignore[no-untyped-call]
+            info = dict(zip(reply[::2], reply[1::2], strict=True)) if isinstance(reply, list) else dict(reply)
+            return int(info["num-other-sentinels"]) == 2 and int(info["num-slaves"]) == 2
+
+        eventually(lambda: all(knows_all(p) for p in env.sentinel_pods), timeout=30,
+                   what="every Sentinel knows the others and the replicas")
+        yield env
+
+
+def odown(env: SentinelEnv) -> bool:
+    """Whether a Sentinel holds the master objectively down (a failover is about to start)."""
+    for pod in env.sentinel_pods:
+        try:
+            reply = env.client(pod, socket_timeout=0.5).execute_command(  # type: ignore[no-untyped-call]
+                "SENTINEL", "MASTER", OWNER.master_name)
+        except RedisError:
+            continue
+        info = dict(zip(reply[::2], reply[1::2], strict=True)) if isinstance(reply, list) else dict(reply)
+        if "o_down" in str(info.get("flags", "")):
+            return True
+    return False
+
+
+def test_a_master_back_during_its_failover_acknowledges_nothing_the_promoted_replica_lacks(
+        env: SentinelEnv) -> None:
+    old = env.sentinel_master()
+    old_pod = env.pod_at(old)
+    addresses = MapAddresses({p: env.address(p) for p in env.redis_pods},
+                             {p: env.address(p) for p in env.sentinel_pods})
+    kube = Recorder()
+    watch = FailoverWatch(kube, addresses, OWNER, pods=env.pod_objects)  # type: ignore[arg-type]
+    watch.ensure(redis_replicas=3, sentinel_replicas=3, password=PASSWORD, down_after_milliseconds=DOWN_AFTER_MS)
+    try:
+        time.sleep(1.0)  # subscribed
+        with Writer(env, old) as writer:
+            eventually(lambda: len(writer.acked) > 100, timeout=10, what="writes acknowledged")
+            env.stop(old_pod)
+            try:
+                eventually(lambda: odown(env), timeout=15, what="the Sentinels hold the master down")
+            finally:
+                env.cont(old_pod)
+            new = env.sentinel_master(timeout=30, other_than=old)
+            eventually(lambda: env.info(old_pod)["role"] == "slave", timeout=30, what=f"{old_pod} a replica")
+            eventually(lambda: int(env.info(old_pod).get("master_port", 0)) == new[1]
+                       and env.info(old_pod).get("master_link_status") == "up", timeout=30,
+                       what=f"{old_pod} synced with the new master")
+            acked_at_switch = len(writer.acked)
+            eventually(lambda: len(writer.acked) > acked_at_switch + 100, timeout=15,
+                       what="writes acknowledged by the new master")
+    finally:
+        watch.stop(timeout=10)
+    new_pod = env.pod_at(new)
+    client = env.client(new_pod)
+    pipe = client.pipeline(transaction=False)
+    for key in writer.acked:
+        pipe.exists(key)
+    missing = [k for k, present in zip(writer.acked, pipe.execute(), strict=True) if not present]
+    assert missing == [], f"{len(missing)} of {len(writer.acked)} acknowledged writes lost: {missing[:10]}"
+    assert "MasterFenced" in kube.reasons(), kube.events
+    # the pause ended: a write to the old master is refused at once (a replica's), not held
+    with pytest.raises(ReadOnlyError):
+        env.client(old_pod, socket_timeout=1).set("after", 1)
