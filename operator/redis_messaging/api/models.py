@@ -350,7 +350,8 @@ class Tls(Model):
     secret_name: str | None = Field(
         None, pattern=DNS_LABEL,
         description="A Secret with tls.crt, tls.key and ca.crt (the layout cert-manager writes): the key pair "
-        "every pod serves with, signed by ca.crt. Not with issuerRef.",
+        "every pod serves with, signed by ca.crt; the exporter verifies it by the pod's own DNS name. Not with "
+        "issuerRef.",
     )
     issuer_ref: IssuerRef | None = Field(
         None,
