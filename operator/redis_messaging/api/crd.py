@@ -5,6 +5,10 @@ into a Kubernetes *structural* OpenAPI v3 schema: references inlined, ``Optional
 ``additionalProperties: false`` dropped (the API server prunes and, with strict field validation,
 refuses unknown fields), free-form objects marked ``x-kubernetes-preserve-unknown-fields``, and
 ``default: {}`` on nested objects so their own defaults are applied by the API server.
+
+Descriptions come from the models too: a field's ``description`` or, for a field whose type is a
+model, that model's docstring (the field's own description wins). They are what ``kubectl explain``
+prints, so each is folded into one paragraph; a field without one fails ``tests/unit/test_crd.py``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,12 @@ import yaml
 from redis_messaging.api import models
 
 _DROP = {"title", "additionalProperties", "$defs", "x-optional"}
+
+# The fields every Kubernetes object has.
+_API_VERSION_DOC = f"The API group and version of this object: {models.API_VERSION}."
+_KIND_DOC = f"The kind of this object: {models.KIND}."
+_METADATA_DOC = ("Standard object metadata. The name is at most 40 characters: the names of the child objects "
+                 "derive from it.")
 
 
 def _resolve(node: Any, defs: dict[str, Any]) -> Any:
@@ -68,6 +78,8 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
             out["properties"] = props
         elif key == "items":
             out["items"] = _structural(value)
+        elif key == "description":
+            out[key] = " ".join(str(value).split())  # docstrings wrap: kubectl explain re-wraps
         else:
             out[key] = value
     if "const" in node:
@@ -103,9 +115,9 @@ def crd() -> dict[str, Any]:
             }
         ],
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            "apiVersion": {"type": "string", "description": _API_VERSION_DOC},
+            "kind": {"type": "string", "description": _KIND_DOC},
+            "metadata": {"type": "object", "description": _METADATA_DOC},
             "spec": spec_schema,
             "status": status_schema,
         },

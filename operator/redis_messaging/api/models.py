@@ -7,7 +7,7 @@ or as CEL rules in ``x-kubernetes-validations``, so a bad resource is refused at
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -57,20 +57,49 @@ class Model(BaseModel):
 # A free-form Kubernetes object (affinity, resources, ...) validated by the API server's own types
 # when the pod is created; the CRD keeps it as is.
 FreeForm = dict[str, Any]
+Toleration = Annotated[FreeForm, Field(description="A Kubernetes Toleration, as in a pod's spec.")]
+TopologySpreadConstraint = Annotated[
+    FreeForm, Field(description="A Kubernetes TopologySpreadConstraint, as in a pod's spec.")
+]
+NetworkPolicyPeer = Annotated[
+    FreeForm,
+    Field(description="A Kubernetes NetworkPolicyPeer: a podSelector, a namespaceSelector (or both), or an ipBlock."),
+]
 
 
 class ResourceRequirements(Model):
-    requests: dict[str, str] = Field(default_factory=dict)
-    limits: dict[str, str] = Field(default_factory=dict)
+    """CPU and memory of a container, as in a Kubernetes container's resources. With neither requests
+    nor limits, the container gets the operator's default requests (each field that uses this says which)."""
+
+    requests: dict[str, str] = Field(
+        default_factory=dict,
+        description="Resources the container is guaranteed, as Kubernetes quantities, e.g. {cpu: 100m, memory: 128Mi}.",
+    )
+    limits: dict[str, str] = Field(
+        default_factory=dict,
+        description="Most resources the container may use, as Kubernetes quantities, e.g. {memory: 1Gi}.",
+    )
 
 
 class RedisSpec(Model):
-    replicas: int = Field(3, ge=1, le=15, description="Redis pods in sentinel mode (one master).")
-    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    """The redis-server processes: how many in Sentinel mode, their resources and their redis.conf."""
+
+    replicas: int = Field(
+        3, ge=1, le=15,
+        description="Redis pods in Sentinel mode (StatefulSet <name>-redis): one master, the others its replicas. "
+        "Cluster mode ignores it (see cluster.shards and cluster.replicasPerShard).",
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements,
+        description="Resources of each redis-server container; with neither requests nor limits, requests of "
+        "cpu 100m and memory 128Mi.",
+    )
     config: dict[str, str] = Field(
         default_factory=dict,
         max_length=200,
-        description="Extra redis.conf directives. Keys the operator manages are refused.",
+        description="Extra redis.conf directives, name to value (e.g. maxmemory: 1gb), at most 200. They come "
+        "after the operator's defaults (maxmemory-policy noeviction, tcp-keepalive 60, timeout 0) and may "
+        "override them; keys the operator manages are refused. A change rolls the Redis pods.",
         json_schema_extra={
             "x-kubernetes-validations": [
                 _cel(
@@ -82,12 +111,22 @@ class RedisSpec(Model):
         },
     )
     min_replicas_to_write: int = Field(
-        1, ge=0, description="min-replicas-to-write when the master has replicas (capped at replicas-1)."
+        1, ge=0,
+        description="min-replicas-to-write: a master refuses writes while fewer replicas than this are connected "
+        "and within minReplicasMaxLag, so a master cut off from its replicas stops taking writes. Capped at the "
+        "replicas that exist (redis.replicas - 1, or cluster.replicasPerShard); 0 turns the check off.",
     )
-    min_replicas_max_lag: int = Field(10, ge=1, description="min-replicas-max-lag in seconds.")
+    min_replicas_max_lag: int = Field(
+        10, ge=1,
+        description="min-replicas-max-lag, in seconds: a replica counts for minReplicasToWrite only if it "
+        "acknowledged the master within this time. Also the threshold of the replica-lag alert.",
+    )
 
 
 class SentinelSpec(Model):
+    """Sentinel mode only: the Sentinels (StatefulSet <name>-sentinel) that watch the master and fail
+    over to a replica, and their settings for it (sentinel.conf)."""
+
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -100,24 +139,64 @@ class SentinelSpec(Model):
         }
     )
 
-    replicas: int = Field(3, ge=1, le=9)
-    quorum: int = Field(2, ge=1)
-    down_after_milliseconds: int = Field(5000, ge=1000)
-    failover_timeout: int = Field(60000, ge=5000)
-    parallel_syncs: int = Field(1, ge=1)
-    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    replicas: int = Field(3, ge=1, le=9, description="Sentinel pods.")
+    quorum: int = Field(
+        2, ge=1,
+        description="Sentinels that must agree the master is down before a failover starts (the quorum of "
+        "sentinel monitor); at most sentinel.replicas.",
+    )
+    down_after_milliseconds: int = Field(
+        5000, ge=1000,
+        description="down-after-milliseconds: how long, in milliseconds, the master may not answer before a "
+        "Sentinel calls it down. The operator waits at least as long (and at least 10 s) before it promotes a "
+        "replica itself, and a planned switch-over pauses the master's writes for about a third of it (0.2 to "
+        "5 s).",
+    )
+    failover_timeout: int = Field(
+        60000, ge=5000,
+        description="Sentinel's failover-timeout, in milliseconds; among other things, a Sentinel retries a "
+        "failover of the same master only after twice this time. When the master the Sentinels name restarted "
+        "as a replica, the operator leaves them this much longer to fail over before it elects a master itself.",
+    )
+    parallel_syncs: int = Field(
+        1, ge=1,
+        description="Replicas that Sentinel points at a new master at the same time after a failover "
+        "(parallel-syncs).",
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements,
+        description="Resources of each Sentinel container; with neither requests nor limits, requests of cpu "
+        "50m and memory 32Mi.",
+    )
 
 
 class ClusterSpec(Model):
-    shards: int = Field(3, ge=3, le=100, description="Master shards; a Redis Cluster needs at least 3.")
-    replicas_per_shard: int = Field(1, ge=0, le=5)
-    node_timeout: int = Field(5000, ge=1000, description="cluster-node-timeout in milliseconds.")
+    """Cluster mode only: the shards of the Redis Cluster, one StatefulSet <name>-shard-<i> each."""
+
+    shards: int = Field(
+        3, ge=3, le=100,
+        description="Master shards, each serving an even share of the 16384 hash slots; a Redis Cluster needs "
+        "at least 3. A change reshards: slots move to new shards, or away from removed ones before their "
+        "StatefulSets are deleted.",
+    )
+    replicas_per_shard: int = Field(
+        1, ge=0, le=5, description="Replicas of each shard's master: a shard has 1 + replicasPerShard pods."
+    )
+    node_timeout: int = Field(
+        5000, ge=1000,
+        description="cluster-node-timeout, in milliseconds: how long a node may not answer before the cluster "
+        "counts it as failing and a replica of it may take over.",
+    )
 
 
 class Storage(Model):
+    """The data volume of each Redis pod: a PersistentVolumeClaim data-<pod>, mounted at /data."""
+
     size: str = Field(
         "8Gi",
         pattern=QUANTITY,
+        description="Size of each data volume, a Kubernetes quantity (e.g. 8Gi). It may grow, never shrink: "
+        "existing claims are expanded in place when their StorageClass allows volume expansion.",
         json_schema_extra={
             "x-kubernetes-validations": [
                 _cel(
@@ -129,6 +208,8 @@ class Storage(Model):
     )
     storage_class_name: str | None = Field(
         None,
+        description="StorageClass of the data volumes; the cluster's default class when not set. It cannot be "
+        "changed once set.",
         json_schema_extra={
             "x-kubernetes-validations": [_cel("self == oldSelf", "storageClassName is immutable")]
         },
@@ -136,29 +217,65 @@ class Storage(Model):
 
 
 class RetentionPolicy(Model):
-    when_deleted: Literal["Retain", "Delete"] = "Retain"
-    when_scaled: Literal["Retain", "Delete"] = "Retain"
+    """What becomes of the data volumes when their pods go: the persistentVolumeClaimRetentionPolicy of
+    the Redis StatefulSets."""
+
+    when_deleted: Literal["Retain", "Delete"] = Field(
+        "Retain",
+        description="The claims of a StatefulSet that is deleted (the resource deleted, or a shard removed): "
+        "Retain keeps them, Delete deletes them.",
+    )
+    when_scaled: Literal["Retain", "Delete"] = Field(
+        "Retain",
+        description="The claims of pods removed by a scale-down (fewer redis.replicas or "
+        "cluster.replicasPerShard): Retain keeps them, Delete deletes them.",
+    )
 
 
 class Persistence(Model):
-    mode: Literal["aof", "rdb", "both", "none"] = "aof"
-    appendfsync: Literal["always", "everysec", "no"] = "everysec"
+    """How Redis keeps its data on disk, and the volumes it keeps it on."""
+
+    mode: Literal["aof", "rdb", "both", "none"] = Field(
+        "aof",
+        description="aof: an append-only file of every write; rdb: snapshots at the rdbSave points; both; none: "
+        "nothing on disk and no volume (an emptyDir: the data goes with the pod).",
+    )
+    appendfsync: Literal["always", "everysec", "no"] = Field(
+        "everysec",
+        description="When the append-only file is flushed to disk (appendfsync; modes aof and both): always, "
+        "after every write; everysec, once a second (a crash may lose the last second of writes); no, when the "
+        "operating system decides.",
+    )
     rdb_save: str = Field(
         "3600 1 300 100 60 10000",
         pattern=r"^([0-9]+ [0-9]+)( [0-9]+ [0-9]+)*$",
-        description="RDB save points as 'seconds changes' pairs.",
+        description="RDB save points as 'seconds changes' pairs (modes rdb and both): a snapshot is written when "
+        "at least that many writes happened within that many seconds.",
     )
     storage: Storage = Field(default_factory=Storage)
     retention_policy: RetentionPolicy = Field(default_factory=RetentionPolicy)
 
 
 class AclUser(Model):
-    name: str = Field(pattern=r"^[a-zA-Z0-9_.-]+$", max_length=64)
-    secret_name: str = Field(pattern=DNS_LABEL, max_length=253)
-    rules: str = Field(min_length=1, description="ACL rules, e.g. '~orders* +@stream +@read'.")
+    """A Redis ACL user besides the default one, set on every Redis process (ACL SETUSER <name> reset on
+    ><password> <rules>)."""
+
+    name: str = Field(
+        pattern=r"^[a-zA-Z0-9_.-]+$", max_length=64,
+        description="The user's name; not default (the default user's password is auth.secretName's).",
+    )
+    secret_name: str = Field(
+        pattern=DNS_LABEL, max_length=253,
+        description="Secret in the resource's namespace whose key 'password' holds the user's password.",
+    )
+    rules: str = Field(
+        min_length=1, description="ACL rules: the keys and commands the user may use, e.g. '~orders* +@stream +@read'."
+    )
 
 
 class Auth(Model):
+    """Passwords: the default user's, the ACL users', and how a changed password is rolled out."""
+
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -172,31 +289,44 @@ class Auth(Model):
         }
     )
 
-    enabled: bool = True
+    enabled: bool = Field(
+        True,
+        description="Require a password on Redis and Sentinel. false: no password at all, and no ACL users.",
+    )
     secret_name: str | None = Field(
         None,
         pattern=DNS_LABEL,
-        description="Secret with key 'password' for the default user; generated when not named.",
+        description="Secret whose key 'password' holds the default user's password. Not set: the operator "
+        "generates one, once, into the Secret <name>-auth. A changed password is rolled out without downtime.",
     )
     users: list[AclUser] = Field(
         default_factory=list,
         max_length=64,
+        description="ACL users besides the default one, by name, at most 64; they need auth.enabled. A user "
+        "no longer declared is deleted.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     rotation_grace_seconds: int = Field(
         120, ge=0,
-        description="After a changed password is published in the connection Secret, how long the previous "
-        "one keeps working, so clients can re-read the Secret and reconnect.",
+        description="After a changed password is published in the connection Secret, how many seconds the "
+        "previous one keeps working, so clients can re-read the Secret and reconnect.",
     )
 
 
 class IssuerRef(Model):
-    name: str
-    kind: Literal["Issuer", "ClusterIssuer"] = "Issuer"
-    group: str = "cert-manager.io"
+    """A cert-manager issuer, to sign the Certificate the operator creates for tls.issuerRef."""
+
+    name: str = Field(description="Name of the Issuer or ClusterIssuer.")
+    kind: Literal["Issuer", "ClusterIssuer"] = Field(
+        "Issuer", description="Issuer (in the resource's namespace) or ClusterIssuer."
+    )
+    group: str = Field("cert-manager.io", description="API group of the issuer.")
 
 
 class Tls(Model):
+    """TLS on every connection: clients, replication, Sentinel and the cluster bus, with no plain-text
+    port left open."""
+
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -212,35 +342,80 @@ class Tls(Model):
         }
     )
 
-    enabled: bool = False
-    # A kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt (what cert-manager writes).
-    secret_name: str | None = Field(None, pattern=DNS_LABEL)
-    # Or: the operator creates a cert-manager Certificate from this issuer (Secret <name>-tls).
-    issuer_ref: IssuerRef | None = None
-    # Require a client certificate signed by ca.crt from every client (tls-auth-clients yes); by
-    # default clients verify the servers and authenticate with passwords (tls-auth-clients optional).
-    auth_clients: bool = False
+    enabled: bool = Field(
+        False,
+        description="Serve TLS only (port 0). Needs secretName or issuerRef; nothing is built until the Secret "
+        "holds tls.crt, tls.key and ca.crt.",
+    )
+    secret_name: str | None = Field(
+        None, pattern=DNS_LABEL,
+        description="A Secret with tls.crt, tls.key and ca.crt (the layout cert-manager writes): the key pair "
+        "every pod serves with, signed by ca.crt; the exporter verifies it by the pod's own DNS name. Not with "
+        "issuerRef.",
+    )
+    issuer_ref: IssuerRef | None = Field(
+        None,
+        description="Instead of secretName: the operator creates a cert-manager Certificate from this issuer, "
+        "naming every pod and Service, and the pods use its Secret <name>-tls. Needs cert-manager.",
+    )
+    auth_clients: bool = Field(
+        False,
+        description="Require from every client a certificate signed by ca.crt (tls-auth-clients yes). false: "
+        "clients verify the servers and authenticate with passwords (tls-auth-clients optional).",
+    )
 
 
 class Exporter(Model):
-    enabled: bool = True
-    image: str = Field("oliver006/redis_exporter:v1.67.0", min_length=1)
-    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    """The redis_exporter sidecar of every Redis and Sentinel pod: Prometheus metrics on port 9121."""
+
+    enabled: bool = Field(
+        True,
+        description="Run the sidecar. With auth it logs in as its own read-only ACL user rmsg-exporter, whose "
+        "password is generated into the Secret <name>-exporter.",
+    )
+    image: str = Field("oliver006/redis_exporter:v1.67.0", min_length=1, description="The redis_exporter image.")
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements,
+        description="Resources of each exporter container; with neither requests nor limits, requests of cpu "
+        "10m and memory 32Mi.",
+    )
 
 
 class ServiceMonitor(Model):
-    enabled: bool = False
-    interval: str = Field("30s", pattern=DURATION)
-    labels: dict[str, str] = Field(default_factory=dict)
+    """A Prometheus Operator ServiceMonitor <name> that scrapes the exporters through the headless
+    Service <name>-metrics."""
+
+    enabled: bool = Field(
+        False,
+        description="Create the Service and the ServiceMonitor. Left out, with the condition MonitoringReady "
+        "False, while the API server does not serve monitoring.coreos.com/v1.",
+    )
+    interval: str = Field("30s", pattern=DURATION, description="Scrape interval, a duration such as 30s or 1m.")
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra labels of the ServiceMonitor, e.g. the ones your Prometheus selects ServiceMonitors by.",
+    )
 
 
 class PrometheusRule(Model):
-    enabled: bool = False
-    labels: dict[str, str] = Field(default_factory=dict)
+    """A Prometheus Operator PrometheusRule <name> with the alerts that matter for messaging:
+    availability, Sentinel, memory, and consumers falling behind."""
+
+    enabled: bool = Field(
+        False,
+        description="Create the PrometheusRule. Left out, with the condition MonitoringReady False, while the "
+        "API server does not serve monitoring.coreos.com/v1.",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra labels of the PrometheusRule, e.g. the ones your Prometheus selects rules by.",
+    )
 
 
 class GrafanaDashboard(Model):
-    enabled: bool = False
+    """A Grafana dashboard of the resource, as JSON in the ConfigMap <name>-dashboard."""
+
+    enabled: bool = Field(False, description="Create the dashboard ConfigMap.")
     labels: dict[str, str] = Field(
         default_factory=lambda: {"grafana_dashboard": "1"},
         description="Labels of the dashboard ConfigMap; the Grafana sidecar picks up grafana_dashboard=1.",
@@ -248,6 +423,8 @@ class GrafanaDashboard(Model):
 
 
 class Monitoring(Model):
+    """Metrics and alerts: the exporter sidecars, and the Prometheus Operator and Grafana objects."""
+
     exporter: Exporter = Field(default_factory=Exporter)
     service_monitor: ServiceMonitor = Field(default_factory=ServiceMonitor)
     prometheus_rule: PrometheusRule = Field(default_factory=PrometheusRule)
@@ -258,13 +435,17 @@ class NetworkPolicy(Model):
     """Who may open connections to the pods: the pods of the same resource (replication, Sentinel,
     cluster bus), the operator, the declared clients, and scrapers on the metrics port only."""
 
-    enabled: bool = False
-    clients: list[FreeForm] = Field(
+    enabled: bool = Field(
+        False,
+        description="Create the NetworkPolicy <name> over every pod of the resource (ingress only; egress is "
+        "left alone). The cluster's network plugin enforces it, or not.",
+    )
+    clients: list[NetworkPolicyPeer] = Field(
         default_factory=list,
         description="NetworkPolicyPeers admitted to Redis and Sentinel; by default the pods of the "
         "namespace labelled redis-messaging.dev/client=<resource name>.",
     )
-    metrics_from: list[FreeForm] = Field(
+    metrics_from: list[NetworkPolicyPeer] = Field(
         default_factory=list,
         description="NetworkPolicyPeers admitted to the exporter's metrics port; empty admits any source "
         "to that port only.",
@@ -272,30 +453,56 @@ class NetworkPolicy(Model):
 
 
 class PodSpec(Model):
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
+    """Pod settings shared by every Redis, Sentinel and shard pod of the resource."""
+
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels of the pods.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations of the pods.")
     affinity: FreeForm | None = Field(
-        None, description="Replaces the default anti-affinity when given."
+        None,
+        description="The pods' affinity. Replaces, when given, the default anti-affinity that prefers one pod "
+        "of a kind per node.",
     )
-    tolerations: list[FreeForm] = Field(default_factory=list)
-    topology_spread_constraints: list[FreeForm] | None = Field(
-        None, description="Replaces the default zone spread when given."
+    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations of the pods.")
+    topology_spread_constraints: list[TopologySpreadConstraint] | None = Field(
+        None,
+        description="Replaces, when given, the default spread over zones (topology.kubernetes.io/zone, maxSkew "
+        "1, ScheduleAnyway).",
     )
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    priority_class_name: str | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods must run on.")
+    priority_class_name: str | None = Field(None, description="PriorityClass of the pods.")
     security_context: FreeForm | None = Field(
-        None, description="Pod securityContext; the default is non-root with seccomp RuntimeDefault."
+        None,
+        description="Pod securityContext. Replaces, when given, the default: non-root as UID, GID and fsGroup "
+        "999, seccomp RuntimeDefault.",
     )
-    termination_grace_period_seconds: int = Field(60, ge=0)
-    image_pull_secrets: list[str] = Field(default_factory=list)
+    termination_grace_period_seconds: int = Field(
+        60, ge=0,
+        description="Seconds a pod has to stop. Its pre-stop hook (a master hands over to a replica that caught "
+        "up) may take all but 10 of them, and at least 5.",
+    )
+    image_pull_secrets: list[str] = Field(
+        default_factory=list, description="Names of the Secrets to pull the Redis and exporter images with."
+    )
 
 
 class AutoscaleTarget(Model):
-    kind: Literal["Deployment", "StatefulSet"] = "Deployment"
-    name: str = Field(pattern=DNS_LABEL, max_length=253)
+    """The consumer workload, in the resource's namespace, whose replicas the operator sets through its
+    scale subresource."""
+
+    kind: Literal["Deployment", "StatefulSet"] = Field(
+        "Deployment",
+        description="Deployment or StatefulSet. Before a Deployment consuming a stream scales down, its pods "
+        "whose consumers hold the fewest pending entries are marked to go first (pod-deletion-cost).",
+    )
+    name: str = Field(pattern=DNS_LABEL, max_length=253, description="Name of the Deployment or StatefulSet.")
 
 
 class Autoscale(Model):
+    """Scale the consumer workload on this group's or queue's backlog (not set: it is only measured):
+    ceil(metric / backlogPerReplica) replicas within [minReplicas, maxReplicas], up at once, down no lower
+    than the highest recommendation of the last scaleDownStabilizationSeconds. A workload that an HPA, a
+    KEDA ScaledObject or another group also targets is not scaled (condition AutoscaleConflict)."""
+
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -305,44 +512,96 @@ class Autoscale(Model):
     )
 
     target: AutoscaleTarget
-    min_replicas: int = Field(0, ge=0)
-    max_replicas: int = Field(10, ge=1)
-    metric: Literal["backlog", "lag", "pending"] = "backlog"
-    backlog_per_replica: int = Field(100, ge=1)
-    target_drain_seconds: int | None = Field(
-        None, ge=1, description="Rate-aware mode: replicas that drain the backlog within this time."
+    min_replicas: int = Field(
+        0, ge=0,
+        description="Fewest replicas. With 0 the workload goes to zero after idleSecondsBeforeZero without work, "
+        "and one entry wakes it.",
     )
-    max_step_up: int | None = Field(None, ge=1)
-    scale_down_stabilization_seconds: int = Field(120, ge=0)
-    idle_seconds_before_zero: int = Field(300, ge=0)
+    max_replicas: int = Field(10, ge=1, description="Most replicas; at least minReplicas.")
+    metric: Literal["backlog", "lag", "pending"] = Field(
+        "backlog",
+        description="What is divided by backlogPerReplica: backlog (lag + pending), lag (entries not delivered "
+        "to the group yet) or pending (delivered, not acknowledged). For a list queue lag and backlog are its "
+        "length, and pending is refused.",
+    )
+    backlog_per_replica: int = Field(
+        100, ge=1,
+        description="Entries of the metric one replica is expected to handle: replicas = ceil(metric / "
+        "backlogPerReplica). Also the threshold of the backlog alert.",
+    )
+    target_drain_seconds: int | None = Field(
+        None, ge=1,
+        description="Rate-aware mode: the replicas that drain the backlog within this many seconds while keeping "
+        "up with new entries, from the measured processing rate of one replica. Until that rate is measured "
+        "(streams on Redis 7 or later; never for a list queue), backlogPerReplica applies.",
+    )
+    max_step_up: int | None = Field(
+        None, ge=1,
+        description="Most replicas one decision adds (a decision every autoscaler tick, 2 s by default). Not "
+        "set: no limit.",
+    )
+    scale_down_stabilization_seconds: int = Field(
+        120, ge=0,
+        description="A scale-down goes no lower than the highest replica count recommended within this many "
+        "seconds, as the HorizontalPodAutoscaler's scale-down stabilization does.",
+    )
+    idle_seconds_before_zero: int = Field(
+        300, ge=0,
+        description="Seconds without lag and without pending entries before the last replica is removed "
+        "(minReplicas 0); until then the workload keeps one.",
+    )
 
 
 class Group(Model):
-    name: str = Field(min_length=1, max_length=256)
-    start_id: str = Field("$", pattern=STREAM_ID, description="Where a new group starts: '$', '0' or an id.")
+    """A consumer group of the stream, created when it does not exist (with the stream, if need be)."""
+
+    name: str = Field(min_length=1, max_length=256, description="Name of the consumer group.")
+    start_id: str = Field(
+        "$", pattern=STREAM_ID,
+        description="Where a new group starts reading: '$' (the entries added from then on), '0' (the whole "
+        "stream) or an entry id. Used only when the group is created; an existing group is not moved.",
+    )
     autoscale: Autoscale | None = None
 
 
 class StreamRetention(Model):
-    max_len: int | None = Field(None, ge=1)
-    min_age: str | None = Field(None, pattern=DURATION)
+    """How much of the stream to keep, applied at every reconcile pass; with neither maxLen nor minAge,
+    nothing is trimmed, and with both an entry goes when either says so. Unless unsafe, no entry that a
+    group has not been delivered yet or still has pending is removed."""
+
+    max_len: int | None = Field(None, ge=1, description="Keep at most this many entries, the newest.")
+    min_age: str | None = Field(
+        None, pattern=DURATION,
+        description="Keep the entries younger than this, a duration such as 24h or 1h30m (units ms, s, m, h, d), "
+        "by the time in their ids.",
+    )
     unsafe: bool = Field(
-        False, description="Trim by policy even past entries some group has not delivered or acked."
+        False,
+        description="Trim by the policy even entries some group has not been delivered yet or still has pending.",
     )
 
 
 class Stream(Model):
-    name: str = Field(min_length=1, max_length=512)
+    """A Redis stream: its consumer groups, its retention, and the autoscaling of its consumers. In
+    cluster mode it lives on the shard that serves its key's slot."""
+
+    name: str = Field(min_length=1, max_length=512, description="The stream's key.")
     retention: StreamRetention = Field(default_factory=StreamRetention)
-    prune: bool = Field(False, description="Delete groups that are no longer declared.")
+    prune: bool = Field(
+        False,
+        description="Delete the consumer groups of the stream that are not declared here, with their pending "
+        "entries.",
+    )
     groups: list[Group] = Field(
         default_factory=list,
+        description="Consumer groups of the stream, by name.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
 
 
 class Queue(Model):
-    """A list used as a work queue: producers LPUSH, consumers BRPOP (or BLMOVE for at-least-once)."""
+    """A list used as a work queue: producers LPUSH, consumers BRPOP (or BLMOVE for at-least-once). Its
+    length (LLEN) is its backlog."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -353,18 +612,25 @@ class Queue(Model):
         }
     )
 
-    name: str = Field(min_length=1, max_length=512)
+    name: str = Field(min_length=1, max_length=512, description="The list's key.")
     autoscale: Autoscale | None = None
 
 
 class Channel(Model):
-    """A Pub/Sub channel to watch: a message published while nobody listens is lost."""
+    """A Pub/Sub channel whose subscribers are counted: a message published while nobody listens is lost."""
 
-    name: str = Field(min_length=1, max_length=512)
-    sharded: bool = Field(False, description="A shard channel (SSUBSCRIBE / SPUBLISH, cluster mode).")
+    name: str = Field(min_length=1, max_length=512, description="The channel's name.")
+    sharded: bool = Field(
+        False,
+        description="A shard channel (SSUBSCRIBE / SPUBLISH, cluster mode): counted on the shard that serves its "
+        "slot rather than on every master.",
+    )
 
 
 class RedisMessagingSpec(Model):
+    """Highly available Redis for messaging, as wanted: the mode and its pods, persistence, auth, TLS,
+    monitoring, and the streams, list queues and Pub/Sub channels the operator looks after."""
+
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -379,10 +645,18 @@ class RedisMessagingSpec(Model):
 
     mode: Literal["sentinel", "cluster"] = Field(
         "sentinel",
+        description="sentinel: a master, its replicas and Sentinels that fail over. cluster: a Redis Cluster of "
+        "shards, each a master and its replicas. Immutable.",
         json_schema_extra={"x-kubernetes-validations": [_cel("self == oldSelf", "mode is immutable")]},
     )
-    image: str = Field("redis:7.2", min_length=1)
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image: str = Field(
+        "redis:7.2", min_length=1,
+        description="The Redis image of the Redis and Sentinel containers (redis-server, redis-sentinel and "
+        "redis-cli). A change rolls the pods one at a time.",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="imagePullPolicy of every container: Redis, Sentinel and exporter."
+    )
     redis: RedisSpec = Field(default_factory=RedisSpec)
     sentinel: SentinelSpec = Field(default_factory=SentinelSpec)
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
@@ -394,6 +668,8 @@ class RedisMessagingSpec(Model):
     pod: PodSpec = Field(default_factory=PodSpec)
     streams: list[Stream] = Field(
         default_factory=list,
+        description="Streams the operator looks after, by name: their consumer groups created, their retention "
+        "applied, their consumers autoscaled.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     queues: list[Queue] = Field(
@@ -413,85 +689,151 @@ class RedisMessagingSpec(Model):
 
 
 class Condition(Model):
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str
-    message: str = ""
-    last_transition_time: str
-    observed_generation: int | None = None
+    """One aspect of the resource's state, as Kubernetes conditions go."""
+
+    type: str = Field(description="What the condition is about, e.g. Ready or StreamsReady.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="Why, in one CamelCase word, e.g. WaitingForPods.")
+    message: str = Field("", description="Why, in words.")
+    last_transition_time: str = Field(description="When the status last changed (RFC 3339, UTC).")
+    observed_generation: int | None = Field(None, description="The metadata.generation the condition was set for.")
 
 
 class Connection(Model):
-    secret_name: str
-    host: str
-    port: int
-    sentinel_host: str | None = None
-    sentinel_port: int | None = None
-    master_name: str | None = None
+    """Where applications connect. The Secret it names holds these addresses too, with the password
+    (when auth is on), URLs, and with TLS the CA (ca.crt)."""
+
+    secret_name: str = Field(description="The connection Secret, <name>-connection.")
+    host: str = Field(
+        description="DNS name of the Service to connect to: <name>-master (the master) in Sentinel mode, "
+        "<name>-cluster (every shard pod, a seed for cluster clients) in cluster mode.",
+    )
+    port: int = Field(description="The Redis port, 6379.")
+    sentinel_host: str | None = Field(
+        None, description="Sentinel mode: DNS name of the Sentinel Service <name>-sentinel."
+    )
+    sentinel_port: int | None = Field(None, description="Sentinel mode: the Sentinel port, 26379.")
+    master_name: str | None = Field(
+        None, description="Sentinel mode: the name the Sentinels know the master by (the resource's name)."
+    )
 
 
 class ShardStatus(Model):
-    name: str
-    master: str | None = None
-    replicas: list[str] = Field(default_factory=list)
-    slots: str = ""
+    """One shard of the Redis Cluster, as the cluster reports it."""
+
+    name: str = Field(description="The shard's StatefulSet, <name>-shard-<i>.")
+    master: str | None = Field(None, description="The pod that is the shard's master; absent when it has none.")
+    replicas: list[str] = Field(default_factory=list, description="The pods replicating the master.")
+    slots: str = Field("", description="Hash slots the master serves, as ranges, e.g. 0-5460,10923; empty when none.")
 
 
 class GroupStatus(Model):
-    name: str
+    """One consumer group, as last measured and scaled."""
+
+    name: str = Field(description="The consumer group.")
     lag: int | None = Field(None, description="Entries not delivered to the group yet; absent when unknown.")
-    lag_estimated: bool = False
+    lag_estimated: bool = Field(
+        False,
+        description="Redis did not know the lag and the operator counted it, up to 10000 entries (the lag may be "
+        "larger).",
+    )
     pending: int | None = Field(None, description="Entries delivered to a consumer and not acknowledged.")
     orphaned_pending: int | None = Field(
         None, description="Pending entries of consumers whose pod is gone and that no live consumer could take."
     )
-    consumers: int | None = None
-    current_replicas: int | None = None
-    desired_replicas: int | None = None
+    consumers: int | None = Field(
+        None, description="Consumers of the group in Redis (a consumer is named after its pod)."
+    )
+    current_replicas: int | None = Field(
+        None, description="Replicas of the target workload, as last read from or set through its scale subresource."
+    )
+    desired_replicas: int | None = Field(None, description="Replicas the autoscaler wants the target to have.")
     last_decision: str | None = Field(None, description="Why the autoscaler wants desiredReplicas, in words.")
-    last_scale_time: str | None = Field(None, description="When the operator last patched the target's scale.")
+    last_scale_time: str | None = Field(
+        None, description="When the operator last patched the target's scale (RFC 3339, UTC)."
+    )
     error: str | None = Field(None, description="Why the group could not be measured or scaled.")
 
 
 class StreamStatus(Model):
-    name: str
-    length: int | None = None
-    shard: str | None = None
+    """One declared stream, as last measured."""
+
+    name: str = Field(description="The stream's key.")
+    length: int | None = Field(None, description="Entries in the stream (XLEN).")
+    shard: str | None = Field(None, description="Cluster mode: the shard (its StatefulSet) that holds the stream.")
     trimmed: int = Field(0, description="Entries removed by retention since the operator started.")
-    error: str | None = None
-    groups: list[GroupStatus] = Field(default_factory=list)
+    error: str | None = Field(
+        None, description="Why the stream could not be measured, for a stream without groups (each group says it "
+        "otherwise)."
+    )
+    groups: list[GroupStatus] = Field(default_factory=list, description="The declared groups, in declaration order.")
 
 
 class QueueStatus(Model):
-    name: str
-    length: int | None = None
-    shard: str | None = None
-    current_replicas: int | None = None
-    desired_replicas: int | None = None
-    last_decision: str | None = None
-    last_scale_time: str | None = None
-    error: str | None = None
+    """One declared list queue, as last measured and scaled."""
+
+    name: str = Field(description="The list's key.")
+    length: int | None = Field(None, description="Entries in the list (LLEN).")
+    shard: str | None = Field(None, description="Cluster mode: the shard (its StatefulSet) that holds the list.")
+    current_replicas: int | None = Field(
+        None, description="Replicas of the target workload, as last read from or set through its scale subresource."
+    )
+    desired_replicas: int | None = Field(None, description="Replicas the autoscaler wants the target to have.")
+    last_decision: str | None = Field(None, description="Why the autoscaler wants desiredReplicas, in words.")
+    last_scale_time: str | None = Field(
+        None, description="When the operator last patched the target's scale (RFC 3339, UTC)."
+    )
+    error: str | None = Field(None, description="Why the queue could not be measured or scaled.")
 
 
 class ChannelStatus(Model):
-    name: str
-    sharded: bool = False
-    subscribers: int | None = None
-    error: str | None = None
+    """One declared Pub/Sub channel, as last measured."""
+
+    name: str = Field(description="The channel's name.")
+    sharded: bool = Field(False, description="Whether it is a shard channel.")
+    subscribers: int | None = Field(
+        None,
+        description="Subscribers: PUBSUB NUMSUB summed over every master, or SHARDNUMSUB on its shard for a "
+        "shard channel. 0: a message published now is lost.",
+    )
+    error: str | None = Field(None, description="Why the channel could not be measured.")
 
 
 class RedisMessagingStatus(Model):
+    """What the operator last observed: conditions, the master or the shards, where to connect, and
+    the declared streams, queues and channels as measured."""
+
     model_config = ConfigDict(extra="ignore")
 
-    observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list)
-    master: str | None = None
-    ready_replicas: int | None = None
-    shards: list[ShardStatus] = Field(default_factory=list)
+    observed_generation: int | None = Field(
+        None, description="The metadata.generation that the last reconcile pass handled."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Available, Progressing and Degraded, and the conditions of parts of the work (e.g. "
+        "StreamsReady, AutoscaleConflict, MonitoringReady), by type.",
+    )
+    master: str | None = Field(
+        None, description="Sentinel mode: the Redis pod that is the master, followed at once when Sentinel fails over."
+    )
+    ready_replicas: int | None = Field(
+        None,
+        description="Redis pods that are ready: of the Redis StatefulSet in Sentinel mode, of every shard in "
+        "cluster mode.",
+    )
+    shards: list[ShardStatus] = Field(
+        default_factory=list, description="Cluster mode: each shard's master, replicas and hash slots."
+    )
     connection: Connection | None = None
-    streams: list[StreamStatus] = Field(default_factory=list)
-    queues: list[QueueStatus] = Field(default_factory=list)
-    channels: list[ChannelStatus] = Field(default_factory=list)
+    streams: list[StreamStatus] = Field(
+        default_factory=list, description="The declared streams, in declaration order."
+    )
+    queues: list[QueueStatus] = Field(
+        default_factory=list, description="The declared list queues, in declaration order."
+    )
+    channels: list[ChannelStatus] = Field(
+        default_factory=list, description="The declared channels, in declaration order."
+    )
 
 
 def parse_spec(spec: dict[str, Any]) -> RedisMessagingSpec:
