@@ -167,3 +167,49 @@ def test_the_source_failing_over_before_the_assignment_leaves_the_move_to_resume
     (owner_pod,) = [p for p in env.pod_names if env.myself(p).id == owner]
     missing = [key for key in keys if env.client(owner_pod).get(key) != key]
     assert missing == [], f"{len(missing)} acknowledged writes lost from {owner_pod}: {missing}"
+
+
+def test_a_source_failing_over_with_keys_still_to_move_leaves_the_target_able_to_import_them(
+        env: ClusterEnv) -> None:
+    """The source's replica takes over right after the slot was opened, with every key still on the
+    source (nemesis seed 2019: the source SIGKILLed at the start of a scale-in). The target skips an
+    importing slot when it hears the replica's claim, then hears that the old source is a replica now,
+    and drops that node's slots: in its table the slot has no owner, and it refuses every key the move
+    sends (``CLUSTERDOWN Hash slot not served``), pass after pass."""
+    A, A1, B = "events-shard-1-0", "events-shard-1-1", "events-shard-0-0"
+    settle_epochs(env)
+    tag, slot = tag_on(env, A)
+    keys = [f"{tag}w{i}" for i in range(30)]
+    app = env.cluster_client()
+    for key in keys:
+        app.set(key, key)
+    assert env.client(A).execute_command("WAIT", 1, 5000) == 1
+    fired: list[str] = []
+
+    def hook(stage: str, slots: Sequence[int]) -> None:
+        if stage != "opened" or slot not in slots or fired:
+            return
+        fired.append(str(env.client(A1).execute_command("CLUSTER", "FAILOVER")))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and owner_of(env, B, slot) is not None:
+            time.sleep(0.02)
+        fired.append("no owner in the target's table" if owner_of(env, B, slot) is None else "an owner")
+
+    # the move of this one slot starts, as a scale-in's would; the source is a replica before any key
+    # moved, so this pass stops with the slot open
+    mover = cl.SlotMover(cl.RawConnections(PASSWORD, timeout=5.0), hook=hook)
+    with pytest.raises(cl.MigrationError):
+        mover.move(cl.Endpoint(env.myself(A).id, env.address(A), *env.address(A)),
+                   cl.Endpoint(env.myself(B).id, env.address(B), *env.address(B)), [slot])
+    assert fired == ["OK", "no owner in the target's table"], fired
+    # the operator's passes finish the move from the shard's new master
+    topology = ClusterTopology(env.addresses(), timeout=1.0)
+    reports = heal_until(topology, SPEC, OWNER, PASSWORD, timeout=60, env=env)
+    assert reports[-1].healthy
+    assert env.open_marks() == {}
+    owners = {owner_of(env, pod, slot) for pod in env.pod_names}
+    assert len(owners) == 1, owners
+    (owner,) = owners
+    (owner_pod,) = [p for p in env.pod_names if env.myself(p).id == owner]
+    missing = [key for key in keys if env.client(owner_pod).get(key) != key]
+    assert missing == [], f"{len(missing)} acknowledged writes lost from {owner_pod}: {missing}"

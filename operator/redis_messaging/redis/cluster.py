@@ -412,6 +412,17 @@ class SlotMover:
         """Move one batch; the keys moved, and the slots stopped by a key on both sides (left open)."""
         # 1. open: the target imports, the source migrates. Repeating either is harmless; "already
         #    the owner" (target) or "not the owner" (source) means that side finished before.
+        #    An importing target ignores a new master's claim of the slot (the source's replica that
+        #    took over), then drops the slots of the old source when it hears it is a replica: the slot
+        #    has no owner in its table, and it refuses every key sent (CLUSTERDOWN Hash slot not
+        #    served). Such a target is told the source owns it first.
+        unowned = self._owned_elsewhere(target, source, batch)
+        if unowned:
+            log.info("slots %s have no owner (or another) in %s's table; telling it %s owns them",
+                     ranges(unowned), target.id[:8], source.id[:8])
+            replies = self._pipeline_all(target.address, (("CLUSTER", "SETSLOT", s, "NODE", source.id)
+                                                          for s in unowned))
+            _check(replies, unowned, "the source's ownership on the target")
         replies = self._pipeline_all(target.address, (("CLUSTER", "SETSLOT", s, "IMPORTING", source.id)
                                                       for s in batch))
         _check(replies, batch, "importing on the target", ok=("already the owner",))
@@ -495,6 +506,17 @@ class SlotMover:
         _check(replies, done, "assignment on the source")
         self._stage("assigned", done)
         return moved, blocked
+
+    def _owned_elsewhere(self, target: Endpoint, source: Endpoint, batch: Sequence[int]) -> list[int]:
+        """The slots of ``batch`` that the target's table gives neither to the target nor to the source."""
+        reply = self._pipeline_all(target.address, (("CLUSTER", "NODES"),))[0]
+        if isinstance(reply, Exception):
+            raise MigrationError(f"the target's table not read: {_describe(reply)}")
+        owner: dict[int, str] = {}
+        for node in parse_nodes(_text(reply)):
+            if node.is_master:
+                owner.update(dict.fromkeys(node.slot_set() & set(batch), node.id))
+        return [s for s in batch if owner.get(s) not in (target.id, source.id)]
 
     def _outbid_source(self, source: Endpoint, target: Endpoint, others: Sequence[Address]) -> None:
         """Give the target the cluster's highest config epoch (``CLUSTER BUMPEPOCH``: it still imports,
