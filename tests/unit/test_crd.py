@@ -42,6 +42,12 @@ def test_schema_is_structural() -> None:
             assert "additionalProperties" not in node, path
 
 
+def test_metadata_is_only_an_object_as_the_api_server_requires() -> None:
+    # kube-apiserver: "properties[metadata]: Forbidden: must not specify anything other than name and
+    # generateName" (and the type)
+    assert _schema()["properties"]["metadata"] == {"type": "object"}
+
+
 def test_every_property_has_a_type() -> None:
     for path, node in _walk(_schema()):
         if path.endswith(".properties") or path.endswith("x-kubernetes-validations") or ".x-kubernetes" in path:
@@ -56,6 +62,8 @@ def _described(node: dict[str, Any], path: str):  # type: ignore[no-untyped-def]
     and values go without: the field that holds them describes them."""
     yield path, node
     for name, sub in (node.get("properties") or {}).items():
+        if path == models.KIND and name == "metadata":
+            continue  # the API server refuses anything but its type there
         yield from _described(sub, f"{path}.{name}")
     for key in ("items", "additionalProperties"):
         sub = node.get(key)

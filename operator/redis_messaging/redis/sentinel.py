@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 
+ERRORS = (RedisError, OSError)
+"""What a command to an unreachable or failing process raises: for callers outside this package."""
+
 
 class Connections:
     """One client per address, reused across passes (its pool reconnects by itself).

@@ -27,8 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from redis_messaging.builders import names
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube, KubeError
@@ -198,7 +196,7 @@ class FailoverWatch:
                                 log.info("%s: the Sentinels still name %s the master (no failover happened); "
                                          "its writes resume", self.key, pod)
                                 return
-                except (RedisError, OSError) as exc:
+                except rs.ERRORS as exc:
                     log.debug("%s: fencing %s: %s", self.key, pod, exc)
                 stopped.wait(FENCE_RETRY_SECONDS if paused_at is None else 0.25)
         finally:
