@@ -9,7 +9,7 @@
    the next tick (2 s by default) and the kube layer adds the scale subresource patch: neither is
    measured here (bench/autoscale_e2e.py measures both through the running operator).
 
-Run: ``PYTHONPATH=operator python3 bench/autoscale.py [--streams 100 --groups 10 --ticks 20]``.
+Run: ``.venv/bin/python bench/autoscale.py [--streams 100 --groups 10 --ticks 20]``.
 """
 
 from __future__ import annotations
@@ -26,13 +26,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from redis.client import Redis
-from redis.connection import Connection, ConnectionPool
-from redis.exceptions import ConnectionError as RedisConnectionError
+import _project
 
-from redis_messaging.api.models import Autoscale, AutoscaleTarget, Stream
-from redis_messaging.autoscale.decide import GroupState, Sample, decide
-from redis_messaging.redis.streams import collect, ensure_groups
+_project.use(__file__)
+
+from redis.client import Redis  # noqa: E402
+from redis.connection import Connection, ConnectionPool  # noqa: E402
+from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: E402
+
+from redis_messaging.api.models import Autoscale, AutoscaleTarget, Stream  # noqa: E402
+from redis_messaging.autoscale.decide import GroupState, Sample, decide  # noqa: E402
+from redis_messaging.redis.streams import collect, ensure_groups  # noqa: E402
 
 HOST = "127.0.0.1"
 

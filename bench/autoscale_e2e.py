@@ -13,7 +13,7 @@ moment of the tick, and measures:
   ResponseComplete) — what DESIGN.md bounds by one tick + 0.5 s;
 * tick -> patch: from the start of the autoscaler tick to the patch answered (the operator's own share).
 
-Run: ``PYTHONPATH=operator python3 bench/autoscale_e2e.py [--rounds 10]``.
+Run: ``.venv/bin/python bench/autoscale_e2e.py [--rounds 10]``.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "kube"))
-sys.path.insert(0, str(ROOT / "bench"))
+import _project
+
+_project.use(__file__, "tests/kube", "tests/support")
 
 from autoscale import HOST, redis_server  # noqa: E402 - bench/autoscale.py, after the path is set
 from controlplane import ControlPlane, locate_assets  # noqa: E402

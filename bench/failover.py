@@ -9,21 +9,21 @@ accepted (kill -> first accepted write), and take the watcher's own measure of +
 labels and status.master moved (the operator's share). Then the killed pod is restarted, as its
 StatefulSet would, and the topology settles before the next round.
 
-    python bench/failover.py [--rounds 10] [--down-after 1000]
+    .venv/bin/python bench/failover.py [--rounds 10] [--down-after 1000]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "tests" / "redis"), str(ROOT / "tests" / "kube")]
+import _project
+
+ROOT = _project.use(__file__, "tests/redis", "tests/kube", "tests/support")
 
 from redis.exceptions import RedisError  # noqa: E402
 from redis.sentinel import Sentinel  # noqa: E402

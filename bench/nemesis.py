@@ -10,7 +10,7 @@ lost (must be 0), time to recover from the fault (healed -> Ready, topology sett
 acknowledged again; median and max); and for every failing seed the command that replays it. The
 logs of failing runs (operator, containers, events, objects, the workload's record) are kept.
 
-    python bench/nemesis.py --runs N [--mode sentinel|cluster|both] [--seed S] [--smoke]
+    .venv/bin/python bench/nemesis.py --runs N [--mode sentinel|cluster|both] [--seed S] [--smoke]
                             [--keep DIR] [--operator-commit REV]
 
 ``--seed S`` runs seeds S, S+1, ... (default: a random start, printed); the first fault of seed S
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import secrets
 import statistics
@@ -34,18 +33,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+import _project
 
-
-def _in_project_venv() -> None:
-    """Run with the project's virtualenv (what .ci/setup.sh makes), whatever `python` started this."""
-    if VENV_PYTHON.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
-        os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), str(Path(__file__).resolve()), *sys.argv[1:]])  # noqa: S606
-
-
-_in_project_venv()
-sys.path[:0] = [str(ROOT / "e2e"), str(ROOT / "e2e" / "local"), str(ROOT / "tests" / "support")]
+ROOT = _project.use(__file__, "e2e", "e2e/local", "tests/support")
 
 import localcluster  # noqa: E402
 import nemesis  # noqa: E402

@@ -12,7 +12,7 @@ fourth shard (a master and its replica) joins each, serving no slot. Then:
 Both move the same slots' worth of data (a quarter of the keyspace). Prints both times, the keys
 moved per second and the ratio (ours / redis-cli; the goal is at most 1.0).
 
-    python bench/reshard.py [--keys 200000] [--value-size 100] [--rounds 1]
+    .venv/bin/python bench/reshard.py [--keys 200000] [--value-size 100] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import argparse
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "tests" / "redis")]
+import _project
+
+ROOT = _project.use(__file__, "tests/redis", "tests/support")
 
 from cluster_env import ClusterEnv, heal_until  # noqa: E402
 

@@ -65,8 +65,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "e2e" / "local")]
+import _project
+
+ROOT = _project.use(__file__, "e2e/local")
 
 from kubeapi import KubeApi, Obj, Reflector, quote  # noqa: E402 - e2e/local, after the path is set
 from localcluster import NODE_LABEL, LocalCluster, missing_requirements  # noqa: E402
