@@ -9,7 +9,9 @@
    the next tick (2 s by default) and the kube layer adds the scale subresource patch: neither is
    measured here (bench/autoscale_e2e.py measures both through the running operator).
 
-Run: ``.venv/bin/python bench/autoscale.py [--streams 100 --groups 10 --ticks 20]``.
+Run: ``.venv/bin/python bench/autoscale.py [--streams 100 --groups 10 --ticks 20] [--smoke]``.
+``--smoke`` is the same run with 20 groups (5 streams x 4 groups) and 3 ticks, a few seconds; CI runs it
+(tests/redis/test_bench_smoke.py).
 """
 
 from __future__ import annotations
@@ -134,7 +136,10 @@ def main() -> int:
     parser.add_argument("--groups", type=int, default=10)
     parser.add_argument("--entries", type=int, default=100)
     parser.add_argument("--ticks", type=int, default=20)
+    parser.add_argument("--smoke", action="store_true", help="5 streams x 4 groups, 10 entries, 3 ticks: seconds")
     args = parser.parse_args()
+    if args.smoke:
+        args.streams, args.groups, args.entries, args.ticks = 5, 4, 10, 3
     n_groups = args.streams * args.groups
 
     with redis_server() as port:

@@ -18,7 +18,10 @@ the cluster to agree, which the clock would count. Both move the same slots' wor
 of the keyspace). Prints both times, the keys moved per second and the ratio (ours / redis-cli; the
 goal is at most 1.0).
 
-    .venv/bin/python bench/reshard.py [--keys 200000] [--value-size 100] [--rounds 1]
+    .venv/bin/python bench/reshard.py [--keys 200000] [--value-size 100] [--rounds 1] [--smoke]
+
+``--smoke`` is one round with 2,000 keys: the same code path in seconds; CI runs it
+(tests/redis/test_bench_smoke.py).
 """
 
 from __future__ import annotations
@@ -175,7 +178,10 @@ def main() -> int:
     parser.add_argument("--keys", type=int, default=200_000)
     parser.add_argument("--value-size", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--smoke", action="store_true", help="one round of 2,000 keys: the same code path in seconds")
     args = parser.parse_args()
+    if args.smoke:
+        args.keys, args.rounds = 2_000, 1
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         print("needs redis-server and redis-cli (apt-get install -y redis-server redis-tools)")
         return 2
