@@ -9,43 +9,28 @@ every commit (``nemesis.ci_seeds``), so the kinds of fault rotate; ``RMSG_NEMESI
 ("3,7", or "sentinel:3;cluster:5,6"). ``.venv/bin/python bench/nemesis.py`` runs many more.
 
 Each seed goes through bench/nemesis.py's entry point (``main(["--mode", M, "--seed", S, "--runs",
-"1"])``) on the session's local cluster: the command README gives is what CI runs, at the size of one
-run per seed, so it cannot rot unnoticed; the test fails when it exits non-zero or prints no table.
+"1"])``) on the session's local cluster: the command README gives is what CI runs, one run per seed,
+so it cannot rot unnoticed (tests/support/bench_smoke.py); the test fails when it exits non-zero or
+prints no table.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import nemesis
 import pytest
+from bench_smoke import load_bench
 
 CASES = [(mode, seed) for mode in nemesis.MODES for seed in nemesis.ci_seeds(mode)]
-BENCH = nemesis.ROOT / "bench" / "nemesis.py"
 
 
 def case_id(mode: str, seed: int) -> str:
     return f"{mode}-seed-{seed}-{nemesis.make_plan(mode, seed).faults[0].kind}"
-
-
-def bench_nemesis() -> ModuleType:
-    """bench/nemesis.py as a module (``bench_nemesis``: e2e/nemesis.py already is ``nemesis``)."""
-    if "bench_nemesis" not in sys.modules:
-        if str(BENCH.parent) not in sys.path:
-            sys.path.append(str(BENCH.parent))  # its `import _project`
-        spec = importlib.util.spec_from_file_location("bench_nemesis", BENCH)
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_nemesis"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["bench_nemesis"]
 
 
 @pytest.fixture
@@ -61,7 +46,7 @@ def local(local_cluster: Any) -> Iterator[Any]:
 def test_nothing_acknowledged_is_lost_under_faults(local: Any, mode: str, seed: int, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--mode", mode, "--seed", str(seed), "--runs", "1", "--keep", str(tmp_path)]
-    code = bench_nemesis().main(argv, local=local)
+    code = load_bench("nemesis").main(argv, local=local)
     out = capsys.readouterr().out
     sys.stdout.write(out)  # the run's own lines, in the report of a failure
     records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines() if line.strip()]
