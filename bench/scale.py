@@ -40,8 +40,9 @@ Run::
 (REDIS_MESSAGING_RESYNC_SECONDS), short phases. Needs what the local cluster needs (Linux, root,
 `bash .ci/setup.sh`); CI runs it (e2e/local/test_bench_scale.py).
 
-The exit code is 1 when a run could not take a figure it was asked for (the creation did not settle,
-a failover or a spec change timed out, the operator exited): the figures taken are printed all the same.
+The exit code is 1 when a run did not reach what it was asked for (the creation did not settle, a
+figure could not be taken, a failover or a spec change timed out, the operator exited): the figures taken
+are printed all the same, each such miss on a line starting ``INCOMPLETE``.
 """
 
 from __future__ import annotations
@@ -992,16 +993,18 @@ class Run:
 
 
 def missing(fig: Figures, opts: Options) -> list[str]:
-    """The figures ``opts`` asked for that the run did not take."""
+    """What the run did not reach that ``opts`` asked for: the creation settled, and every figure."""
     out = []
-    if fig.create_seconds is None or fig.idle_requests is None:
-        out.append("creation not settled, so no idle figures" if fig.create_seconds is not None
-                   else "no creation figures")
-    elif opts.failovers and fig.real and len(fig.failover) < opts.failovers:
+    if fig.create_seconds is None:
+        out.append("no creation figures")
+    out += [n.split(":", 1)[0] for n in fig.notes if n.startswith("not settled within")]
+    if fig.idle_requests is None:
+        out.append("no idle figures")
+    if opts.failovers and fig.real and len(fig.failover) < opts.failovers:
         out.append(f"{opts.failovers - len(fig.failover)} of {opts.failovers} failovers not measured")
-    if fig.idle_requests is not None and opts.changes and len(fig.spec) < opts.changes:
+    if opts.changes and len(fig.spec) < opts.changes:
         out.append(f"{opts.changes - len(fig.spec)} of {opts.changes} spec changes not measured")
-    out += [n.split("\n", 1)[0] for n in fig.notes if n.startswith("the operator exited")]
+    out += [n.split("\n", 1)[0].rstrip(":") for n in fig.notes if n.startswith("the operator exited")]
     return out
 
 
