@@ -9,7 +9,9 @@
    the next tick (2 s by default) and the kube layer adds the scale subresource patch: neither is
    measured here (bench/autoscale_e2e.py measures both through the running operator).
 
-Run: ``PYTHONPATH=operator python3 bench/autoscale.py [--streams 100 --groups 10 --ticks 20]``.
+Run: ``.venv/bin/python bench/autoscale.py [--streams 100 --groups 10 --ticks 20] [--smoke]``.
+``--smoke`` is the same run with 20 groups (5 streams x 4 groups) and 3 ticks, a few seconds; CI runs it
+(tests/redis/test_bench_smoke.py).
 """
 
 from __future__ import annotations
@@ -26,13 +28,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from redis.client import Redis
-from redis.connection import Connection, ConnectionPool
-from redis.exceptions import ConnectionError as RedisConnectionError
+import _project
 
-from redis_messaging.api.models import Autoscale, AutoscaleTarget, Stream
-from redis_messaging.autoscale.decide import GroupState, Sample, decide
-from redis_messaging.redis.streams import collect, ensure_groups
+_project.use(__file__)
+
+from redis.client import Redis  # noqa: E402
+from redis.connection import Connection, ConnectionPool  # noqa: E402
+from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: E402
+
+from redis_messaging.api.models import Autoscale, AutoscaleTarget, Stream  # noqa: E402
+from redis_messaging.autoscale.decide import GroupState, Sample, decide  # noqa: E402
+from redis_messaging.redis.streams import collect, ensure_groups  # noqa: E402
 
 HOST = "127.0.0.1"
 
@@ -130,7 +136,10 @@ def main() -> int:
     parser.add_argument("--groups", type=int, default=10)
     parser.add_argument("--entries", type=int, default=100)
     parser.add_argument("--ticks", type=int, default=20)
+    parser.add_argument("--smoke", action="store_true", help="5 streams x 4 groups, 10 entries, 3 ticks: seconds")
     args = parser.parse_args()
+    if args.smoke:
+        args.streams, args.groups, args.entries, args.ticks = 5, 4, 10, 3
     n_groups = args.streams * args.groups
 
     with redis_server() as port:

@@ -13,7 +13,9 @@ moment of the tick, and measures:
   ResponseComplete) — what DESIGN.md bounds by one tick + 0.5 s;
 * tick -> patch: from the start of the autoscaler tick to the patch answered (the operator's own share).
 
-Run: ``PYTHONPATH=operator python3 bench/autoscale_e2e.py [--rounds 10]``.
+Run: ``.venv/bin/python bench/autoscale_e2e.py [--rounds 10] [--smoke]``. ``--smoke`` is the same run
+with two rounds (the wake from zero, then one more replica), seconds; CI runs it
+(tests/kube/test_bench_smoke.py).
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "kube"))
-sys.path.insert(0, str(ROOT / "bench"))
+import _project
+
+_project.use(__file__, "tests/kube", "tests/support")
 
 from autoscale import HOST, redis_server  # noqa: E402 - bench/autoscale.py, after the path is set
 from controlplane import ControlPlane, locate_assets  # noqa: E402
@@ -57,7 +59,10 @@ def ms(values: list[float]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--smoke", action="store_true", help="two rounds (wake from zero, one more replica): seconds")
     args = parser.parse_args()
+    if args.smoke:
+        args.rounds = 2
     tick = float(os.environ.get("REDIS_MESSAGING_AUTOSCALE_TICK_SECONDS", "2"))
 
     with ControlPlane(locate_assets()) as cp, redis_server() as port, \

@@ -9,21 +9,25 @@ accepted (kill -> first accepted write), and take the watcher's own measure of +
 labels and status.master moved (the operator's share). Then the killed pod is restarted, as its
 StatefulSet would, and the topology settles before the next round.
 
-    python bench/failover.py [--rounds 10] [--down-after 1000]
+    .venv/bin/python bench/failover.py [--rounds 10] [--down-after 1000] [--smoke]
+
+``--smoke`` is the same run at its smallest (two rounds: the second settles after the first's restart),
+seconds long; CI runs it (tests/kube/test_bench_smoke.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "tests" / "redis"), str(ROOT / "tests" / "kube")]
+import _project
+
+ROOT = _project.use(__file__, "tests/redis", "tests/kube", "tests/support")
 
 from redis.exceptions import RedisError  # noqa: E402
 from redis.sentinel import Sentinel  # noqa: E402
@@ -51,8 +55,10 @@ def settle(topology: SentinelTopology, spec: models.RedisMessagingSpec, owner: O
     return report.master
 
 
-def kube_objects(owner: Owner, spec: models.RedisMessagingSpec):  # type: ignore[no-untyped-def]
-    """A control plane with the resource and its redis Pod objects, or None without binaries."""
+def kube_objects(owner: Owner, spec: models.RedisMessagingSpec,  # type: ignore[no-untyped-def]
+                 stack: contextlib.ExitStack):
+    """A control plane with the resource and its redis Pod objects, or None without binaries; the
+    control plane stops with ``stack``."""
     try:
         from controlplane import AssetsNotFoundError, ControlPlane, locate_assets
         from helpers import install_crd
@@ -67,7 +73,9 @@ def kube_objects(owner: Owner, spec: models.RedisMessagingSpec):  # type: ignore
 
     from redis_messaging.kube.client import Kube
 
-    cp = ControlPlane(with_controller_manager=False).start()
+    cp = ControlPlane(with_controller_manager=False)
+    stack.callback(cp.stop)
+    cp.start()
     api = cp.api_client()
     install_crd(api)
     core = client.CoreV1Api(api)
@@ -91,13 +99,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--down-after", type=int, default=1000, help="sentinel downAfterMilliseconds")
+    parser.add_argument("--smoke", action="store_true", help="the same run at its smallest: two rounds (seconds)")
     args = parser.parse_args()
+    if args.smoke:
+        args.rounds = 2
+    with contextlib.ExitStack() as stack:
+        return run(args, stack)
+
+
+def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     spec = models.parse_spec({
         "redis": {"replicas": 3, "config": {"repl-diskless-sync-delay": "0"}},
         "sentinel": {"replicas": 3, "quorum": 2, "downAfterMilliseconds": args.down_after, "failoverTimeout": 5000},
     })
     owner = Owner(name="bench", namespace="bench-failover", uid="bench-uid")
-    kube_side = kube_objects(owner, spec)
+    kube_side = kube_objects(owner, spec, stack)
     if kube_side is not None:
         owner = Owner(name=owner.name, namespace=owner.namespace, uid=kube_side[2])
 
@@ -151,8 +167,6 @@ def main() -> int:
         finally:
             if watch is not None:
                 watch.stop(timeout=5)
-            if kube_side is not None:
-                kube_side[0].stop()
 
     print()
     print(f"rounds: {len(to_write)}, sentinel down-after-milliseconds: {args.down_after}")

@@ -10,20 +10,24 @@ lost (must be 0), time to recover from the fault (healed -> Ready, topology sett
 acknowledged again; median and max); and for every failing seed the command that replays it. The
 logs of failing runs (operator, containers, events, objects, the workload's record) are kept.
 
-    python bench/nemesis.py --runs N [--mode sentinel|cluster|both] [--seed S] [--smoke]
+    .venv/bin/python bench/nemesis.py --runs N [--mode sentinel|cluster|both] [--seed S] [--smoke]
                             [--keep DIR] [--operator-commit REV]
 
 ``--seed S`` runs seeds S, S+1, ... (default: a random start, printed); the first fault of seed S
 is ``menu[S % len(menu)]``, so consecutive seeds go through every kind. ``--smoke`` is one quick run
 per mode (a redis-server SIGKILLed). ``--operator-commit REV`` runs the operator of that commit
 (``git archive``) instead of the working tree, e.g. while the tree is being edited.
+
+CI goes through this entry point: e2e/local/test_nemesis.py calls :func:`main` with ``--mode M --seed S
+--runs 1`` for each of its seeds, on the e2e session's local cluster (``local=``) instead of a new one,
+and fails when it exits non-zero or prints no table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import random
 import secrets
 import statistics
@@ -31,21 +35,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+import _project
 
-
-def _in_project_venv() -> None:
-    """Run with the project's virtualenv (what .ci/setup.sh makes), whatever `python` started this."""
-    if VENV_PYTHON.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
-        os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), str(Path(__file__).resolve()), *sys.argv[1:]])  # noqa: S606
-
-
-_in_project_venv()
-sys.path[:0] = [str(ROOT / "e2e"), str(ROOT / "e2e" / "local"), str(ROOT / "tests" / "support")]
+ROOT = _project.use(__file__, "e2e", "e2e/local", "tests/support")
 
 import localcluster  # noqa: E402
 import nemesis  # noqa: E402
@@ -93,7 +90,19 @@ def table(mode: str, results: list[nemesis.RunResult]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def seeds(args: argparse.Namespace) -> dict[str, list[int]]:
+    """The seeds to run, per mode: with ``--smoke`` one per mode whose only fault is a redis-server
+    SIGKILLed (from ``--seed``, default 0), else ``--runs`` consecutive seeds from ``--seed``."""
+    modes = list(nemesis.MODES) if args.mode == "both" else [args.mode]
+    if args.smoke:
+        return {mode: [nemesis.seed_for(mode, "kill-redis", args.seed or 0)] for mode in modes}
+    start = args.seed if args.seed is not None else random.SystemRandom().randrange(1_000_000)
+    return {mode: list(range(start, start + args.runs)) for mode in modes}
+
+
+def main(argv: Sequence[str] | None = None, *, local: Any = None) -> int:
+    """The command line; ``local``: a running local cluster (with its operator) to use instead of
+    bringing one up (the e2e tier's, in CI)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--runs", type=int, default=10, help="runs per mode")
@@ -105,19 +114,17 @@ def main() -> int:
     parser.add_argument("--operator-commit", default=None, help="run the operator of this commit")
     parser.add_argument("--verbose", action="store_true", help="say what each recovery waited for")
     parser.add_argument("--keep-all", action="store_true", help="keep the logs of every run, not only failing ones")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
-    reason = localcluster.missing_requirements()
+    if local is not None and args.operator_commit:
+        parser.error("--operator-commit needs a local cluster of its own")
+    reason = None if local is not None else localcluster.missing_requirements()
     if reason:
         print(f"the local cluster cannot run here: {reason}", file=sys.stderr)
         return 2
-    modes = list(nemesis.MODES) if args.mode == "both" else [args.mode]
-    if args.smoke:
-        plan = {mode: [nemesis.seed_for(mode, "kill-redis", args.seed or 0)] for mode in modes}
-    else:
-        start = args.seed if args.seed is not None else random.SystemRandom().randrange(1_000_000)
-        plan = {mode: list(range(start, start + args.runs)) for mode in modes}
+    plan = seeds(args)
+    modes = list(plan)
     keep = args.keep or Path(tempfile.mkdtemp(prefix="rmsg-nemesis-"))
     keep.mkdir(parents=True, exist_ok=True)
     say(f"seeds: {', '.join(f'{m} {s[0]}..{s[-1]}' for m, s in plan.items())}; failing runs kept in {keep}")
@@ -130,9 +137,11 @@ def main() -> int:
         if args.operator_commit:
             env = {"PYTHONPATH": str(operator_tree(args.operator_commit, Path(tree)))}
             say(f"the operator runs commit {args.operator_commit} from {env['PYTHONPATH']}")
-        with localcluster.LocalCluster() as local:
-            local.start_operator(env)
-            say(f"local cluster up in {local.timings['start']:.1f}s")
+        with contextlib.ExitStack() as stack:
+            if local is None:
+                local = stack.enter_context(localcluster.LocalCluster())
+                local.start_operator(env)
+                say(f"local cluster up in {local.timings['start']:.1f}s")
             cluster = LocalBackend(local.kubeconfig, local=local)
             with (keep / "results.jsonl").open("a") as record:
                 for mode in modes:

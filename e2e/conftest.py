@@ -157,9 +157,11 @@ _FIGURES: list[str] = []
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Keep the figures a scenario prints (lines starting "[e2e]" or "[chaos]"), passed or not."""
+    """Keep the figures a scenario prints (lines starting "[e2e]", "[chaos]" or, from a bench smoke,
+    "[bench]"), passed or not."""
     if report.when == "call":
-        _FIGURES.extend(line for line in report.capstdout.splitlines() if line.startswith(("[e2e]", "[chaos]")))
+        _FIGURES.extend(line for line in report.capstdout.splitlines()
+                        if line.startswith(("[e2e]", "[chaos]", "[bench]")))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

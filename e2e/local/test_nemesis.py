@@ -6,18 +6,25 @@ a consumer group), the seed's faults one after the other, each healed and recove
 checker (every acknowledged write and entry on every Redis that should hold it, every entry delivered,
 nothing pending on a consumer that is gone, one topology everybody agrees on). The seeds move on with
 every commit (``nemesis.ci_seeds``), so the kinds of fault rotate; ``RMSG_NEMESIS_SEEDS`` names others
-("3,7", or "sentinel:3;cluster:5,6"). ``python bench/nemesis.py`` runs many more.
+("3,7", or "sentinel:3;cluster:5,6"). ``.venv/bin/python bench/nemesis.py`` runs many more.
+
+Each seed goes through bench/nemesis.py's entry point (``main(["--mode", M, "--seed", S, "--runs",
+"1"])``) on the session's local cluster: the command README gives is what CI runs, one run per seed,
+so it cannot rot unnoticed (tests/support/bench_smoke.py); the test fails when it exits non-zero or
+prints no table.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import nemesis
 import pytest
-from e2e_support import Cluster
+from bench_smoke import load_bench
 
 CASES = [(mode, seed) for mode in nemesis.MODES for seed in nemesis.ci_seeds(mode)]
 
@@ -34,13 +41,24 @@ def local(local_cluster: Any) -> Iterator[Any]:
         local_cluster.start_operator()
 
 
+@pytest.mark.usefixtures("cluster")  # the session's cluster: the operator's log joins a failure's report
 @pytest.mark.parametrize(("mode", "seed"), CASES, ids=[case_id(m, s) for m, s in CASES])
-def test_nothing_acknowledged_is_lost_under_faults(cluster: Cluster, namespace: str, local: Any, mode: str,
-                                                   seed: int, tmp_path: Path) -> None:
-    result = nemesis.run_seed(cluster, local, namespace, mode, seed, say=print, keep_dir=tmp_path)
-    print(f"\n[chaos] nemesis {mode} seed {seed} ({result.plan}): {result.acked_writes} writes and "
-          f"{result.acked_entries} entries acknowledged, {result.lost} lost; recovered after "
-          + (", ".join(f"{f.kind} {f.recover_seconds:.1f}s" for f in result.faults if f.recover_seconds is not None)
-             or "-") + f"; {result.seconds:.0f}s")
-    assert result.ok, (f"{result.summary()}\n  or: RMSG_NEMESIS_SEEDS={mode}:{seed} E2E_BACKEND=local "
-                       f".venv/bin/python -m pytest -m e2e {Path(__file__).relative_to(nemesis.ROOT)}")
+def test_nothing_acknowledged_is_lost_under_faults(local: Any, mode: str, seed: int, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--mode", mode, "--seed", str(seed), "--runs", "1", "--keep", str(tmp_path)]
+    code = load_bench("nemesis").main(argv, local=local)
+    out = capsys.readouterr().out
+    sys.stdout.write(out)  # the run's own lines, in the report of a failure
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines() if line.strip()]
+    for r in records:
+        recovered = ", ".join(f"{f['kind']} {f['recover_seconds']:.1f}s" for f in r["faults"]
+                              if f["recover_seconds"] is not None) or "-"
+        print(f"\n[chaos] nemesis {mode} seed {seed} ({r['plan']}): {r['acked_writes']} writes and "
+              f"{r['acked_entries']} entries acknowledged, {r['lost']} lost; recovered after {recovered}; "
+              f"{r['seconds']:.0f}s")
+    assert f"{mode}: 1 runs" in out, f"bench/nemesis.py printed no table:\n{out[-3000:]}"
+    assert "fault kind" in out, f"bench/nemesis.py printed no table:\n{out[-3000:]}"
+    assert code == 0, (f"bench/nemesis.py {' '.join(argv)} exited {code}:\n{out[-6000:]}\n  or: "
+                       f"RMSG_NEMESIS_SEEDS={mode}:{seed} E2E_BACKEND=local .venv/bin/python -m pytest -m e2e "
+                       f"{Path(__file__).relative_to(nemesis.ROOT)}")
+    assert [r["ok"] for r in records] == [True], records
