@@ -134,9 +134,10 @@ def test_password_only_in_the_connection_secret(title: str) -> None:
 
 
 @pytest.mark.parametrize("title", _specs())
-def test_secrets_reach_containers_by_reference_only(title: str) -> None:
-    """Environment values are literals only for non-secret settings; secrets come by secretKeyRef or
-    as mounted files, never as a value, a command or an argument."""
+def test_secrets_reach_containers_as_mounted_files_only(title: str) -> None:
+    """Environment values are literals of non-secret settings only; secrets come as mounted files, never
+    as an environment variable (not even by secretKeyRef: a process's environment is shown to whoever
+    may inspect it), a command or an argument. A variable named for a password names its file."""
     spec = models.parse_spec(SPECS[title])
     for obj in build(spec, OWNER, password=PASSWORD):
         template = (obj.get("spec") or {}).get("template")
@@ -144,13 +145,15 @@ def test_secrets_reach_containers_by_reference_only(title: str) -> None:
             continue
         pod = template["spec"]
         for container in pod.get("initContainers", []) + pod["containers"]:
+            where = (obj["metadata"]["name"], container["name"])
             for var in container.get("env", []):
+                assert "secretKeyRef" not in (var.get("valueFrom") or {}), (*where, var)
                 if "PASSWORD" in var["name"] or ("AUTH" in var["name"] and "DIR" not in var["name"]):
-                    assert "value" not in var, (obj["metadata"]["name"], container["name"], var)
-                    assert "secretKeyRef" in var["valueFrom"], var
+                    assert var["name"].endswith("_FILE"), (*where, var)
+                    assert var["value"].startswith("/"), (*where, var)
+            assert "envFrom" not in container, where
             words = " ".join(container.get("command", []) + container.get("args", []))
             assert not any(f in words for f in forms(PASSWORD))
         secret_volumes = [v for v in pod.get("volumes", []) if "secret" in v]
         for volume in secret_volumes:
             assert volume["secret"]["defaultMode"] & 0o077 == 0, volume  # readable by the owner only
-
