@@ -16,6 +16,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 
+from redis_messaging.api import models
 from redis_messaging.api.models import RedisMessagingSpec
 from redis_messaging.builders import names
 
@@ -248,6 +249,42 @@ def common_files(spec: RedisMessagingSpec) -> dict[str, str]:
     return files
 
 
+DENIED_TO_USERS = tuple(f"-{command}" for command in models.USER_DENIED_COMMANDS)
+"""Appended to every declared user's rules, and to each of its selectors (the rules outside a selector
+do not reach into it): whatever the rules grant, no declared user can read a password."""
+
+
+def password_rule(token: str) -> bool:
+    """A rule that sets or removes a password (or nopass): the password is the Secret's, never a rule's."""
+    return token[:1] in (">", "<", "#", "!") or token.lower() == "nopass"
+
+
+def declared_rules(rules: str) -> str:
+    """The rules a declared user is given: its own, without a password (>, <, #, !) or nopass (the
+    password is its Secret's), then :data:`DENIED_TO_USERS`, inside each selector too. Selectors are
+    found as Redis merges them: from a rule that starts with "(" to the first that ends with ")"."""
+    out: list[str] = []
+    inside = False
+    for token in rules.split():
+        if not inside and password_rule(token):
+            continue
+        opens = not inside and token.startswith("(")
+        closes = (inside or opens) and token.endswith(")") and token != "("
+        inside = (inside or opens) and not closes
+        if not closes:
+            out.append(token)
+            continue
+        body = token[:-1]
+        denied = list(DENIED_TO_USERS)
+        if body == "(":  # "()": the selector's first rule carries its parenthesis
+            denied[0] = "(" + denied[0]
+        elif body:
+            out.append(body)
+        denied[-1] += ")"
+        out += denied
+    return " ".join([*out, *DENIED_TO_USERS])
+
+
 def user_file(index: int) -> str:
     """The file of the i-th user's password in the mounted users volume."""
     return f"user-{index}"
@@ -255,7 +292,7 @@ def user_file(index: int) -> str:
 
 def users_acl(spec: RedisMessagingSpec) -> str:
     """One line per ACL user: the password file, the name, the rules (never a password)."""
-    lines = [f"{user_file(i)} {u.name} {' '.join(u.rules.split())}\n" for i, u in enumerate(spec.auth.users)]
+    lines = [f"{user_file(i)} {u.name} {declared_rules(u.rules)}\n" for i, u in enumerate(spec.auth.users)]
     if exporter_user(spec):
         lines.append(f"{EXPORTER_FILE} {EXPORTER_USER} {EXPORTER_RULES_REDIS}\n")
     return "".join(lines)
