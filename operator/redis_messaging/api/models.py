@@ -411,7 +411,9 @@ class Exporter(Model):
     enabled: bool = Field(
         True,
         description="Run the sidecar. With auth it logs in as its own read-only ACL user rmsg-exporter, whose "
-        "password is generated into the Secret <name>-exporter.",
+        "password is generated into the Secret <name>-exporter and reaches it as a file. That user can read no "
+        "password (no CONFIG, no ACL), so the exporter exports no redis_config_* metrics; maxmemory comes from "
+        "INFO (redis_memory_max_bytes).",
     )
     image: str = Field("oliver006/redis_exporter:v1.67.0", min_length=1, description="The redis_exporter image.")
     resources: ResourceRequirements = Field(
