@@ -20,8 +20,11 @@ would change a password or hand one out (CONFIG SET, ACL SETUSER, REPLICAOF or C
 to a host of the caller's, MODULE LOAD, DEBUG, SENTINEL SET / CONFIG SET / MONITOR) are asked of
 Redis with ACL DRYRUN, run as the default user: they must be refused.
 
+The declared users' own work still runs (streams, INFO, ROLE on the master; what a cluster-aware client
+asks in cluster mode): their rules lose only the commands denied to every declared user.
+
 Each cell of the printed matrix (command x user@process kind) is "refused", "reveals nothing" (or "ok"
-for the login), over every process of that kind; anything else fails the test.
+for the login and their own work), over every process of that kind; anything else fails the test.
 """
 
 from __future__ import annotations
@@ -350,6 +353,29 @@ def the_search_finds_what_the_default_user_reads(address: tuple[str, int], *, ki
         admin.close()
 
 
+def still_works(matrix: Matrix, column: str, address: tuple[str, int], user: str, password: str,
+                work: list[tuple[str, ...]]) -> None:
+    """What a declared user is for keeps working: its rules lose only the commands denied to every user."""
+    client = login(address, user, password)
+    try:
+        for command in work:
+            try:
+                client.execute_command(*command)
+                result = LOGGED_IN
+            except RedisError as exc:
+                result = f"FAILED: {exc}"
+            words = command[:2] if command[0] in ("XGROUP", "CLUSTER") else command[:1]
+            matrix.add(f"its own work: {' '.join(words)}", column, result)
+    finally:
+        client.close()
+
+
+STREAM_WORK = [("XADD", "orders", "*", "n", "1"), ("XGROUP", "CREATE", "orders", "billing", "0"),
+               ("XREADGROUP", "GROUP", "billing", "c1", "COUNT", "1", "STREAMS", "orders", ">"),
+               ("XPENDING", "orders", "billing"), ("INFO", "replication"), ("ROLE",)]
+CLUSTER_CLIENT_WORK = [("CLUSTER", "SLOTS"), ("CLUSTER", "SHARDS"), ("CLUSTER", "MYID"), ("READONLY",)]
+
+
 def check(matrix: Matrix, title: str, capsys: pytest.CaptureFixture[str]) -> None:
     with capsys.disabled():
         print("\n" + matrix.render(title) + "\n(-: not a command of that kind of process, or not in that mode)")
@@ -431,6 +457,10 @@ def test_no_user_reads_a_secret_in_sentinel_mode(sentinel_env: SentinelEnv, caps
     for i, pod in enumerate(env.sentinel_pods):
         probe(matrix, f"{config.EXPORTER_USER}@sentinel", env.address(pod), config.EXPORTER_USER, EXPORTER,
               kind="sentinel", watch={config.EXPORTER_USER: EXPORTER} if i == 0 else None)
+    master = env.wait_replication()
+    for user in declared:  # each in its own stream (audit: orders* only, outside its selector)
+        still_works(matrix, f"{user}@redis", env.address(master), user, PASSWORDS[user],
+                    [tuple(f"orders-{user}" if w == "orders" else w for w in c) for c in STREAM_WORK])
     check(matrix, f"secret-reading matrix, sentinel mode ({len(env.redis_pods)} Redis, "
                   f"{len(env.sentinel_pods)} Sentinels; user@process kind)", capsys)
 
@@ -465,5 +495,8 @@ def test_no_user_reads_a_secret_in_cluster_mode(tmp_path: Path, capsys: pytest.C
             for i, pod in enumerate(env.pod_names):
                 probe(matrix, f"{user}@shard", env.address(pod), user, PASSWORDS[user], kind="redis", cluster=True,
                       watch=users if i == 0 else None)
+        for user in declared:  # what a cluster-aware client asks (no slots are served: no data commands)
+            still_works(matrix, f"{user}@shard", env.address(env.pod_names[0]), user, PASSWORDS[user],
+                        CLUSTER_CLIENT_WORK)
         check(matrix, f"secret-reading matrix, cluster mode ({len(env.pod_names)} shard pods; user@process kind)",
               capsys)
