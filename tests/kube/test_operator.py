@@ -119,6 +119,12 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "target": {"name": "w"}, "minReplicas": 5, "maxReplicas": 2}}]}]}, "minReplicas must not exceed maxReplicas"),
     ("default acl user", {"auth": {"users": [{"name": "default", "secretName": "s", "rules": "+@all"}]}},
      "the default user's password comes from auth.secretName"),
+    ("acl rule reading passwords", {"auth": {"users": [{"name": "app", "secretName": "s", "rules": "~* +config|get"}]}},
+     "may not grant CONFIG, ACL"),
+    ("acl rule in a selector", {"auth": {"users": [{"name": "app", "secretName": "s", "rules": "~* (+ACL ~*)"}]}},
+     "may not grant CONFIG, ACL"),
+    ("password in acl rules", {"auth": {"users": [{"name": "app", "secretName": "s", "rules": "~* >pw +get"}]}},
+     "nor carry a password"),
     ("down-after too short", {"sentinel": {"downAfterMilliseconds": 10}}, "greater than or equal to 1000"),
     ("bad start id", {"streams": [{"name": "o", "groups": [{"name": "g", "startId": "abc"}]}]}, "startId"),
     ("bad target kind", {"streams": [{"name": "o", "groups": [{"name": "g", "autoscale": {

@@ -199,9 +199,11 @@ def test_password_is_nowhere_but_the_connection_secret() -> None:
 
 def test_env_never_carries_a_secret_value() -> None:
     for key in (("StatefulSet", "orders-redis"), ("StatefulSet", "orders-sentinel")):
-        for c in objects()[key]["spec"]["template"]["spec"]["containers"]:
+        pod = objects()[key]["spec"]["template"]["spec"]
+        for c in pod.get("initContainers", []) + pod["containers"]:
             for e in c.get("env", []):
-                assert "PASS" not in e["name"] or "valueFrom" in e, e
+                assert "secretKeyRef" not in (e.get("valueFrom") or {}), e  # files, never the environment
+                assert "PASS" not in e["name"] or e["name"].endswith("_FILE"), e
             assert not any(PASSWORD in a for a in c.get("command", []) + c.get("args", []))
 
 
@@ -218,21 +220,49 @@ def test_auth_disabled_mounts_no_secret() -> None:
     assert all(v["name"] != "auth" for v in spec["volumes"])
 
 
-def test_exporter_sidecar_is_its_own_user_with_a_password_by_reference() -> None:
+def test_exporter_sidecar_is_its_own_user_with_a_password_from_a_file() -> None:
     found = objects()
-    for sts in ("orders-redis", "orders-sentinel"):
+    for sts, port in (("orders-redis", 6379), ("orders-sentinel", 26379)):
         pod = found[("StatefulSet", sts)]["spec"]["template"]["spec"]
         exporter = next(c for c in pod["containers"] if c["name"] == "exporter")
-        env = {e["name"]: e for e in exporter["env"]}
-        assert env["REDIS_USER"]["value"] == "rmsg-exporter"
+        env = {e["name"]: e.get("value") for e in exporter["env"]}
+        assert env["REDIS_USER"] == "rmsg-exporter"
+        assert "REDIS_PASSWORD" not in env  # no password in its environment, not even by reference
+        assert env["REDIS_PASSWORD_FILE"] == "/run/redis-messaging-exporter/password.json"
+        assert env["REDIS_EXPORTER_CONFIG_COMMAND"] == "-"  # CONFIG GET would show it requirepass
+        assert {"name": "exporter-auth", "mountPath": "/run/redis-messaging-exporter", "readOnly": True} \
+            in exporter["volumeMounts"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["exporter-auth"]["emptyDir"]["medium"] == "Memory"
         # not the default user's password: a rotation of that one never locks the exporter out
-        assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "orders-exporter", "key": "password"}
-        users = next(v for v in pod["volumes"] if v["name"] == "users")["projected"]["sources"]
+        users = volumes["users"]["projected"]["sources"]
         assert {"secret": {"name": "orders-exporter", "items": [{"key": "password", "path": "exporter"}]}} in users
+        # the init container writes the file from the mounted Secret, for the address the exporter scrapes
+        (init,) = pod["initContainers"]
+        assert init["command"] == ["sh", "/etc/redis-messaging/exporter-auth.sh"]
+        init_env = {e["name"]: e.get("value") for e in init["env"]}
+        assert init_env["REDIS_ADDR"] == env["REDIS_ADDR"] == f"redis://127.0.0.1:{port}"
+        assert init_env["REDIS_PASSWORD_FILE"] == env["REDIS_PASSWORD_FILE"]
+        assert {m["name"] for m in init["volumeMounts"]} == {"config", "users", "exporter-auth"}
+        assert init["securityContext"] == exporter["securityContext"]
     data = found[("ConfigMap", "orders-config")]["data"]
     assert data["users.acl"].splitlines()[-1].startswith("exporter rmsg-exporter -@all +ping +info")
     assert data["sentinel-users.acl"].startswith("exporter rmsg-exporter -@all +ping +info")
     assert "+sentinel|masters" in data["sentinel-users.acl"]
+    assert "exporter-auth.sh" in data
+    for rules in (config.EXPORTER_RULES_REDIS, config.EXPORTER_RULES_SENTINEL):
+        granted = [r for r in rules.split() if r.startswith("+")]
+        assert not [r for r in granted if r.split("|")[0] in ("+config", "+acl", "+monitor", "+sentinel|config")]
+        assert "+sentinel|config" not in granted
+        assert "+slowlog" not in granted  # SLOWLOG RESET writes
+
+
+def test_no_exporter_no_init_container() -> None:
+    for spec in ({"monitoring": {"exporter": {"enabled": False}}}, {"auth": {"enabled": False}}):
+        found = objects(**spec)
+        pod = found[("StatefulSet", "orders-redis")]["spec"]["template"]["spec"]
+        assert "initContainers" not in pod
+        assert "exporter-auth.sh" not in found[("ConfigMap", "orders-config")]["data"]
 
 
 def test_named_auth_secret_is_used() -> None:

@@ -70,6 +70,10 @@ def test_tls_only_every_link(mode: str) -> None:
         assert env["REDIS_EXPORTER_TLS_CA_CERT_FILE"] == f"{names.TLS_MOUNT}/ca.crt"
         assert "REDIS_EXPORTER_SKIP_TLS_VERIFICATION" not in env
         assert {"name": "tls", "mountPath": names.TLS_MOUNT, "readOnly": True} in exporter["volumeMounts"]
+        # its password file is keyed by that same address, expanded the same way in its init container
+        init = {e["name"]: e.get("value") for e in pod["initContainers"][0]["env"]}
+        assert list(init)[:1] == ["POD_NAME"]
+        assert init["REDIS_ADDR"] == env["REDIS_ADDR"]
     connection = {k: base64.b64decode(v).decode() for k, v in found[("Secret", "secure-connection")]["data"].items()}
     assert connection["ca.crt"] == FACTS.ca
     assert connection["url"].startswith("rediss://")

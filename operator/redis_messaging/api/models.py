@@ -7,6 +7,7 @@ or as CEL rules in ``x-kubernetes-validations``, so a bad resource is refused at
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,8 +39,38 @@ PROTECTED_REDIS_CONFIG = (
 )
 
 
+# Redis commands no declared ACL user may run: each shows a password or a hash of one (CONFIG GET
+# requirepass/masterauth; ACL GETUSER/LIST), changes one (CONFIG SET, ACL SETUSER), streams other
+# clients' commands (MONITOR), runs code inside the server (DEBUG, MODULE LOAD) or makes the server
+# log in elsewhere with the default user's password (REPLICAOF/SLAVEOF a host of the caller's choice,
+# CLUSTER MEET + REPLICATE). The operator denies them to every declared user (see auth.users[].rules).
+USER_DENIED_COMMANDS = ("config", "acl", "monitor", "debug", "module", "replicaof", "slaveof", "cluster|meet",
+                        "cluster|replicate")
+# A rule of auth.users[].rules that grants one of them, or that carries a password (>pw, <pw, #hash, !hash)
+# or nopass (a user's password comes from its Secret, never from the resource, which more people read).
+# One pattern for the CRD's CEL rule (RE2) and the operator (Python re): no construct they read apart.
+SECRET_RULE_PATTERN = (r"(?i)(^|[\s(])([+](config|acl|monitor|debug|module|replicaof|slaveof)([|]\S*)?"
+                       r"|[+]cluster[|](meet|replicate)([|]\S*)?|[><#!]\S*|nopass)([\s)]|$)")
+SECRET_RULE_MESSAGE = (
+    "auth.users[].rules may not grant CONFIG, ACL, MONITOR, DEBUG, MODULE, REPLICAOF, SLAVEOF, CLUSTER MEET or "
+    "CLUSTER REPLICATE (they show passwords or hand them out), nor carry a password (>, <, #, !) or nopass: the "
+    "password comes from secretName"
+)
+
+
+def secret_rules(rules: str) -> list[str]:
+    """The rules of ``rules`` that :data:`SECRET_RULE_PATTERN` refuses (what the CRD's CEL rule refuses
+    at apply time; the operator reports them for resources stored without that check)."""
+    return [token for token in rules.split() if re.search(SECRET_RULE_PATTERN, token)]
+
+
 def _cel(rule: str, message: str) -> JsonDict:
     return {"rule": rule, "message": message}
+
+
+def _cel_string(text: str) -> str:
+    """``text`` inside a single-quoted CEL string literal."""
+    return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def _cel_list(items: tuple[str, ...]) -> str:
@@ -269,7 +300,16 @@ class AclUser(Model):
         description="Secret in the resource's namespace whose key 'password' holds the user's password.",
     )
     rules: str = Field(
-        min_length=1, description="ACL rules: the keys and commands the user may use, e.g. '~orders* +@stream +@read'."
+        min_length=1, max_length=4096,
+        description="ACL rules: the keys and commands the user may use, e.g. '~orders* +@stream +@read'. No "
+        "declared user may read a password: the operator appends -config -acl -monitor -debug -module -replicaof "
+        "-slaveof -cluster|meet -cluster|replicate to the rules (and to each selector), and a rule that grants one "
+        "of these or carries a password (>, <, #, !, nopass) is refused.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(f"!self.matches('{_cel_string(SECRET_RULE_PATTERN)}')", SECRET_RULE_MESSAGE)
+            ]
+        },
     )
 
 
@@ -371,7 +411,9 @@ class Exporter(Model):
     enabled: bool = Field(
         True,
         description="Run the sidecar. With auth it logs in as its own read-only ACL user rmsg-exporter, whose "
-        "password is generated into the Secret <name>-exporter.",
+        "password is generated into the Secret <name>-exporter and reaches it as a file. That user can read no "
+        "password (no CONFIG, no ACL), so the exporter exports no redis_config_* metrics; maxmemory comes from "
+        "INFO (redis_memory_max_bytes).",
     )
     image: str = Field("oliver006/redis_exporter:v1.67.0", min_length=1, description="The redis_exporter image.")
     resources: ResourceRequirements = Field(

@@ -83,7 +83,7 @@ def host_list(owner: Owner, pod_names: list[str], headless: str) -> str:
 
 
 def pod_template(spec: RedisMessagingSpec, owner: Owner, component: str, containers: list[Obj],
-                  volumes: list[Obj], config_hash: str) -> Obj:
+                  volumes: list[Obj], config_hash: str, init_containers: list[Obj] | None = None) -> Obj:
     selector = names.selector_labels(owner, component)
     labels = {**names.common_labels(owner, component), **spec.pod.labels}
     annotations = {**spec.pod.annotations, names.ANNOTATION_CONFIG_HASH: config_hash}
@@ -92,6 +92,7 @@ def pod_template(spec: RedisMessagingSpec, owner: Owner, component: str, contain
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": spec.pod.termination_grace_period_seconds,
         "securityContext": pods.pod_security_context(spec),
+        **({"initContainers": init_containers} if init_containers else {}),
         "containers": containers,
         "volumes": volumes,
         **pods.scheduling(spec, selector),
@@ -121,6 +122,12 @@ def exporter_secret_name(spec: RedisMessagingSpec, owner: Owner) -> str | None:
 def user_secrets(spec: RedisMessagingSpec) -> list[str]:
     """The Secrets of spec.auth.users, in declaration order (file user-<i> is the i-th's password)."""
     return [u.secret_name for u in spec.auth.users] if spec.auth.enabled else []
+
+
+def hashed_files(cfg: dict[str, str], keys: tuple[str, ...]) -> str:
+    """The config hash of a pod template: what its containers read of the ConfigMap (``keys``, and the
+    exporter's init script when there is one); a change rolls the pods."""
+    return config.content_hash({k: cfg[k] for k in (*keys, config.EXPORTER_AUTH_SCRIPT) if k in cfg})
 
 
 def config_map(owner: Owner, files: dict[str, str], component: str) -> Obj:

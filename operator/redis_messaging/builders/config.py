@@ -16,6 +16,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 
+from redis_messaging.api import models
 from redis_messaging.api.models import RedisMessagingSpec
 from redis_messaging.builders import names
 
@@ -85,10 +86,16 @@ EXPORTER_USER = "rmsg-exporter"
 """The exporter's own ACL user: its password is not the default user's, so a rotation of that one
 (whose old value is removed after a grace period) never locks the exporter out."""
 EXPORTER_FILE = "exporter"  # its password's file in the users volume
-EXPORTER_RULES_REDIS = ("-@all +ping +info +config|get +client|list +client|info +client|setname +slowlog "
-                        "+latency +memory|stats +memory|doctor +cluster|info +cluster|nodes +select")
+# What the exporter reads, and nothing that shows a secret: no CONFIG (CONFIG GET answers requirepass and
+# masterauth), no ACL (hashes of every password), no MONITOR; SLOWLOG and LATENCY only read (no RESET).
+EXPORTER_RULES_REDIS = ("-@all +ping +info +client|list +client|info +client|setname +slowlog|get +slowlog|len "
+                        "+latency|latest +latency|histogram +memory|stats +memory|doctor +cluster|info "
+                        "+cluster|nodes +select")
+# On a Sentinel: its view of the masters, never SENTINEL CONFIG (sentinel-pass) nor SENTINEL SET.
 EXPORTER_RULES_SENTINEL = ("-@all +ping +info +client|info +client|setname +sentinel|masters +sentinel|master "
                            "+sentinel|sentinels +sentinel|slaves +sentinel|replicas +sentinel|ckquorum")
+EXPORTER_AUTH_SCRIPT = "exporter-auth.sh"  # the exporter's init container writes its password file
+EXPORTER_PASSWORD_FILE = "password.json"
 
 
 def exporter_user(spec: RedisMessagingSpec) -> bool:
@@ -179,6 +186,26 @@ exec redis-server "$conf"
 """
 
 
+EXPORTER_AUTH_SH = r"""#!/bin/sh
+# The exporter's init container: writes the file redis_exporter reads its password from
+# (REDIS_PASSWORD_FILE, -redis.password-file): a JSON object from the address it scrapes (REDIS_ADDR,
+# as the exporter spells it; from v1.70 on with its user name in it) to the password, taken from the
+# mounted Secret. Nothing else carries the password: no environment value, no command line.
+set -eu
+umask 077
+users_dir="${RMSG_USERS_DIR:-/etc/redis-messaging-users}"
+out="${REDIS_PASSWORD_FILE:?}"
+addr="${REDIS_ADDR:?}"
+with_user="${addr%%://*}://${REDIS_USER:?}@${addr#*://}"
+# json VALUE: a JSON string literal.
+json() {
+  printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"
+}
+pw="$(cat "$users_dir/exporter")"
+printf '{%s: %s, %s: %s}\n' "$(json "$addr")" "$(json "$pw")" "$(json "$with_user")" "$(json "$pw")" >"$out.tmp"
+mv "$out.tmp" "$out"
+"""
+
 PROBE_SH = r"""#!/bin/sh
 # probe.sh liveness|readiness [redis|sentinel]
 # liveness: the process answers (LOADING and MASTERDOWN count as alive).
@@ -217,7 +244,45 @@ def common_files(spec: RedisMessagingSpec) -> dict[str, str]:
     }
     if spec.auth.enabled and (spec.auth.users or exporter_user(spec)):
         files["users.acl"] = users_acl(spec)
+    if exporter_user(spec):
+        files[EXPORTER_AUTH_SCRIPT] = EXPORTER_AUTH_SH
     return files
+
+
+DENIED_TO_USERS = tuple(f"-{command}" for command in models.USER_DENIED_COMMANDS)
+"""Appended to every declared user's rules, and to each of its selectors (the rules outside a selector
+do not reach into it): whatever the rules grant, no declared user can read a password."""
+
+
+def password_rule(token: str) -> bool:
+    """A rule that sets or removes a password (or nopass): the password is the Secret's, never a rule's."""
+    return token[:1] in (">", "<", "#", "!") or token.lower() == "nopass"
+
+
+def declared_rules(rules: str) -> str:
+    """The rules a declared user is given: its own, without a password (>, <, #, !) or nopass (the
+    password is its Secret's), then :data:`DENIED_TO_USERS`, inside each selector too. Selectors are
+    found as Redis merges them: from a rule that starts with "(" to the first that ends with ")"."""
+    out: list[str] = []
+    inside = False
+    for token in rules.split():
+        if not inside and password_rule(token):
+            continue
+        opens = not inside and token.startswith("(")
+        closes = (inside or opens) and token.endswith(")") and token != "("
+        inside = (inside or opens) and not closes
+        if not closes:
+            out.append(token)
+            continue
+        body = token[:-1]
+        denied = list(DENIED_TO_USERS)
+        if body == "(":  # "()": the selector's first rule carries its parenthesis
+            denied[0] = "(" + denied[0]
+        elif body:
+            out.append(body)
+        denied[-1] += ")"
+        out += denied
+    return " ".join([*out, *DENIED_TO_USERS])
 
 
 def user_file(index: int) -> str:
@@ -227,7 +292,7 @@ def user_file(index: int) -> str:
 
 def users_acl(spec: RedisMessagingSpec) -> str:
     """One line per ACL user: the password file, the name, the rules (never a password)."""
-    lines = [f"{user_file(i)} {u.name} {' '.join(u.rules.split())}\n" for i, u in enumerate(spec.auth.users)]
+    lines = [f"{user_file(i)} {u.name} {declared_rules(u.rules)}\n" for i, u in enumerate(spec.auth.users)]
     if exporter_user(spec):
         lines.append(f"{EXPORTER_FILE} {EXPORTER_USER} {EXPORTER_RULES_REDIS}\n")
     return "".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis_messaging.api.models import RedisMessagingSpec, ResourceRequirements
@@ -167,44 +168,85 @@ def tls_env(tls_secret: str | None) -> dict[str, str]:
     return {"RMSG_TLS": "yes"} if tls_secret else {}
 
 
-def exporter_container(spec: RedisMessagingSpec, exporter_secret: str | None, port: int = names.REDIS_PORT, *,
-                       owner: Owner | None = None, headless: str = "", tls_secret: str | None = None) -> Obj:
+EXPORTER_AUTH_MOUNT = "/run/redis-messaging-exporter"  # the exporter's password file, in memory
+EXPORTER_AUTH_VOLUME = "exporter-auth"
+
+
+@dataclass(frozen=True)
+class ExporterSidecar:
+    """What the redis_exporter sidecar adds to a pod: its container, the init container that writes its
+    password file (with auth), and their in-memory volume."""
+
+    container: Obj
+    init_containers: list[Obj]
+    volumes: list[Obj]
+
+
+def exporter(spec: RedisMessagingSpec, exporter_secret: str | None, port: int = names.REDIS_PORT, *,
+             owner: Owner | None = None, headless: str = "", tls_secret: str | None = None) -> ExporterSidecar:
     """redis_exporter sidecar (of a redis-server, or of a Sentinel with ``port``: it then exports the
-    redis_sentinel_* metrics). With auth it is the ACL user ``rmsg-exporter`` (read-only commands),
-    its password from ``exporter_secret`` by reference, never a value: not the default user's, so a
-    rotation of that one never locks it out.
+    redis_sentinel_* metrics). With auth it is the ACL user ``rmsg-exporter``, whose rules read no secret
+    (no CONFIG, no ACL: see :data:`config.EXPORTER_RULES_REDIS`); its password is ``exporter_secret``'s,
+    not the default user's, so a rotation of that one never locks it out.
+
+    The password reaches it as a file, never as an environment value: redis_exporter's
+    ``-redis.password-file`` is a JSON object from the address it scrapes to the password, and that
+    address is the pod's own name with TLS, so an init container (the Redis image, the ConfigMap's
+    ``exporter-auth.sh``) writes it from the mounted Secret into an in-memory volume, mode 0600, that
+    the exporter mounts read-only. Its config metrics are off (``-config-command -``): they need
+    ``CONFIG GET``, which would show it the default user's password.
 
     With TLS it reaches its process by the pod's own stable name (``owner`` and ``headless``), the
     name the certificate carries, and verifies it against ca.crt: no skipped verification."""
     exp = spec.monitoring.exporter
-    env_vars: list[Obj] = [{"name": "REDIS_ADDR", "value": f"redis://127.0.0.1:{port}"}]
+    address: list[Obj] = [{"name": "REDIS_ADDR", "value": f"redis://127.0.0.1:{port}"}]
+    env_vars: list[Obj] = []
     mounts: list[Obj] = []
     if tls_secret:
         if owner is None or not headless:
             raise ValueError("a TLS exporter needs the owner and the headless Service")
         host = owner.pod_host("$(POD_NAME)", headless)  # expanded by the kubelet from the env above it
         directory = names.TLS_MOUNT
+        address = [*downward_env(), {"name": "REDIS_ADDR", "value": f"rediss://{host}:{port}"}]
         env_vars = [
-            *downward_env(),
-            {"name": "REDIS_ADDR", "value": f"rediss://{host}:{port}"},
             {"name": "REDIS_EXPORTER_TLS_CA_CERT_FILE", "value": f"{directory}/{tls.CA_FILE}"},
             {"name": "REDIS_EXPORTER_TLS_CLIENT_CERT_FILE", "value": f"{directory}/{tls.CERT_FILE}"},
             {"name": "REDIS_EXPORTER_TLS_CLIENT_KEY_FILE", "value": f"{directory}/{tls.KEY_FILE}"},
         ]
         mounts.append(tls.volume(tls_secret)[1])
+    # No CONFIG GET: its reply holds requirepass and masterauth.
+    env_vars.append({"name": "REDIS_EXPORTER_CONFIG_COMMAND", "value": "-"})
+    init: list[Obj] = []
+    volumes: list[Obj] = []
     if exporter_secret:
-        env_vars += [
-            {"name": "REDIS_USER", "value": config.EXPORTER_USER},
-            {"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {"name": exporter_secret, "key": "password"}}},
-        ]
+        login = [{"name": "REDIS_USER", "value": config.EXPORTER_USER},
+                 {"name": "REDIS_PASSWORD_FILE", "value": f"{EXPORTER_AUTH_MOUNT}/{config.EXPORTER_PASSWORD_FILE}"}]
+        env_vars += login
+        volumes.append({"name": EXPORTER_AUTH_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})
+        mounts.append({"name": EXPORTER_AUTH_VOLUME, "mountPath": EXPORTER_AUTH_MOUNT, "readOnly": True})
+        init.append({
+            "name": "exporter-auth",
+            "image": spec.image,
+            "imagePullPolicy": spec.image_pull_policy,
+            "command": ["sh", f"{names.CONFIG_MOUNT}/{config.EXPORTER_AUTH_SCRIPT}"],
+            "env": address + login,
+            "resources": resources(exp.resources, {"requests": {"cpu": "10m", "memory": "16Mi"}}),
+            "securityContext": container_security_context(),
+            "volumeMounts": [
+                {"name": "config", "mountPath": names.CONFIG_MOUNT, "readOnly": True},
+                {"name": "users", "mountPath": USERS_MOUNT, "readOnly": True},
+                {"name": EXPORTER_AUTH_VOLUME, "mountPath": EXPORTER_AUTH_MOUNT},
+            ],
+        })
     extra: Obj = {"volumeMounts": mounts} if mounts else {}
-    return {
+    container = {
         "name": "exporter",
         "image": exp.image,
         "imagePullPolicy": spec.image_pull_policy,
-        "env": env_vars,
+        "env": address + env_vars,
         "ports": [{"name": "metrics", "containerPort": names.EXPORTER_PORT, "protocol": "TCP"}],
         "resources": resources(exp.resources, {"requests": {"cpu": "10m", "memory": "32Mi"}}),
         "securityContext": container_security_context(),
         **extra,
     }
+    return ExporterSidecar(container, init, volumes)

@@ -104,18 +104,32 @@ def _contains(desired: Any, live: Any) -> bool:
     return bool(desired == live)
 
 
+SECRET_FIELDS = ("data", "stringData")
+
+
 def applied_hash(obj: Obj) -> str:
-    return content_hash(obj)
+    """The hash of what was applied, stamped on the object: of everything but a Secret's values (its keys
+    count). An annotation is readable more widely than a Secret's data, and a hash of a password is a way
+    to test guesses of it offline; a changed value is seen by comparing the data itself (:func:`needs_apply`)."""
+    if obj.get("kind") != "Secret":
+        return content_hash(obj)
+    return content_hash({k: sorted(v or {}) if k in SECRET_FIELDS else v for k, v in obj.items()})
 
 
 def needs_apply(desired: Obj, live: Obj | None) -> str | None:
-    """Why ``desired`` must be applied over ``live``, or None when an apply would change nothing."""
+    """Why ``desired`` must be applied over ``live``, or None when an apply would change nothing.
+
+    The applied hash says whether the desired object changed since it was applied (a field it no longer
+    has included, which no comparison with the live object could tell); the comparison says whether the
+    live object drifted, or, for a Secret, whether a value of its data changed (the hash leaves them out)."""
     if live is None:
         return "missing"
     annotations = (live.get("metadata") or {}).get("annotations") or {}
     if annotations.get(names.ANNOTATION_APPLIED_HASH) != applied_hash(desired):
         return "desired state changed"
     if not _contains(desired, live):
+        if desired.get("kind") == "Secret" and not _contains(desired.get("data") or {}, live.get("data")):
+            return "its data changed"
         return "live object drifted"
     return None
 

@@ -14,7 +14,10 @@ from what exists, so a restarted operator resumes:
 
 Users of ``spec.auth.users`` get ``ACL SETUSER <name> reset on ><password> <rules>`` on every Redis
 process (ACLs are not replicated), the password from their Secret's key ``password``; users that are
-no longer declared are deleted. No password reaches a log line, an Event or a Condition.
+no longer declared are deleted. Their rules are :func:`config.declared_rules`: whatever a user's rules
+say, it is denied every command that shows a password or hands one out; rules that asked for one (the
+CRD refuses them; a resource stored without that check) are reported (``UserRulesRefused``). No
+password reaches a log line, an Event or a Condition.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dataclasses import dataclass, field
 
 from redis_messaging import modes
 from redis_messaging.api import conditions as cond
+from redis_messaging.api import models
 from redis_messaging.api.models import RedisMessagingSpec
 from redis_messaging.builders import config, names
 from redis_messaging.builders.names import Owner
@@ -40,6 +44,7 @@ log = logging.getLogger(__name__)
 
 AUTH_READY = "AuthReady"
 USER_SECRET_MISSING = "UserSecretMissing"
+USER_RULES_REFUSED = "UserRulesRefused"
 NOT_APPLIED = "AclNotApplied"
 ROTATING = "PasswordRotation"
 PUBLISHED_AT = f"{names.DOMAIN}/password-published-at"
@@ -244,6 +249,9 @@ class AclStep:
         users, missing = self._users(kube, spec, owner)
         if missing:
             problems.append((USER_SECRET_MISSING, "; ".join(m for _, m in missing)))
+        refused = refused_rules(spec)
+        if refused:
+            problems.append((USER_RULES_REFUSED, refused))
         # Users with a missing Secret are left as they are, not deleted.
         down: list[str] = []
         done, failed = self.apply_users(spec, owner, rotation.use, users, keep={n for n, _ in missing},
@@ -255,7 +263,7 @@ class AclStep:
                              "; ".join(f"{p}: {why}" for p, why in sorted(failed.items()))))
             report.retry_after = RETRY_SECONDS
         if problems:
-            order = (USER_SECRET_MISSING, NOT_APPLIED, ROTATING)
+            order = (USER_SECRET_MISSING, NOT_APPLIED, USER_RULES_REFUSED, ROTATING)
             reason = min((r for r, _ in problems), key=order.index)
             report.condition = cond.Cond(AUTH_READY, False, reason, "; ".join(m for _, m in problems))
         elif down:
@@ -306,7 +314,7 @@ class AclStep:
                 missing.append((declared.name, f"user {declared.name}: Secret {declared.secret_name} "
                                 f"{'has no key password' if secret is not None else 'does not exist'}"))
                 continue
-            users.append(acl.User(declared.name, password, declared.rules))
+            users.append(acl.User(declared.name, password, config.declared_rules(declared.rules)))
         if config.exporter_user(spec):  # the exporter's own user, its password generated once
             password = _decode(kube.get("Secret", owner.namespace, owner.exporter_secret))
             if password is None:
@@ -314,3 +322,19 @@ class AclStep:
             else:
                 users.append(acl.User(config.EXPORTER_USER, password, config.EXPORTER_RULES_REDIS))
         return users, missing
+
+
+def refused_rules(spec: RedisMessagingSpec) -> str:
+    """What the rules of spec.auth.users ask for that no declared user gets (the CRD refuses it at apply
+    time; a resource stored without that check gets this message): empty when nothing. A password in
+    the rules is named as such, never shown."""
+    found = []
+    for user in spec.auth.users:
+        bad = ["a password rule" if config.password_rule(t) else t for t in models.secret_rules(user.rules)]
+        if bad:
+            found.append(f"user {user.name}: {', '.join(dict.fromkeys(bad))}")
+    if not found:
+        return ""
+    return ("; ".join(found) + " not applied: no declared user may run CONFIG, ACL, MONITOR, DEBUG, MODULE, "
+            "REPLICAOF, SLAVEOF, CLUSTER MEET or CLUSTER REPLICATE, which show passwords or hand them out, and a "
+            "user's password comes from its Secret; the rest of its rules is applied")

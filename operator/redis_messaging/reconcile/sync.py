@@ -295,7 +295,7 @@ def step_children(p: Pass) -> StepResult:
 
 def step_users(p: Pass) -> StepResult:
     """ACL users on every process, and the end of a password rotation."""
-    out = StepResult(warn=frozenset({acl_step.USER_SECRET_MISSING, acl_step.NOT_APPLIED}))
+    out = StepResult(warn=frozenset({acl_step.USER_SECRET_MISSING, acl_step.NOT_APPLIED, acl_step.USER_RULES_REFUSED}))
     if p.ctx.acl is None or p.rotation is None:
         return out
     auth = p.ctx.acl.after_apply(p.spec, p.owner, p.rotation)

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from redis_messaging.api.models import RedisMessagingSpec
-from redis_messaging.builders import common, config, names, pods, tls
+from redis_messaging.builders import common, names, pods, tls
 from redis_messaging.builders.names import Owner
 from redis_messaging.modes.cluster import scripts
 
@@ -113,13 +113,15 @@ def shard_statefulset(spec: RedisMessagingSpec, owner: Owner, index: int) -> Obj
         "volumeMounts": mounts,
     }
     containers = [redis_container]
+    init: list[Obj] = []
     if spec.monitoring.exporter.enabled:
-        containers.append(pods.exporter_container(spec, exporter, owner=owner, headless=owner.redis_headless,
-                                                  tls_secret=tls_secret))
+        sidecar = pods.exporter(spec, exporter, owner=owner, headless=owner.redis_headless, tls_secret=tls_secret)
+        containers.append(sidecar.container)
+        init += sidecar.init_containers
+        volumes += sidecar.volumes
     cfg = scripts.config_files(spec)
-    config_hash = config.content_hash({k: cfg[k] for k in ("redis.conf", "redis-start.sh", "redis-role.sh",
-                                                            "common.sh")})
-    template = common.pod_template(spec, owner, names.COMPONENT_SHARD, containers, volumes, config_hash)
+    config_hash = common.hashed_files(cfg, ("redis.conf", "redis-start.sh", "redis-role.sh", "common.sh"))
+    template = common.pod_template(spec, owner, names.COMPONENT_SHARD, containers, volumes, config_hash, init)
     template["metadata"]["labels"][names.LABEL_SHARD] = str(index)
     sts_spec: Obj = {
         "serviceName": owner.redis_headless,

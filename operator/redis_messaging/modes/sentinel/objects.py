@@ -6,7 +6,7 @@ from typing import Any
 from urllib.parse import quote
 
 from redis_messaging.api.models import RedisMessagingSpec
-from redis_messaging.builders import common, config, names, pods, tls
+from redis_messaging.builders import common, names, pods, tls
 from redis_messaging.builders.names import Owner
 from redis_messaging.modes.sentinel import scripts
 
@@ -92,12 +92,15 @@ def redis_statefulset(spec: RedisMessagingSpec, owner: Owner) -> Obj:
         "volumeMounts": mounts,
     }
     containers = [redis_container]
+    init: list[Obj] = []
     if spec.monitoring.exporter.enabled:
-        containers.append(pods.exporter_container(spec, exporter, owner=owner, headless=owner.redis_headless,
-                                                  tls_secret=tls_secret))
+        sidecar = pods.exporter(spec, exporter, owner=owner, headless=owner.redis_headless, tls_secret=tls_secret)
+        containers.append(sidecar.container)
+        init += sidecar.init_containers
+        volumes += sidecar.volumes
     cfg = scripts.config_files(spec, owner)
-    config_hash = config.content_hash({k: cfg[k] for k in ("redis.conf", "redis-start.sh", "redis-role.sh",
-                                                            "sentinel-lib.sh", "common.sh")})
+    config_hash = common.hashed_files(cfg, ("redis.conf", "redis-start.sh", "redis-role.sh", "sentinel-lib.sh",
+                                            "common.sh"))
     sts_spec: Obj = {
         "serviceName": owner.redis_headless,
         "replicas": spec.redis.replicas,
@@ -105,7 +108,7 @@ def redis_statefulset(spec: RedisMessagingSpec, owner: Owner) -> Obj:
         # The operator replaces pods itself: replicas first, then a switch-over, then the old master.
         "updateStrategy": {"type": "OnDelete"},
         "selector": {"matchLabels": names.selector_labels(owner, names.COMPONENT_REDIS)},
-        "template": common.pod_template(spec, owner, names.COMPONENT_REDIS, containers, volumes, config_hash),
+        "template": common.pod_template(spec, owner, names.COMPONENT_REDIS, containers, volumes, config_hash, init),
         "persistentVolumeClaimRetentionPolicy": {
             "whenDeleted": spec.persistence.retention_policy.when_deleted,
             "whenScaled": spec.persistence.retention_policy.when_scaled,
@@ -140,15 +143,17 @@ def sentinel_statefulset(spec: RedisMessagingSpec, owner: Owner, tls_facts: tls.
         "volumeMounts": mounts,
     }
     cfg = scripts.config_files(spec, owner)
-    config_hash = config.content_hash(
-        {k: cfg[k] for k in ("sentinel.conf", "sentinel-monitor.conf", "sentinel-start.sh", "sentinel-lib.sh",
-                            "common.sh")}
-    )
+    config_hash = common.hashed_files(cfg, ("sentinel.conf", "sentinel-monitor.conf", "sentinel-start.sh",
+                                            "sentinel-lib.sh", "common.sh"))
     containers = [container]
+    init: list[Obj] = []
     if spec.monitoring.exporter.enabled:  # redis_sentinel_* metrics: quorum, agreement on the master
-        containers.append(pods.exporter_container(spec, exporter, names.SENTINEL_PORT, owner=owner,
-                                                  headless=owner.sentinel_headless, tls_secret=tls_secret))
-    template = common.pod_template(spec, owner, names.COMPONENT_SENTINEL, containers, volumes, config_hash)
+        sidecar = pods.exporter(spec, exporter, names.SENTINEL_PORT, owner=owner, headless=owner.sentinel_headless,
+                                tls_secret=tls_secret)
+        containers.append(sidecar.container)
+        init += sidecar.init_containers
+        volumes += sidecar.volumes
+    template = common.pod_template(spec, owner, names.COMPONENT_SENTINEL, containers, volumes, config_hash, init)
     if tls_secret and tls_facts is not None:  # Sentinel cannot reload a renewed certificate: a new one rolls it
         template["metadata"]["annotations"][tls.ANNOTATION_REVISION] = tls_facts.revision
     sts_spec: Obj = {
