@@ -34,11 +34,11 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -638,3 +638,34 @@ class SentinelEnv:
             tail = self.log(name).splitlines()[-lines:]
             parts.append(f"--- {name} ({self.pod(name).ip}) log tail ---\n" + "\n".join(tail))
         return "\n".join(parts)
+
+
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.05) -> T:
+    """Call ``check`` until it returns something truthy (returned; a Redis error counts as not yet) or the
+    deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = check()
+        except RedisError:
+            found = None
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g}s")
+        time.sleep(interval)
+
+
+def sentinel_knows_all(env: SentinelEnv, pod: str) -> bool:
+    """Whether the Sentinel ``pod`` knows every other Sentinel and every replica (it can fail over)."""
+    try:
+        reply = env.client(pod).execute_command(  # type: ignore[no-untyped-call]
+            "SENTINEL", "MASTER", env.owner.master_name)
+    except RedisError:  # not listening yet
+        return False
+    info = dict(zip(reply[::2], reply[1::2], strict=True)) if isinstance(reply, list) else dict(reply)
+    return (int(info["num-other-sentinels"]) == len(env.sentinel_pods) - 1
+            and int(info["num-slaves"]) == len(env.redis_pods) - 1)

@@ -59,6 +59,28 @@ def settle_epochs(env: ClusterEnv, timeout: float = 20.0) -> None:
     raise AssertionError("config epochs did not settle")
 
 
+def acknowledged_keys(env: ClusterEnv, pod: str, count: int = 30) -> tuple[int, list[str]]:
+    """A slot of ``pod`` and ``count`` keys in it, written and acknowledged by its replica (WAIT 1)."""
+    tag, slot = tag_on(env, pod)
+    keys = [f"{tag}w{i}" for i in range(count)]
+    app = env.cluster_client()
+    for key in keys:
+        app.set(key, key)
+    assert env.client(pod).execute_command("WAIT", 1, 5000) == 1
+    return slot, keys
+
+
+def assert_one_owner_holding(env: ClusterEnv, slot: int, keys: list[str]) -> None:
+    """No slot left open; every node names the same owner of ``slot``, which holds every key."""
+    assert env.open_marks() == {}
+    owners = {owner_of(env, pod, slot) for pod in env.pod_names}
+    assert len(owners) == 1, owners
+    (owner,) = owners
+    (owner_pod,) = [p for p in env.pod_names if env.myself(p).id == owner]
+    missing = [key for key in keys if env.client(owner_pod).get(key) != key]
+    assert missing == [], f"{len(missing)} acknowledged writes lost from {owner_pod}: {missing}"
+
+
 def test_the_source_failing_over_while_the_target_takes_the_slot_loses_no_acknowledged_write(
         env: ClusterEnv) -> None:
     # B is not the newest epoch: taking the slot bumps its epoch, as in the nemesis run
@@ -135,12 +157,7 @@ def test_the_source_failing_over_before_the_assignment_leaves_the_move_to_resume
     target is shard 0's master: the planner's anchor, whose table it reads first."""
     A, A1, B = "events-shard-1-0", "events-shard-1-1", "events-shard-0-0"
     settle_epochs(env)
-    tag, slot = tag_on(env, A)
-    keys = [f"{tag}w{i}" for i in range(30)]
-    app = env.cluster_client()
-    for key in keys:
-        app.set(key, key)
-    assert env.client(A).execute_command("WAIT", 1, 5000) == 1
+    slot, keys = acknowledged_keys(env, A)
     source_id, target_id = env.myself(A).id, env.myself(B).id
     env.client(B).execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
     env.client(A).execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
@@ -158,15 +175,9 @@ def test_the_source_failing_over_before_the_assignment_leaves_the_move_to_resume
     topology = ClusterTopology(env.addresses(), timeout=1.0, hook=hook)
     heal_until(topology, SPEC, OWNER, PASSWORD, timeout=60, env=env)
     assert fired == ["OK", "A1 is the master"], fired
-    assert env.open_marks() == {}
     # the move finished on the target (the balance may move the slot on again): one owner every node
     # agrees on, holding every acknowledged write
-    owners = {owner_of(env, pod, slot) for pod in env.pod_names}
-    assert len(owners) == 1, owners
-    (owner,) = owners
-    (owner_pod,) = [p for p in env.pod_names if env.myself(p).id == owner]
-    missing = [key for key in keys if env.client(owner_pod).get(key) != key]
-    assert missing == [], f"{len(missing)} acknowledged writes lost from {owner_pod}: {missing}"
+    assert_one_owner_holding(env, slot, keys)
 
 
 def test_a_source_failing_over_with_keys_still_to_move_leaves_the_target_able_to_import_them(
@@ -178,12 +189,7 @@ def test_a_source_failing_over_with_keys_still_to_move_leaves_the_target_able_to
     sends (``CLUSTERDOWN Hash slot not served``), pass after pass."""
     A, A1, B = "events-shard-1-0", "events-shard-1-1", "events-shard-0-0"
     settle_epochs(env)
-    tag, slot = tag_on(env, A)
-    keys = [f"{tag}w{i}" for i in range(30)]
-    app = env.cluster_client()
-    for key in keys:
-        app.set(key, key)
-    assert env.client(A).execute_command("WAIT", 1, 5000) == 1
+    slot, keys = acknowledged_keys(env, A)
     fired: list[str] = []
 
     def hook(stage: str, slots: Sequence[int]) -> None:
@@ -206,10 +212,4 @@ def test_a_source_failing_over_with_keys_still_to_move_leaves_the_target_able_to
     topology = ClusterTopology(env.addresses(), timeout=1.0)
     reports = heal_until(topology, SPEC, OWNER, PASSWORD, timeout=60, env=env)
     assert reports[-1].healthy
-    assert env.open_marks() == {}
-    owners = {owner_of(env, pod, slot) for pod in env.pod_names}
-    assert len(owners) == 1, owners
-    (owner,) = owners
-    (owner_pod,) = [p for p in env.pod_names if env.myself(p).id == owner]
-    missing = [key for key in keys if env.client(owner_pod).get(key) != key]
-    assert missing == [], f"{len(missing)} acknowledged writes lost from {owner_pod}: {missing}"
+    assert_one_owner_holding(env, slot, keys)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +20,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ReadOnlyError, RedisError
 from redis.retry import Retry
-from sentinel_env import Address, SentinelEnv
+from sentinel_env import Address, SentinelEnv, eventually, sentinel_knows_all
 
 from redis_messaging.api import models
 from redis_messaging.builders.names import Owner
@@ -41,20 +41,6 @@ SPEC = models.parse_spec({
 })
 WRITE_SECONDS = 40.0  # the writer's bound, whatever happens
 WRITES = 200_000  # and its count bound
-
-
-def eventually(check: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            found = check()
-        except RedisError:
-            found = None
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g}s")
-        time.sleep(interval)
 
 
 class Recorder:
@@ -130,13 +116,7 @@ def env(tmp_path: Path) -> Iterator[SentinelEnv]:
         env.start()
         env.wait_replication(timeout=30)
         env.sentinel_master(timeout=30)
-
-        def knows_all(pod: str) -> bool:
-            reply = env.client(pod).execute_command("SENTINEL", "MASTER", OWNER.master_name)  # type: ignore[no-untyped-call]
-            info = dict(zip(reply[::2], reply[1::2], strict=True)) if isinstance(reply, list) else dict(reply)
-            return int(info["num-other-sentinels"]) == 2 and int(info["num-slaves"]) == 2
-
-        eventually(lambda: all(knows_all(p) for p in env.sentinel_pods), timeout=30,
+        eventually(lambda: all(sentinel_knows_all(env, p) for p in env.sentinel_pods), timeout=30,
                    what="every Sentinel knows the others and the replicas")
         yield env
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar, cast
 
 import pytest
 from redis.exceptions import RedisError
-from sentinel_env import Address, SentinelEnv
+from sentinel_env import Address, SentinelEnv, eventually, sentinel_knows_all
 
 from redis_messaging.api import models
 from redis_messaging.builders.names import Owner
@@ -47,17 +47,6 @@ MAX_BACKOFF_SECONDS = 5.0  # watch_switch_master's default
 CAUGHT_UP_WITHIN = rs.WATCH_SILENCE_SECONDS + WATCH_TIMEOUT_SECONDS + MAX_BACKOFF_SECONDS + 1.0
 
 
-def eventually(check: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g}s")
-        time.sleep(interval)
-
-
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[SentinelEnv]:
     with SentinelEnv(SPEC, OWNER, tmp_path, password=PASSWORD) as env:
@@ -67,17 +56,6 @@ def env(tmp_path: Path) -> Iterator[SentinelEnv]:
         eventually(lambda: all(sentinel_knows_all(env, p) for p in env.sentinel_pods), timeout=30,
                    what="every Sentinel knows the other Sentinels and the replicas (they can fail over)")
         yield env
-
-
-def sentinel_knows_all(env: SentinelEnv, pod: str) -> bool:
-    try:
-        reply = env.client(pod).execute_command(  # type: ignore[no-untyped-call]
-            "SENTINEL", "MASTER", OWNER.master_name)
-    except RedisError:  # not listening yet
-        return False
-    info = dict(zip(reply[::2], reply[1::2], strict=True)) if isinstance(reply, list) else dict(reply)
-    return (int(info["num-other-sentinels"]) == len(env.sentinel_pods) - 1
-            and int(info["num-slaves"]) == len(env.redis_pods) - 1)
 
 
 def subscribers(env: SentinelEnv, pod: str, *, pinging: bool = False) -> int:
