@@ -769,7 +769,20 @@ class ShardStatus(Model):
     slots: str = Field("", description="Hash slots the master serves, as ranges, e.g. 0-5460,10923; empty when none.")
 
 
-class GroupStatus(Model):
+class ScaledStatus(Model):
+    """What the autoscaler did for a group or a queue with a target workload."""
+
+    current_replicas: int | None = Field(
+        None, description="Replicas of the target workload, as last read from or set through its scale subresource."
+    )
+    desired_replicas: int | None = Field(None, description="Replicas the autoscaler wants the target to have.")
+    last_decision: str | None = Field(None, description="Why the autoscaler wants desiredReplicas, in words.")
+    last_scale_time: str | None = Field(
+        None, description="When the operator last patched the target's scale (RFC 3339, UTC)."
+    )
+
+
+class GroupStatus(ScaledStatus):
     """One consumer group, as last measured and scaled."""
 
     name: str = Field(description="The consumer group.")
@@ -785,14 +798,6 @@ class GroupStatus(Model):
     )
     consumers: int | None = Field(
         None, description="Consumers of the group in Redis (a consumer is named after its pod)."
-    )
-    current_replicas: int | None = Field(
-        None, description="Replicas of the target workload, as last read from or set through its scale subresource."
-    )
-    desired_replicas: int | None = Field(None, description="Replicas the autoscaler wants the target to have.")
-    last_decision: str | None = Field(None, description="Why the autoscaler wants desiredReplicas, in words.")
-    last_scale_time: str | None = Field(
-        None, description="When the operator last patched the target's scale (RFC 3339, UTC)."
     )
     error: str | None = Field(None, description="Why the group could not be measured or scaled.")
 
@@ -811,20 +816,12 @@ class StreamStatus(Model):
     groups: list[GroupStatus] = Field(default_factory=list, description="The declared groups, in declaration order.")
 
 
-class QueueStatus(Model):
+class QueueStatus(ScaledStatus):
     """One declared list queue, as last measured and scaled."""
 
     name: str = Field(description="The list's key.")
     length: int | None = Field(None, description="Entries in the list (LLEN).")
     shard: str | None = Field(None, description="Cluster mode: the shard (its StatefulSet) that holds the list.")
-    current_replicas: int | None = Field(
-        None, description="Replicas of the target workload, as last read from or set through its scale subresource."
-    )
-    desired_replicas: int | None = Field(None, description="Replicas the autoscaler wants the target to have.")
-    last_decision: str | None = Field(None, description="Why the autoscaler wants desiredReplicas, in words.")
-    last_scale_time: str | None = Field(
-        None, description="When the operator last patched the target's scale (RFC 3339, UTC)."
-    )
     error: str | None = Field(None, description="Why the queue could not be measured or scaled.")
 
 
