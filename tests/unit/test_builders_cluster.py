@@ -203,11 +203,22 @@ def test_config_hash_follows_redis_conf() -> None:
     assert config.content_hash({"x": 1}) == config.content_hash({"x": 1})
 
 
-def test_each_shard_pod_knows_its_shard_peers_by_name() -> None:
-    """A pod whose volume was lost asks its shard's pods who still follows its address."""
-    for index in range(3):
-        sts = objects(cluster={"shards": 3, "replicasPerShard": 2})[("StatefulSet", f"events-shard-{index}")]
-        env = {e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
-        hosts = env["RMSG_SHARD_HOSTS"].split()
-        assert [h.split(".")[0] for h in hosts] == [f"events-shard-{index}-{j}" for j in range(3)]
-        assert len({h.split(".", 1)[1] for h in hosts}) == 1  # one headless Service names them all
+def test_a_shard_pod_finds_its_siblings_by_ordinal_without_a_per_count_setting() -> None:
+    """A pod whose volume was lost asks its shard's pods who follows its address: its StatefulSet's
+    ordinals 0-5 on its headless Service. Nothing in the pod template depends on the count, so a change
+    of replicasPerShard rolls no pod for it."""
+    import re
+    import subprocess
+
+    data = objects()[("ConfigMap", "events-config")]["data"]
+    function = re.search(r"^shard_hosts\(\) \{.*?^\}$", data["redis-role.sh"], re.M | re.S)
+    assert function is not None
+    env = {"PATH": "/usr/bin:/bin", "POD_NAME": "events-shard-1-2",
+           "RMSG_SELF_HOST": "events-shard-1-2.events-redis-headless.shop.svc.cluster.local"}
+    out = subprocess.run(["sh", "-c", function.group(0) + "\nshard_hosts"], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == [f"events-shard-1-{j}.events-redis-headless.shop.svc.cluster.local" for j in range(6)]
+    for replicas in (1, 2):
+        sts = objects(cluster={"replicasPerShard": replicas})[("StatefulSet", "events-shard-0")]
+        names = {e["name"] for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert "RMSG_SHARD_HOSTS" not in names

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
+import threading
+import time
+from collections.abc import Callable
+
 import pytest
 
+from redis_messaging.builders.names import Owner
+from redis_messaging.modes.sentinel import watch
 from redis_messaging.modes.sentinel.watch import fence_seconds
 from redis_messaging.redis import sentinel as rs
+from redis_messaging.redis.addresses import MapAddresses
 
 
 def test_a_master_event_names_the_master_it_is_about() -> None:
@@ -35,3 +43,99 @@ def test_the_fence_lasts_twice_down_after_between_5_and_30_seconds() -> None:
     assert fence_seconds(1000) == 5.0
     assert fence_seconds(5000) == 10.0
     assert fence_seconds(60_000) == 30.0
+
+
+def test_odown_alone_starts_no_fence() -> None:
+    # a paused master looks down to the Sentinels: a fence started without a failover would keep it so
+    assert "+odown" not in rs.DOWN_EVENTS
+    assert set(rs.DOWN_EVENTS) == {"+try-failover", "+vote-for-leader"}
+
+
+class FakeRedis:
+    """What the fence sees and does, step by step: the old master's role and replicas, the Sentinels'
+    view; every command recorded with its time."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, str]] = []
+        self.failing_over = True
+        self.named = OLD
+        self.role = "master"
+        self.replicas: tuple[tuple[str, int], ...] = (("10.0.0.8", 6379),)
+
+    def pause(self, conns: object, address: object, millis: int) -> None:
+        self.calls.append((time.monotonic(), f"pause {millis}"))
+
+    def unpause(self, conns: object, address: object) -> bool:
+        self.calls.append((time.monotonic(), "unpause"))
+        return True
+
+    def replicate(self, conns: object, address: object, master: tuple[str, int]) -> None:
+        self.calls.append((time.monotonic(), f"replicaof {master[0]}"))
+        self.role = "slave"
+
+    def observe_redis(self, conns: object, address: tuple[str, int]) -> rs.RedisNode:
+        return rs.RedisNode(address, True, self.role, replicas=self.replicas)
+
+    def observe_sentinel(self, conns: object, address: tuple[str, int], name: str) -> rs.SentinelNode:
+        flags = frozenset({"master", "failover_in_progress"} if self.failing_over else {"master"})
+        return rs.SentinelNode(address, True, monitoring=True, master=self.named, flags=flags)
+
+
+OLD = ("10.0.0.7", 6379)
+NEW = ("10.0.0.9", 6379)
+
+
+def run_fence(monkeypatch: pytest.MonkeyPatch, fake: FakeRedis, script: Callable[[], None]) -> None:
+    monkeypatch.setattr(watch.switchover, "pause_writes", fake.pause)
+    monkeypatch.setattr(watch.switchover, "unpause", fake.unpause)
+    monkeypatch.setattr(watch.rs, "replicate", fake.replicate)
+    monkeypatch.setattr(watch.rs, "observe_redis", fake.observe_redis)
+    monkeypatch.setattr(watch.rs, "observe_sentinel", fake.observe_sentinel)
+    monkeypatch.setattr(watch, "FENCE_PAUSE_SECONDS", 0.5)
+    monkeypatch.setattr(watch, "FENCE_RENEW_SECONDS", 0.3)
+    owner = Owner(name="orders", namespace="shop", uid="u")
+    addresses = MapAddresses({"orders-redis-0": OLD}, {f"orders-sentinel-{i}": (f"10.0.1.{i}", 26379)
+                                                       for i in range(3)})
+    fence = watch.FailoverWatch(kube=None, addresses=addresses, owner=owner)  # type: ignore[arg-type]
+    monkeypatch.setattr(fence, "_post_event", lambda *_: None)
+    event = rs.MasterDown("orders", OLD, "+vote-for-leader", time.monotonic())
+    thread = threading.Thread(target=fence._fence, args=("orders-redis-0", event, None, 0.4,
+                                                        lambda: [addresses.sentinel(owner, f"orders-sentinel-{i}")
+                                                                 for i in range(3)]))
+    thread.start()
+    try:
+        script()
+    finally:
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_the_fence_holds_while_a_sentinel_still_fails_over_then_makes_the_old_master_a_replica(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeRedis()
+    started = time.monotonic()
+
+    def script() -> None:
+        time.sleep(2.0)  # far past the first bound (0.4 s) and the pause (0.5 s): the leader still works
+        fake.named, fake.failing_over = NEW, False  # done: every Sentinel names the new master
+        time.sleep(0.3)
+        fake.replicas = ()  # the last replica re-pointed
+
+    run_fence(monkeypatch, fake, script)
+    pauses = [t - started for t, c in fake.calls if c.startswith("pause")]
+    # never a gap longer than a pause while the failover ran
+    assert all(b - a < 0.5 for a, b in itertools.pairwise(pauses)), pauses
+    assert pauses[-1] > 2.0
+    assert [c for _, c in fake.calls if not c.startswith("pause")] == ["replicaof 10.0.0.9", "unpause"]
+
+
+def test_without_a_failover_the_fence_ends_after_its_first_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeRedis()
+    fake.failing_over = False  # the vote went nowhere: the Sentinels still name the old master
+    started = time.monotonic()
+    run_fence(monkeypatch, fake, lambda: None)
+    assert time.monotonic() - started < 2.0
+    # paused through the first bound (0.4 s), never renewed past it, nothing unpaused: the last pause
+    # runs out by itself
+    assert {c for _, c in fake.calls} == {"pause 500"}
+    assert all(t - started < 0.4 for t, _ in fake.calls), fake.calls

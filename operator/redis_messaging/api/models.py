@@ -201,6 +201,10 @@ class SentinelSpec(Model):
     )
 
 
+MAX_REPLICAS_PER_SHARD = 5
+"""A shard has at most six pods (ordinals 0-5): the start script looks for its siblings among them."""
+
+
 class ClusterSpec(Model):
     """Cluster mode only: the shards of the Redis Cluster, one StatefulSet <name>-shard-<i> each."""
 
@@ -211,7 +215,8 @@ class ClusterSpec(Model):
         "StatefulSets are deleted.",
     )
     replicas_per_shard: int = Field(
-        1, ge=0, le=5, description="Replicas of each shard's master: a shard has 1 + replicasPerShard pods."
+        1, ge=0, le=MAX_REPLICAS_PER_SHARD,
+        description="Replicas of each shard's master: a shard has 1 + replicasPerShard pods.",
     )
     node_timeout: int = Field(
         5000, ge=1000,

@@ -418,7 +418,7 @@ class SlotMover:
         #    served). Such a target is told the source owns it first.
         unowned = self._owned_elsewhere(target, source, batch)
         if unowned:
-            log.info("slots %s have no owner (or another) in %s's table; telling it %s owns them",
+            log.info("slots %s have no owner in %s's table; telling it %s owns them",
                      ranges(unowned), target.id[:8], source.id[:8])
             replies = self._pipeline_all(target.address, (("CLUSTER", "SETSLOT", s, "NODE", source.id)
                                                           for s in unowned))
@@ -508,15 +508,16 @@ class SlotMover:
         return moved, blocked
 
     def _owned_elsewhere(self, target: Endpoint, source: Endpoint, batch: Sequence[int]) -> list[int]:
-        """The slots of ``batch`` that the target's table gives neither to the target nor to the source."""
+        """The slots of ``batch`` that no master owns in the target's table (a slot another master owns
+        there is left as it is: the target accepts the keys of a slot it imports whoever owns it)."""
         reply = self._pipeline_all(target.address, (("CLUSTER", "NODES"),))[0]
         if isinstance(reply, Exception):
             raise MigrationError(f"the target's table not read: {_describe(reply)}")
-        owner: dict[int, str] = {}
+        owned: set[int] = set()
         for node in parse_nodes(_text(reply)):
             if node.is_master:
-                owner.update(dict.fromkeys(node.slot_set() & set(batch), node.id))
-        return [s for s in batch if owner.get(s) not in (target.id, source.id)]
+                owned |= node.slot_set()
+        return [s for s in batch if s not in owned]
 
     def _outbid_source(self, source: Endpoint, target: Endpoint, others: Sequence[Address]) -> None:
         """Give the target the cluster's highest config epoch (``CLUSTER BUMPEPOCH``: it still imports,

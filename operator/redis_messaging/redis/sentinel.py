@@ -322,10 +322,10 @@ class SwitchMaster:
 
 @dataclass(frozen=True)
 class MasterDown:
-    """A Sentinel's word that a master is down and a failover is coming: ``+odown`` (a quorum of
-    Sentinels agree), ``+try-failover`` (this Sentinel starts one, also for ``SENTINEL FAILOVER``) or
-    ``+vote-for-leader`` (it votes for the Sentinel that will fail over; every Sentinel asked votes,
-    so this one is heard also when another one saw the master down and leads)."""
+    """A Sentinel's word that a failover of a master begins: ``+try-failover`` (this Sentinel starts
+    one, also for ``SENTINEL FAILOVER``) or ``+vote-for-leader`` (it votes for the Sentinel that will
+    fail over; every Sentinel asked votes, so this one is heard also when another one leads). The
+    parser also reads ``+odown`` and the like (``master <name> <ip> <port> ...``)."""
 
     master_name: str
     address: Address
@@ -333,7 +333,7 @@ class MasterDown:
     received_at: float  # time.monotonic()
 
 
-DOWN_EVENTS = ("+odown", "+try-failover", "+vote-for-leader")
+DOWN_EVENTS = ("+try-failover", "+vote-for-leader")
 
 
 def parse_master_down(event: str, data: str, master_name: str, current: Address | None) -> MasterDown | None:
@@ -393,9 +393,8 @@ def watch_switch_master(conns: Connections, sentinels: Callable[[], Iterable[Add
     the master the Sentinel names is compared with the one last known, and a different one of a
     newer config-epoch is reported like a switch (a Sentinel with an older view is not believed).
     ``on_switch`` runs in this thread; a switch may be reported twice (a catch-up and the message
-    of the same switch), so it must be idempotent. With ``on_down``, the Sentinel's ``+odown``,
-    ``+try-failover`` and ``+vote-for-leader`` about this master are reported too (in this thread: it
-    must not block).
+    of the same switch), so it must be idempotent. With ``on_down``, the Sentinel's ``+try-failover``
+    and ``+vote-for-leader`` about this master are reported too (in this thread: it must not block).
     """
     backoff = poll
     last_error: dict[Address, str] = {}  # per Sentinel: a failure is logged when it changes, not each round

@@ -93,10 +93,7 @@ def shard_statefulset(spec: RedisMessagingSpec, owner: Owner, index: int) -> Obj
         volumes.append({"name": "data", "emptyDir": {}})
     mounts.append({"name": "data", "mountPath": names.DATA_MOUNT})  # data and nodes.conf
     script = f"{names.CONFIG_MOUNT}/"
-    env = {**script_env(spec, owner), "RMSG_SHARD": str(index),
-           # the shard's pods by name: a pod whose volume was lost asks them who follows its address
-           "RMSG_SHARD_HOSTS": common.host_list(owner, shard_pods(spec, owner, index), owner.redis_headless),
-           **pods.tls_env(tls_secret)}
+    env = {**script_env(spec, owner), "RMSG_SHARD": str(index), **pods.tls_env(tls_secret)}
     redis_container: Obj = {
         "name": "redis",
         "image": spec.image,

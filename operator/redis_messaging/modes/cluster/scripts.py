@@ -3,7 +3,7 @@ pre-stop hook that hands a master's slots to its replica first."""
 
 from __future__ import annotations
 
-from redis_messaging.api.models import RedisMessagingSpec
+from redis_messaging.api.models import MAX_REPLICAS_PER_SHARD, RedisMessagingSpec
 from redis_messaging.builders import config, names
 
 
@@ -135,18 +135,30 @@ take_over() {
 
 # A node whose volume was lost (no nodes.conf) starts as a new, empty node, at the address of the node
 # it was. If that node still owns slots, its replicas still follow that address: they would reconnect to
-# the new node and full-sync its empty data set. So before redis-server starts, the shard's peers
-# (RMSG_SHARD_HOSTS) are asked whether a slot-owning master is known at this node's address; if so, the
-# replica of it with the highest offset takes over first, and this node starts once nobody follows its
-# address. A new shard (nobody knows this address) starts at once.
+# the new node and full-sync its empty data set. So before redis-server starts, the shard's other pods
+# are asked whether a slot-owning master is known at this node's name and port; if so, the replica of it
+# with the highest offset takes over first (waiting up to RMSG_HANDOVER_SEARCH_SECONDS for one to
+# answer), and this node starts once nobody follows its address. When no peer knows such a master (a
+# new shard, its slots moved on) or none answers (they all start at once, as in a full restart, and
+# then none follows a live master), it starts at once.
+# The shard's pods: RMSG_SHARD_HOSTS, or this pod's StatefulSet siblings by ordinal (0..@MAX_ORDINAL@:
+# the most a shard can have; a name that does not exist fails at once), on its headless Service.
+shard_hosts() {
+  if [ -n "${RMSG_SHARD_HOSTS:-}" ]; then echo "$RMSG_SHARD_HOSTS"; return; fi
+  base="${POD_NAME:-$(hostname)}"; base="${base%-*}"; rest="${RMSG_SELF_HOST#*.}"
+  i=0
+  while [ "$i" -le @MAX_ORDINAL@ ]; do printf '%s-%s.%s ' "$base" "$i" "$rest"; i=$((i + 1)); done
+}
+
 lost_volume_handover() {
   nodes="$(conf_value cluster-config-file)"
   [ -s "$nodes" ] && return 0
   self_ip="${RMSG_ANNOUNCE_IP:-}"
+  peers="$(shard_hosts)"
   search_until=$(( $(date +%s) + ${RMSG_HANDOVER_SEARCH_SECONDS:-30} ))
   while :; do
     old=""
-    for h in ${RMSG_SHARD_HOSTS:-}; do
+    for h in $peers; do
       [ "$h" = "$RMSG_SELF_HOST" ] && continue
       # "<id> <ip>:<port>@<bus>[,<hostname>] <flags> <master> <ping> <pong> <epoch> <link> <slot>...": a
       # master owning slots at this node's name (or announced address) and port, in a peer's view.
@@ -165,7 +177,7 @@ lost_volume_handover() {
     # Nobody knows this address as a slot owner: a new node, or the old one's slots have moved on.
     [ -n "$old" ] || return 0
     best=""; best_offset=-1
-    for h in ${RMSG_SHARD_HOSTS:-}; do
+    for h in $peers; do
       [ "$h" = "$RMSG_SELF_HOST" ] && continue
       follows="$(rcli "$h" "$redis_port" CLUSTER NODES | tr -d '\r' | awk '$3 ~ /myself/ && $3 ~ /slave/ { print $4 }')"
       [ "$follows" = "$old" ] || continue
@@ -188,7 +200,7 @@ lost_volume_handover() {
 }
 cluster_handover
 lost_volume_handover
-"""
+""".replace("@MAX_ORDINAL@", str(MAX_REPLICAS_PER_SHARD))
 
 CLUSTER_PRESTOP_SH = r"""#!/bin/sh
 # Cluster mode: before a master that has an online replica stops, that replica takes over with

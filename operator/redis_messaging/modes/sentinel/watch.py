@@ -10,12 +10,16 @@ which stops it when the resource goes.
 It also fences a master the Sentinels are failing over. Between the promotion of a replica and the
 moment Sentinel re-points the others, the old master, if it answers again (a partition healed, a
 frozen process resumed), still takes writes, and a replica that still follows it acknowledges them
-(``WAIT``); the promoted replica lacks them, and both are re-synced from it. So on ``+odown`` or
-``+try-failover`` for the master, the watch pauses the old master's writes (``CLIENT PAUSE ... WRITE``,
-retried every 100 ms while it does not answer) until it is a replica, or the Sentinels name another
-master and no replica follows it any more. A write sent meanwhile waits, and then fails on a replica or
-is refused (``min-replicas-to-write``) or unacknowledged (``WAIT``), instead of being acknowledged and
-lost. Should the failover not happen, writes resume after :func:`fence_seconds`.
+(``WAIT``); the promoted replica lacks them, and both are re-synced from it. So when a failover of the
+master begins (``+try-failover`` of the Sentinel watched, or its ``+vote-for-leader`` for the one that
+leads: every Sentinel asked votes), the watch pauses the old master's writes (``CLIENT PAUSE ...
+WRITE``, retried every 100 ms while it does not answer) for at least :func:`fence_seconds`, longer
+while a Sentinel still fails over or a majority names another master, until it is a replica; once the
+failover is over and no replica follows it, the watch makes it the new master's replica itself (Sentinel
+would, later: a paused master holds back Sentinel's commands, queued behind its hello message) and
+ends the pause. A write sent meanwhile waits, then fails on a replica instead of being acknowledged
+and lost. ``+odown`` alone does not start a fence: a paused master looks down to the Sentinels (their
+hello and PING wait behind the pause), so a fence without a failover would keep the master "down".
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +42,10 @@ from redis_messaging.redis.addresses import Addresses
 log = logging.getLogger(__name__)
 
 
-FENCE_RETRY_SECONDS = 0.1
+FENCE_RETRY_SECONDS = 0.1  # between attempts to pause a master that does not answer
+FENCE_TIMEOUT_SECONDS = 0.3  # the fence's connection and command timeout
+FENCE_PAUSE_SECONDS = 5.0  # each pause; renewed when less than FENCE_RENEW_SECONDS is left
+FENCE_RENEW_SECONDS = 3.0
 FENCE_MAX_SECONDS = 300.0
 
 
@@ -72,6 +80,7 @@ class FailoverWatch:
         self._pods = pods or self._list_pods
         self._wanted: tuple[int, int, str | None, float] | None = None
         self._fences: dict[str, threading.Thread] = {}  # pod -> the thread fencing it
+        self._fence_stopped = threading.Event()  # only stop(): a restarted watch keeps its fences
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -101,6 +110,7 @@ class FailoverWatch:
         """Stop the thread; with ``timeout``, wait for it to end."""
         with self._lock:
             self._stopped.set()
+            self._fence_stopped.set()
             thread, self._thread, self._wanted = self._thread, None, None
         if thread is not None and timeout is not None:
             thread.join(timeout)
@@ -121,7 +131,7 @@ class FailoverWatch:
             return [self.addresses.sentinel(owner, owner.sentinel_pod(i)) for i in range(sentinel_replicas)]
 
         def on_down(event: rs.MasterDown) -> None:
-            self._start_fence(event, password, fence, stopped, sentinels)
+            self._start_fence(event, password, fence, sentinels)
 
         try:
             rs.watch_switch_master(conns, sentinels, owner.master_name, self._follow, stopped,
@@ -130,85 +140,108 @@ class FailoverWatch:
             conns.close()
 
     def _start_fence(self, event: rs.MasterDown, password: str | None, seconds: float,
-                     stopped: threading.Event, sentinels: Callable[[], list[rs.Address]]) -> None:
+                     sentinels: Callable[[], list[rs.Address]]) -> None:
         pod = self.addresses.pod_of(self.owner, event.address[0])
         if pod is None:
-            log.warning("%s: Sentinel says %s:%s is down, which is none of our pods", self.key, *event.address)
+            log.warning("%s: Sentinel fails over %s:%s, which is none of our pods", self.key, *event.address)
             return
         with self._lock:
             running = self._fences.get(pod)
             if running is not None and running.is_alive():
                 return
-            thread = threading.Thread(target=self._fence, args=(pod, event, password, seconds, stopped, sentinels),
+            thread = threading.Thread(target=self._fence, args=(pod, event, password, seconds, sentinels),
                                       name=f"fence {self.key}/{pod}", daemon=True)
             self._fences[pod] = thread
         thread.start()
 
     def _fence(self, pod: str, event: rs.MasterDown, password: str | None, seconds: float,
-               stopped: threading.Event, sentinels: Callable[[], list[rs.Address]]) -> None:
-        """Pause ``pod``'s writes until it is a replica (see the module), or until the Sentinels name
-        another master and no replica follows it any more (it can acknowledge nothing; Sentinel, which
-        looks at a former master as at any replica, every 10 s, converts it later). At least
-        ``seconds`` otherwise, longer while the Sentinels name another master, at most FENCE_MAX_SECONDS."""
+               sentinels: Callable[[], list[rs.Address]]) -> None:
+        """Keep ``pod``'s writes paused (see the module): at least ``seconds``, and beyond that while a
+        Sentinel still fails over or a majority names another master; it ends when ``pod`` is a replica,
+        or once the failover is over and no replica follows ``pod``: then it is made the replica of the
+        new master (what Sentinel does later: a paused master holds back Sentinel's own commands, queued
+        behind its hello message) and the pause ends. At most FENCE_MAX_SECONDS. The pause is renewed
+        before anything else is looked at, so that it never lapses while Sentinels are slow to answer."""
+        stopped = self._fence_stopped
         address = self.addresses.redis(self.owner, pod)
-        conns = rs.Connections(password, timeout=1.0, tls=self.addresses.tls(self.owner))
+        conns = rs.Connections(password, timeout=FENCE_TIMEOUT_SECONDS, tls=self.addresses.tls(self.owner))
         first_until = event.received_at + seconds
         paused_at: float | None = None
         paused_until = 0.0
+
+        def pause() -> None:
+            nonlocal paused_until
+            switchover.pause_writes(conns, address, int(FENCE_PAUSE_SECONDS * 1000))
+            paused_until = time.monotonic() + FENCE_PAUSE_SECONDS
+
         try:
             while not stopped.is_set():
                 now = time.monotonic()
+                if now - event.received_at > FENCE_MAX_SECONDS:
+                    log.warning("%s: %s still a master %.0fs after the failover began; the fence ends", self.key,
+                                pod, FENCE_MAX_SECONDS)
+                    return
                 try:
                     if paused_at is None:
                         if now >= first_until:
                             log.warning("%s: could not pause the writes of %s (it did not answer) within %.0fs",
                                         self.key, pod, seconds)
                             return
-                        switchover.pause_writes(conns, address, max(1, int((first_until - now) * 1000)))
-                        paused_at, paused_until = time.monotonic(), first_until
+                        pause()
+                        paused_at = time.monotonic()
                         log.warning("%s: Sentinel reported %s for master %s; its writes are paused (%.2fs later) "
                                     "until it is a replica", self.key, event.event, pod, paused_at - event.received_at)
-                        self._event("MasterFenced", f"Sentinel reported {event.event} for master {pod}: its "
-                                    "writes are paused until it is a replica, so that none is acknowledged that "
-                                    "the replica being promoted lacks")
+                        self._post_event("MasterFenced", f"Sentinel reported {event.event} for master {pod}: its "
+                                         "writes are paused until it is a replica, so that none is acknowledged "
+                                         "that the replica being promoted lacks")
                     else:
+                        if now < first_until and paused_until - now < FENCE_RENEW_SECONDS:
+                            pause()
                         node = rs.observe_redis(conns, address)
                         if node.role == "slave":
                             switchover.unpause(conns, address)
                             log.info("%s: %s is a replica now; its writes were paused for %.1fs", self.key, pod,
                                      time.monotonic() - paused_at)
                             return
-                        deposed, failing_over = self._deposed(conns, sentinels(), event.address)
-                        if deposed and not failing_over and node.reachable and not node.replicas:
-                            # The failover is over (every replica re-pointed) and nothing follows it: it
-                            # can acknowledge no write. The pause ends, or it would hold back the
-                            # Sentinels' hello messages and their command to convert it, queued on the
-                            # same connection.
+                        other, failing_over = self._sentinels_view(conns, sentinels(), event.address)
+                        if other is not None and not failing_over and node.reachable and not node.replicas:
+                            rs.replicate(conns, address, other)
                             switchover.unpause(conns, address)
-                            log.info("%s: the Sentinels failed over and no replica follows %s; its writes were "
-                                     "paused for %.1fs", self.key, pod, time.monotonic() - paused_at)
+                            log.info("%s: the Sentinels failed over to %s:%s and no replica follows %s: made it "
+                                     "their replica; its writes were paused for %.1fs", self.key, *other, pod,
+                                     time.monotonic() - paused_at)
                             return
-                        if paused_until - now < 1.0:
-                            if deposed and now - paused_at < FENCE_MAX_SECONDS:
-                                switchover.pause_writes(conns, address, 2000)
-                                paused_until = time.monotonic() + 2.0
-                            elif now >= paused_until:
-                                log.info("%s: the Sentinels still name %s the master (no failover happened); "
-                                         "its writes resume", self.key, pod)
-                                return
+                        if other is not None or failing_over:
+                            if paused_until - time.monotonic() < FENCE_RENEW_SECONDS:
+                                pause()
+                        elif now >= first_until and now >= paused_until:
+                            log.info("%s: no failover of %s happened; its writes resume", self.key, pod)
+                            return
                 except rs.ERRORS as exc:
                     log.debug("%s: fencing %s: %s", self.key, pod, exc)
                 stopped.wait(FENCE_RETRY_SECONDS if paused_at is None else 0.25)
         finally:
             conns.close()
 
-    def _deposed(self, conns: rs.Connections, sentinels: list[rs.Address], master: rs.Address) -> tuple[bool, bool]:
-        """Whether the Sentinels that answer name another master than ``master``, and whether one of
-        them is still failing over (re-pointing the replicas)."""
+    def _sentinels_view(self, conns: rs.Connections, sentinels: list[rs.Address],
+                        master: rs.Address) -> tuple[rs.Address | None, bool]:
+        """The master other than ``master`` that a majority of the Sentinels names (None: no such one),
+        and whether one of them is failing over (a leader names the old master until it is done)."""
         seen = [node for sentinel in sentinels
                 if (node := rs.observe_sentinel(conns, sentinel, self.owner.master_name)).monitoring]
-        deposed = bool(seen) and all(node.master not in (None, master) for node in seen)
-        return deposed, any(node.failing_over for node in seen)
+        named = Counter(node.master for node in seen if node.master not in (None, master))
+        other = next((a for a, n in named.most_common(1) if 2 * n > len(sentinels)), None)
+        return other, any(node.failing_over for node in seen)
+
+    def _post_event(self, reason: str, message: str) -> None:
+        """An Event from another thread: a slow or failing API server must not hold a fence up."""
+        def post() -> None:
+            try:
+                self._event(reason, message)
+            except Exception as exc:
+                log.warning("%s: Event %s not posted: %s", self.key, reason, exc)
+
+        threading.Thread(target=post, name=f"event {self.key}", daemon=True).start()
 
     def _event(self, reason: str, message: str) -> None:
         owner = self.owner
