@@ -1086,6 +1086,9 @@ def main() -> int:
                         "at a few per second)")
     parser.add_argument("--operator-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment of the operator, e.g. REDIS_MESSAGING_MAX_CONCURRENT_PASSES=32")
+    parser.add_argument("--create-timeout", type=float, default=None, metavar="SECONDS",
+                        help="how long the creation may take to settle before the figures are taken anyway "
+                        "(default 300 s + 1.5 s per resource)")
     parser.add_argument("--diagnose", type=Path, default=None, metavar="DIR",
                         help="load a hook into the operator (sitecustomize in DIR; DEBUG log of its runtime) and "
                         "report its threads' CPU at idle, its index sizes and pass durations")
@@ -1111,7 +1114,8 @@ def main() -> int:
                        settle=2 * resync if args.settle is None else args.settle,
                        idle=max(60.0, 2 * resync) if args.idle is None else args.idle,
                        changes=args.changes, failovers=args.failovers,
-                       create_timeout=300 + 1.5 * n, kwok_volumes=args.kwok_volumes,
+                       create_timeout=args.create_timeout if args.create_timeout is not None else 300 + 1.5 * n,
+                       kwok_volumes=args.kwok_volumes,
                        operator_env=dict(e.split("=", 1) for e in args.operator_env), diagnose=args.diagnose)
         print(f"== N = {n}  (load {load()})", flush=True)
         step = time.monotonic()
