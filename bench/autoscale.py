@@ -11,7 +11,7 @@
 
 Run: ``.venv/bin/python bench/autoscale.py [--streams 100 --groups 10 --ticks 20] [--smoke]``.
 ``--smoke`` is the same run with 20 groups (5 streams x 4 groups) and 3 ticks, a few seconds; CI runs it
-(tests/redis/test_bench_smoke.py).
+(tests/redis/test_bench_smoke_redis.py).
 """
 
 from __future__ import annotations

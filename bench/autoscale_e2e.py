@@ -15,7 +15,7 @@ moment of the tick, and measures:
 
 Run: ``.venv/bin/python bench/autoscale_e2e.py [--rounds 10] [--smoke]``. ``--smoke`` is the same run
 with two rounds (the wake from zero, then one more replica), seconds; CI runs it
-(tests/kube/test_bench_smoke.py).
+(tests/kube/test_bench_smoke_kube.py).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ StatefulSet would, and the topology settles before the next round.
     .venv/bin/python bench/failover.py [--rounds 10] [--down-after 1000] [--smoke]
 
 ``--smoke`` is the same run at its smallest (two rounds: the second settles after the first's restart),
-seconds long; CI runs it (tests/kube/test_bench_smoke.py).
+seconds long; CI runs it (tests/kube/test_bench_smoke_kube.py).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ goal is at most 1.0).
     .venv/bin/python bench/reshard.py [--keys 200000] [--value-size 100] [--rounds 1] [--smoke]
 
 ``--smoke`` is one round with 2,000 keys: the same code path in seconds; CI runs it
-(tests/redis/test_bench_smoke.py).
+(tests/redis/test_bench_smoke_redis.py).
 """
 
 from __future__ import annotations

@@ -85,8 +85,10 @@ def test_labels_and_status_follow_a_failover(api: Api, namespace: str, control_p
             lambda: next((p for p, r in role_labels(api, namespace).items() if r == "master" and p != "orders-redis-0"),
                          None),
             timeout=20, what="the master label on the promoted replica")
+        # the new master is labelled first (the master Service must not point nowhere), the old one next
+        eventually(lambda: role_labels(api, namespace)["orders-redis-0"] == "replica", timeout=5,
+                   what="the replica label on the old master")
         labels = role_labels(api, namespace)
-        assert labels["orders-redis-0"] == "replica"
         assert list(labels.values()).count("master") == 1
         eventually(lambda: api.get(namespace, "orders")["status"].get("master") == new_master, timeout=5,
                    what="status.master")
