@@ -621,6 +621,20 @@ class SentinelEnv:
                 )
             time.sleep(0.2)
 
+    def request_failover(self, sentinel: str, timeout: float = 30.0) -> None:
+        """``SENTINEL FAILOVER`` through ``sentinel``, asked again while it answers NOGOODSLAVE: a Sentinel
+        promotes only a replica whose INFO it has refreshed lately, which a loaded machine delays."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with self._connection(sentinel) as client:
+                    client.execute_command("SENTINEL", "FAILOVER", self.owner.master_name)  # type: ignore[no-untyped-call]
+                return
+            except redis.ResponseError as exc:
+                if "NOGOODSLAVE" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)
+
     # -- logs ----------------------------------------------------------------------------------------
     def log(self, pod: str, *, since_start: bool = False) -> str:
         """The pod's log (stdout and stderr of its processes), or only that of its latest start."""

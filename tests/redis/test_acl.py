@@ -263,20 +263,11 @@ def test_rotation_keeps_every_write_and_ends_with_the_new_password_only(env: Sen
     replica = next(p for p in env.redis_pods if p != master)
     env.restart(replica)
     assert env.wait_replication(timeout=30) == master
-    sentinel = env.client(env.sentinel_pods[0], password=NEW)
     for pod in env.sentinel_pods:
         assert quorum_ok(env, pod, NEW), pod
     eventually(lambda: replicas_known(env, NEW), "Sentinels know both replicas", timeout=30)
 
-    def failover_accepted() -> bool:  # Sentinel needs fresh INFO of a replica (NOGOODSLAVE until then)
-        try:
-            return bool(sentinel.execute_command("SENTINEL", "FAILOVER", OWNER.master_name))
-        except ResponseError as exc:
-            if "NOGOODSLAVE" in str(exc):
-                return False
-            raise
-
-    eventually(failover_accepted, "SENTINEL FAILOVER accepted", timeout=30)
+    env.request_failover(env.sentinel_pods[0])
     new_master = env.sentinel_master(timeout=30, other_than=env.address(master))
     assert env.pod_at(new_master) != master
     try:

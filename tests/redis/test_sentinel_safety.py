@@ -141,7 +141,7 @@ def test_a_full_restart_seeds_from_the_pod_with_the_most_data(make_env: list[Sen
     total = KEYS
     if case == "ordinal-0-behind":
         # the master moves to orders-redis-1, orders-redis-0 is cut from it while more is written
-        env.client("orders-sentinel-0").execute_command("SENTINEL", "FAILOVER", OWNER.master_name)
+        env.request_failover("orders-sentinel-0")
         new = env.sentinel_master(timeout=20, other_than=env.address("orders-redis-0"))
         master = env.pod_at(new)
         for _ in deadline_loop(20, "the old master replicating the new one", 0.2):
