@@ -11,11 +11,13 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
+COPY .ci/constraints.txt ./
 
 # The venv lives at the path it has in the runtime image: its scripts name their interpreter by path.
+# Its dependencies are the versions the tests passed with (.ci/constraints.txt).
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/redis-messaging \
- && /opt/redis-messaging/bin/pip install /wheels/*.whl \
+ && /opt/redis-messaging/bin/pip install -c constraints.txt /wheels/*.whl \
  && /opt/redis-messaging/bin/pip uninstall --yes pip \
  && /opt/redis-messaging/bin/redis-messaging --help > /dev/null
 

@@ -42,11 +42,13 @@ step "helm (charts/build-helm.sh)"
 bash charts/build-helm.sh | tail -n 1
 
 step "Python virtualenv (.venv)"
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+# The versions of .ci/constraints.txt: what the tiers last passed with, not whatever is newest today.
+stamp=".venv/.installed-$(cat pyproject.toml .ci/constraints.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   python3 -m venv .venv
   PIP_CACHE_DIR="$RMSG_CACHE/pip" .venv/bin/pip install -q --upgrade pip
-  PIP_CACHE_DIR="$RMSG_CACHE/pip" .venv/bin/pip install -q -e '.[dev]'
+  PIP_CACHE_DIR="$RMSG_CACHE/pip" .venv/bin/pip install -q -c .ci/constraints.txt -e '.[dev]'
+  rm -f .venv/.installed-*
   touch "$stamp"
 fi
 .venv/bin/redis-messaging --help >/dev/null && echo "redis-messaging installed in .venv"

@@ -131,11 +131,11 @@ def test_build_context_holds_what_the_build_copies_and_nothing_else() -> None:
     for keyword, rest in stages()[0]:
         if keyword == "COPY":
             sources += rest.split()[:-1]
-    assert sources == ["pyproject.toml", "README.md", "operator/"]
+    assert sources == ["pyproject.toml", "README.md", "operator/", ".ci/constraints.txt"]
     for source in ("pyproject.toml", "README.md", "operator/redis_messaging/cli.py",
-                   "operator/redis_messaging/py.typed"):
+                   "operator/redis_messaging/py.typed", ".ci/constraints.txt"):
         assert dockerignore_includes(source), source
-    for other in (".venv/bin/python", ".git/HEAD", "tests/kube/helpers.py", "charts/build-helm.sh",
+    for other in (".venv/bin/python", ".git/HEAD", "tests/kube/helpers.py", "charts/build-helm.sh", ".ci/setup.sh",
                   "operator/redis_messaging/__pycache__/cli.cpython-311.pyc", "e2e/kind-config.yaml"):
         assert not dockerignore_includes(other), other
 
@@ -163,8 +163,8 @@ def test_image_virtualenv_runs_the_cli_without_writing(pip_reaches_an_index: Non
     # The build stage's context: only what the Dockerfile copies.
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, src / name)
+    for name in ("pyproject.toml", "README.md", ".ci/constraints.txt"):
+        shutil.copy(ROOT / name, src / Path(name).name)
     shutil.copytree(ROOT / "operator", src / "operator", ignore=shutil.ignore_patterns("__pycache__"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_CACHE_DIR=str(cache_dir() / "pip"))
@@ -181,7 +181,7 @@ def test_image_virtualenv_runs_the_cli_without_writing(pip_reaches_an_index: Non
     (wheel,) = wheels.glob("redis_messaging_operator-*.whl")
     assert f"-{VERSION}-" in wheel.name
     run(sys.executable, "-m", "venv", venv)
-    run(venv / "bin" / "pip", "install", wheel)
+    run(venv / "bin" / "pip", "install", "-c", src / "constraints.txt", wheel)
     run(venv / "bin" / "pip", "uninstall", "--yes", "pip")
 
     # The runtime: HOME and the working directory are empty and must stay so, and nothing may be

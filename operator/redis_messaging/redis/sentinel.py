@@ -403,7 +403,7 @@ def watch_switch_master(conns: Connections, sentinels: Callable[[], Iterable[Add
         for address in list(sentinels()):
             if stopped.is_set():
                 return
-            pubsub = conns.get(address).pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = conns.get(address).pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]
             try:
                 pubsub.subscribe("+switch-master", *(DOWN_EVENTS if on_down is not None else ()))
                 named = named_master(conns, address, master_name)  # after subscribing: no switch in between
@@ -428,11 +428,13 @@ def watch_switch_master(conns: Connections, sentinels: Callable[[], Iterable[Add
                         pinged = now
                     # Read replies raw: any of them is a sign of life, the plain PONG a Sentinel answers
                     # too (redis-py's get_message would swallow that one as an unknown reply).
-                    response = pubsub.parse_response(block=False, timeout=min(poll, ping_every))
+                    response = pubsub.parse_response(  # type: ignore[no-untyped-call,unused-ignore]
+                        block=False, timeout=min(poll, ping_every))
                     if response is None:
                         continue
                     heard = time.monotonic()
-                    message = pubsub.handle_message(response) if isinstance(response, list) else None
+                    message = (pubsub.handle_message(response)  # type: ignore[no-untyped-call,unused-ignore]
+                               if isinstance(response, list) else None)
                     if message is None or message.get("type") != "message":
                         continue
                     channel = str(message.get("channel", ""))
