@@ -32,6 +32,7 @@ class Tick:
     expect: int
     entries_read: int | None = None
     lag_estimated: bool = False
+    lag_capped: bool = False
 
 
 def run(
@@ -42,7 +43,7 @@ def run(
     for tick in ticks:
         sample = Sample(
             at=tick.at, lag=tick.lag, pending=tick.pending,
-            entries_read=tick.entries_read, lag_estimated=tick.lag_estimated,
+            entries_read=tick.entries_read, lag_estimated=tick.lag_estimated, lag_capped=tick.lag_capped,
         )
         d = decide(sample, autoscale, current, st)
         assert d.desired == tick.expect, f"at t={tick.at}: {d.reason}"
@@ -106,6 +107,30 @@ SCENARIOS: dict[str, tuple[Autoscale, int, list[Tick]]] = {
     "an estimated lag counts as known": (
         spec(), 0, [Tick(0, 250, 0, 3, lag_estimated=True)],
     ),
+    # A true lag of about 30,000 that the collector counted up to its cap of 10,000: 10 replicas is what
+    # the count asks for, a lower bound of what the lag needs.
+    "a lag counted up to the cap never scales down": (
+        spec(backlog_per_replica=1000, max_replicas=50, scale_down_stabilization_seconds=0), 40,
+        [Tick(0, 10_000, 0, 40, lag_estimated=True, lag_capped=True),
+         Tick(10, 10_000, 300, 40, lag_estimated=True, lag_capped=True)],
+    ),
+    "a lag counted up to the cap scales up on the count": (
+        spec(backlog_per_replica=1000, max_replicas=50, scale_down_stabilization_seconds=0), 2,
+        [Tick(0, 10_000, 0, 10, lag_estimated=True, lag_capped=True),
+         Tick(10, 10_000, 2000, 12, lag_estimated=True, lag_capped=True)],
+    ),
+    "a lag counted up to the cap wakes a workload from zero": (
+        spec(backlog_per_replica=1000, max_replicas=50), 0,
+        [Tick(0, 10_000, 0, 10, lag_estimated=True, lag_capped=True)],
+    ),
+    "a lag counted up to the cap is a lower bound for metric lag too": (
+        spec(metric="lag", backlog_per_replica=1000, max_replicas=50, scale_down_stabilization_seconds=0), 40,
+        [Tick(0, 10_000, 0, 40, lag_estimated=True, lag_capped=True)],
+    ),
+    "once the lag is known again the scale-down follows it": (
+        spec(backlog_per_replica=1000, max_replicas=50, scale_down_stabilization_seconds=0), 40,
+        [Tick(0, 10_000, 0, 40, lag_estimated=True, lag_capped=True), Tick(10, 9000, 0, 9)],
+    ),
     "zero only after the idle period without backlog and without pending": (
         spec(scale_down_stabilization_seconds=0, idle_seconds_before_zero=300),
         2,
@@ -152,6 +177,33 @@ def test_reason_says_an_unknown_lag_held_the_count() -> None:
     assert d.desired == 4
     assert d.metric is None
     assert "unknown lag never scales down" in d.reason
+
+
+def test_reason_says_a_capped_lag_is_a_lower_bound() -> None:
+    sample = Sample(at=0, lag=10_000, pending=50, lag_estimated=True, lag_capped=True)
+    d = decide(sample, spec(backlog_per_replica=1000, max_replicas=50), 40, GroupState())
+    assert d.desired == 40
+    assert d.metric is None  # not known exactly
+    assert "backlog at least 10050 (lag at least 10000 (counted up to the cap) + pending 50)" in d.reason
+    assert "a lag counted up to the cap is a lower bound and never scales down" in d.reason
+
+
+def test_drain_time_mode_neither_measures_nor_scales_down_on_a_capped_lag() -> None:
+    autoscale = spec(target_drain_seconds=60, max_replicas=50, backlog_per_replica=1000,
+                     scale_down_stabilization_seconds=0)
+    st = decide(Sample(at=0, lag=6000, pending=0, entries_read=1000), autoscale, 40, GroupState()).state
+    st = decide(Sample(at=10, lag=7000, pending=0, entries_read=1400), autoscale, 40, st).state
+    assert st.per_replica_rate == pytest.approx(1.0)  # 400 acked in 10 s by 40 replicas
+    # The count stops at its cap while the true lag grows: arrivals measured from it would be wrong.
+    capped = Sample(at=20, lag=5000, pending=0, entries_read=1800, lag_estimated=True, lag_capped=True)
+    rates, remembered = measure_rates(st.previous, capped, st.per_replica_rate)
+    assert rates is None
+    assert remembered == pytest.approx(1.0)
+    d = decide(capped, autoscale, 40, st)
+    assert d.desired == 40, d.reason
+    assert d.state.previous is not None
+    assert d.state.previous.lag is None  # the next interval has no exact lag to start from either
+    assert d.state.per_replica_rate == pytest.approx(1.0)
 
 
 def test_drain_time_mode_sizes_for_backlog_and_arrivals() -> None:

@@ -94,12 +94,20 @@ def test_status_lists_declared_streams_and_groups_leaving_unknowns_out() -> None
                           {"orders": 7})
     assert status == [
         {"name": "orders", "length": 1000, "trimmed": 7, "groups": [
-            {"name": "billing", "lag": 480, "lagEstimated": False, "pending": 20, "orphanedPending": 0,
-             "consumers": 2, "currentReplicas": 2, "desiredReplicas": 5, "lastDecision": "backlog 500 ... -> 5"},
-            {"name": "audit", "lagEstimated": False},
+            {"name": "billing", "lag": 480, "lagEstimated": False, "lagCapped": False, "pending": 20,
+             "orphanedPending": 0, "consumers": 2, "currentReplicas": 2, "desiredReplicas": 5,
+             "lastDecision": "backlog 500 ... -> 5"},
+            {"name": "audit", "lagEstimated": False, "lagCapped": False},
         ]},
         {"name": "empty", "trimmed": 0, "error": "stream empty does not exist", "groups": []},
     ]
+
+
+def test_status_says_a_lag_counted_up_to_the_cap_is_a_lower_bound() -> None:
+    views = {("orders", "billing"): GroupView(lag=10_000, lag_estimated=True, lag_capped=True, pending=0)}
+    [orders, _] = shape_status(declared(), views, {}, {}, {})
+    billing = orders["groups"][0]
+    assert (billing["lag"], billing["lagEstimated"], billing["lagCapped"]) == (10_000, True, True)
 
 
 def group_status(**kw: Any) -> list[dict[str, Any]]:

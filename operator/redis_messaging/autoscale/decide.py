@@ -19,7 +19,9 @@ The rules, in the order they apply:
 3. The recommendation is clamped to ``[minReplicas, maxReplicas]``; when there is anything to do
    (metric > 0 or pending entries) it is at least 1, so one entry wakes a workload from zero.
 4. An unknown lag (Redis reports a null lag) never lowers the replica count: the decision holds the
-   current count, or scales up on what is known (the pending entries).
+   current count, or scales up on what is known (the pending entries). A lag the collector counted
+   up to its cap is a lower bound, not the lag: it too never lowers the count, and it scales up on
+   what is known (the lower bound plus the pending entries).
 5. Scale-up happens at once, at most ``maxStepUp`` replicas per decision when that is set.
 6. Scale-down goes only to the highest recommendation seen within
    ``scaleDownStabilizationSeconds`` (like the HorizontalPodAutoscaler's scale-down stabilization);
@@ -68,6 +70,11 @@ class GroupSample(Protocol):
         ...
 
     @property
+    def lag_capped(self) -> bool:
+        """True when that count stopped at its cap: the lag is at least ``lag``, maybe much more."""
+        ...
+
+    @property
     def pending(self) -> int | None:
         """Entries delivered to a consumer and not yet acknowledged; ``None`` when unknown."""
         ...
@@ -87,6 +94,7 @@ class Sample:
     pending: int | None
     entries_read: int | None = None
     lag_estimated: bool = False
+    lag_capped: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,7 @@ class Point:
 
     at: float
     lag: int | None
+    """None when unknown, and when it was only a lower bound (a capped count): rates need the lag."""
     pending: int | None
     entries_read: int | None
     replicas: int
@@ -176,7 +185,8 @@ class Decision:
     state: GroupState
     """Pass this to the next :func:`decide` of the same group."""
     metric: int | None
-    """Value of the configured metric, None when it is unknown (null lag)."""
+    """Value of the configured metric, None when it is not known exactly (a null lag, or a lag counted
+    up to the cap, which is only a lower bound)."""
     recommendation: int
     """Replicas the metric asks for, before stabilization, step limit and the idle rule."""
 
@@ -194,19 +204,34 @@ def _ceil_div(value: float, per: float) -> int:
     return max(0, math.ceil(value / per - 1e-9))
 
 
+def exact_lag(sample: GroupSample) -> int | None:
+    """The sample's lag when it is known exactly: None when unknown, and when the collector's count
+    stopped at its cap (then ``sample.lag`` is only a lower bound)."""
+    return None if sample.lag_capped else sample.lag
+
+
 def metric_of(sample: GroupSample, metric: str) -> tuple[int | None, int, str]:
     """The configured metric of a sample.
 
-    Returns (value or None when unknown, what is known for sure of it, a description).
+    Returns (value or None when it is not known exactly, what is known for sure of it: a lower bound,
+    a description). A lag counted up to the cap makes the lag and the backlog unknown, and the count
+    is what is known of them.
     """
     lag, pending = sample.lag, sample.pending
-    lag_text = "unknown" if lag is None else f"{lag}{' (estimated)' if sample.lag_estimated else ''}"
+    if lag is None:
+        lag_text = "unknown"
+    elif sample.lag_capped:
+        lag_text = f"at least {lag} (counted up to the cap)"
+    else:
+        lag_text = f"{lag}{' (estimated)' if sample.lag_estimated else ''}"
     pending_text = "unknown" if pending is None else str(pending)
     if metric == "pending":
         return pending, pending or 0, f"pending {pending_text}"
     if metric == "lag":
-        return lag, lag or 0, f"lag {lag_text}"
+        return exact_lag(sample), lag or 0, f"lag {lag_text}"
     known = (lag or 0) + (pending or 0)
+    if lag is not None and pending is not None and sample.lag_capped:
+        return None, known, f"backlog at least {known} (lag {lag_text} + pending {pending_text})"
     if lag is None or pending is None:
         return None, known, f"backlog unknown (lag {lag_text} + pending {pending_text})"
     return lag + pending, known, f"backlog {lag + pending} (lag {lag_text} + pending {pending_text})"
@@ -231,7 +256,9 @@ def measure_rates(
     dt = sample.at - previous.at
     if dt <= 0:
         return None, remembered
-    lag, read, prev_lag, prev_read = sample.lag, sample.entries_read, previous.lag, previous.entries_read
+    # A capped count is no lag: arrivals computed from it would be wrong (the count stays at the cap
+    # while the lag moves), so no rate is measured on it.
+    lag, read, prev_lag, prev_read = exact_lag(sample), sample.entries_read, previous.lag, previous.entries_read
     if lag is None or read is None or prev_lag is None or prev_read is None:
         return None, remembered
     added = (read + lag) - (prev_read + prev_lag)
@@ -284,8 +311,14 @@ def decide(sample: GroupSample, spec: Autoscale, current: int, state: GroupState
         recommendation = _clamp(raw, spec, notes)
         if has_work and recommendation == 0:
             recommendation = 1
+        # Rule 4: what is known is a lower bound (nothing of a null lag, the count of a capped one), so
+        # it may raise the count but never lowers it.
         if recommendation < current:
-            notes.append(f"holding at {current}: an unknown lag never scales down")
+            if sample.lag_capped and spec.metric != "pending":
+                notes.append(f"holding at {current}: a lag counted up to the cap is a lower bound and never "
+                             "scales down")
+            else:
+                notes.append(f"holding at {current}: an unknown lag never scales down")
             recommendation = current
     else:
         drain = spec.target_drain_seconds
@@ -343,7 +376,7 @@ def decide(sample: GroupSample, spec: Autoscale, current: int, state: GroupState
         recommendations=recent,
         previous=Point(
             at=now,
-            lag=sample.lag,
+            lag=exact_lag(sample),
             pending=sample.pending,
             entries_read=sample.entries_read,
             replicas=current,
@@ -372,6 +405,7 @@ __all__ = [
     "Rates",
     "Sample",
     "decide",
+    "exact_lag",
     "measure_rates",
     "metric_of",
 ]

@@ -296,7 +296,7 @@ class Autoscaler:
         if sample is None or sample.error is not None:
             view.error = sample.error if sample is not None else f"stream {stream} was not measured"
         else:
-            view.lag, view.lag_estimated = sample.lag, sample.lag_estimated
+            view.lag, view.lag_estimated, view.lag_capped = sample.lag, sample.lag_estimated, sample.lag_capped
             view.pending, view.consumers = sample.pending, sample.consumers
         runtime.views[(stream, group)] = view
         return view
@@ -487,6 +487,7 @@ class Autoscaler:
                 else:
                     family.set(value, **where)
             m.group_lag_estimated.set(1 if view.lag_estimated else 0, **where)
+            m.group_lag_capped.set(1 if view.lag_capped else 0, **where)
 
         with self._lock:
             trimmed = dict(runtime.trimmed)

@@ -81,6 +81,7 @@ class GroupView:
 
     lag: int | None = None
     lag_estimated: bool = False
+    lag_capped: bool = False
     pending: int | None = None
     orphaned_pending: int | None = None
     consumers: int | None = None
@@ -102,7 +103,8 @@ def shape_status(streams: Sequence[models.Stream], views: Mapping[GroupKey, Grou
         for group in stream.groups:
             view = views.get((stream.name, group.name)) or GroupView()
             groups.append(models.GroupStatus(
-                name=group.name, lag=view.lag, lag_estimated=view.lag_estimated, pending=view.pending,
+                name=group.name, lag=view.lag, lag_estimated=view.lag_estimated, lag_capped=view.lag_capped,
+                pending=view.pending,
                 orphaned_pending=view.orphaned_pending, consumers=view.consumers,
                 current_replicas=view.current_replicas, desired_replicas=view.desired_replicas,
                 last_decision=view.last_decision, last_scale_time=view.last_scale_time, error=view.error,

@@ -1,0 +1,134 @@
+"""The autoscale loop end to end over an in-memory Redis and Kubernetes: what is measured, decided,
+patched and reported, one tick at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+from fake_kube import FakeKube
+
+from redis_messaging.api import models
+from redis_messaging.autoscale.loop import Autoscaler
+from redis_messaging.builders.names import Owner
+from redis_messaging.kube.client import Kube
+from redis_messaging.redis.nodes import Node, Placement, Pools
+from redis_messaging.redis.streams import StreamsNode
+
+Obj = dict[str, Any]
+OWNER = Owner(name="orders", namespace="shop", uid="uid-orders")
+KEY = (OWNER.namespace, OWNER.name)
+WHERE = {"namespace": "shop", "resource": "orders", "stream": "orders", "group": "billing"}
+
+
+class FakeRedis:
+    """Answers the commands the loop pipelines: INFO, XLEN, XINFO GROUPS, the lag-counting script and
+    XINFO CONSUMERS, from what a test sets on it."""
+
+    def __init__(self) -> None:
+        self.group: Obj = {"name": "billing", "lag": 0, "pending": 0, "entries-read": 0, "consumers": 0,
+                           "last-delivered-id": "0-0"}
+        self.undelivered = 0  # what the lag-counting script counts (before its cap)
+        self.consumers: list[Obj] = []  # XINFO CONSUMERS rows: name, pending, idle
+
+    def pipeline(self, transaction: bool = True) -> FakePipeline:
+        return FakePipeline(self)
+
+
+class FakePipeline:
+    def __init__(self, redis: FakeRedis) -> None:
+        self.redis = redis
+        self.answers: list[Callable[[], Any]] = []
+
+    def info(self, section: str) -> None:
+        self.answers.append(lambda: {"redis_version": "7.2.4"})
+
+    def xlen(self, stream: str) -> None:
+        self.answers.append(lambda: 100_000)
+
+    def xinfo_groups(self, stream: str) -> None:
+        self.answers.append(lambda: [dict(self.redis.group)])
+
+    def eval(self, script: str, numkeys: int, stream: str, after: str, cap: str) -> None:
+        self.answers.append(lambda: min(self.redis.undelivered, int(cap)))
+
+    def xinfo_consumers(self, stream: str, group: str) -> None:
+        self.answers.append(lambda: [dict(c) for c in self.redis.consumers])
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        return [answer() for answer in self.answers]
+
+
+class FakePools:
+    def __init__(self, node: StreamsNode) -> None:
+        self.streams_node = node
+
+    def node(self, resource: Any, password: Any, address: Any, tls: Any = None) -> StreamsNode:
+        return self.streams_node
+
+    def forget(self, resource: Any) -> None:
+        pass
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def autoscale(**kw: Any) -> Obj:
+    return {"target": {"name": "billing-worker"}, "maxReplicas": 50, "backlogPerReplica": 1000, **kw}
+
+
+def setup(replicas: int, redis: FakeRedis, *, node_clock: Callable[[], float] | None = None,
+          wall: Callable[[], float] | None = None, monotonic: Callable[[], float] | None = None,
+          **spec: Any) -> tuple[Autoscaler, FakeKube]:
+    """An autoscaler for one resource whose stream orders has the group billing, consumed by the
+    Deployment billing-worker with ``replicas``."""
+    kube = FakeKube()
+    kube.objects[("Deployment", "shop", "billing-worker")] = {
+        "kind": "Deployment", "metadata": {"name": "billing-worker", "namespace": "shop"},
+        "spec": {"replicas": replicas}}
+    body: Obj = {"apiVersion": models.API_VERSION, "kind": models.KIND,
+                 "metadata": {"name": "orders", "namespace": "shop", "uid": "uid-orders"}}
+    kube.objects[(models.KIND, "shop", "orders")] = body
+    node = StreamsNode(cast(Any, redis), clock=node_clock) if node_clock else StreamsNode(cast(Any, redis))
+    clocks: dict[str, Callable[[], float]] = {}
+    if wall is not None:
+        clocks["clock"] = wall
+    if monotonic is not None:
+        clocks["monotonic"] = monotonic
+    autoscaler = Autoscaler(cast(Kube, kube), cast(Pools, FakePools(node)), **clocks)
+    parsed = models.parse_spec({"streams": [{"name": "orders", "groups": [
+        {"name": "billing", "autoscale": autoscale(**spec)}]}]})
+    autoscaler.place(body, OWNER, parsed, None, Placement(Node("orders-redis-0", ("127.0.0.1", 6379))), {}, {})
+    return autoscaler, kube
+
+
+def replicas(kube: FakeKube) -> int:
+    return int(kube.objects[("Deployment", "shop", "billing-worker")]["spec"]["replicas"])
+
+
+def group_status(kube: FakeKube) -> Obj:
+    status: Obj = kube.objects[(models.KIND, "shop", "orders")]["status"]["streams"][0]["groups"][0]
+    return status
+
+
+# -- a lag counted up to the cap ------------------------------------------------------------------
+
+
+def test_a_lag_counted_up_to_the_cap_is_reported_and_decided_as_a_lower_bound() -> None:
+    redis = FakeRedis()
+    redis.group.update(lag=None, **{"entries-read": None})  # Redis does not know the lag
+    redis.undelivered = 30_000  # the count stops at 10,000
+    autoscaler, kube = setup(40, redis, scaleDownStabilizationSeconds=0)
+    autoscaler.tick(KEY)
+    assert replicas(kube) == 40
+    status = group_status(kube)
+    assert (status["lag"], status["lagEstimated"], status["lagCapped"]) == (10_000, True, True)
+    assert "lower bound" in status["lastDecision"]
+    m = autoscaler.metrics
+    assert m.group_lag.value(**WHERE) == 10_000
+    assert m.group_lag_capped.value(**WHERE) == 1
