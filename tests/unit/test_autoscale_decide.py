@@ -156,6 +156,20 @@ SCENARIOS: dict[str, tuple[Autoscale, int, list[Tick]]] = {
     "metric pending ignores the lag for the count": (
         spec(metric="pending", scale_down_stabilization_seconds=0), 1, [Tick(0, 5000, 250, 3)],
     ),
+    # Nothing is delivered, so nothing is pending, while no consumer runs: the lag has to wake it.
+    "metric pending: undelivered entries wake a workload from zero": (
+        spec(metric="pending"), 0, [Tick(0, 0, 0, 0), Tick(2, 500, 0, 1), Tick(4, 300, 120, 2)],
+    ),
+    "metric pending: a lag counted up to the cap wakes a workload from zero": (
+        spec(metric="pending"), 0, [Tick(0, 10_000, 0, 1, lag_estimated=True, lag_capped=True)],
+    ),
+    "metric pending: undelivered entries keep the last replica": (
+        spec(metric="pending", scale_down_stabilization_seconds=0, idle_seconds_before_zero=0), 3,
+        [Tick(0, 500, 0, 1), Tick(10, 500, 0, 1), Tick(20, 0, 0, 0)],
+    ),
+    "metric pending: an unknown lag at zero with nothing pending holds zero": (
+        spec(metric="pending"), 0, [Tick(0, None, 0, 0)],
+    ),
 }
 
 

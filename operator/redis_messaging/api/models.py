@@ -568,8 +568,8 @@ class Autoscale(Model):
     metric: Literal["backlog", "lag", "pending"] = Field(
         "backlog",
         description="What is divided by backlogPerReplica: backlog (lag + pending), lag (entries not delivered "
-        "to the group yet) or pending (delivered, not acknowledged). For a list queue lag and backlog are its "
-        "length, and pending is refused.",
+        "to the group yet) or pending (delivered, not acknowledged). Whatever the metric, an entry not delivered "
+        "yet wakes a workload from zero. For a list queue lag and backlog are its length, and pending is refused.",
     )
     backlog_per_replica: int = Field(
         100, ge=1,

@@ -17,7 +17,8 @@ The rules, in the order they apply:
    within ``targetDrainSeconds`` while keeping up with the arrival rate. Until the processing rate is
    measurable the backlog rule applies.
 3. The recommendation is clamped to ``[minReplicas, maxReplicas]``; when there is anything to do
-   (metric > 0 or pending entries) it is at least 1, so one entry wakes a workload from zero.
+   (entries not delivered yet or pending, whatever the metric) it is at least 1, so one entry wakes a
+   workload from zero, with the metric ``pending`` too (nothing is pending while no consumer runs).
 4. An unknown lag (Redis reports a null lag) never lowers the replica count: the decision holds the
    current count, or scales up on what is known (the pending entries). A lag the collector counted
    up to its cap is a lower bound, not the lag: it too never lowers the count, and it scales up on
@@ -299,7 +300,10 @@ def decide(sample: GroupSample, spec: Autoscale, current: int, state: GroupState
 
     value, known_part, text = metric_of(sample, spec.metric)
     idle = sample.lag == 0 and sample.pending == 0
-    has_work = known_part > 0 or (sample.pending or 0) > 0
+    # Rule 3: work is entries not delivered yet (the lag, or its lower bound) or pending, whatever the
+    # metric. The metric pending alone would never wake a workload from zero: nothing is delivered, so
+    # nothing is pending, while no consumer runs.
+    has_work = known_part > 0 or (sample.pending or 0) > 0 or (sample.lag or 0) > 0
     idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
 
     rates, remembered_rate = measure_rates(state.previous, sample, state.per_replica_rate)
