@@ -233,6 +233,37 @@ def test_drain_time_mode_sizes_for_backlog_and_arrivals() -> None:
     assert "10.0/s per replica" in second.reason
 
 
+def test_drain_time_mode_divides_by_the_consumers_not_by_the_replicas_asked_for() -> None:
+    autoscale = spec(target_drain_seconds=60, max_replicas=100, backlog_per_replica=1000)
+    # 200 entries/s arrive; the 4 consumers that run acknowledge 10/s each (400 entries per 10 s tick),
+    # and the pods asked for by each scale-up are still starting: the group keeps 4 consumers.
+    ticks = [  # (at, lag, entries read, replicas now -> expected)
+        (0, 6000, 1000, 4, 6),      # no rate yet: backlog rule
+        (10, 7600, 1400, 6, 33),    # 7600/60 + 200 = 326.7/s, 10/s each
+        (20, 9200, 1800, 33, 36),   # 353.3/s: 10/s each still, not 400/10/6 (and then /33)
+        (30, 10800, 2200, 36, 38),  # 380/s
+    ]
+    state, out = GroupState(), []
+    for at, lag, read, replicas, expect in ticks:
+        d = decide(Sample(at=at, lag=lag, pending=0, entries_read=read, consumers=4), autoscale, replicas, state)
+        assert d.desired == expect, d.reason
+        state = d.state
+        out.append(d)
+    assert state.per_replica_rate == pytest.approx(10.0)
+    assert "10.0/s per replica (measured over 4 consumers)" in out[-1].reason
+
+
+def test_drain_time_mode_counts_no_more_consumers_than_the_workload_had_pods() -> None:
+    autoscale = spec(target_drain_seconds=60, max_replicas=100, backlog_per_replica=1000)
+    # Scaled down from 10 to 4: the consumers of the 6 pods that are gone stay until reclaim deletes them.
+    state = decide(Sample(at=0, lag=5000, pending=0, entries_read=0, consumers=10), autoscale, 4, GroupState()).state
+    s1 = Sample(at=10, lag=4000, pending=0, entries_read=1000, consumers=10)
+    rates, _ = measure_rates(state.previous, s1, None, 4)
+    assert rates is not None
+    assert rates.consuming == 4
+    assert rates.per_replica == pytest.approx(25.0)
+
+
 def test_drain_time_mode_counts_acks_not_deliveries() -> None:
     autoscale = spec(target_drain_seconds=100, max_replicas=50)
     s0 = Sample(at=0, lag=1000, pending=0, entries_read=0)

@@ -2,8 +2,8 @@
 
 Nothing here reads a clock, talks to Redis or to Kubernetes: a decision is a function of
 
-* one measurement of the group (:class:`GroupSample`: lag, pending, entries-read and when it was
-  taken),
+* one measurement of the group (:class:`GroupSample`: lag, pending, entries-read, consumers and when
+  it was taken),
 * the group's :class:`~redis_messaging.api.models.Autoscale` spec,
 * the replica count the workload has now,
 * a small :class:`GroupState` that the previous decision returned (never mutated; a new one comes
@@ -14,8 +14,9 @@ The rules, in the order they apply:
 1. The metric is ``backlog`` (lag + pending, the default), ``lag`` or ``pending``.
 2. Backlog rule: ``ceil(metric / backlogPerReplica)``. Rate-aware rule when ``targetDrainSeconds`` is
    set and a per-replica processing rate has been measured: the replicas that drain the backlog
-   within ``targetDrainSeconds`` while keeping up with the arrival rate. Until the processing rate is
-   measurable the backlog rule applies.
+   within ``targetDrainSeconds`` while keeping up with the arrival rate. The rate of one replica is
+   the acknowledgements divided by the consumers that were consuming (not by the replicas asked for,
+   see :func:`consuming`). Until the processing rate is measurable the backlog rule applies.
 3. The recommendation is clamped to ``[minReplicas, maxReplicas]``; when there is anything to do
    (entries not delivered yet or pending, whatever the metric) it is at least 1, so one entry wakes a
    workload from zero, with the metric ``pending`` too (nothing is pending while no consumer runs).
@@ -85,6 +86,11 @@ class GroupSample(Protocol):
         """The group's logical read counter (Redis >= 7.0); ``None`` when Redis does not know it."""
         ...
 
+    @property
+    def consumers(self) -> int | None:
+        """Consumers the group has (a consumer appears with its first read); ``None`` when unknown."""
+        ...
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -96,6 +102,7 @@ class Sample:
     entries_read: int | None = None
     lag_estimated: bool = False
     lag_capped: bool = False
+    consumers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,8 @@ class Rates:
     per_replica: float
     measured_now: bool
     """False when ``per_replica`` is the remembered rate of an earlier, saturated interval."""
+    consuming: int | None = None
+    """The consumers the acknowledgements were divided among, when measured now."""
 
 
 @dataclass(frozen=True)
@@ -238,17 +247,36 @@ def metric_of(sample: GroupSample, metric: str) -> tuple[int | None, int, str]:
     return lag + pending, known, f"backlog {lag + pending} (lag {lag_text} + pending {pending_text})"
 
 
+def consuming(previous: Point, sample: GroupSample, replicas: int | None = None) -> int:
+    """How many consumers the acknowledgements between ``previous`` and ``sample`` are divided among.
+
+    Not the replicas asked for: right after a scale-up the new pods are still starting, and dividing
+    by them makes one replica look slower, so the next decision asks for more again, up to
+    maxReplicas. What can be measured is the group's consumers at the end of the interval: a consumer
+    appears with its first read, so a pod that has not started consuming is not counted (one that
+    started during the interval counts in full: the rate errs low, by the pods that came up within one
+    tick, and does not feed on itself). The consumers of pods that are gone stay until reclaim deletes
+    them, so the count is capped by the pods the workload can have had in the interval, the larger of
+    the replica counts at its two ends (``previous.replicas`` and ``replicas``, the count now).
+    Without a consumer count: the replica count at the start of the interval.
+    """
+    if sample.consumers is None:
+        return previous.replicas
+    return min(sample.consumers, max(previous.replicas, previous.replicas if replicas is None else replicas))
+
+
 def measure_rates(
-    previous: Point | None, sample: GroupSample, remembered: float | None
+    previous: Point | None, sample: GroupSample, remembered: float | None, replicas: int | None = None
 ) -> tuple[Rates | None, float | None]:
     """Arrival and per-replica acknowledge rates between the previous sample and this one.
 
     The arrival rate is the change of ``entries_read + lag`` (the entries added to the stream as the
     group sees them). The per-replica rate is the change of ``entries_read`` minus the change of
-    ``pending`` (entries acknowledged) divided by the replicas of the previous sample. It is only
-    trusted when the group had a backlog at both ends of the interval: replicas that wait for work
-    acknowledge less than they could, and that rate would keep the workload too large for ever.
-    A trusted rate is smoothed into the remembered one; otherwise the remembered rate is used.
+    ``pending`` (entries acknowledged) divided by the consumers that were consuming (:func:`consuming`;
+    ``replicas``: the replica count now). It is only trusted when the group had a backlog at both ends
+    of the interval: replicas that wait for work acknowledge less than they could, and that rate would
+    keep the workload too large for ever. A trusted rate is smoothed into the remembered one;
+    otherwise the remembered rate is used.
 
     Returns (rates or None when not measurable, the per-replica rate to remember).
     """
@@ -268,18 +296,21 @@ def measure_rates(
     arrival = added / dt
     per_replica = remembered
     measured_now = False
-    if sample.pending is not None and previous.pending is not None and previous.replicas > 0:
+    # Divided among the consumers that were consuming, not the replicas asked for (see consuming).
+    consumers = consuming(previous, sample, replicas)
+    if sample.pending is not None and previous.pending is not None and consumers > 0:
         acked = (read - prev_read) - (sample.pending - previous.pending)
         saturated = prev_lag > 0 and lag > 0
         if saturated and acked > 0:
-            rate = acked / dt / previous.replicas
+            rate = acked / dt / consumers
             per_replica = rate if remembered is None else (
                 RATE_SMOOTHING * rate + (1 - RATE_SMOOTHING) * remembered
             )
             measured_now = True
     if per_replica is None or per_replica <= 0:
         return None, remembered
-    return Rates(arrival=arrival, per_replica=per_replica, measured_now=measured_now), per_replica
+    return Rates(arrival=arrival, per_replica=per_replica, measured_now=measured_now,
+                 consuming=consumers if measured_now else None), per_replica
 
 
 def _clamp(raw: int, spec: Autoscale, notes: list[str]) -> int:
@@ -306,7 +337,7 @@ def decide(sample: GroupSample, spec: Autoscale, current: int, state: GroupState
     has_work = known_part > 0 or (sample.pending or 0) > 0 or (sample.lag or 0) > 0
     idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
 
-    rates, remembered_rate = measure_rates(state.previous, sample, state.per_replica_rate)
+    rates, remembered_rate = measure_rates(state.previous, sample, state.per_replica_rate, current)
     per = spec.backlog_per_replica
 
     if value is None:
@@ -329,7 +360,7 @@ def decide(sample: GroupSample, spec: Autoscale, current: int, state: GroupState
         if drain is not None and rates is not None:
             needed = rates.arrival + value / drain
             raw = _ceil_div(needed, rates.per_replica)
-            source = "measured" if rates.measured_now else "remembered"
+            source = f"measured over {rates.consuming} consumers" if rates.measured_now else "remembered"
             notes.append(
                 f"{text} drained in {drain}s + arrivals {rates.arrival:.1f}/s = {needed:.1f}/s, "
                 f"{rates.per_replica:.1f}/s per replica ({source}) -> {raw}"
@@ -408,6 +439,7 @@ __all__ = [
     "Point",
     "Rates",
     "Sample",
+    "consuming",
     "decide",
     "exact_lag",
     "measure_rates",

@@ -328,6 +328,7 @@ class QueueMeasurement:
     lag_estimated: bool = False
     lag_capped: bool = False
     entries_read: int | None = None
+    consumers: int | None = None  # a list has none
 
 
 @dataclass(frozen=True)
