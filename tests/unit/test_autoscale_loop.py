@@ -6,14 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
+import pytest
 from fake_kube import FakeKube
 
 from redis_messaging.api import models
 from redis_messaging.autoscale.loop import Autoscaler
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube
+from redis_messaging.redis import nodes
 from redis_messaging.redis.nodes import Node, Placement, Pools
-from redis_messaging.redis.streams import StreamsNode
+from redis_messaging.redis.streams import Reclaimed, StreamsNode
 
 Obj = dict[str, Any]
 OWNER = Owner(name="orders", namespace="shop", uid="uid-orders")
@@ -132,3 +134,35 @@ def test_a_lag_counted_up_to_the_cap_is_reported_and_decided_as_a_lower_bound() 
     m = autoscaler.metrics
     assert m.group_lag.value(**WHERE) == 10_000
     assert m.group_lag_capped.value(**WHERE) == 1
+
+
+# -- consumers of pods that are gone ----------------------------------------------------------------
+
+
+def pod(name: str, phase: str, **meta: Any) -> Obj:
+    return {"kind": "Pod", "metadata": {"name": name, "namespace": "shop", **meta}, "status": {"phase": phase}}
+
+
+def test_the_consumer_of_an_evicted_pod_is_reclaimed_from_and_never_receives(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    redis = FakeRedis()
+    redis.group.update(pending=8, consumers=3)
+    # w-b was evicted by the kubelet: phase Failed, no deletionTimestamp. It holds the fewest entries,
+    # which made it the receiver of w-c's (a pod that is gone) while it counted as alive.
+    redis.consumers = [{"name": "w-a", "pending": 3, "idle": 10}, {"name": "w-b", "pending": 0, "idle": 10},
+                       {"name": "w-c", "pending": 5, "idle": 90_000}]
+    autoscaler, kube = setup(2, redis)
+    for item in (pod("w-a", "Running"), pod("w-b", "Failed"), pod("w-d", "Pending")):
+        kube.objects[("Pod", "shop", item["metadata"]["name"])] = item
+    calls: list[tuple[str, str, set[str], str | None]] = []
+
+    def reclaim(node: Any, stream: str, group: str, live: set[str], claimer: str | None,
+                *, min_idle_ms: int = 0) -> Reclaimed:
+        calls.append((stream, group, live, claimer))
+        return Reclaimed(claimed=5, deleted=2)
+
+    monkeypatch.setattr(nodes, "reclaim", reclaim)
+    autoscaler.tick(KEY)
+    assert calls == [("orders", "billing", {"w-a", "w-d"}, "w-a")]
+    [event] = [e for e in kube.events if e["reason"] == "PendingReclaimed"]
+    assert "(w-b, w-c) for w-a" in event["message"]

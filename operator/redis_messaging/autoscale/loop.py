@@ -8,8 +8,9 @@ One operator-level asyncio task (no Kopf timer or daemon: those add finalizers) 
    subresource, :func:`~redis_messaging.autoscale.decide.decide`, and when the count changes patch the
    scale subresource, after setting pod-deletion-costs before a scale-down (an Event says why);
 3. every ``reclaim_interval_seconds``: the consumers of the autoscaled groups (one round trip per node)
-   are compared with the pods of the namespace (one list); entries pending with consumers whose pod is
-   gone are claimed by a live consumer, and those consumers are deleted once empty;
+   are compared with the pods of the namespace (one list, finished pods left out); entries pending with
+   consumers whose pod is gone or finished (e.g. evicted) are claimed by a live consumer, and those
+   consumers are deleted once empty;
 4. ``status.streams`` is written when something a user acts on changed, otherwise at most every
    ``status_interval_seconds``, and never when nothing changed.
 
@@ -420,7 +421,10 @@ class Autoscaler:
             if not held and now - runtime.pods_listed_at < self.reread_interval:
                 return pods  # nothing pending: the consumers of gone pods are cleaned up less often
             if pods is None:
-                pods = policy.pod_views(self.kube.list_metadata("Pod", owner.namespace))
+                # A pod the kubelet evicted (phase Failed) stays listed, without a deletionTimestamp, and
+                # its consumer runs no more: the list leaves finished pods out, so they count as gone.
+                pods = policy.pod_views(self.kube.list_metadata("Pod", owner.namespace,
+                                                                fields=policy.UNFINISHED_PODS))
                 runtime.pods_listed_at = now
             for key, consumers in found.items():
                 pending = {name: c.pending for name, c in consumers.items()}
@@ -428,7 +432,7 @@ class Autoscaler:
                 if not dead:
                     runtime.orphaned[key] = 0
                     continue
-                live = set(pods) | (set(pending) - dead)
+                live = policy.alive(pods)
                 result = nodes.reclaim(client, key[0], key[1], live, claimer, min_idle_ms=RECLAIM_MIN_IDLE_MS)
                 runtime.orphaned[key] = result.orphaned
                 if result.claimed:
