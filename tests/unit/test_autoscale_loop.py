@@ -3,6 +3,7 @@ patched and reported, one tick at a time."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -166,3 +167,50 @@ def test_the_consumer_of_an_evicted_pod_is_reclaimed_from_and_never_receives(
     assert calls == [("orders", "billing", {"w-a", "w-d"}, "w-a")]
     [event] = [e for e in kube.events if e["reason"] == "PendingReclaimed"]
     assert "(w-b, w-c) for w-a" in event["message"]
+
+
+# -- clocks ---------------------------------------------------------------------------------------
+
+
+def wall_and_monotonic() -> tuple[Clock, Clock]:
+    return Clock(1_800_000_000.0), Clock(5000.0)
+
+
+def advance(seconds: float, *clocks: Clock) -> None:
+    for clock in clocks:
+        clock.now += seconds
+
+
+def test_a_wall_clock_step_back_does_not_hold_a_scale_down() -> None:
+    wall, mono = wall_and_monotonic()
+    redis = FakeRedis()
+    redis.group.update(lag=8000, consumers=8)
+    # The measurements are stamped with the wall clock too: decisions must not go by them.
+    autoscaler, kube = setup(8, redis, node_clock=wall, wall=wall, monotonic=mono, scaleDownStabilizationSeconds=120)
+    autoscaler.tick(KEY)  # recommends 8
+    wall.now -= 3600  # the wall clock steps back an hour (e.g. corrected by NTP)
+    redis.group.update(lag=3000)
+    for _ in range(11):
+        advance(10, wall, mono)
+        autoscaler.tick(KEY)
+    assert replicas(kube) == 8  # 110 s: the 8 is still within the 120 s window
+    advance(10, wall, mono)
+    autoscaler.tick(KEY)
+    assert replicas(kube) == 3, group_status(kube)["lastDecision"]  # 120 s, not 120 s + an hour
+    # What the status shows as a time stays a wall-clock time.
+    assert group_status(kube)["lastScaleTime"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall.now))
+
+
+def test_a_wall_clock_step_forward_does_not_cut_the_idle_time_before_zero() -> None:
+    wall, mono = wall_and_monotonic()
+    redis = FakeRedis()  # no lag, nothing pending
+    autoscaler, kube = setup(1, redis, node_clock=wall, wall=wall, monotonic=mono, idleSecondsBeforeZero=300)
+    autoscaler.tick(KEY)  # idle from now
+    wall.now += 3600
+    for _ in range(29):
+        advance(10, wall, mono)
+        autoscaler.tick(KEY)
+    assert replicas(kube) == 1, group_status(kube)["lastDecision"]  # idle 290 s
+    advance(10, wall, mono)
+    autoscaler.tick(KEY)
+    assert replicas(kube) == 0

@@ -58,7 +58,10 @@ class GroupSample(Protocol):
 
     @property
     def at(self) -> float:
-        """When the measurement was taken, in seconds (any epoch, the same for every sample)."""
+        """When the measurement was taken, in seconds of a monotonic clock (any epoch, the same for
+        every sample of a group). Windows and idle timers are differences of these times: on a wall
+        clock, a step back would hold a scale-down for as long as the step, and a step forward would
+        cut the idle time before zero short."""
         ...
 
     @property
@@ -104,6 +107,12 @@ class Sample:
     lag_capped: bool = False
     consumers: int | None = None
 
+    @classmethod
+    def of(cls, sample: GroupSample, *, at: float) -> Sample:
+        """What ``sample`` measured, stamped ``at`` (e.g. by the caller's own monotonic clock)."""
+        return cls(at=at, lag=sample.lag, pending=sample.pending, entries_read=sample.entries_read,
+                   lag_estimated=sample.lag_estimated, lag_capped=sample.lag_capped, consumers=sample.consumers)
+
 
 @dataclass(frozen=True)
 class Point:
@@ -143,7 +152,8 @@ class GroupState:
     """Smoothed acknowledge rate of one replica measured while the group had a backlog."""
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly form, e.g. for an annotation or the operator's status."""
+        """A JSON-friendly form, e.g. for an annotation or the operator's status. Its times are the
+        samples' (monotonic): they mean something to the process that took them only."""
         out: dict[str, Any] = {
             "idleSince": self.idle_since,
             "recommendations": [[t, r] for t, r in self.recommendations],

@@ -16,7 +16,9 @@ One operator-level asyncio task (no Kopf timer or daemon: those add finalizers) 
 
 Resources that declare streams but autoscale nothing are measured once per status interval only.
 Decision state lives in memory: :func:`decide` is restart-safe (a fresh state never scales down at
-once), so nothing is persisted. Every blocking call runs in a worker thread.
+once), so nothing is persisted. Decisions are timed by the loop's monotonic clock, never by the wall
+clock, which only stamps what the status shows (lastScaleTime). Every blocking call runs in a worker
+thread.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 
 from redis_messaging.api import models
 from redis_messaging.autoscale import policy
-from redis_messaging.autoscale.decide import GroupSample, GroupState, decide
+from redis_messaging.autoscale.decide import GroupSample, GroupState, Sample, decide
 from redis_messaging.autoscale.policy import GroupKey, GroupView
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube, KubeError
@@ -236,7 +238,11 @@ class Autoscaler:
             poll_start = self.monotonic()
             measured_node = collect_node(client, [Target.of(s) for s in streams], queues=[q.name for q in queues],
                                          channels=channels)
-            self.metrics.poll_seconds.observe(self.monotonic() - poll_start, namespace=owner.namespace,
+            # Decisions are timed by this clock, the loop's monotonic one, whatever the measurements' own
+            # stamps: stabilization windows and idle timers are differences of times, and on a wall clock
+            # a step back would hold every scale-down for as long as the step.
+            sampled_at = self.monotonic()
+            self.metrics.poll_seconds.observe(sampled_at - poll_start, namespace=owner.namespace,
                                               resource=owner.name)
             for c in measured_node.channels:  # plain channels: the sum over every master
                 if c.error is not None:
@@ -249,7 +255,8 @@ class Autoscaler:
                 qview.error, qview.lag, qview.pending, qview.consumers = qm.error, qm.length, None, None
                 if queue.autoscale is not None and qm.error is None:
                     qgroup = models.Group(name=queue.name, autoscale=queue.autoscale)
-                    done = self._scale(runtime, client, qkey[0], qgroup, qm, qview, started)
+                    done = self._scale(runtime, client, qkey[0], qgroup, Sample.of(qm, at=sampled_at), qview,
+                                       started)
                     if done is not None:
                         scaled.append(done)
             measured = measured_node.streams
@@ -265,7 +272,8 @@ class Autoscaler:
                     sample = m.group(group.name) if m is not None else None
                     view = self._view(runtime, stream.name, group.name, sample)
                     if group.autoscale is not None and sample is not None and sample.error is None:
-                        done = self._scale(runtime, client, stream.name, group, sample, view, started)
+                        done = self._scale(runtime, client, stream.name, group, Sample.of(sample, at=sampled_at),
+                                           view, started)
                         if done is not None:
                             scaled.append(done)
             if sweep:

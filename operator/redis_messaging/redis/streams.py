@@ -136,7 +136,7 @@ class StreamsNode:
         client: Redis,
         *,
         estimate_cap: int = DEFAULT_ESTIMATE_CAP,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if estimate_cap < 1:
             raise ValueError("estimate_cap must be at least 1")
@@ -261,6 +261,7 @@ class GroupMeasurement:
     stream: str
     group: str
     at: float
+    """When measured, by the node's clock: monotonic unless told otherwise, as decisions need."""
     lag: int | None = None
     """Entries not delivered to the group yet; None when unknown (never read as 0)."""
     lag_estimated: bool = False
