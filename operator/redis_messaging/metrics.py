@@ -149,6 +149,8 @@ class OperatorMetrics:
                                  "(absent while unknown).", GROUP)
         self.group_lag_estimated = r.gauge(f"{p}_group_lag_estimated", "1 when Redis reported a null lag "
                                            "and the operator counted it.", GROUP)
+        self.group_lag_capped = r.gauge(f"{p}_group_lag_capped", "1 when that count reached its cap: the lag "
+                                        "is at least redis_messaging_group_lag.", GROUP)
         self.group_pending = r.gauge(f"{p}_group_pending", "Entries delivered and not acknowledged.", GROUP)
         self.group_orphaned_pending = r.gauge(f"{p}_group_orphaned_pending", "Pending entries of consumers "
                                               "whose pod is gone that no live consumer could take.", GROUP)
@@ -181,7 +183,7 @@ class OperatorMetrics:
                                            RESOURCE)
 
     def forget_group(self, namespace: str, resource: str, stream: str, group: str) -> None:
-        for family in (self.group_lag, self.group_lag_estimated, self.group_pending,
+        for family in (self.group_lag, self.group_lag_estimated, self.group_lag_capped, self.group_pending,
                        self.group_orphaned_pending, self.group_consumers, self.group_desired_replicas,
                        self.group_current_replicas):
             family.remove(namespace=namespace, resource=resource, stream=stream, group=group)

@@ -1,6 +1,7 @@
 """An in-memory stand-in for :class:`redis_messaging.kube.client.Kube`: objects kept by kind, namespace and
-name, every call recorded (``calls``), label selectors of the ``a=b,c=d`` form honoured. Enough for the
-reconcile pass to run against; the kube tier runs it against a real API server."""
+name, every call recorded (``calls``), label selectors of the ``a=b,c=d`` form and field selectors of the
+``a.b=c,d.e!=f`` form honoured. Enough for the reconcile pass to run against; the kube tier runs it against
+a real API server."""
 
 from __future__ import annotations
 
@@ -22,6 +23,20 @@ def _matches(obj: Obj, selector: str | None) -> bool:
     for term in selector.split(","):
         key, _, value = term.partition("=")
         if labels.get(key) != value:
+            return False
+    return True
+
+
+def _fields_match(obj: Obj, fields: str | None) -> bool:
+    if not fields:
+        return True
+    for term in fields.split(","):
+        negated = "!=" in term
+        path, _, value = term.partition("!=" if negated else "=")
+        found: Any = obj
+        for part in path.split("."):
+            found = found.get(part) if isinstance(found, dict) else None
+        if (str(found or "") == value.lstrip("=")) == negated:  # a==b means a=b
             return False
     return True
 
@@ -59,8 +74,9 @@ class FakeKube:
         return [copy.deepcopy(o) for (k, ns, _), o in sorted(self.objects.items())
                 if k == kind and ns == namespace and _matches(o, selector)]
 
-    def list_metadata(self, kind: str, namespace: str, selector: str | None = None) -> list[Obj]:
-        return [{"metadata": o["metadata"]} for o in self.list(kind, namespace, selector)]
+    def list_metadata(self, kind: str, namespace: str, selector: str | None = None,
+                      fields: str | None = None) -> list[Obj]:
+        return [{"metadata": o["metadata"]} for o in self.list(kind, namespace, selector) if _fields_match(o, fields)]
 
     def served_kinds(self, api_version: str, **_: Any) -> frozenset[str]:
         return self.served.get(api_version, frozenset())

@@ -32,6 +32,7 @@ class Tick:
     expect: int
     entries_read: int | None = None
     lag_estimated: bool = False
+    lag_capped: bool = False
 
 
 def run(
@@ -42,7 +43,7 @@ def run(
     for tick in ticks:
         sample = Sample(
             at=tick.at, lag=tick.lag, pending=tick.pending,
-            entries_read=tick.entries_read, lag_estimated=tick.lag_estimated,
+            entries_read=tick.entries_read, lag_estimated=tick.lag_estimated, lag_capped=tick.lag_capped,
         )
         d = decide(sample, autoscale, current, st)
         assert d.desired == tick.expect, f"at t={tick.at}: {d.reason}"
@@ -106,6 +107,30 @@ SCENARIOS: dict[str, tuple[Autoscale, int, list[Tick]]] = {
     "an estimated lag counts as known": (
         spec(), 0, [Tick(0, 250, 0, 3, lag_estimated=True)],
     ),
+    # A true lag of about 30,000 that the collector counted up to its cap of 10,000: 10 replicas is what
+    # the count asks for, a lower bound of what the lag needs.
+    "a lag counted up to the cap never scales down": (
+        spec(backlog_per_replica=1000, max_replicas=50, scale_down_stabilization_seconds=0), 40,
+        [Tick(0, 10_000, 0, 40, lag_estimated=True, lag_capped=True),
+         Tick(10, 10_000, 300, 40, lag_estimated=True, lag_capped=True)],
+    ),
+    "a lag counted up to the cap scales up on the count": (
+        spec(backlog_per_replica=1000, max_replicas=50, scale_down_stabilization_seconds=0), 2,
+        [Tick(0, 10_000, 0, 10, lag_estimated=True, lag_capped=True),
+         Tick(10, 10_000, 2000, 12, lag_estimated=True, lag_capped=True)],
+    ),
+    "a lag counted up to the cap wakes a workload from zero": (
+        spec(backlog_per_replica=1000, max_replicas=50), 0,
+        [Tick(0, 10_000, 0, 10, lag_estimated=True, lag_capped=True)],
+    ),
+    "a lag counted up to the cap is a lower bound for metric lag too": (
+        spec(metric="lag", backlog_per_replica=1000, max_replicas=50, scale_down_stabilization_seconds=0), 40,
+        [Tick(0, 10_000, 0, 40, lag_estimated=True, lag_capped=True)],
+    ),
+    "once the lag is known again the scale-down follows it": (
+        spec(backlog_per_replica=1000, max_replicas=50, scale_down_stabilization_seconds=0), 40,
+        [Tick(0, 10_000, 0, 40, lag_estimated=True, lag_capped=True), Tick(10, 9000, 0, 9)],
+    ),
     "zero only after the idle period without backlog and without pending": (
         spec(scale_down_stabilization_seconds=0, idle_seconds_before_zero=300),
         2,
@@ -131,6 +156,20 @@ SCENARIOS: dict[str, tuple[Autoscale, int, list[Tick]]] = {
     "metric pending ignores the lag for the count": (
         spec(metric="pending", scale_down_stabilization_seconds=0), 1, [Tick(0, 5000, 250, 3)],
     ),
+    # Nothing is delivered, so nothing is pending, while no consumer runs: the lag has to wake it.
+    "metric pending: undelivered entries wake a workload from zero": (
+        spec(metric="pending"), 0, [Tick(0, 0, 0, 0), Tick(2, 500, 0, 1), Tick(4, 300, 120, 2)],
+    ),
+    "metric pending: a lag counted up to the cap wakes a workload from zero": (
+        spec(metric="pending"), 0, [Tick(0, 10_000, 0, 1, lag_estimated=True, lag_capped=True)],
+    ),
+    "metric pending: undelivered entries keep the last replica": (
+        spec(metric="pending", scale_down_stabilization_seconds=0, idle_seconds_before_zero=0), 3,
+        [Tick(0, 500, 0, 1), Tick(10, 500, 0, 1), Tick(20, 0, 0, 0)],
+    ),
+    "metric pending: an unknown lag at zero with nothing pending holds zero": (
+        spec(metric="pending"), 0, [Tick(0, None, 0, 0)],
+    ),
 }
 
 
@@ -154,6 +193,33 @@ def test_reason_says_an_unknown_lag_held_the_count() -> None:
     assert "unknown lag never scales down" in d.reason
 
 
+def test_reason_says_a_capped_lag_is_a_lower_bound() -> None:
+    sample = Sample(at=0, lag=10_000, pending=50, lag_estimated=True, lag_capped=True)
+    d = decide(sample, spec(backlog_per_replica=1000, max_replicas=50), 40, GroupState())
+    assert d.desired == 40
+    assert d.metric is None  # not known exactly
+    assert "backlog at least 10050 (lag at least 10000 (counted up to the cap) + pending 50)" in d.reason
+    assert "a lag counted up to the cap is a lower bound and never scales down" in d.reason
+
+
+def test_drain_time_mode_neither_measures_nor_scales_down_on_a_capped_lag() -> None:
+    autoscale = spec(target_drain_seconds=60, max_replicas=50, backlog_per_replica=1000,
+                     scale_down_stabilization_seconds=0)
+    st = decide(Sample(at=0, lag=6000, pending=0, entries_read=1000), autoscale, 40, GroupState()).state
+    st = decide(Sample(at=10, lag=7000, pending=0, entries_read=1400), autoscale, 40, st).state
+    assert st.per_replica_rate == pytest.approx(1.0)  # 400 acked in 10 s by 40 replicas
+    # The count stops at its cap while the true lag grows: arrivals measured from it would be wrong.
+    capped = Sample(at=20, lag=5000, pending=0, entries_read=1800, lag_estimated=True, lag_capped=True)
+    rates, remembered = measure_rates(st.previous, capped, st.per_replica_rate)
+    assert rates is None
+    assert remembered == pytest.approx(1.0)
+    d = decide(capped, autoscale, 40, st)
+    assert d.desired == 40, d.reason
+    assert d.state.previous is not None
+    assert d.state.previous.lag is None  # the next interval has no exact lag to start from either
+    assert d.state.per_replica_rate == pytest.approx(1.0)
+
+
 def test_drain_time_mode_sizes_for_backlog_and_arrivals() -> None:
     autoscale = spec(target_drain_seconds=60, max_replicas=50, backlog_per_replica=1000)
     # t=0: 4 replicas, backlog 6000. t=10: 200 entries/s arrived (2000), 4 replicas acked 10/s each
@@ -165,6 +231,37 @@ def test_drain_time_mode_sizes_for_backlog_and_arrivals() -> None:
     assert second.desired == 33, second.reason
     assert "arrivals 200.0/s" in second.reason
     assert "10.0/s per replica" in second.reason
+
+
+def test_drain_time_mode_divides_by_the_consumers_not_by_the_replicas_asked_for() -> None:
+    autoscale = spec(target_drain_seconds=60, max_replicas=100, backlog_per_replica=1000)
+    # 200 entries/s arrive; the 4 consumers that run acknowledge 10/s each (400 entries per 10 s tick),
+    # and the pods asked for by each scale-up are still starting: the group keeps 4 consumers.
+    ticks = [  # (at, lag, entries read, replicas now -> expected)
+        (0, 6000, 1000, 4, 6),      # no rate yet: backlog rule
+        (10, 7600, 1400, 6, 33),    # 7600/60 + 200 = 326.7/s, 10/s each
+        (20, 9200, 1800, 33, 36),   # 353.3/s: 10/s each still, not 400/10/6 (and then /33)
+        (30, 10800, 2200, 36, 38),  # 380/s
+    ]
+    state, out = GroupState(), []
+    for at, lag, read, replicas, expect in ticks:
+        d = decide(Sample(at=at, lag=lag, pending=0, entries_read=read, consumers=4), autoscale, replicas, state)
+        assert d.desired == expect, d.reason
+        state = d.state
+        out.append(d)
+    assert state.per_replica_rate == pytest.approx(10.0)
+    assert "10.0/s per replica (measured over 4 consumers)" in out[-1].reason
+
+
+def test_drain_time_mode_counts_no_more_consumers_than_the_workload_had_pods() -> None:
+    autoscale = spec(target_drain_seconds=60, max_replicas=100, backlog_per_replica=1000)
+    # Scaled down from 10 to 4: the consumers of the 6 pods that are gone stay until reclaim deletes them.
+    state = decide(Sample(at=0, lag=5000, pending=0, entries_read=0, consumers=10), autoscale, 4, GroupState()).state
+    s1 = Sample(at=10, lag=4000, pending=0, entries_read=1000, consumers=10)
+    rates, _ = measure_rates(state.previous, s1, None, 4)
+    assert rates is not None
+    assert rates.consuming == 4
+    assert rates.per_replica == pytest.approx(25.0)
 
 
 def test_drain_time_mode_counts_acks_not_deliveries() -> None:

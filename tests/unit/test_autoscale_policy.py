@@ -8,9 +8,11 @@ from redis_messaging.api.models import Stream
 from redis_messaging.autoscale.policy import (
     DELETION_COST,
     MAX_DELETION_COST,
+    UNFINISHED_PODS,
     GroupView,
     PodView,
     actionable,
+    alive,
     deletion_costs,
     orphans,
     pod_views,
@@ -47,6 +49,17 @@ def test_pod_views_read_names_termination_and_cost_from_metadata() -> None:
     assert pod_views(items) == {"a": PodView("a", False, "3"), "b": PodView("b", True, None)}
 
 
+def test_pod_views_read_a_finished_phase_from_whole_pods() -> None:
+    items: list[dict[str, Any]] = [
+        {"metadata": {"name": "evicted"}, "status": {"phase": "Failed", "reason": "Evicted"}},
+        {"metadata": {"name": "done"}, "status": {"phase": "Succeeded"}},
+        {"metadata": {"name": "running"}, "status": {"phase": "Running"}},
+    ]
+    views = pod_views(items)
+    assert [name for name, view in views.items() if view.finished] == ["evicted", "done"]
+    assert UNFINISHED_PODS == "status.phase!=Failed,status.phase!=Succeeded"
+
+
 # -- orphans ------------------------------------------------------------------------------------------
 
 
@@ -62,6 +75,21 @@ def test_a_terminating_pod_is_alive_but_never_claims() -> None:
     dead, claimer = orphans({"w-1": 0, "w-2": 10, "w-3": 5}, pods)
     assert dead == {"w-3"}
     assert claimer == "w-2"
+
+
+def test_an_evicted_pod_is_gone_and_never_claims() -> None:
+    # The kubelet evicted w-1 (phase Failed, no deletionTimestamp): it holds the fewest entries, but its
+    # consumer will never run again.
+    pods = {"w-1": PodView("w-1", finished=True), "w-2": PodView("w-2")}
+    dead, claimer = orphans({"w-1": 0, "w-2": 10, "w-3": 5}, pods)
+    assert dead == {"w-1", "w-3"}
+    assert claimer == "w-2"
+    assert alive(pods) == {"w-2"}
+
+
+def test_no_claimer_when_every_pod_has_finished() -> None:
+    dead, claimer = orphans({"w-1": 4}, {"w-1": PodView("w-1", finished=True)})
+    assert (dead, claimer) == ({"w-1"}, None)
 
 
 def test_no_live_consumer_means_no_claimer() -> None:
@@ -94,12 +122,20 @@ def test_status_lists_declared_streams_and_groups_leaving_unknowns_out() -> None
                           {"orders": 7})
     assert status == [
         {"name": "orders", "length": 1000, "trimmed": 7, "groups": [
-            {"name": "billing", "lag": 480, "lagEstimated": False, "pending": 20, "orphanedPending": 0,
-             "consumers": 2, "currentReplicas": 2, "desiredReplicas": 5, "lastDecision": "backlog 500 ... -> 5"},
-            {"name": "audit", "lagEstimated": False},
+            {"name": "billing", "lag": 480, "lagEstimated": False, "lagCapped": False, "pending": 20,
+             "orphanedPending": 0, "consumers": 2, "currentReplicas": 2, "desiredReplicas": 5,
+             "lastDecision": "backlog 500 ... -> 5"},
+            {"name": "audit", "lagEstimated": False, "lagCapped": False},
         ]},
         {"name": "empty", "trimmed": 0, "error": "stream empty does not exist", "groups": []},
     ]
+
+
+def test_status_says_a_lag_counted_up_to_the_cap_is_a_lower_bound() -> None:
+    views = {("orders", "billing"): GroupView(lag=10_000, lag_estimated=True, lag_capped=True, pending=0)}
+    [orders, _] = shape_status(declared(), views, {}, {}, {})
+    billing = orders["groups"][0]
+    assert (billing["lag"], billing["lagEstimated"], billing["lagCapped"]) == (10_000, True, True)
 
 
 def group_status(**kw: Any) -> list[dict[str, Any]]:

@@ -568,8 +568,8 @@ class Autoscale(Model):
     metric: Literal["backlog", "lag", "pending"] = Field(
         "backlog",
         description="What is divided by backlogPerReplica: backlog (lag + pending), lag (entries not delivered "
-        "to the group yet) or pending (delivered, not acknowledged). For a list queue lag and backlog are its "
-        "length, and pending is refused.",
+        "to the group yet) or pending (delivered, not acknowledged). Whatever the metric, an entry not delivered "
+        "yet wakes a workload from zero. For a list queue lag and backlog are its length, and pending is refused.",
     )
     backlog_per_replica: int = Field(
         100, ge=1,
@@ -791,11 +791,17 @@ class GroupStatus(ScaledStatus):
     """One consumer group, as last measured and scaled."""
 
     name: str = Field(description="The consumer group.")
-    lag: int | None = Field(None, description="Entries not delivered to the group yet; absent when unknown.")
+    lag: int | None = Field(
+        None, description="Entries not delivered to the group yet; absent when unknown, a lower bound when lagCapped."
+    )
     lag_estimated: bool = Field(
         False,
-        description="Redis did not know the lag and the operator counted it, up to 10000 entries (the lag may be "
-        "larger).",
+        description="Redis did not know the lag and the operator counted it, up to 10000 entries.",
+    )
+    lag_capped: bool = Field(
+        False,
+        description="The operator's count of the lag stopped at its cap: the lag is at least lag, maybe much "
+        "more. The autoscaler may scale up on it but never scales down on it.",
     )
     pending: int | None = Field(None, description="Entries delivered to a consumer and not acknowledged.")
     orphaned_pending: int | None = Field(

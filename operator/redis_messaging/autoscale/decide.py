@@ -2,8 +2,8 @@
 
 Nothing here reads a clock, talks to Redis or to Kubernetes: a decision is a function of
 
-* one measurement of the group (:class:`GroupSample`: lag, pending, entries-read and when it was
-  taken),
+* one measurement of the group (:class:`GroupSample`: lag, pending, entries-read, consumers and when
+  it was taken),
 * the group's :class:`~redis_messaging.api.models.Autoscale` spec,
 * the replica count the workload has now,
 * a small :class:`GroupState` that the previous decision returned (never mutated; a new one comes
@@ -14,12 +14,16 @@ The rules, in the order they apply:
 1. The metric is ``backlog`` (lag + pending, the default), ``lag`` or ``pending``.
 2. Backlog rule: ``ceil(metric / backlogPerReplica)``. Rate-aware rule when ``targetDrainSeconds`` is
    set and a per-replica processing rate has been measured: the replicas that drain the backlog
-   within ``targetDrainSeconds`` while keeping up with the arrival rate. Until the processing rate is
-   measurable the backlog rule applies.
+   within ``targetDrainSeconds`` while keeping up with the arrival rate. The rate of one replica is
+   the acknowledgements divided by the consumers that were consuming (not by the replicas asked for,
+   see :func:`consuming`). Until the processing rate is measurable the backlog rule applies.
 3. The recommendation is clamped to ``[minReplicas, maxReplicas]``; when there is anything to do
-   (metric > 0 or pending entries) it is at least 1, so one entry wakes a workload from zero.
+   (entries not delivered yet or pending, whatever the metric) it is at least 1, so one entry wakes a
+   workload from zero, with the metric ``pending`` too (nothing is pending while no consumer runs).
 4. An unknown lag (Redis reports a null lag) never lowers the replica count: the decision holds the
-   current count, or scales up on what is known (the pending entries).
+   current count, or scales up on what is known (the pending entries). A lag the collector counted
+   up to its cap is a lower bound, not the lag: it too never lowers the count, and it scales up on
+   what is known (the lower bound plus the pending entries).
 5. Scale-up happens at once, at most ``maxStepUp`` replicas per decision when that is set.
 6. Scale-down goes only to the highest recommendation seen within
    ``scaleDownStabilizationSeconds`` (like the HorizontalPodAutoscaler's scale-down stabilization);
@@ -54,7 +58,10 @@ class GroupSample(Protocol):
 
     @property
     def at(self) -> float:
-        """When the measurement was taken, in seconds (any epoch, the same for every sample)."""
+        """When the measurement was taken, in seconds of a monotonic clock (any epoch, the same for
+        every sample of a group). Windows and idle timers are differences of these times: on a wall
+        clock, a step back would hold a scale-down for as long as the step, and a step forward would
+        cut the idle time before zero short."""
         ...
 
     @property
@@ -68,6 +75,11 @@ class GroupSample(Protocol):
         ...
 
     @property
+    def lag_capped(self) -> bool:
+        """True when that count stopped at its cap: the lag is at least ``lag``, maybe much more."""
+        ...
+
+    @property
     def pending(self) -> int | None:
         """Entries delivered to a consumer and not yet acknowledged; ``None`` when unknown."""
         ...
@@ -75,6 +87,11 @@ class GroupSample(Protocol):
     @property
     def entries_read(self) -> int | None:
         """The group's logical read counter (Redis >= 7.0); ``None`` when Redis does not know it."""
+        ...
+
+    @property
+    def consumers(self) -> int | None:
+        """Consumers the group has (a consumer appears with its first read); ``None`` when unknown."""
         ...
 
 
@@ -87,6 +104,14 @@ class Sample:
     pending: int | None
     entries_read: int | None = None
     lag_estimated: bool = False
+    lag_capped: bool = False
+    consumers: int | None = None
+
+    @classmethod
+    def of(cls, sample: GroupSample, *, at: float) -> Sample:
+        """What ``sample`` measured, stamped ``at`` (e.g. by the caller's own monotonic clock)."""
+        return cls(at=at, lag=sample.lag, pending=sample.pending, entries_read=sample.entries_read,
+                   lag_estimated=sample.lag_estimated, lag_capped=sample.lag_capped, consumers=sample.consumers)
 
 
 @dataclass(frozen=True)
@@ -95,6 +120,7 @@ class Point:
 
     at: float
     lag: int | None
+    """None when unknown, and when it was only a lower bound (a capped count): rates need the lag."""
     pending: int | None
     entries_read: int | None
     replicas: int
@@ -108,6 +134,8 @@ class Rates:
     per_replica: float
     measured_now: bool
     """False when ``per_replica`` is the remembered rate of an earlier, saturated interval."""
+    consuming: int | None = None
+    """The consumers the acknowledgements were divided among, when measured now."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +152,8 @@ class GroupState:
     """Smoothed acknowledge rate of one replica measured while the group had a backlog."""
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly form, e.g. for an annotation or the operator's status."""
+        """A JSON-friendly form, e.g. for an annotation or the operator's status. Its times are the
+        samples' (monotonic): they mean something to the process that took them only."""
         out: dict[str, Any] = {
             "idleSince": self.idle_since,
             "recommendations": [[t, r] for t, r in self.recommendations],
@@ -176,7 +205,8 @@ class Decision:
     state: GroupState
     """Pass this to the next :func:`decide` of the same group."""
     metric: int | None
-    """Value of the configured metric, None when it is unknown (null lag)."""
+    """Value of the configured metric, None when it is not known exactly (a null lag, or a lag counted
+    up to the cap, which is only a lower bound)."""
     recommendation: int
     """Replicas the metric asks for, before stabilization, step limit and the idle rule."""
 
@@ -194,35 +224,69 @@ def _ceil_div(value: float, per: float) -> int:
     return max(0, math.ceil(value / per - 1e-9))
 
 
+def exact_lag(sample: GroupSample) -> int | None:
+    """The sample's lag when it is known exactly: None when unknown, and when the collector's count
+    stopped at its cap (then ``sample.lag`` is only a lower bound)."""
+    return None if sample.lag_capped else sample.lag
+
+
 def metric_of(sample: GroupSample, metric: str) -> tuple[int | None, int, str]:
     """The configured metric of a sample.
 
-    Returns (value or None when unknown, what is known for sure of it, a description).
+    Returns (value or None when it is not known exactly, what is known for sure of it: a lower bound,
+    a description). A lag counted up to the cap makes the lag and the backlog unknown, and the count
+    is what is known of them.
     """
     lag, pending = sample.lag, sample.pending
-    lag_text = "unknown" if lag is None else f"{lag}{' (estimated)' if sample.lag_estimated else ''}"
+    if lag is None:
+        lag_text = "unknown"
+    elif sample.lag_capped:
+        lag_text = f"at least {lag} (counted up to the cap)"
+    else:
+        lag_text = f"{lag}{' (estimated)' if sample.lag_estimated else ''}"
     pending_text = "unknown" if pending is None else str(pending)
     if metric == "pending":
         return pending, pending or 0, f"pending {pending_text}"
     if metric == "lag":
-        return lag, lag or 0, f"lag {lag_text}"
+        return exact_lag(sample), lag or 0, f"lag {lag_text}"
     known = (lag or 0) + (pending or 0)
+    if lag is not None and pending is not None and sample.lag_capped:
+        return None, known, f"backlog at least {known} (lag {lag_text} + pending {pending_text})"
     if lag is None or pending is None:
         return None, known, f"backlog unknown (lag {lag_text} + pending {pending_text})"
     return lag + pending, known, f"backlog {lag + pending} (lag {lag_text} + pending {pending_text})"
 
 
+def consuming(previous: Point, sample: GroupSample, replicas: int | None = None) -> int:
+    """How many consumers the acknowledgements between ``previous`` and ``sample`` are divided among.
+
+    Not the replicas asked for: right after a scale-up the new pods are still starting, and dividing
+    by them makes one replica look slower, so the next decision asks for more again, up to
+    maxReplicas. What can be measured is the group's consumers at the end of the interval: a consumer
+    appears with its first read, so a pod that has not started consuming is not counted (one that
+    started during the interval counts in full: the rate errs low, by the pods that came up within one
+    tick, and does not feed on itself). The consumers of pods that are gone stay until reclaim deletes
+    them, so the count is capped by the pods the workload can have had in the interval, the larger of
+    the replica counts at its two ends (``previous.replicas`` and ``replicas``, the count now).
+    Without a consumer count: the replica count at the start of the interval.
+    """
+    if sample.consumers is None:
+        return previous.replicas
+    return min(sample.consumers, max(previous.replicas, previous.replicas if replicas is None else replicas))
+
+
 def measure_rates(
-    previous: Point | None, sample: GroupSample, remembered: float | None
+    previous: Point | None, sample: GroupSample, remembered: float | None, replicas: int | None = None
 ) -> tuple[Rates | None, float | None]:
     """Arrival and per-replica acknowledge rates between the previous sample and this one.
 
     The arrival rate is the change of ``entries_read + lag`` (the entries added to the stream as the
     group sees them). The per-replica rate is the change of ``entries_read`` minus the change of
-    ``pending`` (entries acknowledged) divided by the replicas of the previous sample. It is only
-    trusted when the group had a backlog at both ends of the interval: replicas that wait for work
-    acknowledge less than they could, and that rate would keep the workload too large for ever.
-    A trusted rate is smoothed into the remembered one; otherwise the remembered rate is used.
+    ``pending`` (entries acknowledged) divided by the consumers that were consuming (:func:`consuming`;
+    ``replicas``: the replica count now). It is only trusted when the group had a backlog at both ends
+    of the interval: replicas that wait for work acknowledge less than they could, and that rate would
+    keep the workload too large for ever. A trusted rate is smoothed into the remembered one;
+    otherwise the remembered rate is used.
 
     Returns (rates or None when not measurable, the per-replica rate to remember).
     """
@@ -231,7 +295,9 @@ def measure_rates(
     dt = sample.at - previous.at
     if dt <= 0:
         return None, remembered
-    lag, read, prev_lag, prev_read = sample.lag, sample.entries_read, previous.lag, previous.entries_read
+    # A capped count is no lag: arrivals computed from it would be wrong (the count stays at the cap
+    # while the lag moves), so no rate is measured on it.
+    lag, read, prev_lag, prev_read = exact_lag(sample), sample.entries_read, previous.lag, previous.entries_read
     if lag is None or read is None or prev_lag is None or prev_read is None:
         return None, remembered
     added = (read + lag) - (prev_read + prev_lag)
@@ -240,18 +306,21 @@ def measure_rates(
     arrival = added / dt
     per_replica = remembered
     measured_now = False
-    if sample.pending is not None and previous.pending is not None and previous.replicas > 0:
+    # Divided among the consumers that were consuming, not the replicas asked for (see consuming).
+    consumers = consuming(previous, sample, replicas)
+    if sample.pending is not None and previous.pending is not None and consumers > 0:
         acked = (read - prev_read) - (sample.pending - previous.pending)
         saturated = prev_lag > 0 and lag > 0
         if saturated and acked > 0:
-            rate = acked / dt / previous.replicas
+            rate = acked / dt / consumers
             per_replica = rate if remembered is None else (
                 RATE_SMOOTHING * rate + (1 - RATE_SMOOTHING) * remembered
             )
             measured_now = True
     if per_replica is None or per_replica <= 0:
         return None, remembered
-    return Rates(arrival=arrival, per_replica=per_replica, measured_now=measured_now), per_replica
+    return Rates(arrival=arrival, per_replica=per_replica, measured_now=measured_now,
+                 consuming=consumers if measured_now else None), per_replica
 
 
 def _clamp(raw: int, spec: Autoscale, notes: list[str]) -> int:
@@ -272,10 +341,13 @@ def decide(sample: GroupSample, spec: Autoscale, current: int, state: GroupState
 
     value, known_part, text = metric_of(sample, spec.metric)
     idle = sample.lag == 0 and sample.pending == 0
-    has_work = known_part > 0 or (sample.pending or 0) > 0
+    # Rule 3: work is entries not delivered yet (the lag, or its lower bound) or pending, whatever the
+    # metric. The metric pending alone would never wake a workload from zero: nothing is delivered, so
+    # nothing is pending, while no consumer runs.
+    has_work = known_part > 0 or (sample.pending or 0) > 0 or (sample.lag or 0) > 0
     idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
 
-    rates, remembered_rate = measure_rates(state.previous, sample, state.per_replica_rate)
+    rates, remembered_rate = measure_rates(state.previous, sample, state.per_replica_rate, current)
     per = spec.backlog_per_replica
 
     if value is None:
@@ -284,15 +356,21 @@ def decide(sample: GroupSample, spec: Autoscale, current: int, state: GroupState
         recommendation = _clamp(raw, spec, notes)
         if has_work and recommendation == 0:
             recommendation = 1
+        # Rule 4: what is known is a lower bound (nothing of a null lag, the count of a capped one), so
+        # it may raise the count but never lowers it.
         if recommendation < current:
-            notes.append(f"holding at {current}: an unknown lag never scales down")
+            if sample.lag_capped and spec.metric != "pending":
+                notes.append(f"holding at {current}: a lag counted up to the cap is a lower bound and never "
+                             "scales down")
+            else:
+                notes.append(f"holding at {current}: an unknown lag never scales down")
             recommendation = current
     else:
         drain = spec.target_drain_seconds
         if drain is not None and rates is not None:
             needed = rates.arrival + value / drain
             raw = _ceil_div(needed, rates.per_replica)
-            source = "measured" if rates.measured_now else "remembered"
+            source = f"measured over {rates.consuming} consumers" if rates.measured_now else "remembered"
             notes.append(
                 f"{text} drained in {drain}s + arrivals {rates.arrival:.1f}/s = {needed:.1f}/s, "
                 f"{rates.per_replica:.1f}/s per replica ({source}) -> {raw}"
@@ -343,7 +421,7 @@ def decide(sample: GroupSample, spec: Autoscale, current: int, state: GroupState
         recommendations=recent,
         previous=Point(
             at=now,
-            lag=sample.lag,
+            lag=exact_lag(sample),
             pending=sample.pending,
             entries_read=sample.entries_read,
             replicas=current,
@@ -371,7 +449,9 @@ __all__ = [
     "Point",
     "Rates",
     "Sample",
+    "consuming",
     "decide",
+    "exact_lag",
     "measure_rates",
     "metric_of",
 ]

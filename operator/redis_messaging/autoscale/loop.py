@@ -8,14 +8,17 @@ One operator-level asyncio task (no Kopf timer or daemon: those add finalizers) 
    subresource, :func:`~redis_messaging.autoscale.decide.decide`, and when the count changes patch the
    scale subresource, after setting pod-deletion-costs before a scale-down (an Event says why);
 3. every ``reclaim_interval_seconds``: the consumers of the autoscaled groups (one round trip per node)
-   are compared with the pods of the namespace (one list); entries pending with consumers whose pod is
-   gone are claimed by a live consumer, and those consumers are deleted once empty;
+   are compared with the pods of the namespace (one list, finished pods left out); entries pending with
+   consumers whose pod is gone or finished (e.g. evicted) are claimed by a live consumer, and those
+   consumers are deleted once empty;
 4. ``status.streams`` is written when something a user acts on changed, otherwise at most every
    ``status_interval_seconds``, and never when nothing changed.
 
 Resources that declare streams but autoscale nothing are measured once per status interval only.
 Decision state lives in memory: :func:`decide` is restart-safe (a fresh state never scales down at
-once), so nothing is persisted. Every blocking call runs in a worker thread.
+once), so nothing is persisted. Decisions are timed by the loop's monotonic clock, never by the wall
+clock, which only stamps what the status shows (lastScaleTime). Every blocking call runs in a worker
+thread.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any
 
 from redis_messaging.api import models
 from redis_messaging.autoscale import policy
-from redis_messaging.autoscale.decide import GroupSample, GroupState, decide
+from redis_messaging.autoscale.decide import GroupSample, GroupState, Sample, decide
 from redis_messaging.autoscale.policy import GroupKey, GroupView
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube, KubeError
@@ -235,7 +238,11 @@ class Autoscaler:
             poll_start = self.monotonic()
             measured_node = collect_node(client, [Target.of(s) for s in streams], queues=[q.name for q in queues],
                                          channels=channels)
-            self.metrics.poll_seconds.observe(self.monotonic() - poll_start, namespace=owner.namespace,
+            # Decisions are timed by this clock, the loop's monotonic one, whatever the measurements' own
+            # stamps: stabilization windows and idle timers are differences of times, and on a wall clock
+            # a step back would hold every scale-down for as long as the step.
+            sampled_at = self.monotonic()
+            self.metrics.poll_seconds.observe(sampled_at - poll_start, namespace=owner.namespace,
                                               resource=owner.name)
             for c in measured_node.channels:  # plain channels: the sum over every master
                 if c.error is not None:
@@ -248,7 +255,8 @@ class Autoscaler:
                 qview.error, qview.lag, qview.pending, qview.consumers = qm.error, qm.length, None, None
                 if queue.autoscale is not None and qm.error is None:
                     qgroup = models.Group(name=queue.name, autoscale=queue.autoscale)
-                    done = self._scale(runtime, client, qkey[0], qgroup, qm, qview, started)
+                    done = self._scale(runtime, client, qkey[0], qgroup, Sample.of(qm, at=sampled_at), qview,
+                                       started)
                     if done is not None:
                         scaled.append(done)
             measured = measured_node.streams
@@ -264,7 +272,8 @@ class Autoscaler:
                     sample = m.group(group.name) if m is not None else None
                     view = self._view(runtime, stream.name, group.name, sample)
                     if group.autoscale is not None and sample is not None and sample.error is None:
-                        done = self._scale(runtime, client, stream.name, group, sample, view, started)
+                        done = self._scale(runtime, client, stream.name, group, Sample.of(sample, at=sampled_at),
+                                           view, started)
                         if done is not None:
                             scaled.append(done)
             if sweep:
@@ -296,7 +305,7 @@ class Autoscaler:
         if sample is None or sample.error is not None:
             view.error = sample.error if sample is not None else f"stream {stream} was not measured"
         else:
-            view.lag, view.lag_estimated = sample.lag, sample.lag_estimated
+            view.lag, view.lag_estimated, view.lag_capped = sample.lag, sample.lag_estimated, sample.lag_capped
             view.pending, view.consumers = sample.pending, sample.consumers
         runtime.views[(stream, group)] = view
         return view
@@ -420,7 +429,10 @@ class Autoscaler:
             if not held and now - runtime.pods_listed_at < self.reread_interval:
                 return pods  # nothing pending: the consumers of gone pods are cleaned up less often
             if pods is None:
-                pods = policy.pod_views(self.kube.list_metadata("Pod", owner.namespace))
+                # A pod the kubelet evicted (phase Failed) stays listed, without a deletionTimestamp, and
+                # its consumer runs no more: the list leaves finished pods out, so they count as gone.
+                pods = policy.pod_views(self.kube.list_metadata("Pod", owner.namespace,
+                                                                fields=policy.UNFINISHED_PODS))
                 runtime.pods_listed_at = now
             for key, consumers in found.items():
                 pending = {name: c.pending for name, c in consumers.items()}
@@ -428,7 +440,7 @@ class Autoscaler:
                 if not dead:
                     runtime.orphaned[key] = 0
                     continue
-                live = set(pods) | (set(pending) - dead)
+                live = policy.alive(pods)
                 result = nodes.reclaim(client, key[0], key[1], live, claimer, min_idle_ms=RECLAIM_MIN_IDLE_MS)
                 runtime.orphaned[key] = result.orphaned
                 if result.claimed:
@@ -487,6 +499,7 @@ class Autoscaler:
                 else:
                     family.set(value, **where)
             m.group_lag_estimated.set(1 if view.lag_estimated else 0, **where)
+            m.group_lag_capped.set(1 if view.lag_capped else 0, **where)
 
         with self._lock:
             trimmed = dict(runtime.trimmed)

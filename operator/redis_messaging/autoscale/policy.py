@@ -1,7 +1,8 @@
 """Pure choices of the autoscale loop, apart from the code that acts on them.
 
 * which pods a scale-down should remove first (``controller.kubernetes.io/pod-deletion-cost``);
-* which consumers are orphans (their pod is gone) and which live consumer takes their entries;
+* which consumers are orphans (their pod is gone, or has finished) and which live consumer takes their
+  entries;
 * what ``status.streams`` says, and whether a change is worth a write now or can wait.
 """
 
@@ -21,16 +22,24 @@ GroupKey = tuple[str, str]  # (stream, group)
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 MAX_DELETION_COST = 2**31 - 1  # the annotation is an int32
 
+FINISHED_PHASES = ("Failed", "Succeeded")
+"""A pod in one of these phases runs no container any more, e.g. one the kubelet evicted: it stays
+listed, without a deletionTimestamp, until someone deletes it."""
+UNFINISHED_PODS = ",".join(f"status.phase!={phase}" for phase in FINISHED_PHASES)
+"""The field selector that leaves finished pods out of a list: a metadata-only list has no phase."""
+
 
 @dataclass(frozen=True)
 class PodView:
     name: str
     terminating: bool = False
     deletion_cost: str | None = None
+    finished: bool = False
 
 
 def pod_views(items: Iterable[Obj]) -> dict[str, PodView]:
-    """Pods (or their metadata only) by name."""
+    """Pods (or their metadata only) by name. A pod's phase is known only from a whole pod: list the
+    metadata with the field selector :data:`UNFINISHED_PODS` to leave finished pods out."""
     out = {}
     for item in items:
         meta = item.get("metadata") or {}
@@ -38,6 +47,7 @@ def pod_views(items: Iterable[Obj]) -> dict[str, PodView]:
             meta["name"],
             terminating=bool(meta.get("deletionTimestamp")),
             deletion_cost=(meta.get("annotations") or {}).get(DELETION_COST),
+            finished=(item.get("status") or {}).get("phase") in FINISHED_PHASES,
         )
     return out
 
@@ -59,14 +69,23 @@ def deletion_costs(pods: Iterable[PodView], pending: Mapping[str, int]) -> dict[
     return out
 
 
-def orphans(pending: Mapping[str, int], pods: Mapping[str, PodView]) -> tuple[set[str], str | None]:
-    """(consumers whose pod does not exist, the live consumer to give their entries to or None).
+def alive(pods: Mapping[str, PodView]) -> set[str]:
+    """The pods whose consumer may still run: every listed pod but the finished ones (a terminating
+    pod is alive: it drains what it holds)."""
+    return {name for name, pod in pods.items() if not pod.finished}
 
-    The claimer is a consumer whose pod exists and is not terminating, the one with the fewest pending
-    entries (then by name, so the choice is stable).
+
+def orphans(pending: Mapping[str, int], pods: Mapping[str, PodView]) -> tuple[set[str], str | None]:
+    """(consumers whose pod is gone, the live consumer to give their entries to or None).
+
+    A pod is gone when it does not exist or has finished (:data:`FINISHED_PHASES`, e.g. evicted): its
+    consumer will never acknowledge what it holds. The claimer is a consumer whose pod is alive and not
+    terminating, the one with the fewest pending entries (then by name, so the choice is stable); a
+    finished pod never receives entries.
     """
-    dead = {name for name in pending if name not in pods}
-    candidates = [name for name in pending if name in pods and not pods[name].terminating]
+    live = alive(pods)
+    dead = {name for name in pending if name not in live}
+    candidates = [name for name in pending if name in live and not pods[name].terminating]
     claimer = min(candidates, key=lambda name: (pending[name], name), default=None)
     return dead, claimer
 
@@ -81,6 +100,7 @@ class GroupView:
 
     lag: int | None = None
     lag_estimated: bool = False
+    lag_capped: bool = False
     pending: int | None = None
     orphaned_pending: int | None = None
     consumers: int | None = None
@@ -102,7 +122,8 @@ def shape_status(streams: Sequence[models.Stream], views: Mapping[GroupKey, Grou
         for group in stream.groups:
             view = views.get((stream.name, group.name)) or GroupView()
             groups.append(models.GroupStatus(
-                name=group.name, lag=view.lag, lag_estimated=view.lag_estimated, pending=view.pending,
+                name=group.name, lag=view.lag, lag_estimated=view.lag_estimated, lag_capped=view.lag_capped,
+                pending=view.pending,
                 orphaned_pending=view.orphaned_pending, consumers=view.consumers,
                 current_replicas=view.current_replicas, desired_replicas=view.desired_replicas,
                 last_decision=view.last_decision, last_scale_time=view.last_scale_time, error=view.error,

@@ -195,10 +195,14 @@ class Kube:
                 return None
             raise
 
-    def list_metadata(self, kind: str, namespace: str, selector: str | None = None) -> list[Obj]:
+    def list_metadata(self, kind: str, namespace: str, selector: str | None = None,
+                      fields: str | None = None) -> list[Obj]:
         """Only the metadata of the objects (names, labels, annotations, deletionTimestamp): a pod list
-        without specs and statuses, for when names are all that is needed."""
+        without specs and statuses, for when names are all that is needed. ``fields``: a field selector,
+        e.g. ``status.phase!=Failed``, which the API server applies although the statuses stay out."""
         query = [("labelSelector", selector)] if selector else []
+        if fields:
+            query.append(("fieldSelector", fields))
         result = self._call("GET", KINDS[kind].path(namespace), query=query,
                             accept="application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1")
         items: list[Obj] = result.get("items") or []

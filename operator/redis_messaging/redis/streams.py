@@ -10,7 +10,8 @@ reports lag and entries-read since Redis 7.0. Redis reports a *null* lag when it
 (an entry was deleted after the group's last-delivered-id, or the group was created at an
 arbitrary id); a null lag is unknown, never 0. It is then counted, in a second round trip, by a
 bounded scan of the entries after the last-delivered-id (at most ``estimate_cap`` entries, counted
-server-side so no entry crosses the network) and marked as estimated.
+server-side so no entry crosses the network) and marked as estimated; a count that reached the cap
+is marked as capped too: the lag is at least that count, never exactly it.
 
 Retention (:func:`trim`) trims by the declared policy (``maxLen`` or ``minAge``) but, unless the
 policy says ``unsafe``, never past an entry that some group has not been delivered yet or still has
@@ -135,7 +136,7 @@ class StreamsNode:
         client: Redis,
         *,
         estimate_cap: int = DEFAULT_ESTIMATE_CAP,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if estimate_cap < 1:
             raise ValueError("estimate_cap must be at least 1")
@@ -260,12 +261,14 @@ class GroupMeasurement:
     stream: str
     group: str
     at: float
+    """When measured, by the node's clock: monotonic unless told otherwise, as decisions need."""
     lag: int | None = None
     """Entries not delivered to the group yet; None when unknown (never read as 0)."""
     lag_estimated: bool = False
     """Redis reported a null lag and this one was counted (at most the estimate cap)."""
     lag_capped: bool = False
-    """The estimate reached the cap: the true lag is at least ``lag``."""
+    """The estimate reached the cap: the true lag is at least ``lag``, a lower bound that the autoscaler
+    never scales down on."""
     pending: int | None = None
     entries_read: int | None = None
     consumers: int | None = None
@@ -324,7 +327,9 @@ class QueueMeasurement:
         return None if self.length is None else 0
 
     lag_estimated: bool = False
+    lag_capped: bool = False
     entries_read: int | None = None
+    consumers: int | None = None  # a list has none
 
 
 @dataclass(frozen=True)
