@@ -19,6 +19,7 @@ from redis_messaging.redis.streams import (
     collect,
     ensure_groups,
     node_of,
+    parse_id,
     pending_by_consumer,
     reclaim_orphans,
     safe_boundary,
@@ -264,6 +265,52 @@ def test_a_safe_max_len_trim_is_bounded_per_call_and_resumes(r: Redis) -> None:
     spec = stream("orders", retention=StreamRetention(max_len=10))
     assert [trim(r, spec, max_scan=30) for _ in range(4)] == [30, 30, 30, 0]
     assert r.xlen("orders") == 10
+
+
+class Interleaved(Redis):
+    """A client after whose first command another client's ``action`` runs, once: what a producer or
+    an administrator could do between two round trips of the operator's."""
+
+    def __init__(self, action: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.action = action
+        self.calls = 0
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.calls += 1
+        if self.calls == 2:
+            self.action()
+        return super().execute_command(*args, **options)
+
+
+@pytest.mark.parametrize("move", ["created", "moved back"])
+def test_a_group_created_or_moved_back_during_a_trim_loses_nothing(server: RedisServer, r: Redis,
+                                                                  move: str) -> None:
+    """Between two commands of the operator's trims, a group is created at an old id, or moved back
+    to it. Whatever of the stream is still there from that id on must stay: what the groups need is
+    read in the same script that trims."""
+    ids = add(r, "orders", 300)
+    ensure_groups(r, stream("orders", "a"))
+    r.xack("orders", "a", *read(r, "orders", "a", "pod-a", 250))
+    there: list[str] = []
+
+    def action() -> None:
+        there.append(first_id(r, "orders"))
+        if move == "created":
+            r.xgroup_create("orders", "late", id=ids[99])
+        else:
+            r.xgroup_setid("orders", "a", id=ids[99])
+
+    ours = Interleaved(action, host=server.host, port=server.port, decode_responses=True)
+    spec = stream("orders", "a", retention=StreamRetention(max_len=10))
+    try:
+        removed = [trim(ours, spec), trim(ours, spec)]
+    finally:
+        ours.close()
+    assert there, "the action never ran"
+    kept_from = max(parse_id(there[0]), parse_id(ids[100]))
+    assert parse_id(first_id(r, "orders")) <= kept_from, (
+        f"trimmed {removed}: entries from {ids[100]} were still there when the group was {move} at {ids[99]}")
 
 
 def test_no_policy_trims_nothing(r: Redis) -> None:

@@ -31,7 +31,7 @@ class FakeRedis:
     def __init__(self) -> None:
         self.group: Obj = {"name": "billing", "lag": 0, "pending": 0, "entries-read": 0, "consumers": 0,
                            "last-delivered-id": "0-0"}
-        self.undelivered = 0  # what the lag-counting script counts (before its cap)
+        self.undelivered = 0  # the entries the lag-counting script counts, 1-0 .. <undelivered>-0
         self.consumers: list[Obj] = []  # XINFO CONSUMERS rows: name, pending, idle
 
     def pipeline(self, transaction: bool = True) -> FakePipeline:
@@ -52,8 +52,13 @@ class FakePipeline:
     def xinfo_groups(self, stream: str) -> None:
         self.answers.append(lambda: [dict(self.redis.group)])
 
-    def eval(self, script: str, numkeys: int, stream: str, after: str, cap: str) -> None:
-        self.answers.append(lambda: min(self.redis.undelivered, int(cap)))
+    def eval(self, script: str, numkeys: int, stream: str, start: str, count: str) -> None:
+        # The undelivered entries are 1-0, 2-0, ...: [how many from ``start`` on, at most ``count``,
+        # the last one counted]
+        ms, _, seq = start.partition("-")
+        first = int(ms) + (1 if int(seq or 0) > 0 else 0)
+        n = min(max(0, self.redis.undelivered - first + 1), int(count))
+        self.answers.append(lambda: [n, f"{first + n - 1}-0" if n else None])
 
     def xinfo_consumers(self, stream: str, group: str) -> None:
         self.answers.append(lambda: [dict(c) for c in self.redis.consumers])

@@ -8,14 +8,17 @@ Measurement (:func:`collect`) costs one pipelined round trip per node per tick, 
 of streams and groups: ``XLEN`` and ``XINFO GROUPS`` for every watched stream. ``XINFO GROUPS``
 reports lag and entries-read since Redis 7.0. Redis reports a *null* lag when it cannot know it
 (an entry was deleted after the group's last-delivered-id, or the group was created at an
-arbitrary id); a null lag is unknown, never 0. It is then counted, in a second round trip, by a
+arbitrary id); a null lag is unknown, never 0. It is then counted, in further round trips, by a
 bounded scan of the entries after the last-delivered-id (at most ``estimate_cap`` entries, counted
 server-side so no entry crosses the network) and marked as estimated; a count that reached the cap
 is marked as capped too: the lag is at least that count, never exactly it.
 
 Retention (:func:`trim`) trims by the declared policy (``maxLen`` or ``minAge``) but, unless the
 policy says ``unsafe``, never past an entry that some group has not been delivered yet or still has
-pending.
+pending; what the groups need is read in the script that trims.
+
+No command sent here reads or removes more than SCRIPT_ENTRIES entries: counting a lag up to its cap
+or trimming a long stream is many short scripts, so the Redis being served never stalls for it.
 
 Reclaim (:func:`reclaim_orphans`) moves the pending entries of consumers whose process is gone to a
 live consumer, and deletes a consumer only when it has nothing pending, atomically, because
@@ -44,24 +47,105 @@ DEFAULT_ESTIMATE_CAP = 10_000
 LAG_SINCE = (7, 0, 0)
 """XINFO GROUPS reports entries-read and lag since this Redis version."""
 DEFAULT_TRIM_SCAN = 100_000
-"""A maxLen trim that has to find its boundary removes at most this many entries per call."""
+"""A trim removes at most this many entries per call of :func:`trim`; the next call continues."""
+SCRIPT_ENTRIES = 1_000
+"""The budget of one script call: it reads or removes at most this many entries (a few milliseconds
+of Redis time at most, whatever the stream's length; ``tests/redis/test_streams_cost.py`` measures it
+on 1,000,000-entry streams). Longer work is several calls, and other clients' commands run between
+them: the operator never stalls the Redis it serves."""
 
 _MAX_SEQ = 2**64 - 1
 _DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h|d)")
 _DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
-# Number of entries after an id (exclusive), at most ARGV[2], counted server-side.
+# The entries after an id (exclusive), at most ARGV[2] of them, counted server-side: {count, the id
+# of the last one counted (false when none)}. The estimate of a null lag calls it again from that id.
 _COUNT_AFTER = """
 local r = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
-return #r
+if #r == 0 then return {0, false} end
+return {#r, r[#r][1]}
 """
 
-# The id of the ARGV[1]-th oldest entry, or false when the stream is shorter.
-_NTH_ID = """
-local n = tonumber(ARGV[1])
-local r = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', n)
-if #r < n then return false end
-return r[n][1]
+# Retention in one script, so that no group can be created or moved back between the moment its
+# needs are read and the trim (a separate boundary and trim would lose the entries it expects).
+#   KEYS[1] the stream; ARGV[1] maxLen ('' for none); ARGV[2] the minAge boundary id ('' for none);
+#   ARGV[3] at most this many entries go (SCRIPT_ENTRIES); ARGV[4] '1': never past what a group needs,
+#   '0': unsafe; ARGV[5] '~' for an approximate trim, else ''; ARGV[6] 'boundary': only return what
+#   the groups need (nil: nothing), 'trim': trim and return how many entries went; ARGV[7..] pairs of
+#   (declared group, the first id it will need) for declared groups that may not exist yet.
+# A group needs every entry after its last-delivered-id and every entry it has pending. Ids compare
+# as (ms, seq) decimal strings, exactly (a Lua number would round a 64-bit sequence).
+_RETAIN = """
+local key = KEYS[1]
+local function num(s) s = string.gsub(s, '^0+', '') if s == '' then return '0' end return s end
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  if not ms then ms, seq = id, '0' end
+  return num(ms), num(seq)
+end
+local function numless(a, b) if #a ~= #b then return #a < #b end return a < b end
+local function less(x, y)
+  local xm, xs = parse(x)
+  local ym, ys = parse(y)
+  if xm ~= ym then return numless(xm, ym) end
+  return numless(xs, ys)
+end
+local function incr(s)
+  local out, i = '', #s
+  while i > 0 do
+    local d = string.byte(s, i) - 48
+    if d < 9 then return string.sub(s, 1, i - 1) .. string.char(49 + d) .. out end
+    out, i = '0' .. out, i - 1
+  end
+  return '1' .. out
+end
+local function after(id)
+  local ms, seq = parse(id)
+  if seq == '18446744073709551615' then return incr(ms) .. '-0' end
+  return ms .. '-' .. incr(seq)
+end
+if redis.call('EXISTS', key) == 0 then return false end
+local needed = false
+local function lower(id) if not needed or less(id, needed) then needed = id end end
+if ARGV[4] == '1' then
+  local existing = {}
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+    local f = {}
+    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+    existing[f['name']] = true
+    lower(after(f['last-delivered-id']))
+    if tonumber(f['pending']) > 0 then
+      local p = redis.call('XPENDING', key, f['name'])
+      if p[2] then lower(p[2]) end
+    end
+  end
+  for i = 7, #ARGV, 2 do
+    if not existing[ARGV[i]] then lower(ARGV[i + 1]) end
+  end
+end
+if ARGV[6] == 'boundary' then return needed end
+local most = tonumber(ARGV[3])
+local r = redis.call('XRANGE', key, '-', '+', 'COUNT', most + 1)
+if #r == 0 then return 0 end
+local cap = false
+if #r > most then cap = r[most + 1][1] end
+local boundary = false
+if ARGV[1] ~= '' then
+  local excess = redis.call('XLEN', key) - tonumber(ARGV[1])
+  if excess > 0 then
+    if excess < #r then boundary = r[excess + 1][1] else boundary = cap end
+  end
+end
+if ARGV[2] ~= '' then
+  local age = ARGV[2]
+  if cap and less(cap, age) then age = cap end
+  if not boundary or less(boundary, age) then boundary = age end
+end
+if not boundary then return 0 end
+if needed and less(needed, boundary) then boundary = needed end
+if not less(r[1][1], boundary) then return 0 end
+if ARGV[5] == '~' then return redis.call('XTRIM', key, 'MINID', '~', boundary) end
+return redis.call('XTRIM', key, 'MINID', boundary)
 """
 
 # Delete consumer ARGV[2] of group ARGV[1] only if it has no pending entry; 1 when deleted.
@@ -504,22 +588,43 @@ def _failed(target: Target, at: float, message: str) -> StreamMeasurement:
 def _estimate(
     node: StreamsNode, out: list[StreamMeasurement], where: Sequence[tuple[int, int]], cap: int
 ) -> list[StreamMeasurement]:
-    """Count, server-side and bounded, the entries after each null-lag group's last-delivered-id."""
-    pipe = node.client.pipeline(transaction=False)
+    """Count, server-side and bounded, the entries after each null-lag group's last-delivered-id: in
+    pipelined rounds of one script call per group, each counting at most SCRIPT_ENTRIES entries from
+    where the previous one stopped, until the end of the stream or ``cap`` entries."""
+    counted: dict[tuple[int, int], int] = {}
+    cursor: dict[tuple[int, int], str] = {}
     for i, j in where:
-        g = out[i].groups[j]
-        pipe.eval(_COUNT_AFTER, 1, g.stream, next_id(g.last_delivered_id or "0-0"), str(cap))
-    try:
-        counts = pipe.execute(raise_on_error=False)
-    except RedisError as exc:
-        log.warning("could not estimate null lags: %s", exc)
-        return out
+        counted[(i, j)] = 0
+        cursor[(i, j)] = out[i].groups[j].last_delivered_id or "0-0"
+    open_ = list(where)
+    while open_:
+        pipe = node.client.pipeline(transaction=False)
+        asked = []
+        for at in open_:
+            step = min(SCRIPT_ENTRIES, cap - counted[at])
+            asked.append((at, step))
+            pipe.eval(_COUNT_AFTER, 1, out[at[0]].stream, next_id(cursor[at]), str(step))
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except RedisError as exc:
+            log.warning("could not estimate null lags: %s", exc)
+            for at in open_:
+                counted.pop(at, None)
+            break
+        open_ = []
+        for (at, step), reply in zip(asked, replies, strict=True):
+            if isinstance(reply, Exception):
+                log.warning("could not estimate the lag of %s/%s: %s", out[at[0]].stream,
+                            out[at[0]].groups[at[1]].group, reply)
+                counted.pop(at)
+                continue
+            n = int(reply[0])
+            counted[at] += n
+            if n == step and counted[at] < cap:
+                cursor[at] = _text(reply[1])
+                open_.append(at)
     groups = [list(s.groups) for s in out]
-    for (i, j), count in zip(where, counts, strict=True):
-        if isinstance(count, Exception):
-            log.warning("could not estimate the lag of %s/%s: %s", out[i].stream, groups[i][j].group, count)
-            continue
-        n = int(count)
+    for (i, j), n in counted.items():
         g = groups[i][j]
         groups[i][j] = GroupMeasurement(
             stream=g.stream, group=g.group, at=g.at, lag=n, lag_estimated=True, lag_capped=n >= cap,
@@ -536,41 +641,26 @@ def _estimate(
 # Retention.
 
 
-def _min_id(ids: Iterable[str]) -> str | None:
-    parsed = [parse_id(i) for i in ids]
-    return format_id(min(parsed)) if parsed else None
+def _declared_needs(stream: Stream) -> list[str]:
+    """(group, first id it will need) for the declared groups that start at an id: one that does not
+    exist yet needs what follows that id (``$`` needs nothing that is there now)."""
+    out: list[str] = []
+    for group in stream.groups:
+        if group.start_id != "$":
+            out += [group.name, next_id(group.start_id)]
+    return out
 
 
 def safe_boundary(client: Redis | StreamsNode, stream: Stream) -> str | None:
-    """The oldest id that some group still needs, or None when no group needs anything.
+    """The oldest id that some group still needs, or None when no group needs anything (what the
+    retention script reads before it trims, in the same script).
 
     A group needs every entry after its last-delivered-id and every entry it has pending. A group
     that is declared but not created yet with an explicit start id needs what follows that id.
     """
     r = _client(client)
-    try:
-        info = r.xinfo_groups(stream.name)
-    except ResponseError as exc:
-        if _is_missing_key(exc):
-            return None
-        raise
-    groups: list[Any] = list(info)
-    candidates = [next_id(_text(g["last-delivered-id"])) for g in groups]
-    with_pending = [_text(g["name"]) for g in groups if int(g.get("pending") or 0) > 0]
-    if with_pending:
-        pipe = r.pipeline(transaction=False)
-        for name in with_pending:
-            pipe.xpending(stream.name, name)
-        for summary in pipe.execute(raise_on_error=False):
-            if isinstance(summary, Exception):
-                raise summary
-            if summary.get("min") is not None:
-                candidates.append(_text(summary["min"]))
-    existing = {_text(g["name"]) for g in groups}
-    for group in stream.groups:
-        if group.name not in existing and group.start_id != "$":
-            candidates.append(next_id(group.start_id))
-    return _min_id(candidates)
+    found = r.eval(_RETAIN, 1, stream.name, "", "", "0", "1", "", "boundary", *_declared_needs(stream))
+    return None if found is None else _text(found)
 
 
 def trim(
@@ -586,57 +676,34 @@ def trim(
     ``maxLen`` keeps the newest entries, ``minAge`` the entries younger than the age (by the
     server's clock unless ``now_ms`` is given; stream ids start with the time they were added in
     milliseconds); with both, an entry goes when either says so. Unless ``retention.unsafe``, the
-    trim is ``XTRIM MINID`` at the smaller of the policy's boundary and :func:`safe_boundary`, so no
-    entry that a group has not been delivered or still has pending is removed. A safe ``maxLen``
-    trim has to find its boundary entry and removes at most ``max_scan`` entries per call; the next
-    call continues.
+    trim stops at the oldest entry that a group has not been delivered or still has pending
+    (:func:`safe_boundary`), read in the same script as the trim, so no group created or moved back
+    meanwhile loses an entry. Each script call removes at most SCRIPT_ENTRIES entries; a call of
+    this function removes at most ``max_scan``, and the next call continues.
     """
     policy = stream.retention
     if policy.max_len is None and policy.min_age is None:
         return 0
     r = _client(client)
-    key = stream.name
-
-    age_boundary: str | None = None
+    age_boundary = ""
     if policy.min_age is not None:
         if now_ms is None:
             seconds, micros = r.time()
             now_ms = int(seconds) * 1000 + int(micros) // 1000
         age_boundary = format_id((max(0, now_ms - duration_ms(policy.min_age)), 0))
-
-    if policy.unsafe:
-        removed = 0
-        if policy.max_len is not None:
-            removed += int(r.xtrim(key, maxlen=policy.max_len, approximate=approximate))
-        if age_boundary is not None:
-            removed += int(r.xtrim(key, minid=age_boundary, approximate=approximate))
-        return removed
-
-    needed = safe_boundary(r, stream)
-    boundaries = [] if age_boundary is None else [age_boundary]
-    if policy.max_len is not None:
-        pipe = r.pipeline(transaction=False)
-        pipe.xlen(key)
-        pipe.xrange(key, "-", "+", count=1)
-        length, first = pipe.execute()
-        if not first:
-            return 0
-        if needed is not None and parse_id(needed) <= parse_id(_text(first[0][0])):
-            return 0  # the oldest entry is still needed: nothing can go
-        excess = int(length) - policy.max_len
-        if excess > 0:
-            # The first entry the policy keeps is the (excess + 1)-th oldest.
-            nth = r.eval(_NTH_ID, 1, key, str(min(excess, max_scan) + 1))
-            if nth is not None:
-                boundaries.append(_text(nth))
-    if not boundaries:
-        return 0
-    boundary = max(boundaries, key=parse_id)
-    if needed is not None and parse_id(needed) < parse_id(boundary):
-        log.info("stream %s: retention stops at %s, still needed by a group (policy: %s)",
-                 key, needed, boundary)
-        boundary = needed
-    return int(r.xtrim(key, minid=boundary, approximate=approximate))
+    max_len = "" if policy.max_len is None else str(policy.max_len)
+    declared = [] if policy.unsafe else _declared_needs(stream)
+    removed = 0
+    while removed < max_scan:
+        step = min(SCRIPT_ENTRIES, max_scan - removed)
+        went = int(r.eval(_RETAIN, 1, stream.name, max_len, age_boundary, str(step),
+                          "0" if policy.unsafe else "1", "~" if approximate else "", "trim", *declared) or 0)
+        removed += went
+        if went < step:
+            break
+    if removed and not policy.unsafe:
+        log.debug("stream %s: %d entries trimmed", stream.name, removed)
+    return removed
 
 
 # ---------------------------------------------------------------------------------------------
