@@ -392,6 +392,7 @@ class Result:
     """Replica-seconds while no entry was waiting or in work."""
     mean_backlog: float
     scale_events: int
+    scale_ups: int
     max_replicas: int
     stuck_on_removed_pods: int
     never_delivered: int
@@ -435,6 +436,7 @@ class Sim:
         self._last = 0.0
         self.max_backlog = 0
         self.scale_events = 0
+        self.scale_ups = 0
         self.max_replicas_seen = 0
         self.reclaimed = 0
         self.timeline: list[tuple[float, int]] = []
@@ -590,6 +592,7 @@ class Sim:
         if replicas == self.replicas:
             return
         self.scale_events += 1
+        self.scale_ups += replicas > self.replicas
         self.replicas = replicas
         self.max_replicas_seen = max(self.max_replicas_seen, replicas)
         self.timeline.append((self.now, replicas))
@@ -644,6 +647,7 @@ class Sim:
             p99_censored=p99 >= censored_from, max_backlog=self.max_backlog,
             replica_seconds=self.replica_seconds, idle_replica_seconds=self.idle_replica_seconds,
             mean_backlog=self.backlog_seconds / end if end else 0.0, scale_events=self.scale_events,
+            scale_ups=self.scale_ups,
             max_replicas=self.max_replicas_seen, stuck_on_removed_pods=stuck, never_delivered=self.lag,
             reclaimed=self.reclaimed, slowest_at=slowest[len(slowest) // 2], replicas=self.timeline,
             reasons=reasons,
@@ -795,6 +799,12 @@ def ratio(a: float, b: float) -> float:
     return a / b
 
 
+def fmt_ratio(value: float, limit: float) -> str:
+    """A ratio, with a third decimal where two would hide which side of ``limit`` it is on."""
+    text = f"{value:.2f}x"
+    return f"{value:.3f}x" if (float(text[:-1]) <= limit) != (value <= limit) else text
+
+
 @dataclass
 class Verdict:
     trace: str
@@ -806,36 +816,42 @@ class Verdict:
         return all(ok for _, ok, _ in self.checks)
 
 
-def judge(ours: Result, default: Result, fast: Result, spec: Autoscale) -> Verdict:
+def judge(ours: Result, default: Result, fast: Result, spec: Autoscale, model: ConsumerModel) -> Verdict:
     """Ours against the two KEDA profiles of the same run: p99 wait at most 1/4 of KEDA default's and 1/2 of
     KEDA fast's, replica-seconds no more than either's."""
     checks: list[tuple[str, bool, str]] = []
     for base, limit in ((default, P99_VS_DEFAULT), (fast, P99_VS_FAST)):
         r = ratio(ours.wait_p99, base.wait_p99)
         ok = r <= limit
-        why = f"{r:.2f}x: {seconds(ours.wait_p99, ours.p99_censored)} vs {seconds(base.wait_p99, base.p99_censored)}"
+        why = (f"{fmt_ratio(r, limit)}: {seconds(ours.wait_p99, ours.p99_censored)} vs "
+               f"{seconds(base.wait_p99, base.p99_censored)}")
         if not ok:
-            why += "; " + _why_slower(ours, base, spec)
+            why += "; " + _why_slower(ours, base, limit, spec, model)
         checks.append((f"p99 wait <= {limit:g} x {base.policy}", ok, why))
     for base in (default, fast):
         r = ratio(ours.replica_seconds, base.replica_seconds)
         ok = ours.replica_seconds <= base.replica_seconds
-        why = f"{r:.2f}x: {ours.replica_seconds:,.0f} vs {base.replica_seconds:,.0f}"
+        why = f"{fmt_ratio(r, 1.0)}: {ours.replica_seconds:,.0f} vs {base.replica_seconds:,.0f}"
         if not ok:
             why += "; " + _why_costlier(ours, base, spec)
         checks.append((f"replica-s <= {base.policy}", ok, why))
     return Verdict(ours.trace, ours.policy, checks)
 
 
-def _why_slower(ours: Result, base: Result, spec: Autoscale) -> str:
-    where = f"ours' slowest 1 % arrived around t={ours.slowest_at:.0f}s"
+def _why_slower(ours: Result, base: Result, limit: float, spec: Autoscale, model: ConsumerModel) -> str:
+    if ours.wait_p99 <= 1.5 * (model.startup + TICK_SECONDS):
+        downs = ours.scale_events - ours.scale_ups
+        return (f"ours' slowest waits are those of messages that arrived while new pods started (around "
+                f"t={ours.slowest_at:.0f}s; start-up {model.startup:g} s; ours scaled up {ours.scale_ups} times and "
+                f"down {downs} times): the target, {limit * base.wait_p99:.1f} s, is shorter than a start-up, it "
+                "takes replicas already running when those messages arrive")
     if ours.mean_backlog > base.mean_backlog * 1.2:
         rule = (f"targetDrainSeconds {spec.target_drain_seconds}" if spec.target_drain_seconds else
                 f"backlogPerReplica {spec.backlog_per_replica}")
         return (f"ours keeps more entries waiting (mean backlog {ours.mean_backlog:.0f} vs {base.mean_backlog:.0f}, "
-                f"{rule}); {where}")
-    return (f"mean backlog {ours.mean_backlog:.0f} vs {base.mean_backlog:.0f}; {where}, "
-            f"{base.policy}'s around t={base.slowest_at:.0f}s")
+                f"{rule}); its slowest 1 % arrived around t={ours.slowest_at:.0f}s")
+    return (f"mean backlog {ours.mean_backlog:.0f} vs {base.mean_backlog:.0f}; ours' slowest 1 % arrived around "
+            f"t={ours.slowest_at:.0f}s, {base.policy}'s around t={base.slowest_at:.0f}s")
 
 
 def _why_costlier(ours: Result, base: Result, spec: Autoscale) -> str:
@@ -889,10 +905,10 @@ def markdown(results: dict[str, list[Result]], verdicts: dict[tuple[str, str], V
             verdict = verdicts.get((name, r.policy))
             if verdict is not None:
                 marks = ["MET" if ok else "MISSED" for _, ok, _ in verdict.checks]
-                cells += [f"{ratio(r.wait_p99, default.wait_p99):.2f}x {marks[0]}",
-                          f"{ratio(r.wait_p99, fast.wait_p99):.2f}x {marks[1]}",
-                          f"{ratio(r.replica_seconds, default.replica_seconds):.2f}x {marks[2]}",
-                          f"{ratio(r.replica_seconds, fast.replica_seconds):.2f}x {marks[3]}"]
+                cells += [f"{fmt_ratio(ratio(r.wait_p99, default.wait_p99), P99_VS_DEFAULT)} {marks[0]}",
+                          f"{fmt_ratio(ratio(r.wait_p99, fast.wait_p99), P99_VS_FAST)} {marks[1]}",
+                          f"{fmt_ratio(ratio(r.replica_seconds, default.replica_seconds), 1.0)} {marks[2]}",
+                          f"{fmt_ratio(ratio(r.replica_seconds, fast.replica_seconds), 1.0)} {marks[3]}"]
             else:
                 cells += [""] * 4
             out.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -933,7 +949,8 @@ def run(names: Iterable[str], seed: int, model: ConsumerModel, shrink: float, ta
         results[name] = rs
         by = {r.policy: r for r in rs}
         for policy_name, spec in OURS_SPECS.items():
-            verdicts[(name, policy_name)] = judge(by[policy_name], by[KEDA_DEFAULT.name], by[KEDA_FAST.name], spec)
+            verdicts[(name, policy_name)] = judge(by[policy_name], by[KEDA_DEFAULT.name], by[KEDA_FAST.name], spec,
+                                                  model)
         if json_out:
             continue
         print(f"\ntrace {name}: {trace.description} ({len(drawn[0]):,} messages)")
