@@ -1,6 +1,7 @@
 """The benchmarks of bench/ run in CI the way README gives them, at their --smoke size.
 
-Each bench has a smoke test in the tier whose binaries it needs (tests/redis, tests/kube, e2e/local):
+Each bench has a smoke test in the tier whose binaries it needs (tests/unit for a bench that needs none,
+tests/redis, tests/kube, e2e/local):
 :func:`run_smoke` takes the command README gives for the bench (``.venv/bin/python bench/<name>.py``),
 adds ``--smoke`` and runs it from the repository's root as a subprocess with a timeout; the test fails
 when it exits non-zero, times out, or does not print the figures the full run prints. bench/nemesis.py

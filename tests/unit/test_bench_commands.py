@@ -3,7 +3,7 @@
 What rots a bench unnoticed: its imports (it reuses the test tiers' helpers, which pytest's pythonpath
 finds and a bare `python bench/x.py` did not), README's command, its ``--smoke``, and a smoke test in
 CI. Checked here in seconds on any machine; the smokes themselves run in the tier whose binaries each
-bench needs (tests/support/bench_smoke.py: tests/redis, tests/kube, e2e/local).
+bench needs (tests/support/bench_smoke.py: tests/unit, tests/redis, tests/kube, e2e/local).
 """
 
 from __future__ import annotations
