@@ -21,8 +21,8 @@ No command sent here reads or removes more than SCRIPT_ENTRIES entries: counting
 or trimming a long stream is many short scripts, so the Redis being served never stalls for it.
 
 Reclaim (:func:`reclaim_orphans`) moves the pending entries of consumers whose process is gone to a
-live consumer, and deletes a consumer only when it has nothing pending, atomically, because
-``XGROUP DELCONSUMER`` throws a consumer's pending entries away.
+live consumer, counting the hand-over as a delivery, and deletes a consumer only when it has nothing
+pending, atomically, because ``XGROUP DELCONSUMER`` throws a consumer's pending entries away.
 """
 
 from __future__ import annotations
@@ -146,6 +146,25 @@ if needed and less(needed, boundary) then boundary = needed end
 if not less(r[1][1], boundary) then return 0 end
 if ARGV[5] == '~' then return redis.call('XTRIM', key, 'MINID', '~', boundary) end
 return redis.call('XTRIM', key, 'MINID', boundary)
+"""
+
+# Hand the pending entries of one consumer to another, each hand-over counted as a delivery: at most
+# ARGV[5] entries of consumer ARGV[2] of group ARGV[1] from id ARGV[6] on (inclusive) are looked at, and
+# those idle at least ARGV[4] ms go to ARGV[3] with their delivery count raised by one. XCLAIM without
+# JUSTID raises it too but reads every body into the script; JUSTID with RETRYCOUNT reads none. Returns
+# {entries looked at, entries claimed, the last id looked at (false when none)}. An entry deleted from
+# the stream while pending is dropped from the pending list by XCLAIM (Redis >= 7.0) and not counted.
+_CLAIM = """
+local rows = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[6], '+', tonumber(ARGV[5]), ARGV[2])
+if #rows == 0 then return {0, 0, false} end
+local idle, claimed = tonumber(ARGV[4]), 0
+for _, row in ipairs(rows) do
+  if row[3] >= idle then
+    local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], idle, row[1], 'JUSTID', 'RETRYCOUNT', row[4] + 1)
+    claimed = claimed + #got
+  end
+end
+return {#rows, claimed, rows[#rows][1]}
 """
 
 # Delete consumer ARGV[2] of group ARGV[1] only if it has no pending entry; 1 when deleted.
@@ -742,22 +761,26 @@ def reclaim_orphans(
     live_consumers: set[str],
     claimer: str | None,
     *,
-    batch: int = 1000,
+    batch: int = SCRIPT_ENTRIES,
     max_entries: int = 100_000,
     min_idle_ms: int = 0,
 ) -> Reclaimed:
     """Give the pending entries of dead consumers to ``claimer``; delete dead consumers left empty.
 
     A consumer is dead when its name is not in ``live_consumers`` (consumer name = pod name, see
-    :mod:`redis_messaging.consumer`). Its pending entries are listed with ``XPENDING ... consumer``
-    and moved with ``XCLAIM ... JUSTID`` in batches of ``batch``, at most ``max_entries`` per call;
-    the claimer finds them when it re-reads its own pending entries. With ``claimer`` None
-    (no live consumer) nothing is claimed. A dead consumer is deleted only when it has nothing
-    pending, checked and deleted in one Lua script. Entries deleted from the stream while pending
-    are dropped from the pending list by ``XCLAIM`` (Redis >= 7.0) and not counted.
+    :mod:`redis_messaging.consumer`). Its pending entries idle at least ``min_idle_ms`` are moved by a
+    script that lists them (``XPENDING ... consumer``) and claims them (``XCLAIM ... JUSTID RETRYCOUNT``)
+    in batches of at most ``batch`` (and SCRIPT_ENTRIES), at most ``max_entries`` per call; no entry
+    body crosses the network. Each hand-over raises the entry's delivery count by one, as a delivery
+    does: an entry that kills every consumer it reaches has a count that grows, so ``maxDeliveries``
+    sees it (``XCLAIM ... JUSTID`` alone would leave the count as it was, for ever). The claimer finds
+    the entries when it re-reads its own pending entries. With ``claimer`` None (no live consumer)
+    nothing is claimed. A dead consumer is deleted only when it has nothing pending, checked and
+    deleted in one Lua script.
     """
     if batch < 1 or max_entries < 0:
         raise ValueError("batch must be at least 1 and max_entries not negative")
+    batch = min(batch, SCRIPT_ENTRIES)
     pending = pending_by_consumer(client, stream, group)
     dead = {name: n for name, n in pending.items() if name not in live_consumers}
     if not dead:
@@ -767,19 +790,21 @@ def reclaim_orphans(
     if claimer is not None:
         budget = max_entries
         for name, count in dead.items():
+            if count == 0:
+                continue
+            cursor = "-"
             rounds = -(-min(count, budget) // batch) + 1  # bounded: one more to see the end
             for _ in range(rounds):
                 if budget <= 0:
                     break
-                rows = r.xpending_range(stream, group, "-", "+", min(batch, budget), consumername=name)
-                ids: list[Any] = [_text(row["message_id"]) for row in rows]
-                if not ids:
+                step = min(batch, budget)
+                looked, moved, last = r.eval(_CLAIM, 1, stream, group, name, claimer, str(min_idle_ms),
+                                             str(step), cursor)
+                budget -= int(looked)
+                claimed += int(moved)
+                if int(looked) < step:
                     break
-                moved = r.xclaim(stream, group, claimer, min_idle_ms, ids, justid=True)
-                budget -= len(ids)
-                claimed += len(moved)
-                if len(ids) < batch or not moved:
-                    break
+                cursor = next_id(_text(last))
         if claimed:
             log.info("stream %s group %s: claimed %d pending entries of dead consumers for %s",
                      stream, group, claimed, claimer)
