@@ -609,6 +609,15 @@ class Group(Model):
         "stream) or an entry id. Used only when the group is created; an existing group is not moved.",
     )
     autoscale: Autoscale | None = None
+    reclaim: bool = Field(
+        True,
+        description="Claim back the pending entries of consumers whose pod is gone: a consumer's name is its pod's "
+        "name, and a consumer with no pod of that name in the resource's namespace (or only a finished one) is "
+        "gone. Its entries idle at least a second go to the live consumer with the fewest pending entries, each "
+        "hand-over counted as a delivery, and the consumer is deleted once it holds nothing. false: for a group "
+        "whose consumers are not pods of this namespace (another namespace, outside Kubernetes); nothing is "
+        "claimed or deleted.",
+    )
 
 
 class StreamRetention(Model):

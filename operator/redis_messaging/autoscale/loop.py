@@ -7,14 +7,15 @@ One operator-level asyncio task (no Kopf timer or daemon: those add finalizers) 
 2. for every group with ``autoscale`` that no other autoscaler targets: read the workload's scale
    subresource, :func:`~redis_messaging.autoscale.decide.decide`, and when the count changes patch the
    scale subresource, after setting pod-deletion-costs before a scale-down (an Event says why);
-3. every ``reclaim_interval_seconds``: the consumers of the autoscaled groups (one round trip per node)
-   are compared with the pods of the namespace (one list, finished pods left out); entries pending with
-   consumers whose pod is gone or finished (e.g. evicted) are claimed by a live consumer, and those
-   consumers are deleted once empty;
+3. every ``reclaim_interval_seconds``: the consumers of every declared group (one round trip per node;
+   groups with ``reclaim: false`` left out), autoscaled or not, are compared with the pods of the
+   namespace (one list, finished pods left out): a consumer's name is its pod's name, whoever scales
+   the pods. Entries pending with consumers whose pod is gone or finished (e.g. evicted) are claimed by
+   a live consumer, and those consumers are deleted once empty;
 4. ``status.streams`` is written when something a user acts on changed, otherwise at most every
    ``status_interval_seconds``, and never when nothing changed.
 
-Resources that declare streams but autoscale nothing are measured once per status interval only.
+Resources that declare streams but autoscale nothing are measured (and swept) once per status interval only.
 Decision state lives in memory: :func:`decide` is restart-safe (a fresh state never scales down at
 once), so nothing is persisted. Decisions are timed by the loop's monotonic clock, never by the wall
 clock, which only stamps what the status shows (lastScaleTime). Every blocking call runs in a worker
@@ -75,6 +76,11 @@ class Declared:
     def autoscales(self) -> bool:
         return (any(g.autoscale is not None for s in self.spec.streams for g in s.groups)
                 or any(q.autoscale is not None for q in self.spec.queues))
+
+    @property
+    def sweeps(self) -> bool:
+        """Some group's consumers are compared with the pods (every group unless ``reclaim: false``)."""
+        return any(g.reclaim for s in self.spec.streams for g in s.groups)
 
     @property
     def watches(self) -> bool:
@@ -216,7 +222,7 @@ class Autoscaler:
         if not declared.autoscales and now - runtime.measured_at < self.status_interval:
             return []
         runtime.measured_at = now
-        sweep = declared.autoscales and now - runtime.reclaimed_at >= self.reclaim_interval
+        sweep = declared.sweeps and now - runtime.reclaimed_at >= self.reclaim_interval
         if sweep:
             runtime.reclaimed_at = now
         owner = declared.owner
@@ -417,7 +423,8 @@ class Autoscaler:
         """Claim the entries of consumers whose pod is gone; returns the pods (listed once per tick)."""
         declared = runtime.declared
         owner = declared.owner
-        groups = [(s.name, g.name) for s in streams for g in s.groups if g.autoscale is not None]
+        # Every group, autoscaled or not: the pods that are alive are the namespace's, whoever scales them.
+        groups = [(s.name, g.name) for s in streams for g in s.groups if g.reclaim]
         if not groups:
             return pods
         try:
