@@ -23,6 +23,10 @@ or trimming a long stream is many short scripts, so the Redis being served never
 Reclaim (:func:`reclaim_orphans`) moves the pending entries of consumers whose process is gone to a
 live consumer, counting the hand-over as a delivery, and deletes a consumer only when it has nothing
 pending, atomically, because ``XGROUP DELCONSUMER`` throws a consumer's pending entries away.
+
+Dead letters (:func:`dead_letter`): an entry delivered more than a group's ``maxDeliveries`` times and
+idle long enough is copied to the group's dead-letter stream and acknowledged in the group, in one
+script: nothing is lost if the operator dies between the two, and nothing is copied twice.
 """
 
 from __future__ import annotations
@@ -165,6 +169,50 @@ for _, row in ipairs(rows) do
   end
 end
 return {#rows, claimed, rows[#rows][1]}
+"""
+
+DEAD_LETTER_FIELDS = ("dead-letter.id", "dead-letter.stream", "dead-letter.group", "dead-letter.deliveries",
+                      "dead-letter.consumer")
+"""The fields a dead letter starts with (the entry's id, its stream, the group, its delivery count, the
+consumer that had it last), before the entry's own fields. An entry deleted from its stream while
+pending has ``dead-letter.deleted`` 1 instead of its fields."""
+DEAD_LETTER_MAX_FIELDS = 3000
+"""An entry with more fields than this is dead-lettered without them (``dead-letter.omitted``: how many
+there were): a script passes at most a few thousand values to one command."""
+
+# Dead letters of one group, in one script so that the copy and the acknowledgement go together:
+#   KEYS[1] the stream, KEYS[2] its dead-letter stream (same slot); ARGV[1] the group, ARGV[2]
+#   maxDeliveries, ARGV[3] min idle ms, ARGV[4] at most this many pending entries looked at, ARGV[5]
+#   from this id on (inclusive), ARGV[6] DEAD_LETTER_MAX_FIELDS.
+# Every pending entry looked at that was delivered more than maxDeliveries times and is idle at least
+# min idle ms is added to KEYS[2] (DEAD_LETTER_FIELDS, then its own fields) and acknowledged. The copy
+# comes first: a script that fails stops before the acknowledgement of the entry it was at, and an
+# acknowledged entry is no longer pending, so it is never copied twice. Returns {entries looked at,
+# entries moved, the last id looked at (false when none)}.
+_DEAD_LETTER = """
+local rows = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[5], '+', tonumber(ARGV[4]))
+if #rows == 0 then return {0, 0, false} end
+local most, idle, widest, moved = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[6]), 0
+for _, row in ipairs(rows) do
+  if row[4] > most and row[3] >= idle then
+    local f = {'dead-letter.id', row[1], 'dead-letter.stream', KEYS[1], 'dead-letter.group', ARGV[1],
+               'dead-letter.deliveries', tostring(row[4]), 'dead-letter.consumer', row[2]}
+    local e = redis.call('XRANGE', KEYS[1], row[1], row[1])
+    if #e == 0 then
+      f[11] = 'dead-letter.deleted'
+      f[12] = '1'
+    elseif #e[1][2] > 2 * widest then
+      f[11] = 'dead-letter.omitted'
+      f[12] = tostring(#e[1][2] / 2)
+    else
+      for _, v in ipairs(e[1][2]) do f[#f + 1] = v end
+    end
+    redis.call('XADD', KEYS[2], '*', unpack(f))
+    redis.call('XACK', KEYS[1], ARGV[1], row[1])
+    moved = moved + 1
+  end
+end
+return {#rows, moved, rows[#rows][1]}
 """
 
 # Delete consumer ARGV[2] of group ARGV[1] only if it has no pending entry; 1 when deleted.
@@ -822,3 +870,65 @@ def reclaim_orphans(
     left = pending_by_consumer(client, stream, group)
     orphaned = sum(n for name, n in left.items() if name not in live_consumers)
     return Reclaimed(claimed=claimed, deleted=deleted, orphaned=orphaned)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entries no consumer manages to process.
+
+
+@dataclass(frozen=True)
+class DeadLettered:
+    moved: int
+    """Entries copied to the dead-letter stream and acknowledged in the group."""
+    looked: int
+    """Pending entries looked at."""
+    resume: str | None = None
+    """Where the next call goes on (the bound was hit), or None: the end of the pending list was reached."""
+
+
+def dead_letter(
+    client: Redis | StreamsNode,
+    stream: str,
+    group: str,
+    dead_letter_stream: str,
+    max_deliveries: int,
+    *,
+    min_idle_ms: int = 0,
+    start: str = "-",
+    max_entries: int = 10 * SCRIPT_ENTRIES,
+) -> DeadLettered:
+    """Move the pending entries of ``group`` delivered more than ``max_deliveries`` times (XPENDING's
+    delivery count) and idle at least ``min_idle_ms`` to ``dead_letter_stream``: each is copied there
+    (:data:`DEAD_LETTER_FIELDS`, then its own fields) and acknowledged in the group in the same script.
+
+    The pending list is read from ``start`` on, SCRIPT_ENTRIES entries per script, at most
+    ``max_entries`` per call; ``resume`` says where the next call goes on. In cluster mode both keys
+    must be on the same slot (a script touches one slot): the caller checks it. A missing stream or
+    group moves nothing.
+    """
+    if max_deliveries < 1 or max_entries < 1:
+        raise ValueError("max_deliveries and max_entries must be at least 1")
+    r = _client(client)
+    moved = looked = 0
+    cursor = start
+    for _ in range(-(-max_entries // SCRIPT_ENTRIES)):
+        step = min(SCRIPT_ENTRIES, max_entries - looked)
+        try:
+            n, m, last = r.eval(_DEAD_LETTER, 2, stream, dead_letter_stream, group, str(max_deliveries),
+                                str(min_idle_ms), str(step), cursor, str(DEAD_LETTER_MAX_FIELDS))
+        except ResponseError as exc:
+            if _is_missing_key(exc) or _is_missing_group(exc):
+                return DeadLettered(moved, looked)
+            raise
+        looked += int(n)
+        moved += int(m)
+        if int(n) < step:
+            cursor = ""
+            break
+        cursor = next_id(_text(last))
+        if looked >= max_entries:
+            break
+    if moved:
+        log.info("stream %s group %s: %d entries delivered more than %d times moved to %s", stream, group,
+                 moved, max_deliveries, dead_letter_stream)
+    return DeadLettered(moved, looked, cursor or None)
