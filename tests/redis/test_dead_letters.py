@@ -5,13 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from _server import RedisServer, start_redis
 from redis.client import Redis
 
-from redis_messaging.redis.streams import SCRIPT_ENTRIES, dead_letter, reclaim_orphans
+from redis_messaging.api import models
+from redis_messaging.autoscale import loop
+from redis_messaging.builders.names import Owner
+from redis_messaging.kube.client import Kube as KubeClient
+from redis_messaging.redis.nodes import Node, Placement, Pools
+from redis_messaging.redis.streams import SCRIPT_ENTRIES, StreamsNode, dead_letter, reclaim_orphans
 
 pytestmark = pytest.mark.redis
 
@@ -162,3 +167,84 @@ def test_a_poison_entry_ends_in_the_dead_letters_and_every_other_entry_is_proces
     # worker-2), 3 (read), not more than 3; 4 (handed to worker-3), 5 (read): out. With JUSTID hand-overs
     # only the reads would count, and the poison would kill one more consumer (four, not three).
     assert crashed == ["worker-1", "worker-2", "worker-3"]
+
+
+# -- the autoscale loop over a real Redis ---------------------------------------------------------
+
+
+class Kube:
+    """What the loop asks Kubernetes for a resource that autoscales nothing: pods, Events, status."""
+
+    def __init__(self) -> None:
+        self.pods: set[str] = set()
+        self.events: list[tuple[str, str]] = []
+        self.status: dict[str, Any] = {}
+
+    def list_metadata(self, kind: str, namespace: str, selector: str | None = None,
+                      fields: str | None = None) -> list[dict[str, Any]]:
+        assert kind == "Pod"
+        return [{"metadata": {"name": name, "namespace": namespace}} for name in sorted(self.pods)]
+
+    def event(self, involved: Any, *, reason: str, message: str, type_: str = "Normal") -> None:
+        self.events.append((reason, message))
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.status = status
+
+
+class OnePool:
+    def __init__(self, node: StreamsNode) -> None:
+        self.streams_node = node
+
+    def node(self, *_: Any, **__: Any) -> StreamsNode:
+        return self.streams_node
+
+    def forget(self, resource: Any) -> None:
+        pass
+
+
+def test_the_loop_reclaims_for_a_group_without_autoscale_and_dead_letters_its_poison(
+        server: RedisServer, r: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop, "RECLAIM_MIN_IDLE_MS", 0)  # no real second to wait between the steps
+    ids = fill(r, 10)
+    poison = ids[4]
+    kube = Kube()
+    now = [0.0]
+    autoscaler = loop.Autoscaler(cast(KubeClient, kube), cast(Pools, OnePool(StreamsNode(r))),
+                                 monotonic=lambda: now[0])
+    owner = Owner(name="shop", namespace="ns", uid="u")
+    body = {"apiVersion": models.API_VERSION, "kind": models.KIND, "metadata": {"name": "shop", "namespace": "ns"}}
+    spec = models.parse_spec({"streams": [{"name": "orders", "groups": [
+        {"name": "g", "startId": "0", "maxDeliveries": 2}]}]})  # no autoscale: scaled by someone else
+    autoscaler.place(body, owner, spec, None, Placement(Node("shop-redis-0", (server.host, server.port))), {}, {})
+
+    def consume(me: str, cursor: str) -> None:
+        got = ids_of(r.xreadgroup("g", me, {"orders": cursor}, count=100))
+        done = [i for i in got if i != poison]
+        if done:
+            r.xack("orders", "g", *done)
+
+    def tick() -> None:
+        now[0] += 60
+        autoscaler.tick(("ns", "shop"))
+
+    kube.pods = {"w-2"}  # w-1 crashed on the poison and its pod is gone; w-2 is alive
+    consume("w-1", ">")
+    r.xgroup_createconsumer("orders", "g", "w-2")
+    tick()
+    assert pending(r) == {poison: ("w-2", 2)}  # handed over (a delivery), w-1 deleted
+    assert {str(c["name"]) for c in r.xinfo_consumers("orders", "g")} == {"w-2"}
+    assert [reason for reason, _ in kube.events] == ["PendingReclaimed"]
+
+    consume("w-2", "0")  # w-2 reads what it was handed (3 deliveries) and crashes on it too
+    kube.pods = {"w-3"}
+    r.xgroup_createconsumer("orders", "g", "w-3")
+    tick()
+    [letter] = letters(r)
+    assert (letter["dead-letter.id"], letter["dead-letter.consumer"], letter["dead-letter.deliveries"]) == (
+        poison, "w-2", "3")
+    assert pending(r) == {}
+    assert r.xinfo_groups("orders")[0]["lag"] == 0  # every other entry processed and acknowledged
+    assert [reason for reason, _ in kube.events][-1] == "DeadLettered"
+    [group] = kube.status["streams"][0]["groups"]
+    assert (group["deadLetterStream"], group["deadLettered"]) == (DLQ, 1)
