@@ -159,6 +159,8 @@ class OperatorMetrics:
                                               "for the group's workload.", GROUP)
         self.group_current_replicas = r.gauge(f"{p}_group_current_replicas", "Replicas of the group's "
                                               "workload (its scale subresource).", GROUP)
+        self.group_dead_lettered = r.counter(f"{p}_group_dead_lettered_total", "Entries delivered more than "
+                                             "maxDeliveries times moved to the group's dead-letter stream.", GROUP)
         self.stream_length = r.gauge(f"{p}_stream_length", "Entries in the stream.", (*RESOURCE, "stream"))
         queue = (*RESOURCE, "queue")
         self.queue_length = r.gauge(f"{p}_queue_length", "Entries in the list queue (LLEN).", queue)
@@ -185,7 +187,7 @@ class OperatorMetrics:
     def forget_group(self, namespace: str, resource: str, stream: str, group: str) -> None:
         for family in (self.group_lag, self.group_lag_estimated, self.group_lag_capped, self.group_pending,
                        self.group_orphaned_pending, self.group_consumers, self.group_desired_replicas,
-                       self.group_current_replicas):
+                       self.group_current_replicas, self.group_dead_lettered):
             family.remove(namespace=namespace, resource=resource, stream=stream, group=group)
 
     def forget_resource(self, namespace: str, resource: str) -> None:

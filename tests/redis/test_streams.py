@@ -358,6 +358,31 @@ def test_reclaim_is_bounded_and_resumes(r: Redis) -> None:
     assert pending_by_consumer(r, "orders", "g") == {"pod-live": 9}
 
 
+def pending_rows(r: Redis, key: str, group: str) -> dict[str, tuple[str, int]]:
+    """Every pending entry: id -> (consumer, delivery count)."""
+    rows: Any = r.xpending_range(key, group, "-", "+", 1000)
+    return {str(row["message_id"]): (str(row["consumer"]), int(row["times_delivered"])) for row in rows}
+
+
+def test_a_hand_over_counts_as_a_delivery(r: Redis) -> None:
+    _prepare_reclaim(r)
+    held = {i: n for i, (owner, n) in pending_rows(r, "orders", "g").items() if owner == "pod-dead"}
+    assert len(held) == 7
+    assert set(held.values()) == {1}
+    result = reclaim_orphans(r, "orders", "g", {"pod-live"}, "pod-live", batch=3)
+    assert result.claimed == 7
+    after = pending_rows(r, "orders", "g")
+    # Without the count, an entry that kills every consumer it reaches would go round for ever unseen.
+    assert {i: after[i] for i in held} == {i: ("pod-live", 2) for i in held}
+
+
+def test_only_entries_idle_long_enough_are_handed_over_and_none_is_looked_at_twice(r: Redis) -> None:
+    _prepare_reclaim(r)
+    result = reclaim_orphans(r, "orders", "g", {"pod-live"}, "pod-live", batch=2, min_idle_ms=60_000)
+    assert (result.claimed, result.orphaned) == (0, 7)
+    assert {owner for owner, _ in pending_rows(r, "orders", "g").values()} == {"pod-dead", "pod-live"}
+
+
 def test_reclaim_of_a_missing_group_does_nothing(r: Redis) -> None:
     result = reclaim_orphans(r, "nope", "g", set(), "x")
     assert (result.claimed, result.deleted) == (0, 0)

@@ -174,6 +174,55 @@ def test_the_consumer_of_an_evicted_pod_is_reclaimed_from_and_never_receives(
     assert "(w-b, w-c) for w-a" in event["message"]
 
 
+def setup_groups(redis: FakeRedis, *groups: Obj) -> tuple[Autoscaler, FakeKube]:
+    """An autoscaler for one resource whose stream orders has ``groups`` (none autoscaled unless said)."""
+    kube = FakeKube()
+    body: Obj = {"apiVersion": models.API_VERSION, "kind": models.KIND,
+                 "metadata": {"name": "orders", "namespace": "shop", "uid": "uid-orders"}}
+    kube.objects[(models.KIND, "shop", "orders")] = body
+    autoscaler = Autoscaler(cast(Kube, kube), cast(Pools, FakePools(StreamsNode(cast(Any, redis)))))
+    parsed = models.parse_spec({"streams": [{"name": "orders", "groups": list(groups)}]})
+    autoscaler.place(body, OWNER, parsed, None, Placement(Node("orders-redis-0", ("127.0.0.1", 6379))), {}, {})
+    return autoscaler, kube
+
+
+def recording_reclaim(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, set[str], str | None]]:
+    calls: list[tuple[str, str, set[str], str | None]] = []
+
+    def reclaim(node: Any, stream: str, group: str, live: set[str], claimer: str | None,
+                *, min_idle_ms: int = 0) -> Reclaimed:
+        calls.append((stream, group, live, claimer))
+        return Reclaimed(claimed=5, deleted=1)
+
+    monkeypatch.setattr(nodes, "reclaim", reclaim)
+    return calls
+
+
+def test_a_group_without_autoscale_gets_the_entries_of_its_gone_consumers_claimed_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    redis = FakeRedis()
+    redis.group.update(pending=5, consumers=2)
+    redis.consumers = [{"name": "w-a", "pending": 0, "idle": 10}, {"name": "w-gone", "pending": 5, "idle": 90_000}]
+    autoscaler, kube = setup_groups(redis, {"name": "billing"})  # no autoscale: whoever scales w-a
+    kube.objects[("Pod", "shop", "w-a")] = pod("w-a", "Running")
+    calls = recording_reclaim(monkeypatch)
+    autoscaler.tick(KEY)
+    assert calls == [("orders", "billing", {"w-a"}, "w-a")]
+    [event] = [e for e in kube.events if e["reason"] == "PendingReclaimed"]
+    assert "(w-gone) for w-a" in event["message"]
+
+
+def test_a_group_that_says_reclaim_false_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    redis = FakeRedis()
+    redis.group.update(pending=5, consumers=1)
+    redis.consumers = [{"name": "vm-worker-1", "pending": 5, "idle": 90_000}]  # not a pod: runs elsewhere
+    autoscaler, kube = setup_groups(redis, {"name": "billing", "reclaim": False})
+    calls = recording_reclaim(monkeypatch)
+    autoscaler.tick(KEY)
+    assert calls == []
+    assert "orphanedPending" not in group_status(kube)
+
+
 # -- clocks ---------------------------------------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ SPECS: dict[str, dict[str, Any]] = {
     "sentinel, one replica": {"monitoring": ALL_ON, "redis": {"replicas": 1}},
     "sentinel, autoscaled groups": {"monitoring": ALL_ON, "streams": [
         {"name": "orders", "groups": [autoscaled("billing", "backlog"), autoscaled("audit", "lag"),
-                                      autoscaled("mail", "pending"), {"name": "manual"}]},
+                                      autoscaled("mail", "pending"), {"name": "manual", "maxDeliveries": 5}]},
         {"name": ODD_STREAM, "groups": [autoscaled('g"1', "backlog")]},
     ]},
     "cluster": {"mode": "cluster", "monitoring": ALL_ON, "streams": [
@@ -157,6 +157,16 @@ def test_operator_metric_names_exist() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # The alerts that matter
+
+
+def test_dead_letters_are_a_rule_group_of_their_own_only_when_a_group_dead_letters() -> None:
+    groups = {g["name"].rsplit(".", 1)[-1]: g["rules"]
+              for g in monitoring.prometheus_rule(spec_of("sentinel, autoscaled groups"), OWNER)["spec"]["groups"]}
+    [rule] = groups["dead-letters"]
+    assert rule["alert"] == "RedisMessagingDeadLetters"
+    assert rule["expr"].startswith("increase(redis_messaging_group_dead_lettered_total{")
+    assert "dead-letter stream" in rule["annotations"]["description"]
+    assert "RedisMessagingDeadLetters" not in {r["alert"] for r in rules(spec_of("cluster"))}
 
 
 def test_sentinel_mode_alerts() -> None:

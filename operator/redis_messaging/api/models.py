@@ -602,6 +602,15 @@ class Autoscale(Model):
 class Group(Model):
     """A consumer group of the stream, created when it does not exist (with the stream, if need be)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel("!has(self.deadLetterStream) || has(self.maxDeliveries)",
+                     "deadLetterStream needs maxDeliveries"),
+            ]
+        }
+    )
+
     name: str = Field(min_length=1, max_length=256, description="Name of the consumer group.")
     start_id: str = Field(
         "$", pattern=STREAM_ID,
@@ -609,6 +618,31 @@ class Group(Model):
         "stream) or an entry id. Used only when the group is created; an existing group is not moved.",
     )
     autoscale: Autoscale | None = None
+    reclaim: bool = Field(
+        True,
+        description="Claim back the pending entries of consumers whose pod is gone: a consumer's name is its pod's "
+        "name, and a consumer with no pod of that name in the resource's namespace (or only a finished one) is "
+        "gone. Its entries idle at least a second go to the live consumer with the fewest pending entries, each "
+        "hand-over counted as a delivery, and the consumer is deleted once it holds nothing. false: for a group "
+        "whose consumers are not pods of this namespace (another namespace, outside Kubernetes); nothing is "
+        "claimed or deleted.",
+    )
+    max_deliveries: int | None = Field(
+        None, ge=1,
+        description="Dead-letter the entries no consumer manages to process: an entry delivered more than this "
+        "many times (its delivery count in XPENDING, raised by every read of it by a consumer, its own pending "
+        "entries re-read included, and by every hand-over from a consumer whose pod is gone) and idle at least "
+        "a second is copied to deadLetterStream and acknowledged in the group, in one script. Not set: nothing "
+        "is dead-lettered.",
+    )
+    dead_letter_stream: str | None = Field(
+        None, min_length=1, max_length=512,
+        description="The stream that receives the group's dead letters (needs maxDeliveries). Not set: "
+        "'<stream>:dead-letters' when the stream's name has a hash tag ({...}), else '{<stream>}:dead-letters', "
+        "on the stream's hash slot either way. In cluster mode it must be on the stream's slot (the copy and "
+        "the acknowledgement run in one script): a name on another slot is refused (condition DeadLettersReady "
+        "False) and nothing is dead-lettered.",
+    )
 
 
 class StreamRetention(Model):
@@ -809,6 +843,12 @@ class GroupStatus(ScaledStatus):
     )
     consumers: int | None = Field(
         None, description="Consumers of the group in Redis (a consumer is named after its pod)."
+    )
+    dead_letter_stream: str | None = Field(
+        None, description="With maxDeliveries: the stream that receives the group's dead letters."
+    )
+    dead_lettered: int | None = Field(
+        None, description="With maxDeliveries: entries moved to the dead-letter stream since the operator started."
     )
     error: str | None = Field(None, description="Why the group could not be measured or scaled.")
 

@@ -7,14 +7,17 @@ One operator-level asyncio task (no Kopf timer or daemon: those add finalizers) 
 2. for every group with ``autoscale`` that no other autoscaler targets: read the workload's scale
    subresource, :func:`~redis_messaging.autoscale.decide.decide`, and when the count changes patch the
    scale subresource, after setting pod-deletion-costs before a scale-down (an Event says why);
-3. every ``reclaim_interval_seconds``: the consumers of the autoscaled groups (one round trip per node)
-   are compared with the pods of the namespace (one list, finished pods left out); entries pending with
-   consumers whose pod is gone or finished (e.g. evicted) are claimed by a live consumer, and those
-   consumers are deleted once empty;
+3. every ``reclaim_interval_seconds``: the consumers of every declared group (one round trip per node;
+   groups with ``reclaim: false`` left out), autoscaled or not, are compared with the pods of the
+   namespace (one list, finished pods left out): a consumer's name is its pod's name, whoever scales
+   the pods. Entries pending with consumers whose pod is gone or finished (e.g. evicted) are claimed by
+   a live consumer, and those consumers are deleted once empty. Before that, the groups with
+   ``maxDeliveries`` move their entries delivered too often to their dead-letter stream (a bounded
+   part of their pending list per sweep, the next sweep going on from there; an Event says so);
 4. ``status.streams`` is written when something a user acts on changed, otherwise at most every
    ``status_interval_seconds``, and never when nothing changed.
 
-Resources that declare streams but autoscale nothing are measured once per status interval only.
+Resources that declare streams but autoscale nothing are measured (and swept) once per status interval only.
 Decision state lives in memory: :func:`decide` is restart-safe (a fresh state never scales down at
 once), so nothing is persisted. Decisions are timed by the loop's monotonic clock, never by the wall
 clock, which only stamps what the status shows (lastScaleTime). Every blocking call runs in a worker
@@ -77,6 +80,11 @@ class Declared:
                 or any(q.autoscale is not None for q in self.spec.queues))
 
     @property
+    def sweeps(self) -> bool:
+        """Some group's consumers are compared with the pods (every group unless ``reclaim: false``)."""
+        return any(g.reclaim for s in self.spec.streams for g in s.groups)
+
+    @property
     def watches(self) -> bool:
         return bool(self.spec.streams or self.spec.queues or self.spec.channels)
 
@@ -91,6 +99,8 @@ class _Runtime:
     lengths: dict[str, int | None] = field(default_factory=dict)
     stream_errors: dict[str, str] = field(default_factory=dict)
     orphaned: dict[GroupKey, int] = field(default_factory=dict)
+    dead_lettered: dict[GroupKey, int] = field(default_factory=dict)  # since the operator started
+    dead_letter_from: dict[GroupKey, str] = field(default_factory=dict)  # where the next sweep goes on
     trimmed: dict[str, int] = field(default_factory=dict)  # since the operator started; under the lock
     written: dict[str, list[Obj]] | None = None  # status.streams/queues/channels as last written (or found)
     subscribers: dict[str, int | None] = field(default_factory=dict)
@@ -216,7 +226,7 @@ class Autoscaler:
         if not declared.autoscales and now - runtime.measured_at < self.status_interval:
             return []
         runtime.measured_at = now
-        sweep = declared.autoscales and now - runtime.reclaimed_at >= self.reclaim_interval
+        sweep = declared.sweeps and now - runtime.reclaimed_at >= self.reclaim_interval
         if sweep:
             runtime.reclaimed_at = now
         owner = declared.owner
@@ -225,6 +235,8 @@ class Autoscaler:
         for stale in set(runtime.views) - declared_keys:
             runtime.views.pop(stale)
             runtime.orphaned.pop(stale, None)
+            runtime.dead_lettered.pop(stale, None)
+            runtime.dead_letter_from.pop(stale, None)
             self.metrics.forget_group(owner.namespace, owner.name, *stale)
         for state_key in [k for k in runtime.states if (k[0], k[1]) not in declared_keys]:
             runtime.states.pop(state_key)
@@ -277,6 +289,7 @@ class Autoscaler:
                         if done is not None:
                             scaled.append(done)
             if sweep:
+                self._dead_letter(runtime, client, streams)
                 pods = self._reclaim(runtime, client, node.name, streams, pods)
         runtime.subscribers = subscribers
         self._report(runtime)
@@ -412,12 +425,53 @@ class Autoscaler:
                 if exc.status != 404:  # a pod that is gone needs no cost
                     raise
 
+    def _dead_letter(self, runtime: _Runtime, client: StreamsNode, streams: list[models.Stream]) -> None:
+        """Move the entries delivered more than ``maxDeliveries`` times of the groups that have pending
+        entries to their dead-letter stream (before reclaim: such an entry goes to the dead letters rather
+        than to yet another consumer). Groups whose dead-letter stream is refused are left out: the
+        reconcile pass says why (condition DeadLettersReady)."""
+        declared = runtime.declared
+        owner = declared.owner
+        refused = nodes.dead_letter_refusals(declared.spec)
+        for stream in streams:
+            for group in stream.groups:
+                key = (stream.name, group.name)
+                view = runtime.views.get(key)
+                if group.max_deliveries is None or key in refused or view is None or not view.pending:
+                    runtime.dead_letter_from.pop(key, None)
+                    continue
+                target = nodes.dead_letter_stream(stream.name, group)
+                try:
+                    done = nodes.dead_letter(client, stream.name, group.name, target, group.max_deliveries,
+                                             min_idle_ms=RECLAIM_MIN_IDLE_MS,
+                                             start=runtime.dead_letter_from.get(key, "-"))
+                except NodeUnavailable as exc:
+                    log.warning("%s/%s: dead letters of %s/%s not moved: %s", owner.namespace, owner.name,
+                                stream.name, group.name, exc)
+                    if view.error is None:
+                        view.error = f"dead letters not moved to {target}: {exc}"
+                    continue
+                if done.resume is None:
+                    runtime.dead_letter_from.pop(key, None)
+                else:
+                    runtime.dead_letter_from[key] = done.resume
+                if not done.moved:
+                    continue
+                runtime.dead_lettered[key] = runtime.dead_lettered.get(key, 0) + done.moved
+                self.metrics.group_dead_lettered.inc(done.moved, namespace=owner.namespace, resource=owner.name,
+                                                     stream=stream.name, group=group.name)
+                message = (f"{stream.name}/{group.name}: moved {done.moved} entries delivered more than "
+                           f"{group.max_deliveries} times to the dead-letter stream {target}")
+                log.warning("%s/%s: %s", owner.namespace, owner.name, message)
+                self.kube.event(declared.involved, reason="DeadLettered", message=message, type_="Warning")
+
     def _reclaim(self, runtime: _Runtime, client: StreamsNode, node: str, streams: list[models.Stream],
                  pods: dict[str, policy.PodView] | None) -> dict[str, policy.PodView] | None:
         """Claim the entries of consumers whose pod is gone; returns the pods (listed once per tick)."""
         declared = runtime.declared
         owner = declared.owner
-        groups = [(s.name, g.name) for s in streams for g in s.groups if g.autoscale is not None]
+        # Every group, autoscaled or not: the pods that are alive are the namespace's, whoever scales them.
+        groups = [(s.name, g.name) for s in streams for g in s.groups if g.reclaim]
         if not groups:
             return pods
         try:
@@ -485,6 +539,8 @@ class Autoscaler:
                 m.channel_subscribers.remove(**labels, channel=channel.name)
             else:
                 m.channel_subscribers.set(count, **labels, channel=channel.name)
+        dead_lettering = {(s.name, g.name) for s in declared.spec.streams for g in s.groups
+                          if g.max_deliveries is not None}
         for (stream_name, group_name), view in runtime.views.items():
             if stream_name.startswith(nodes.QUEUE_PREFIX):
                 continue
@@ -498,6 +554,8 @@ class Autoscaler:
                     family.remove(**where)
                 else:
                     family.set(value, **where)
+            if (stream_name, group_name) in dead_lettering:
+                m.group_dead_lettered.inc(0, **where)  # the series exists before the first one: increase() sees it
             m.group_lag_estimated.set(1 if view.lag_estimated else 0, **where)
             m.group_lag_capped.set(1 if view.lag_capped else 0, **where)
 
@@ -508,7 +566,7 @@ class Autoscaler:
         queue_shards = {q.name: placement.node_of(q.name).shard for q in declared.spec.queues} if placement else {}
         status = {
             "streams": policy.shape_status(declared.spec.streams, runtime.views, runtime.lengths,
-                                           runtime.stream_errors, trimmed, shards),
+                                           runtime.stream_errors, trimmed, shards, runtime.dead_lettered),
             "queues": policy.shape_queues(declared.spec.queues, runtime.views, queue_shards),
             "channels": policy.shape_channels(declared.spec.channels, runtime.subscribers, runtime.channel_errors),
         }

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis_messaging.api import models
-from redis_messaging.redis.nodes import queue_key
+from redis_messaging.redis.nodes import dead_letter_stream, queue_key
 
 Obj = dict[str, Any]
 GroupKey = tuple[str, str]  # (stream, group)
@@ -113,20 +113,25 @@ class GroupView:
 
 def shape_status(streams: Sequence[models.Stream], views: Mapping[GroupKey, GroupView],
                  lengths: Mapping[str, int | None], stream_errors: Mapping[str, str],
-                 trimmed: Mapping[str, int], shards: Mapping[str, str | None] | None = None) -> list[Obj]:
+                 trimmed: Mapping[str, int], shards: Mapping[str, str | None] | None = None,
+                 dead_lettered: Mapping[GroupKey, int] | None = None) -> list[Obj]:
     """``status.streams`` for the declared streams, in declaration order, unknown values left out.
-    ``shards``: cluster mode, the shard that holds each stream."""
+    ``shards``: cluster mode, the shard that holds each stream; ``dead_lettered``: the entries each group
+    with ``maxDeliveries`` moved to its dead-letter stream."""
     out = []
     for stream in streams:
         groups = []
         for group in stream.groups:
             view = views.get((stream.name, group.name)) or GroupView()
+            dead = group.max_deliveries is not None
             groups.append(models.GroupStatus(
                 name=group.name, lag=view.lag, lag_estimated=view.lag_estimated, lag_capped=view.lag_capped,
                 pending=view.pending,
                 orphaned_pending=view.orphaned_pending, consumers=view.consumers,
                 current_replicas=view.current_replicas, desired_replicas=view.desired_replicas,
                 last_decision=view.last_decision, last_scale_time=view.last_scale_time, error=view.error,
+                dead_letter_stream=dead_letter_stream(stream.name, group) if dead else None,
+                dead_lettered=(dead_lettered or {}).get((stream.name, group.name), 0) if dead else None,
             ))
         status = models.StreamStatus(name=stream.name, length=lengths.get(stream.name),
                                      shard=(shards or {}).get(stream.name),
@@ -183,16 +188,17 @@ _NUMBERS = re.compile(r"[0-9]+(\.[0-9]+)?")
 
 
 def actionable(streams: Sequence[Obj] | None) -> tuple[Any, ...]:
-    """The part of ``status.streams`` a user acts on: replica counts, errors, and which rules made the
-    decision (its reason with the numbers left out: "backlog # ... -> #" stays the same while the
-    backlog moves, "scale-down held" or "capped at max" appear and disappear)."""
+    """The part of ``status.streams`` a user acts on: replica counts, errors, entries dead-lettered, and
+    which rules made the decision (its reason with the numbers left out: "backlog # ... -> #" stays the
+    same while the backlog moves, "scale-down held" or "capped at max" appear and disappear)."""
     out: list[Any] = []
     for stream in streams or ():
         out.append((stream.get("name"), stream.get("error")))
         for group in stream.get("groups") or ():
             reason = group.get("lastDecision")
             out.append((group.get("name"), group.get("currentReplicas"), group.get("desiredReplicas"),
-                        group.get("error"), None if reason is None else _NUMBERS.sub("#", reason)))
+                        group.get("error"), None if reason is None else _NUMBERS.sub("#", reason),
+                        group.get("deadLettered")))
     return tuple(out)
 
 

@@ -282,9 +282,25 @@ def stream_alerts(spec: RedisMessagingSpec, owner: Owner) -> list[Alert]:
     return out
 
 
+def dead_letter_alerts(spec: RedisMessagingSpec, owner: Owner) -> list[Alert]:
+    """Entries moved to a dead-letter stream: a consumer fails on them (only when a group dead-letters)."""
+    if not any(g.max_deliveries is not None for s in spec.streams for g in s.groups):
+        return []
+    p = OPERATOR_METRICS_PREFIX
+    return [Alert(
+        "RedisMessagingDeadLetters", f"increase({p}_group_dead_lettered_total{_operator_selector(owner)}[15m]) > 0",
+        "0m", "warning", f"{owner.namespace}/{owner.name}: entries were dead-lettered",
+        "About {{ $value | humanize }} entries of group {{ $labels.group }} on stream {{ $labels.stream }} were "
+        "delivered more than maxDeliveries times without being acknowledged in the last 15 minutes and were "
+        "moved to the group's dead-letter stream (status.streams[].groups[].deadLetterStream): consumers fail "
+        "on them. Read them there (fields dead-letter.*, then the entry's own), fix the consumer, then add "
+        "them to the stream again or delete them.",
+    )]
+
+
 def alerts(spec: RedisMessagingSpec, owner: Owner) -> list[Alert]:
     return [*availability_alerts(spec, owner), *sentinel_alerts(spec, owner), *memory_alerts(owner),
-            *stream_alerts(spec, owner)]
+            *stream_alerts(spec, owner), *dead_letter_alerts(spec, owner)]
 
 
 def prometheus_rule(spec: RedisMessagingSpec, owner: Owner) -> Obj:
@@ -292,6 +308,7 @@ def prometheus_rule(spec: RedisMessagingSpec, owner: Owner) -> Obj:
         "availability": availability_alerts(spec, owner) + sentinel_alerts(spec, owner),
         "memory": memory_alerts(owner),
         "streams": stream_alerts(spec, owner),
+        "dead-letters": dead_letter_alerts(spec, owner),
     }
     return {
         "apiVersion": API_VERSION,

@@ -8,7 +8,11 @@ Runs after the topology step, on every pass (create, update, resume, the periodi
 * a HorizontalPodAutoscaler or a KEDA ScaledObject aimed at a workload that a group autoscales, or
   two groups aimed at the same workload, is a conflict: the operator refuses to scale that workload
   and says so in the ``AutoscaleConflict`` condition (a Warning Event when it appears). This is a
-  check per pass, not per autoscaler tick: two list calls, only for resources that autoscale.
+  check per pass, not per autoscaler tick: two list calls, only for resources that autoscale;
+* a group with ``maxDeliveries`` whose dead-letter stream cannot take its dead letters (the stream
+  itself, or in cluster mode a key on another hash slot: the copy and the acknowledgement run in one
+  script) is refused in the ``DeadLettersReady`` condition (a Warning Event when it appears), and the
+  autoscale loop moves nothing for it.
 
 Nothing here raises for Redis or for a missing KEDA: a problem becomes a condition message.
 """
@@ -26,7 +30,15 @@ from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube, KubeError
 from redis_messaging.modes.base import Action
 from redis_messaging.redis.addresses import Addresses
-from redis_messaging.redis.nodes import GroupKey, Node, Placement, Pools, provision, queues_as_streams
+from redis_messaging.redis.nodes import (
+    GroupKey,
+    Node,
+    Placement,
+    Pools,
+    dead_letter_refusals,
+    provision,
+    queues_as_streams,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +46,8 @@ Obj = dict[str, Any]
 
 STREAMS_READY = "StreamsReady"
 AUTOSCALE_CONFLICT = "AutoscaleConflict"
+DEAD_LETTERS_READY = "DeadLettersReady"
+DEAD_LETTER_REFUSED = "DeadLetterStreamRefused"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,6 +167,7 @@ class StreamsStep:
             self._check_conflicts(spec, owner, report)
         else:
             report.conflicts = {}
+        self._check_dead_letters(spec, report)
         report.placement = self.placement(owner, master, shards)
         if report.placement is None:
             report.conditions.append(cond.Cond(
@@ -188,6 +203,21 @@ class StreamsStep:
                 f"{len(spec.streams)} stream(s) and {groups} group(s) as declared on "
                 f"{master if shards is None else 'the shards that own them'}"))
         return report
+
+    @staticmethod
+    def _check_dead_letters(spec: RedisMessagingSpec, report: StreamsReport) -> None:
+        groups = sum(1 for s in spec.streams for g in s.groups if g.max_deliveries is not None)
+        if not groups:
+            return
+        refused = dead_letter_refusals(spec)
+        if refused:
+            report.conditions.append(cond.Cond(DEAD_LETTERS_READY, False, DEAD_LETTER_REFUSED,
+                                               "; ".join(refused.values())))
+        else:
+            report.conditions.append(cond.Cond(
+                DEAD_LETTERS_READY, True, "AsDeclared",
+                f"{groups} group(s) move the entries delivered more than maxDeliveries times to their "
+                "dead-letter stream"))
 
     def _check_conflicts(self, spec: RedisMessagingSpec, owner: Owner, report: StreamsReport) -> None:
         try:

@@ -351,7 +351,8 @@ def step_certificates(p: Pass) -> StepResult:
 
 def step_streams(p: Pass) -> StepResult:
     """Declared groups and retention where each stream lives, and who else scales their consumers."""
-    out = StepResult(warn=frozenset({"StreamsFailed", streams_step.AUTOSCALE_CONFLICT}))
+    out = StepResult(warn=frozenset({"StreamsFailed", streams_step.AUTOSCALE_CONFLICT,
+                                     streams_step.DEAD_LETTER_REFUSED}))
     if p.ctx.streams is None:
         return out
     report = p.report

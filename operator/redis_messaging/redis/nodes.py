@@ -6,9 +6,11 @@
 * :class:`Pools`: one set of clients per resource (its password from the reconcile pass), shared by the
   reconcile pass (groups, retention) and the autoscaler (measurement, reclaim). One client per node
   address; what is learnt about a server (its version) is learnt once per client.
-* :func:`provision`, :func:`consumers` and :func:`reclaim` wrap :mod:`redis_messaging.redis.streams`
-  so that a Redis failure comes back as a value or as :class:`NodeUnavailable`: the layers above never
-  import the Redis client.
+* :func:`dead_letter_stream` and :func:`dead_letter_refusals`: where a group's dead letters go, and which
+  groups cannot have them (in cluster mode, a dead-letter stream on another slot than its stream).
+* :func:`provision`, :func:`consumers`, :func:`reclaim` and :func:`dead_letter` wrap
+  :mod:`redis_messaging.redis.streams` so that a Redis failure comes back as a value or as
+  :class:`NodeUnavailable`: the layers above never import the Redis client.
 """
 
 from __future__ import annotations
@@ -47,6 +49,51 @@ def queues_as_streams(queues: Iterable[models.Queue]) -> list[Stream]:
     """Autoscaled queues in the shape that conflict detection reads: one pseudo-group per queue."""
     return [Stream(name=queue_key(q.name)[0], groups=[models.Group(name=q.name, autoscale=q.autoscale)])
             for q in queues if q.autoscale is not None]
+
+
+DEAD_LETTER_SUFFIX = ":dead-letters"
+
+
+def hash_tag(key: str) -> str | None:
+    """The hash tag of a key as Redis Cluster reads it (the text between the first ``{`` and the first
+    ``}`` after it, when not empty), or None."""
+    start = key.find("{")
+    if start < 0:
+        return None
+    end = key.find("}", start + 1)
+    return key[start + 1:end] if end > start + 1 else None
+
+
+def dead_letter_stream(stream: str, group: models.Group) -> str:
+    """The group's dead-letter stream: as declared, else ``<stream>:dead-letters`` when the stream's name
+    has a hash tag (the suffix keeps it), else ``{<stream>}:dead-letters`` (its tag is the stream's name).
+    Either default is on the stream's slot, but for names with a ``}`` and no tag (then it must be given)."""
+    if group.dead_letter_stream is not None:
+        return group.dead_letter_stream
+    return f"{stream}{DEAD_LETTER_SUFFIX}" if hash_tag(stream) is not None else f"{{{stream}}}{DEAD_LETTER_SUFFIX}"
+
+
+def dead_letter_refusals(spec: models.RedisMessagingSpec) -> dict[GroupKey, str]:
+    """The groups with ``maxDeliveries`` whose dead letters cannot be moved, with why: the dead-letter
+    stream is the stream itself, or, in cluster mode, on another hash slot (the copy and the
+    acknowledgement run in one script, and a script touches the keys of one slot only)."""
+    out: dict[GroupKey, str] = {}
+    for stream in spec.streams:
+        for group in stream.groups:
+            if group.max_deliveries is None:
+                continue
+            target = dead_letter_stream(stream.name, group)
+            where = f"{stream.name}/{group.name}"
+            if target == stream.name:
+                out[(stream.name, group.name)] = f"{where}: the dead-letter stream is the stream itself"
+            elif spec.mode == "cluster" and rc.slot_of(target) != rc.slot_of(stream.name):
+                tag = hash_tag(stream.name)
+                hint = f"{{{tag if tag is not None else stream.name}}}"
+                out[(stream.name, group.name)] = (
+                    f"{where}: dead-letter stream {target} is on hash slot {rc.slot_of(target)}, the stream on "
+                    f"{rc.slot_of(stream.name)}; in cluster mode it must share the stream's slot: give it the hash "
+                    f"tag {hint}, e.g. {hint}{DEAD_LETTER_SUFFIX}")
+    return out
 
 
 class NodeUnavailable(RuntimeError):
@@ -210,5 +257,14 @@ def reclaim(node: st.StreamsNode, stream: str, group: str, live: set[str], claim
     """:func:`redis_messaging.redis.streams.reclaim_orphans`, raising :class:`NodeUnavailable`."""
     try:
         return st.reclaim_orphans(node, stream, group, live, claimer, min_idle_ms=min_idle_ms)
+    except (RedisError, OSError) as exc:
+        raise NodeUnavailable(f"{stream}/{group}: {_describe(exc)}") from None
+
+
+def dead_letter(node: st.StreamsNode, stream: str, group: str, target: str, max_deliveries: int, *,
+                min_idle_ms: int = 0, start: str = "-") -> st.DeadLettered:
+    """:func:`redis_messaging.redis.streams.dead_letter`, raising :class:`NodeUnavailable`."""
+    try:
+        return st.dead_letter(node, stream, group, target, max_deliveries, min_idle_ms=min_idle_ms, start=start)
     except (RedisError, OSError) as exc:
         raise NodeUnavailable(f"{stream}/{group}: {_describe(exc)}") from None

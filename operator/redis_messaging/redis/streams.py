@@ -21,8 +21,12 @@ No command sent here reads or removes more than SCRIPT_ENTRIES entries: counting
 or trimming a long stream is many short scripts, so the Redis being served never stalls for it.
 
 Reclaim (:func:`reclaim_orphans`) moves the pending entries of consumers whose process is gone to a
-live consumer, and deletes a consumer only when it has nothing pending, atomically, because
-``XGROUP DELCONSUMER`` throws a consumer's pending entries away.
+live consumer, counting the hand-over as a delivery, and deletes a consumer only when it has nothing
+pending, atomically, because ``XGROUP DELCONSUMER`` throws a consumer's pending entries away.
+
+Dead letters (:func:`dead_letter`): an entry delivered more than a group's ``maxDeliveries`` times and
+idle long enough is copied to the group's dead-letter stream and acknowledged in the group, in one
+script: nothing is lost if the operator dies between the two, and nothing is copied twice.
 """
 
 from __future__ import annotations
@@ -146,6 +150,69 @@ if needed and less(needed, boundary) then boundary = needed end
 if not less(r[1][1], boundary) then return 0 end
 if ARGV[5] == '~' then return redis.call('XTRIM', key, 'MINID', '~', boundary) end
 return redis.call('XTRIM', key, 'MINID', boundary)
+"""
+
+# Hand the pending entries of one consumer to another, each hand-over counted as a delivery: at most
+# ARGV[5] entries of consumer ARGV[2] of group ARGV[1] from id ARGV[6] on (inclusive) are looked at, and
+# those idle at least ARGV[4] ms go to ARGV[3] with their delivery count raised by one. XCLAIM without
+# JUSTID raises it too but reads every body into the script; JUSTID with RETRYCOUNT reads none. Returns
+# {entries looked at, entries claimed, the last id looked at (false when none)}. An entry deleted from
+# the stream while pending is dropped from the pending list by XCLAIM (Redis >= 7.0) and not counted.
+_CLAIM = """
+local rows = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[6], '+', tonumber(ARGV[5]), ARGV[2])
+if #rows == 0 then return {0, 0, false} end
+local idle, claimed = tonumber(ARGV[4]), 0
+for _, row in ipairs(rows) do
+  if row[3] >= idle then
+    local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], idle, row[1], 'JUSTID', 'RETRYCOUNT', row[4] + 1)
+    claimed = claimed + #got
+  end
+end
+return {#rows, claimed, rows[#rows][1]}
+"""
+
+DEAD_LETTER_FIELDS = ("dead-letter.id", "dead-letter.stream", "dead-letter.group", "dead-letter.deliveries",
+                      "dead-letter.consumer")
+"""The fields a dead letter starts with (the entry's id, its stream, the group, its delivery count, the
+consumer that had it last), before the entry's own fields. An entry deleted from its stream while
+pending has ``dead-letter.deleted`` 1 instead of its fields."""
+DEAD_LETTER_MAX_FIELDS = 3000
+"""An entry with more fields than this is dead-lettered without them (``dead-letter.omitted``: how many
+there were): a script passes at most a few thousand values to one command."""
+
+# Dead letters of one group, in one script so that the copy and the acknowledgement go together:
+#   KEYS[1] the stream, KEYS[2] its dead-letter stream (same slot); ARGV[1] the group, ARGV[2]
+#   maxDeliveries, ARGV[3] min idle ms, ARGV[4] at most this many pending entries looked at, ARGV[5]
+#   from this id on (inclusive), ARGV[6] DEAD_LETTER_MAX_FIELDS.
+# Every pending entry looked at that was delivered more than maxDeliveries times and is idle at least
+# min idle ms is added to KEYS[2] (DEAD_LETTER_FIELDS, then its own fields) and acknowledged. The copy
+# comes first: a script that fails stops before the acknowledgement of the entry it was at, and an
+# acknowledged entry is no longer pending, so it is never copied twice. Returns {entries looked at,
+# entries moved, the last id looked at (false when none)}.
+_DEAD_LETTER = """
+local rows = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[5], '+', tonumber(ARGV[4]))
+if #rows == 0 then return {0, 0, false} end
+local most, idle, widest, moved = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[6]), 0
+for _, row in ipairs(rows) do
+  if row[4] > most and row[3] >= idle then
+    local f = {'dead-letter.id', row[1], 'dead-letter.stream', KEYS[1], 'dead-letter.group', ARGV[1],
+               'dead-letter.deliveries', tostring(row[4]), 'dead-letter.consumer', row[2]}
+    local e = redis.call('XRANGE', KEYS[1], row[1], row[1])
+    if #e == 0 then
+      f[11] = 'dead-letter.deleted'
+      f[12] = '1'
+    elseif #e[1][2] > 2 * widest then
+      f[11] = 'dead-letter.omitted'
+      f[12] = tostring(#e[1][2] / 2)
+    else
+      for _, v in ipairs(e[1][2]) do f[#f + 1] = v end
+    end
+    redis.call('XADD', KEYS[2], '*', unpack(f))
+    redis.call('XACK', KEYS[1], ARGV[1], row[1])
+    moved = moved + 1
+  end
+end
+return {#rows, moved, rows[#rows][1]}
 """
 
 # Delete consumer ARGV[2] of group ARGV[1] only if it has no pending entry; 1 when deleted.
@@ -742,22 +809,26 @@ def reclaim_orphans(
     live_consumers: set[str],
     claimer: str | None,
     *,
-    batch: int = 1000,
+    batch: int = SCRIPT_ENTRIES,
     max_entries: int = 100_000,
     min_idle_ms: int = 0,
 ) -> Reclaimed:
     """Give the pending entries of dead consumers to ``claimer``; delete dead consumers left empty.
 
     A consumer is dead when its name is not in ``live_consumers`` (consumer name = pod name, see
-    :mod:`redis_messaging.consumer`). Its pending entries are listed with ``XPENDING ... consumer``
-    and moved with ``XCLAIM ... JUSTID`` in batches of ``batch``, at most ``max_entries`` per call;
-    the claimer finds them when it re-reads its own pending entries. With ``claimer`` None
-    (no live consumer) nothing is claimed. A dead consumer is deleted only when it has nothing
-    pending, checked and deleted in one Lua script. Entries deleted from the stream while pending
-    are dropped from the pending list by ``XCLAIM`` (Redis >= 7.0) and not counted.
+    :mod:`redis_messaging.consumer`). Its pending entries idle at least ``min_idle_ms`` are moved by a
+    script that lists them (``XPENDING ... consumer``) and claims them (``XCLAIM ... JUSTID RETRYCOUNT``)
+    in batches of at most ``batch`` (and SCRIPT_ENTRIES), at most ``max_entries`` per call; no entry
+    body crosses the network. Each hand-over raises the entry's delivery count by one, as a delivery
+    does: an entry that kills every consumer it reaches has a count that grows, so ``maxDeliveries``
+    sees it (``XCLAIM ... JUSTID`` alone would leave the count as it was, for ever). The claimer finds
+    the entries when it re-reads its own pending entries. With ``claimer`` None (no live consumer)
+    nothing is claimed. A dead consumer is deleted only when it has nothing pending, checked and
+    deleted in one Lua script.
     """
     if batch < 1 or max_entries < 0:
         raise ValueError("batch must be at least 1 and max_entries not negative")
+    batch = min(batch, SCRIPT_ENTRIES)
     pending = pending_by_consumer(client, stream, group)
     dead = {name: n for name, n in pending.items() if name not in live_consumers}
     if not dead:
@@ -767,19 +838,21 @@ def reclaim_orphans(
     if claimer is not None:
         budget = max_entries
         for name, count in dead.items():
+            if count == 0:
+                continue
+            cursor = "-"
             rounds = -(-min(count, budget) // batch) + 1  # bounded: one more to see the end
             for _ in range(rounds):
                 if budget <= 0:
                     break
-                rows = r.xpending_range(stream, group, "-", "+", min(batch, budget), consumername=name)
-                ids: list[Any] = [_text(row["message_id"]) for row in rows]
-                if not ids:
+                step = min(batch, budget)
+                looked, moved, last = r.eval(_CLAIM, 1, stream, group, name, claimer, str(min_idle_ms),
+                                             str(step), cursor)
+                budget -= int(looked)
+                claimed += int(moved)
+                if int(looked) < step:
                     break
-                moved = r.xclaim(stream, group, claimer, min_idle_ms, ids, justid=True)
-                budget -= len(ids)
-                claimed += len(moved)
-                if len(ids) < batch or not moved:
-                    break
+                cursor = next_id(_text(last))
         if claimed:
             log.info("stream %s group %s: claimed %d pending entries of dead consumers for %s",
                      stream, group, claimed, claimer)
@@ -797,3 +870,65 @@ def reclaim_orphans(
     left = pending_by_consumer(client, stream, group)
     orphaned = sum(n for name, n in left.items() if name not in live_consumers)
     return Reclaimed(claimed=claimed, deleted=deleted, orphaned=orphaned)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entries no consumer manages to process.
+
+
+@dataclass(frozen=True)
+class DeadLettered:
+    moved: int
+    """Entries copied to the dead-letter stream and acknowledged in the group."""
+    looked: int
+    """Pending entries looked at."""
+    resume: str | None = None
+    """Where the next call goes on (the bound was hit), or None: the end of the pending list was reached."""
+
+
+def dead_letter(
+    client: Redis | StreamsNode,
+    stream: str,
+    group: str,
+    dead_letter_stream: str,
+    max_deliveries: int,
+    *,
+    min_idle_ms: int = 0,
+    start: str = "-",
+    max_entries: int = 10 * SCRIPT_ENTRIES,
+) -> DeadLettered:
+    """Move the pending entries of ``group`` delivered more than ``max_deliveries`` times (XPENDING's
+    delivery count) and idle at least ``min_idle_ms`` to ``dead_letter_stream``: each is copied there
+    (:data:`DEAD_LETTER_FIELDS`, then its own fields) and acknowledged in the group in the same script.
+
+    The pending list is read from ``start`` on, SCRIPT_ENTRIES entries per script, at most
+    ``max_entries`` per call; ``resume`` says where the next call goes on. In cluster mode both keys
+    must be on the same slot (a script touches one slot): the caller checks it. A missing stream or
+    group moves nothing.
+    """
+    if max_deliveries < 1 or max_entries < 1:
+        raise ValueError("max_deliveries and max_entries must be at least 1")
+    r = _client(client)
+    moved = looked = 0
+    cursor = start
+    for _ in range(-(-max_entries // SCRIPT_ENTRIES)):
+        step = min(SCRIPT_ENTRIES, max_entries - looked)
+        try:
+            n, m, last = r.eval(_DEAD_LETTER, 2, stream, dead_letter_stream, group, str(max_deliveries),
+                                str(min_idle_ms), str(step), cursor, str(DEAD_LETTER_MAX_FIELDS))
+        except ResponseError as exc:
+            if _is_missing_key(exc) or _is_missing_group(exc):
+                return DeadLettered(moved, looked)
+            raise
+        looked += int(n)
+        moved += int(m)
+        if int(n) < step:
+            cursor = ""
+            break
+        cursor = next_id(_text(last))
+        if looked >= max_entries:
+            break
+    if moved:
+        log.info("stream %s group %s: %d entries delivered more than %d times moved to %s", stream, group,
+                 moved, max_deliveries, dead_letter_stream)
+    return DeadLettered(moved, looked, cursor or None)
