@@ -4,7 +4,7 @@ the server itself (SLOWLOG at a threshold of 0 logs every command with its execu
 The budget: every command the operator sends reads or removes at most SCRIPT_ENTRIES (1,000) entries,
 a few milliseconds of Redis time; longer work (a trim of 900,000 entries, counting a null lag up to
 its cap of 10,000) is many commands, and other clients run between them. The test fails when the
-99th percentile of the operator's commands takes longer than P99_LIMIT_MS on the server, or one of
+95th percentile of the operator's commands takes longer than P95_LIMIT_MS on the server, or one of
 them longer than MAX_LIMIT_MS: bounds kept well above what the budget takes (about 2 ms at the
 median; a loaded machine preempts redis-server now and then, which SLOWLOG counts) and below what a
 count of the whole cap and a trim that looked for its boundary in one script took (26 ms each and
@@ -26,8 +26,8 @@ from redis_messaging.redis.streams import DEFAULT_ESTIMATE_CAP, SCRIPT_ENTRIES, 
 pytestmark = pytest.mark.redis
 
 ENTRIES = 1_000_000
-P99_LIMIT_MS = 15.0
-MAX_LIMIT_MS = 100.0
+P95_LIMIT_MS = 15.0
+MAX_LIMIT_MS = 150.0
 OURS = "rmsg-operator"
 
 # ARGV[1] entries with ids (ARGV[2] + i)-0: a million entries in a hundred calls.
@@ -78,11 +78,11 @@ def measured(r: Redis) -> None:
 def within_budget(what: str, seen: list[tuple[float, str]]) -> None:
     assert seen, f"{what}: no command of the operator's in SLOWLOG"
     times = sorted(ms for ms, _ in seen)
-    p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+    p95 = times[min(len(times) - 1, int(len(times) * 0.95))]
     worst = max(seen)
-    print(f"[redis] {what}: {len(seen)} commands, median {times[len(times) // 2]:.2f} ms, p99 {p99:.2f} ms, "
-          f"max {worst[0]:.2f} ms ({worst[1]}); limits p99 {P99_LIMIT_MS:g} ms, max {MAX_LIMIT_MS:g} ms")
-    assert p99 < P99_LIMIT_MS, f"{what}: p99 {p99:.2f} ms"
+    print(f"[redis] {what}: {len(seen)} commands, median {times[len(times) // 2]:.2f} ms, p95 {p95:.2f} ms, "
+          f"max {worst[0]:.2f} ms ({worst[1]}); limits p95 {P95_LIMIT_MS:g} ms, max {MAX_LIMIT_MS:g} ms")
+    assert p95 < P95_LIMIT_MS, f"{what}: p95 {p95:.2f} ms"
     assert worst[0] < MAX_LIMIT_MS, f"{what}: {worst}"
 
 
