@@ -13,8 +13,8 @@
 # UI; the API answers): nothing here needs more. Go module versions v0.3XX.Y of Prometheus are
 # Prometheus 3.XX.Y.
 #
-# REDIS_EXPORTER_VERSION is meant to be the tag of the operator's default exporter image
-# (operator/redis_messaging/api/models.py, Exporter.image): the exporter the tests run is the one the pods run.
+# REDIS_EXPORTER_VERSION is the tag of the operator's default exporter image
+# (operator/redis_messaging/api/models.py, Exporter.image): tests/unit/test_monitoring_binaries.py checks it.
 set -euo pipefail
 
 REDIS_EXPORTER_VERSION="${REDIS_EXPORTER_VERSION:-v1.97.0}"
