@@ -107,6 +107,12 @@ def text(value: str) -> str:
     return value.replace("{{", "{ {").replace("}}", "} }")
 
 
+def verbatim(value: str) -> str:
+    """A user-given name as an alert label value (rule labels are Go templates too): rendered exactly,
+    each ``{{`` written as the action that prints it."""
+    return value.replace("{{", '{{"{{"}}')
+
+
 def selector(**labels: str) -> str:
     return "{" + ", ".join(f"{k}={lit(v)}" for k, v in labels.items()) + "}"
 
@@ -119,13 +125,17 @@ class Alert:
     severity: str
     summary: str
     description: str
+    # What tells apart the rules of one name (rendered once per group): Prometheus and promtool take two
+    # rules with the same name and labels for duplicates.
+    labels: tuple[tuple[str, str], ...] = ()
 
     def rule(self, owner: Owner) -> Obj:
         return {
             "alert": self.name,
             "expr": self.expr,
             "for": self.for_,
-            "labels": {"severity": self.severity, "namespace": owner.namespace, "redis_messaging": owner.name},
+            "labels": {"severity": self.severity, "namespace": owner.namespace, "redis_messaging": owner.name,
+                       **{k: verbatim(v) for k, v in self.labels}},
             "annotations": {"summary": self.summary, "description": self.description},
         }
 
@@ -264,6 +274,7 @@ def stream_alerts(spec: RedisMessagingSpec, owner: Owner) -> list[Alert]:
                 f"The {auto.metric} per replica of group {text(group.name)} on stream {text(stream.name)} is above "
                 f"its target of {auto.backlog_per_replica} for 10 minutes: the workload "
                 f"{auto.target.kind}/{auto.target.name} is at its maximum or cannot keep up.",
+                labels=(("stream", stream.name), ("group", group.name)),
             ))
     out += [
         Alert("RedisMessagingAutoscaleLimited",
