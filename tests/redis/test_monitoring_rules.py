@@ -211,6 +211,15 @@ CASES: dict[str, tuple[Case, Case]] = {
         # failing for less than its minute (a failover)
         Case([series("redis_cluster_state", "1 0 1x5", **R, pod="orders-shard-1-0")], "3m"),
     ),
+    "RedisMessagingClusterSlotsUnserved": (
+        # a shard lost with its replicas: its third of the slots is not served, the state stays ok
+        Case([series("redis_cluster_slots_ok", "10923x5", **R, pod="orders-shard-0-0"),
+              series("redis_cluster_state", "1x5", **R, pod="orders-shard-0-0")],
+             "3m", [Fires({**R, "pod": "orders-shard-0-0"}, 10923)]),
+        # every slot served; and slots lost for less than its minute (a replica took over)
+        Case([series("redis_cluster_slots_ok", "16384x5", **R, pod="orders-shard-0-0"),
+              series("redis_cluster_slots_ok", "16384 10923 16384x5", **R, pod="orders-shard-1-0")], "3m"),
+    ),
 }
 
 

@@ -646,12 +646,14 @@ def verify(spec: RedisMessagingSpec, owner: Owner, exporters: Scrape, operator: 
         except ValueError as exc:
             found.problems.append(f"{q.where}: {exc}")
             continue
-        printed = template_labels(q) - carried
-        if printed:
-            found.problems.append(f"{q.where}: prints {sorted(printed)}, which its result does not carry "
+        uncarried = template_labels(q) - carried
+        if uncarried:
+            found.problems.append(f"{q.where}: prints {sorted(uncarried)}, which its result does not carry "
                                   f"({sorted(carried)})")
         found.problems += [f"{q.where}: {m}" for m in one_to_one_mismatches(q.expr, labels_of)]
         for metric in references(q.expr):  # the labels printed, on the metrics that carry them
             if metric in found.read:
-                found.read[metric][0].update(template_labels(q) & source(metric).labels(metric))
+                printed = template_labels(q)
+                found.read[metric][0].update(printed & source(metric).labels(metric))
+                found.read[metric][1].update((printed & target(metric)) - source(metric).labels(metric))
     return found
