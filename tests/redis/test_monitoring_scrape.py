@@ -52,7 +52,7 @@ from sentinel_env import SentinelEnv, sentinel_knows_all
 from redis_messaging import metrics, modes
 from redis_messaging.api import models
 from redis_messaging.autoscale.loop import Autoscaler
-from redis_messaging.builders import monitoring, names
+from redis_messaging.builders import config, monitoring, names
 from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube, KubeError
 from redis_messaging.modes.cluster.topology import ClusterTopology
@@ -226,6 +226,19 @@ def operator_endpoint(registry: metrics.OperatorMetrics) -> Iterator[str]:
         loop.close()
 
 
+def refused_to_the_exporter(env: SentinelEnv | ClusterEnv) -> dict[str, list[str]]:
+    """What each process refused the exporter's user (ACL LOG, read as the default user): the exporter
+    scrapes with nothing but what its rules grant, or every scrape is an error and a log entry."""
+    out: dict[str, list[str]] = {}
+    for name in env.pod_names:
+        entries = env.client(name).execute_command("ACL", "LOG")  # type: ignore[no-untyped-call]
+        for entry in entries:
+            fields = dict(zip(entry[::2], entry[1::2], strict=True)) if isinstance(entry, list) else dict(entry)
+            if fields.get("username") == config.EXPORTER_USER:
+                out.setdefault(name, []).append(f"{fields.get('reason')} {fields.get('object')}")
+    return out
+
+
 # -- what the alerts say -------------------------------------------------------------------------------
 def active(prometheus: Prometheus) -> dict[str, list[tuple[str, dict[str, str]]]]:
     return {name: alerts for name, alerts in prometheus.alert_states().items() if alerts}
@@ -293,6 +306,7 @@ def test_sentinel_mode_scrapes_and_alerts(tools: Binaries, tmp_path: Path, capsy
             for name, scrape in scrapes.items():
                 assert scrape.values("redis_up") == [1.0], f"{name}: the exporter cannot log in\n" + \
                     exporters[name].log.read_text()
+            assert refused_to_the_exporter(env) == {}
 
             autoscaler = operator_at_work(registry, spec, Placement(Node(master, env.address(master))))
             failing_pass()
@@ -402,6 +416,7 @@ def test_cluster_mode_scrapes_and_alerts(tools: Binaries, tmp_path: Path, capsys
                 assert scrape.values("redis_up") == [1.0], f"{name}: the exporter cannot log in\n" + \
                     exporters[name].log.read_text()
                 assert scrape.values("redis_cluster_state") == [1.0], name
+            assert refused_to_the_exporter(env) == {}
 
             placement = shard_masters(env)
             autoscaler = operator_at_work(registry, spec, placement)
