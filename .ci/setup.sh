@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up everything the project needs on a fresh Debian machine with Go and Python 3.11+:
 # Redis (Debian's redis-server, redis-sentinel, redis-tools), the control-plane binaries of the
-# `kube` tier (built from Go modules, cached outside the repo), and a virtualenv in .venv with the
-# package and its development tools. Safe to run again: every step is skipped when already done.
+# `kube` tier and the monitoring binaries of the `redis` tier (redis_exporter, promtool, prometheus),
+# built from Go modules and cached outside the repo, and a virtualenv in .venv with the package and its
+# development tools. Safe to run again: every step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RMSG_CACHE="${RMSG_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/redis-messaging-operator}"
@@ -40,6 +41,9 @@ fi
 
 step "helm (charts/build-helm.sh)"
 bash charts/build-helm.sh | tail -n 1
+
+step "monitoring (.ci/build-monitoring.sh: redis_exporter, promtool, prometheus)"
+bash .ci/build-monitoring.sh | tail -n 1
 
 step "Python virtualenv (.venv)"
 # The versions of .ci/constraints.txt: what the tiers last passed with, not whatever is newest today.

@@ -185,7 +185,8 @@ def mount_users(pod_root: Path, env: dict[str, str], redis_pod: bool) -> None:
 def exporter_password(run_script: Callable[..., Any], pod_root: Path, env: dict[str, str],
                       address: tuple[str, int]) -> str:
     """What the exporter logs in with: its init container's file (exporter-auth.sh), looked up by the
-    address it scrapes, as redis_exporter v1.67 looks it up."""
+    address it scrapes as given (redis_exporter before v1.70; the file holds it under the address with
+    the user name too, as v1.70 and later look it up: tests/unit/test_exporter_login.py)."""
     scraped = f"redis://{address[0]}:{address[1]}"
     env.update({"REDIS_ADDR": scraped, "REDIS_USER": config.EXPORTER_USER,
                 "REDIS_PASSWORD_FILE": str(pod_root / "exporter-auth" / config.EXPORTER_PASSWORD_FILE)})

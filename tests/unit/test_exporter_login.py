@@ -1,7 +1,8 @@
 """The exporter's password file, as its init container writes it (the ConfigMap's exporter-auth.sh run
 by sh): the JSON object redis_exporter's -redis.password-file reads, from the address it scrapes to the
-password of the mounted Secret, found the way the exporter looks it up (v1.67: the address as given;
-v1.70 and later: the address with the user name in it). Nothing but that file holds the password."""
+password of the mounted Secret, found the way the exporter looks it up (before v1.70: the address as
+given; v1.70 and later, the default image's v1.97 among them: the address with the user name in it).
+Nothing but that file holds the password."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ ADDRESSES = ["redis://127.0.0.1:6379", "redis://127.0.0.1:26379",
 
 
 def lookup_v170(password_map: dict[str, str], address: str, user: str) -> str | None:
-    """redis_exporter >= v1.70 (lookupPasswordInPasswordMap): the URL with ``user`` as its userinfo."""
+    """redis_exporter >= v1.70, the default image's v1.97 (lookupPasswordInPasswordMap): the URL with ``user``
+    as its userinfo."""
     parts = urlsplit(address)
     return password_map.get(urlunsplit(parts._replace(netloc=f"{user}@{parts.netloc}")))
 
@@ -43,7 +45,7 @@ def test_the_file_maps_the_scraped_address_to_the_password(tmp_path: Path, passw
     assert done.returncode == 0, done.stderr
     assert password not in done.stdout + done.stderr
     password_map = json.loads(target.read_text())
-    assert password_map[address] == password  # v1.67 (the pinned image): the address as given
+    assert password_map[address] == password  # before v1.70 (an image pinned to an older tag)
     assert lookup_v170(password_map, address, config.EXPORTER_USER) == password
     assert set(password_map.values()) == {password}
     assert stat.S_IMODE(target.stat().st_mode) == 0o600

@@ -182,7 +182,7 @@ def test_sentinel_mode_alerts() -> None:
 
 def test_cluster_mode_alerts() -> None:
     names_ = {r["alert"] for r in rules(spec_of("cluster"))}
-    assert {"RedisMessagingClusterStateNotOk", "RedisMessagingReplicationBroken",
+    assert {"RedisMessagingClusterStateNotOk", "RedisMessagingClusterSlotsUnserved", "RedisMessagingReplicationBroken",
             "RedisMessagingMemoryNearMax", "RedisMessagingConsumerBacklogAboveTarget"} <= names_
     assert not {n for n in names_ if "Sentinel" in n or n in ("RedisMessagingNoMaster", "RedisMessagingSplitBrain")}
 

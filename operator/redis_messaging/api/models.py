@@ -420,7 +420,7 @@ class Exporter(Model):
         "password (no CONFIG, no ACL), so the exporter exports no redis_config_* metrics; maxmemory comes from "
         "INFO (redis_memory_max_bytes).",
     )
-    image: str = Field("oliver006/redis_exporter:v1.67.0", min_length=1, description="The redis_exporter image.")
+    image: str = Field("oliver006/redis_exporter:v1.97.0", min_length=1, description="The redis_exporter image.")
     resources: ResourceRequirements = Field(
         default_factory=ResourceRequirements,
         description="Resources of each exporter container; with neither requests nor limits, requests of cpu "

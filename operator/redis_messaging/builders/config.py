@@ -88,12 +88,14 @@ EXPORTER_USER = "rmsg-exporter"
 EXPORTER_FILE = "exporter"  # its password's file in the users volume
 # What the exporter reads, and nothing that shows a secret: no CONFIG (CONFIG GET answers requirepass and
 # masterauth), no ACL (hashes of every password), no MONITOR; SLOWLOG and LATENCY only read (no RESET).
+# COMMAND INFO (the commands' own description): redis_exporter asks it on every scrape whether the server
+# has COMMANDLOG; refused, each scrape was a NOPERM error and an ACL LOG entry.
 EXPORTER_RULES_REDIS = ("-@all +ping +info +client|list +client|info +client|setname +slowlog|get +slowlog|len "
                         "+latency|latest +latency|histogram +memory|stats +memory|doctor +cluster|info "
-                        "+cluster|nodes +select")
+                        "+cluster|nodes +select +command|info")
 # On a Sentinel: its view of the masters, never SENTINEL CONFIG (sentinel-pass) nor SENTINEL SET.
 EXPORTER_RULES_SENTINEL = ("-@all +ping +info +client|info +client|setname +sentinel|masters +sentinel|master "
-                           "+sentinel|sentinels +sentinel|slaves +sentinel|replicas +sentinel|ckquorum")
+                           "+sentinel|sentinels +sentinel|slaves +sentinel|replicas +sentinel|ckquorum +command|info")
 EXPORTER_AUTH_SCRIPT = "exporter-auth.sh"  # the exporter's init container writes its password file
 EXPORTER_PASSWORD_FILE = "password.json"
 

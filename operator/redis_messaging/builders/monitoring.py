@@ -35,6 +35,7 @@ COMPONENT_METRICS = "metrics"
 METRICS_PORT_NAME = "metrics"
 DASHBOARD_KEY_SUFFIX = "-redis-messaging.json"
 OPERATOR_METRICS_PREFIX = "redis_messaging"
+CLUSTER_SLOTS = 16384
 
 
 def metrics_service_name(owner: Owner) -> str:
@@ -107,6 +108,12 @@ def text(value: str) -> str:
     return value.replace("{{", "{ {").replace("}}", "} }")
 
 
+def verbatim(value: str) -> str:
+    """A user-given name as an alert label value (rule labels are Go templates too): rendered exactly,
+    each ``{{`` written as the action that prints it."""
+    return value.replace("{{", '{{"{{"}}')
+
+
 def selector(**labels: str) -> str:
     return "{" + ", ".join(f"{k}={lit(v)}" for k, v in labels.items()) + "}"
 
@@ -119,13 +126,17 @@ class Alert:
     severity: str
     summary: str
     description: str
+    # What tells apart the rules of one name (rendered once per group): Prometheus and promtool take two
+    # rules with the same name and labels for duplicates.
+    labels: tuple[tuple[str, str], ...] = ()
 
     def rule(self, owner: Owner) -> Obj:
         return {
             "alert": self.name,
             "expr": self.expr,
             "for": self.for_,
-            "labels": {"severity": self.severity, "namespace": owner.namespace, "redis_messaging": owner.name},
+            "labels": {"severity": self.severity, "namespace": owner.namespace, "redis_messaging": owner.name,
+                       **{k: verbatim(v) for k, v in self.labels}},
             "annotations": {"summary": self.summary, "description": self.description},
         }
 
@@ -177,12 +188,20 @@ def availability_alerts(spec: RedisMessagingSpec, owner: Owner) -> list[Alert]:
                 f"The master has {{{{ $value }}}} connected replicas of {spec.redis.replicas - 1}.",
             ))
     else:
-        out.append(Alert(
-            "RedisMessagingClusterStateNotOk", f"redis_cluster_state{r} == 0", "1m", "critical",
-            f"{who}: Redis Cluster state is not ok",
-            "{{ $labels.pod }} reports cluster_state:fail: some slots have no reachable master and "
-            "commands on their keys are refused.",
-        ))
+        # The nodes run with cluster-require-full-coverage no (modes/cluster/scripts.py): slots whose master
+        # is lost leave cluster_state ok and the other slots served. cluster_state:fail is a node cut off
+        # from the majority of the masters; the lost slots are counted by cluster_slots_ok.
+        out += [
+            Alert("RedisMessagingClusterStateNotOk", f"redis_cluster_state{r} == 0", "1m", "critical",
+                  f"{who}: Redis Cluster state is not ok",
+                  "{{ $labels.pod }} reports cluster_state:fail: it cannot reach a majority of the masters and "
+                  "refuses every command."),
+            Alert("RedisMessagingClusterSlotsUnserved", f"redis_cluster_slots_ok{r} < {CLUSTER_SLOTS}", "1m",
+                  "critical", f"{who}: Redis Cluster slots without a serving master",
+                  f"{{{{ $labels.pod }}}} sees {{{{ $value }}}} of the {CLUSTER_SLOTS} slots served: commands on the "
+                  "keys of the others are refused (their master is unreachable and no replica took over, or they "
+                  "are not assigned). The cluster state stays ok: the other slots are served."),
+        ]
     return out
 
 
@@ -264,6 +283,7 @@ def stream_alerts(spec: RedisMessagingSpec, owner: Owner) -> list[Alert]:
                 f"The {auto.metric} per replica of group {text(group.name)} on stream {text(stream.name)} is above "
                 f"its target of {auto.backlog_per_replica} for 10 minutes: the workload "
                 f"{auto.target.kind}/{auto.target.name} is at its maximum or cannot keep up.",
+                labels=(("stream", stream.name), ("group", group.name)),
             ))
     out += [
         Alert("RedisMessagingAutoscaleLimited",
@@ -371,7 +391,8 @@ def dashboard_panels(spec: RedisMessagingSpec, owner: Owner) -> list[Obj]:
         panels.append(_panel("Sentinels: master seen", [
             (f"count by (master_address) (redis_sentinel_master_status{m})", "{{master_address}}")], 0, 36))
     else:
-        panels.append(_panel("Cluster state ok", [(f"redis_cluster_state{r}", "{{pod}}")], 0, 36))
+        panels += [_panel("Cluster state ok", [(f"redis_cluster_state{r}", "{{pod}}")], 0, 36),
+                   _panel("Cluster slots served", [(f"redis_cluster_slots_ok{r}", "{{pod}}")], 12, 36)]
     return panels
 
 
