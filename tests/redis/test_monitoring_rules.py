@@ -37,7 +37,7 @@ def autoscaled(name: str, metric: str) -> dict[str, Any]:
 
 
 STREAMS = [{"name": "orders", "groups": [autoscaled("billing", "backlog"), autoscaled("audit", "lag"),
-                                         autoscaled("mail", "pending"), {"name": "manual"}]}]
+                                         autoscaled("mail", "pending"), {"name": "manual", "maxDeliveries": 5}]}]
 SPECS = {
     "sentinel": models.parse_spec({"monitoring": ON, "redis": {"replicas": 3}, "sentinel": {"replicas": 3},
                                    "streams": STREAMS}),
@@ -199,6 +199,12 @@ CASES: dict[str, tuple[Case, Case]] = {
              "16m", [Fires({**G, "group": "billing"}, 4)]),
         Case([series("redis_messaging_group_orphaned_pending", "0x20", **G, group="billing")], "16m"),
     ),
+    "RedisMessagingDeadLetters": (
+        Case([series("redis_messaging_group_dead_lettered_total", "0x5 14x20", **G, group="manual")],
+             "15m", [Fires({**G, "group": "manual"}, 14)]),
+        # entries dead-lettered, but more than 15 minutes ago
+        Case([series("redis_messaging_group_dead_lettered_total", "0x2 14x40", **G, group="manual")], "30m"),
+    ),
     "RedisMessagingReconcileFailing": (
         Case([series("redis_messaging_reconcile_errors_total", "0+1x40", **OP)], "30m", [Fires(OP)]),
         # errors long ago, none in the last 10 minutes
@@ -259,6 +265,8 @@ def render(template: str, labels: dict[str, str], value: float) -> str:
         inner = match.group(1).strip()
         if inner == "$value":
             return go_value(value)
+        if inner == "$value | humanize" and (value == 0 or 1 <= abs(value) < 1000):
+            return f"{value:.4g}"  # no SI prefix in this range
         if inner == "$value | humanizePercentage":
             return f"{value * 100:.4g}%"
         found = re.fullmatch(r"\$labels\.([a-zA-Z_][a-zA-Z0-9_]*)", inner)
