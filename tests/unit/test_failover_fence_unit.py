@@ -61,6 +61,8 @@ class FakeRedis:
         self.named = OLD
         self.role = "master"
         self.replicas: tuple[tuple[str, int], ...] = (("10.0.0.8", 6379),)
+        self.followers: dict[tuple[str, int], tuple[str, int]] = {}  # other pods: replica -> its master
+        self.promoted = False  # NEW is a master
 
     def pause(self, conns: object, address: object, millis: int) -> None:
         self.calls.append((time.monotonic(), f"pause {millis}"))
@@ -69,11 +71,20 @@ class FakeRedis:
         self.calls.append((time.monotonic(), "unpause"))
         return True
 
-    def replicate(self, conns: object, address: object, master: tuple[str, int]) -> None:
+    def replicate(self, conns: object, address: tuple[str, int], master: tuple[str, int]) -> None:
+        if address in self.followers:
+            self.calls.append((time.monotonic(), f"{address[0]} replicaof {master[0]}"))
+            self.followers[address] = master
+            return
         self.calls.append((time.monotonic(), f"replicaof {master[0]}"))
         self.role = "slave"
 
     def observe_redis(self, conns: object, address: tuple[str, int]) -> rs.RedisNode:
+        if address == NEW:
+            return rs.RedisNode(address, True, "master" if self.promoted else "slave", master=None if self.promoted
+                                else OLD)
+        if address in self.followers:
+            return rs.RedisNode(address, True, "slave", master=self.followers[address])
         return rs.RedisNode(address, True, self.role, replicas=self.replicas)
 
     def observe_sentinel(self, conns: object, address: tuple[str, int], name: str) -> rs.SentinelNode:
@@ -83,6 +94,7 @@ class FakeRedis:
 
 OLD = ("10.0.0.7", 6379)
 NEW = ("10.0.0.9", 6379)
+FOLLOWER = ("10.0.0.8", 6379)
 
 
 def run_fence(monkeypatch: pytest.MonkeyPatch, fake: FakeRedis, script: Callable[[], None]) -> None:
@@ -94,9 +106,11 @@ def run_fence(monkeypatch: pytest.MonkeyPatch, fake: FakeRedis, script: Callable
     monkeypatch.setattr(watch, "FENCE_PAUSE_SECONDS", 0.5)
     monkeypatch.setattr(watch, "FENCE_RENEW_SECONDS", 0.3)
     owner = Owner(name="orders", namespace="shop", uid="u")
-    addresses = MapAddresses({"orders-redis-0": OLD}, {f"orders-sentinel-{i}": (f"10.0.1.{i}", 26379)
-                                                       for i in range(3)})
-    fence = watch.FailoverWatch(kube=None, addresses=addresses, owner=owner)  # type: ignore[arg-type]
+    addresses = MapAddresses({"orders-redis-0": OLD, "orders-redis-1": FOLLOWER, "orders-redis-2": NEW},
+                             {f"orders-sentinel-{i}": (f"10.0.1.{i}", 26379) for i in range(3)})
+    pods = [{"metadata": {"name": f"orders-redis-{i}"}} for i in range(3)]
+    fence = watch.FailoverWatch(kube=None, addresses=addresses, owner=owner,  # type: ignore[arg-type]
+                                pods=lambda: pods if fake.followers else [])
     monkeypatch.setattr(fence, "_post_event", lambda *_: None)
     event = rs.MasterDown("orders", OLD, "+vote-for-leader", time.monotonic())
     thread = threading.Thread(target=fence._fence, args=("orders-redis-0", event, None, 0.4,
@@ -139,3 +153,39 @@ def test_without_a_failover_the_fence_ends_after_its_first_bound(monkeypatch: py
     # runs out by itself
     assert {c for _, c in fake.calls} == {"pause 500"}
     assert all(t - started < 0.4 for t, _ in fake.calls), fake.calls
+
+
+def test_once_a_replica_is_promoted_the_others_stop_following_the_old_master(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frozen master runs the writes waiting in its sockets before the pause when it resumes: once a
+    replica is promoted, no other may still follow it. Not before: until the promotion the replicas keep
+    receiving what it acknowledged. Sentinel then re-points the detached replica at the promoted one."""
+    fake = FakeRedis()
+    fake.followers = {FOLLOWER: OLD}
+    seen_before: list[list[str]] = []
+
+    def script() -> None:
+        time.sleep(0.4)
+        seen_before.append([c for _, c in fake.calls if not c.startswith("pause")])
+        fake.promoted = True
+        time.sleep(0.3)
+        fake.followers[FOLLOWER] = NEW  # Sentinel's reconfiguration
+        fake.named, fake.failing_over = NEW, False
+        fake.replicas = ()
+
+    run_fence(monkeypatch, fake, script)
+    assert seen_before == [[]], "a replica detached before any promotion"
+    steps = [c for _, c in fake.calls if not c.startswith("pause")]
+    assert steps == [f"{FOLLOWER[0]} replicaof {rs.NO_MASTER[0]}", "replicaof 10.0.0.9", "unpause"], steps
+
+
+def test_a_fence_without_a_failover_reattaches_the_replicas_it_detached(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeRedis()
+    fake.failing_over = False
+    fake.promoted = True  # a master that the Sentinels do not name, and no failover under way
+    fake.followers = {FOLLOWER: OLD}
+    run_fence(monkeypatch, fake, lambda: None)
+    steps = [c for _, c in fake.calls if not c.startswith("pause")]
+    assert steps[0] == f"{FOLLOWER[0]} replicaof {rs.NO_MASTER[0]}", steps
+    assert steps[-1] == f"{FOLLOWER[0]} replicaof {OLD[0]}", steps
+    assert fake.followers[FOLLOWER] == OLD

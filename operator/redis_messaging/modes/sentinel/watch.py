@@ -20,6 +20,17 @@ would, later: a paused master holds back Sentinel's commands, queued behind its 
 ends the pause. A write sent meanwhile waits, then fails on a replica instead of being acknowledged
 and lost. ``+odown`` alone does not start a fence: a paused master looks down to the Sentinels (their
 hello and PING wait behind the pause), so a fence without a failover would keep the master "down".
+
+The pause alone is not enough when the old master is frozen (SIGSTOP, a stalled node): the writes its
+clients sent meanwhile wait in its sockets, and when it resumes it runs them before the pause that
+waits beside them, and a replica that still follows it acknowledges them. So while the fence holds, a
+second thread looks at the other Redis pods every FENCE_DETACH_POLL_SECONDS, and as soon as one of them
+is a master (the replica Sentinel promotes), every replica that still follows the old master is made a
+replica of nobody (:data:`~redis_messaging.redis.sentinel.NO_MASTER`: it keeps its data and
+acknowledges nothing) until Sentinel re-points it at the promoted one, which it does anyway. Not
+before the promotion: until then the replicas keep receiving what the old master acknowledged, and
+the one Sentinel promotes must have it. A fence that ends without a failover re-attaches the replicas
+it detached.
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ FENCE_TIMEOUT_SECONDS = 0.3  # the fence's connection and command timeout
 FENCE_PAUSE_SECONDS = 5.0  # each pause; renewed when less than FENCE_RENEW_SECONDS is left
 FENCE_RENEW_SECONDS = 3.0
 FENCE_MAX_SECONDS = 300.0
+FENCE_DETACH_POLL_SECONDS = 0.05  # how often the fence looks for a promoted replica
 
 
 def fence_seconds(down_after_milliseconds: int) -> float:
@@ -168,6 +180,11 @@ class FailoverWatch:
         first_until = event.received_at + seconds
         paused_at: float | None = None
         paused_until = 0.0
+        detached: set[str] = set()
+        fence_over = threading.Event()
+        detacher = threading.Thread(target=self._detach_on_promotion, args=(pod, password, detached, fence_over),
+                                    name=f"fence-detach {self.key}/{pod}", daemon=True)
+        detacher.start()
 
         def pause() -> None:
             nonlocal paused_until
@@ -215,13 +232,66 @@ class FailoverWatch:
                             if paused_until - time.monotonic() < FENCE_RENEW_SECONDS:
                                 pause()
                         elif now >= first_until and now >= paused_until:
+                            fence_over.set()
+                            detacher.join(5)
+                            self._reattach(conns, pod, address, detached)
                             log.info("%s: no failover of %s happened; its writes resume", self.key, pod)
                             return
                 except rs.ERRORS as exc:
                     log.debug("%s: fencing %s: %s", self.key, pod, exc)
                 stopped.wait(FENCE_RETRY_SECONDS if paused_at is None else 0.25)
         finally:
+            fence_over.set()
             conns.close()
+
+    def _redis_pod_names(self) -> list[str]:
+        try:
+            pods = self._pods()
+        except Exception as exc:  # a slow or failing API server must not hold the fence up
+            log.debug("%s: pods not listed: %s", self.key, exc)
+            return []
+        return [str(p["metadata"]["name"]) for p in pods]
+
+    def _detach_on_promotion(self, pod: str, password: str | None, detached: set[str],
+                             fence_over: threading.Event) -> None:
+        """Until ``fence_over``: once another pod is a master, detach the replicas that follow ``pod``."""
+        conns = rs.Connections(password, timeout=FENCE_TIMEOUT_SECONDS, tls=self.addresses.tls(self.owner))
+        try:
+            while not fence_over.is_set() and not self._fence_stopped.is_set():
+                nodes = {other: rs.observe_redis(conns, self.addresses.redis(self.owner, other))
+                         for other in self._redis_pod_names() if other != pod}
+                promoted = [other for other, node in nodes.items() if node.is_master]
+                for other, node in nodes.items():
+                    if (promoted and node.reachable and node.role == "slave" and node.master is not None
+                            and self.addresses.pod_of(self.owner, node.master[0]) == pod):
+                        self._detach(conns, other, pod, promoted[0], detached)
+                fence_over.wait(FENCE_DETACH_POLL_SECONDS)
+        finally:
+            conns.close()
+
+    def _detach(self, conns: rs.Connections, other: str, pod: str, promoted: str, detached: set[str]) -> None:
+        try:
+            rs.replicate(conns, self.addresses.redis(self.owner, other), rs.NO_MASTER)
+        except rs.ERRORS as exc:
+            log.debug("%s: detaching %s from %s: %s", self.key, other, pod, exc)
+            return
+        if other not in detached:
+            log.warning("%s: %s promoted while %s still followed %s, the master the Sentinels fail over: "
+                        "detached, it acknowledges none of its writes until Sentinel points it at %s",
+                        self.key, promoted, other, pod, promoted)
+        detached.add(other)
+
+    def _reattach(self, conns: rs.Connections, pod: str, address: rs.Address, detached: set[str]) -> None:
+        """No failover happened: the replicas detached from ``pod`` that still follow nobody follow it again."""
+        for other in sorted(detached):
+            where = self.addresses.redis(self.owner, other)
+            try:
+                if rs.observe_redis(conns, where).unattached:
+                    rs.replicate(conns, where, address)
+                    log.info("%s: %s follows %s again", self.key, other, pod)
+            except rs.ERRORS as exc:
+                log.warning("%s: %s not re-attached to %s: %s (the next pass re-points it)", self.key, other,
+                            pod, exc)
 
     def _sentinels_view(self, conns: rs.Connections, sentinels: list[rs.Address],
                         master: rs.Address) -> tuple[rs.Address | None, bool]:
