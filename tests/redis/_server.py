@@ -99,6 +99,25 @@ def start_redis(workdir: Path, *extra: str, timeout: float = 10.0) -> Iterator[R
     raise RuntimeError(f"redis-server did not start in {workdir}: {last_error}")
 
 
+def server_fixtures(name: str) -> tuple[Any, Any]:
+    """The fixtures ``server`` (one redis-server per module, in a directory named ``name``) and ``r`` (a
+    client of it on an empty server, decoding replies): ``server, r = server_fixtures("redis-x")``."""
+
+    @pytest.fixture(scope="module")
+    def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+        with start_redis(Path(tmp_path_factory.mktemp(name))) as s:
+            yield s
+
+    @pytest.fixture
+    def r(server: RedisServer) -> Iterator[Redis]:
+        client = server.client(decode_responses=True)
+        client.flushall()
+        yield client
+        client.close()
+
+    return server, r
+
+
 class RoundTrips:
     """Counts the writes of commands to the socket: one per command, one per pipeline execute."""
 

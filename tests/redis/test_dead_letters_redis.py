@@ -3,12 +3,10 @@ dead-letter stream, copied and acknowledged together, and nothing else is lost o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from _server import RedisServer, start_redis
+from _server import RedisServer, server_fixtures
 from redis.client import Redis
 
 from redis_messaging.api import models
@@ -23,18 +21,7 @@ pytestmark = pytest.mark.redis
 DLQ = "{orders}:dead-letters"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    with start_redis(Path(tmp_path_factory.mktemp("redis-dead-letters"))) as s:
-        yield s
-
-
-@pytest.fixture
-def r(server: RedisServer) -> Iterator[Redis]:
-    client = server.client(decode_responses=True)
-    client.flushall()
-    yield client
-    client.close()
+server, r = server_fixtures("redis-dead-letters")
 
 
 def fill(r: Redis, n: int) -> list[str]:

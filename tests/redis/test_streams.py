@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from _server import RedisServer, counting_client, free_port, start_redis
+from _server import RedisServer, counting_client, free_port, server_fixtures
 from redis.backoff import NoBackoff
 from redis.client import Redis
 from redis.retry import Retry
@@ -29,18 +27,7 @@ from redis_messaging.redis.streams import (
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    with start_redis(Path(tmp_path_factory.mktemp("redis-streams"))) as s:
-        yield s
-
-
-@pytest.fixture
-def r(server: RedisServer) -> Iterator[Redis]:
-    client = server.client(decode_responses=True)
-    client.flushall()
-    yield client
-    client.close()
+server, r = server_fixtures("redis-streams")
 
 
 def add(r: Redis, key: str, n: int, start_ms: int = 1) -> list[str]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _server import RedisServer, counting_client, free_port, start_redis
+from _server import RedisServer, counting_client, free_port, server_fixtures, start_redis
 from redis.client import Redis
 
 from redis_messaging.api.models import Stream
@@ -16,18 +15,7 @@ from redis_messaging.redis.streams import StreamsNode, collect_node, node_of
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    with start_redis(Path(tmp_path_factory.mktemp("redis-nodes"))) as s:
-        yield s
-
-
-@pytest.fixture
-def r(server: RedisServer) -> Iterator[Redis]:
-    client = server.client(decode_responses=True)
-    client.flushall()
-    yield client
-    client.close()
+server, r = server_fixtures("redis-nodes")
 
 
 def declared(**kw: object) -> Stream:
