@@ -63,6 +63,7 @@ class FakeRedis:
         self.replicas: tuple[tuple[str, int], ...] = (("10.0.0.8", 6379),)
         self.followers: dict[tuple[str, int], tuple[str, int]] = {}  # other pods: replica -> its master
         self.promoted = False  # NEW is a master
+        self.promoted_from = HISTORY  # its replid2
 
     def pause(self, conns: object, address: object, millis: int) -> None:
         self.calls.append((time.monotonic(), f"pause {millis}"))
@@ -80,11 +81,12 @@ class FakeRedis:
         self.role = "slave"
 
     def observe_redis(self, conns: object, address: tuple[str, int]) -> rs.RedisNode:
-        if address == NEW:
-            return rs.RedisNode(address, True, "master" if self.promoted else "slave", master=None if self.promoted
-                                else OLD)
+        if address == NEW:  # promoted from the history the replicas of OLD follow, or from another one
+            if self.promoted:
+                return rs.RedisNode(address, True, "master", replid="n" * 40, replid2=self.promoted_from)
+            return rs.RedisNode(address, True, "slave", master=OLD, replid=HISTORY)
         if address in self.followers:
-            return rs.RedisNode(address, True, "slave", master=self.followers[address])
+            return rs.RedisNode(address, True, "slave", master=self.followers[address], replid=HISTORY)
         return rs.RedisNode(address, True, self.role, replicas=self.replicas)
 
     def observe_sentinel(self, conns: object, address: tuple[str, int], name: str) -> rs.SentinelNode:
@@ -95,6 +97,7 @@ class FakeRedis:
 OLD = ("10.0.0.7", 6379)
 NEW = ("10.0.0.9", 6379)
 FOLLOWER = ("10.0.0.8", 6379)
+HISTORY = "h" * 40  # the replication id of OLD, which its replicas follow
 
 
 def run_fence(monkeypatch: pytest.MonkeyPatch, fake: FakeRedis, script: Callable[[], None]) -> None:
@@ -174,18 +177,34 @@ def test_once_a_replica_is_promoted_the_others_stop_following_the_old_master(
         fake.replicas = ()
 
     run_fence(monkeypatch, fake, script)
-    assert seen_before == [[]], "a replica detached before any promotion"
+    assert seen_before == [[]], "a replica re-pointed before any promotion"
     steps = [c for _, c in fake.calls if not c.startswith("pause")]
-    assert steps == [f"{FOLLOWER[0]} replicaof {rs.NO_MASTER[0]}", "replicaof 10.0.0.9", "unpause"], steps
+    assert steps == [f"{FOLLOWER[0]} replicaof {NEW[0]}", "replicaof 10.0.0.9", "unpause"], steps
 
 
-def test_a_fence_without_a_failover_reattaches_the_replicas_it_detached(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_master_of_another_history_is_never_followed(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeRedis()
+    fake.followers = {FOLLOWER: OLD}
+    fake.promoted, fake.promoted_from = True, "x" * 40  # a master, but not promoted from OLD's history
+
+    def script() -> None:
+        time.sleep(0.4)
+        fake.named, fake.failing_over = NEW, False
+        fake.followers[FOLLOWER] = NEW
+        fake.replicas = ()
+
+    run_fence(monkeypatch, fake, script)
+    assert not [c for _, c in fake.calls if c.startswith(FOLLOWER[0])], fake.calls
+
+
+def test_a_fence_without_a_failover_points_the_replicas_it_moved_back_at_the_old_master(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeRedis()
     fake.failing_over = False
     fake.promoted = True  # a master that the Sentinels do not name, and no failover under way
     fake.followers = {FOLLOWER: OLD}
     run_fence(monkeypatch, fake, lambda: None)
     steps = [c for _, c in fake.calls if not c.startswith("pause")]
-    assert steps[0] == f"{FOLLOWER[0]} replicaof {rs.NO_MASTER[0]}", steps
+    assert steps[0] == f"{FOLLOWER[0]} replicaof {NEW[0]}", steps
     assert steps[-1] == f"{FOLLOWER[0]} replicaof {OLD[0]}", steps
     assert fake.followers[FOLLOWER] == OLD

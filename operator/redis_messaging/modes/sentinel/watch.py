@@ -25,12 +25,12 @@ The pause alone is not enough when the old master is frozen (SIGSTOP, a stalled 
 clients sent meanwhile wait in its sockets, and when it resumes it runs them before the pause that
 waits beside them, and a replica that still follows it acknowledges them. So while the fence holds, a
 second thread looks at the other Redis pods every FENCE_DETACH_POLL_SECONDS, and as soon as one of them
-is a master (the replica Sentinel promotes), every replica that still follows the old master is made a
-replica of nobody (:data:`~redis_messaging.redis.sentinel.NO_MASTER`: it keeps its data and
-acknowledges nothing) until Sentinel re-points it at the promoted one, which it does anyway. Not
-before the promotion: until then the replicas keep receiving what the old master acknowledged, and
-the one Sentinel promotes must have it. A fence that ends without a failover re-attaches the replicas
-it detached.
+is a master promoted from the history the old master's replicas follow (its ``master_replid2``: the
+replica Sentinel promotes), every replica that still follows the old master is made a replica of the
+promoted one: what Sentinel sends next (about a second later), and the same command whether it lands
+before Sentinel's or after. Not before the promotion: until then the replicas keep receiving what the
+old master acknowledged, and the one Sentinel promotes must have it. A fence that ends without a
+failover (Sentinel gave up on the promotion) points the replicas it moved back at the old master.
 """
 
 from __future__ import annotations
@@ -254,39 +254,49 @@ class FailoverWatch:
 
     def _detach_on_promotion(self, pod: str, password: str | None, detached: set[str],
                              fence_over: threading.Event) -> None:
-        """Until ``fence_over``: once another pod is a master, detach the replicas that follow ``pod``."""
+        """Until ``fence_over``: once a replica of ``pod`` is promoted, the others follow it instead."""
         conns = rs.Connections(password, timeout=FENCE_TIMEOUT_SECONDS, tls=self.addresses.tls(self.owner))
         try:
             while not fence_over.is_set() and not self._fence_stopped.is_set():
                 nodes = {other: rs.observe_redis(conns, self.addresses.redis(self.owner, other))
                          for other in self._redis_pod_names() if other != pod}
-                promoted = [other for other, node in nodes.items() if node.is_master]
-                for other, node in nodes.items():
-                    if (promoted and node.reachable and node.role == "slave" and node.master is not None
-                            and self.addresses.pod_of(self.owner, node.master[0]) == pod):
-                        self._detach(conns, other, pod, promoted[0], detached)
+                followers = {other: node for other, node in nodes.items()
+                             if node.reachable and node.role == "slave" and node.master is not None
+                             and self.addresses.pod_of(self.owner, node.master[0]) == pod}
+                for other, node in followers.items():
+                    # Promoted from the history this replica follows (its replid2 is that history): the
+                    # replica Sentinel chose, never a master from elsewhere.
+                    promoted = next((p for p, n in nodes.items() if n.is_master and n.replid2
+                                     and n.replid2 == node.replid), None)
+                    if promoted is not None:
+                        self._detach(conns, other, pod, promoted, detached)
                 fence_over.wait(FENCE_DETACH_POLL_SECONDS)
         finally:
             conns.close()
 
     def _detach(self, conns: rs.Connections, other: str, pod: str, promoted: str, detached: set[str]) -> None:
+        """``REPLICAOF`` the promoted replica, what Sentinel sends next: the same command whether it lands
+        before Sentinel's or after it."""
         try:
-            rs.replicate(conns, self.addresses.redis(self.owner, other), rs.NO_MASTER)
+            rs.replicate(conns, self.addresses.redis(self.owner, other), self.addresses.redis(self.owner, promoted))
         except rs.ERRORS as exc:
-            log.debug("%s: detaching %s from %s: %s", self.key, other, pod, exc)
+            log.debug("%s: re-pointing %s from %s to %s: %s", self.key, other, pod, promoted, exc)
             return
         if other not in detached:
-            log.warning("%s: %s promoted while %s still followed %s, the master the Sentinels fail over: "
-                        "detached, it acknowledges none of its writes until Sentinel points it at %s",
-                        self.key, promoted, other, pod, promoted)
+            log.warning("%s: %s promoted while %s still followed %s, the master the Sentinels fail over: it "
+                        "follows %s now, and acknowledges none of the old master's writes", self.key, promoted,
+                        other, pod, promoted)
         detached.add(other)
 
     def _reattach(self, conns: rs.Connections, pod: str, address: rs.Address, detached: set[str]) -> None:
-        """No failover happened: the replicas detached from ``pod`` that still follow nobody follow it again."""
+        """No failover happened (Sentinel gave up on the promotion): the replicas re-pointed from ``pod``
+        follow it again, unless they follow it already."""
         for other in sorted(detached):
             where = self.addresses.redis(self.owner, other)
             try:
-                if rs.observe_redis(conns, where).unattached:
+                node = rs.observe_redis(conns, where)
+                if node.reachable and node.role == "slave" and (
+                        node.master is None or self.addresses.pod_of(self.owner, node.master[0]) != pod):
                     rs.replicate(conns, where, address)
                     log.info("%s: %s follows %s again", self.key, other, pod)
             except rs.ERRORS as exc:
