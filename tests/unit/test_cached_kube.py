@@ -138,3 +138,41 @@ def test_an_object_the_pass_patched_and_someone_else_deleted_is_not_brought_back
     assert kube.list("Pod", "shop", SELECTOR) == []
     kube.settle()
     assert kube._written == {}
+
+
+def test_a_pod_deleted_by_the_pass_hides_only_itself_not_its_successor_of_the_same_name() -> None:
+    # A rolling update deletes orders-redis-2; the StatefulSet controller creates it again at once. The
+    # successor must be seen (and its readiness) without waiting for the tombstone to expire.
+    kube, api, source, _ = cached()
+    old = child("Pod", "orders-redis-2")
+    old["metadata"]["uid"] = "uid-old"
+    source.put("Pod", old)
+    kube.delete("Pod", "shop", "orders-redis-2")
+    assert kube.get("Pod", "shop", "orders-redis-2") is None  # the watch has not said so yet
+    assert kube.list("Pod", "shop", SELECTOR) == []
+    new = child("Pod", "orders-redis-2", version=7)
+    new["metadata"]["uid"] = "uid-new"
+    source.put("Pod", new)  # the watch: the old one deleted, its successor created
+    assert kube.get("Pod", "shop", "orders-redis-2")["metadata"]["uid"] == "uid-new"  # type: ignore[index]
+    assert [p["metadata"]["uid"] for p in kube.list("Pod", "shop", SELECTOR)] == ["uid-new"]
+    kube.settle()
+    assert kube._written == {}
+    assert kube._deleted_uids == {}
+    assert [m for m, _ in api.requests] == ["DELETE"]
+
+
+def test_a_deleted_pod_still_in_the_index_stays_hidden_next_to_its_successor() -> None:
+    kube, _, source, _ = cached()
+    old = child("Pod", "orders-redis-2")
+    old["metadata"]["uid"] = "uid-old"
+    source.put("Pod", old)
+    kube.delete("Pod", "shop", "orders-redis-2")
+    new = child("Pod", "orders-redis-2", version=7)
+    new["metadata"]["uid"] = "uid-new"
+    for order in ([old, new], [new, old]):
+        for key in (("owner", "shop", "orders"), ("name", "shop", "orders-redis-2")):
+            source.stores["Pod"][key] = order  # both: the old one's deletion event not handled yet
+        assert [p["metadata"]["uid"] for p in kube.list("Pod", "shop", SELECTOR)] == ["uid-new"]
+        assert kube.get("Pod", "shop", "orders-redis-2")["metadata"]["uid"] == "uid-new"  # type: ignore[index]
+    kube.settle()
+    assert ("Pod", "shop", "orders-redis-2") in kube._written  # not caught up: the old one is still listed

@@ -35,7 +35,9 @@ MAYBE_UNLABELLED = frozenset({"Secret"})
 """Kinds of which an object the index lacks may still exist (a Secret the user named)."""
 
 TOMBSTONE_SECONDS = 60.0
-"""How long a deletion by the pass hides the object the watch has not reported deleted yet."""
+"""How long a deletion by the pass hides the object the watch has not reported deleted yet. Only that
+object (by uid) is hidden: the successor a StatefulSet creates under the same name a moment later is
+seen at once, or a rolling update would wait this long for every pod it replaces."""
 ECHO_SECONDS = 5.0
 """How long an object the pass wrote is added to what the index holds: its watch event arrives in
 milliseconds, and after that the index is the truth (someone else may have deleted it meanwhile)."""
@@ -51,6 +53,11 @@ def _version(obj: Obj | None) -> int:
         return int(((obj or {}).get("metadata") or {}).get("resourceVersion") or 0)
     except ValueError:
         return 0
+
+
+def _is_deleted(obj: Obj, uids: frozenset[str]) -> bool:
+    """Whether ``obj`` is what a deletion of ``uids`` removed (no uid known: any object of that name)."""
+    return not uids or (obj.get("metadata") or {}).get("uid") in uids
 
 
 def parse_selector(selector: str | None) -> dict[str, str]:
@@ -81,6 +88,8 @@ class CachedKube(Kube):
         self._lock = threading.Lock()
         # key -> (when, the object as written | None: deleted, whether the write may create it)
         self._written: dict[tuple[str, str, str], tuple[float, Obj | None, bool]] = {}
+        # key of a deletion -> the uids it deleted (empty: not known, every object of that name is hidden)
+        self._deleted_uids: dict[tuple[str, str, str], frozenset[str]] = {}
         self._kept: dict[tuple[str, ...], tuple[float, Any]] = {}  # reads of unindexed objects: (until, answer)
         self.requests = 0  # reads that went to the API server
 
@@ -99,18 +108,24 @@ class CachedKube(Kube):
         now = self.clock()
         with self._lock:
             written = {name: entry for (k, ns, name), entry in self._written.items() if k == kind and ns == namespace}
+            deleted = {name: uids for (k, ns, name), uids in self._deleted_uids.items()
+                       if k == kind and ns == namespace}
         out: dict[str, Obj] = {}
+        listed: set[str] = set()
         for obj in found:
             name = obj["metadata"]["name"]
-            entry = written.pop(name, None)
+            listed.add(name)
+            entry = written.get(name)
             if entry is None:
                 out[name] = obj
             elif entry[1] is None:  # deleted by us: hidden until the watch says so, or for a while
-                if now - entry[0] > TOMBSTONE_SECONDS:
+                if now - entry[0] > TOMBSTONE_SECONDS or not _is_deleted(obj, deleted.get(name, frozenset())):
                     out[name] = obj
             else:
                 out[name] = entry[1] if _version(entry[1]) > _version(obj) else obj
         for name, (when, created, creates) in written.items():
+            if name in listed:
+                continue
             if created is not None and creates and now - when <= ECHO_SECONDS:  # not seen by the watch yet
                 out[name] = created
         return list(out.values())
@@ -189,7 +204,12 @@ class CachedKube(Kube):
         return result
 
     def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background") -> None:
+        known = self._indexed(kind, ("name", namespace, name)) if kind in LABELLED_KINDS else None
+        uids = frozenset(u for o in known or [] if o["metadata"]["name"] == name
+                         for u in [(o.get("metadata") or {}).get("uid")] if u)
         super().delete(kind, namespace, name, propagation)
+        with self._lock:
+            self._deleted_uids[(kind, namespace, name)] = uids
         self._wrote(kind, namespace, name, None)
 
     def settle(self) -> None:
@@ -207,6 +227,10 @@ class CachedKube(Kube):
                     done.append((kind, namespace, name))
                 continue
             seen = [o for o in found if o["metadata"]["name"] == name]
+            if obj is None:  # a deletion: caught up once the deleted object is gone (a successor may be there)
+                with self._lock:
+                    uids = self._deleted_uids.get((kind, namespace, name), frozenset())
+                seen = [o for o in seen if _is_deleted(o, uids)]
             caught_up = (obj is None and not seen) or (obj is not None and seen and _version(seen[0]) >= _version(obj))
             lost = obj is not None and not seen and (not creates or now - when > ECHO_SECONDS)
             if caught_up or lost or now - when > TOMBSTONE_SECONDS:
@@ -214,6 +238,7 @@ class CachedKube(Kube):
         with self._lock:
             for key in done:
                 self._written.pop(key, None)
+                self._deleted_uids.pop(key, None)
             for old in [k for k, (until, _) in self._kept.items() if until <= now]:
                 del self._kept[old]
 
