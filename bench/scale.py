@@ -10,7 +10,9 @@ claim, the exporter sidecar, a generated password) are created at once:
 
 * ``--real`` of them (spread among the others) use the image redis:7.2: their pods run on the local
   cluster's three nodes, where the pod runner starts the machine's redis-server and redis-sentinel;
-* the others use an image no process plays, on extra kwok-only nodes (tainted, so only they go there):
+* the others use an image no process plays, on extra kwok-only nodes (tainted, so only they go there;
+  a kwok of their own starts their pods 16 at a time, and kube-controller-manager's client may send 200
+  requests/s instead of 20, so the cluster, not the operator, is never what N = 1000 waits for):
   kwok gives their pods a phase and an IP and nothing runs, they never become ready, and their names
   resolve nowhere (the hosts files name only the real resources' namespace), so every Redis and
   Sentinel connection of the operator to them fails: the worst case for a pass and a failover watch.
@@ -74,7 +76,7 @@ import _project
 ROOT = _project.use(__file__, "e2e/local")
 
 from kubeapi import KubeApi, Obj, Reflector, quote  # noqa: E402 - e2e/local, after the path is set
-from localcluster import NODE_LABEL, LocalCluster, missing_requirements  # noqa: E402
+from localcluster import LocalCluster, missing_requirements  # noqa: E402
 from podrunner import PodNotFound  # noqa: E402
 from redis import Redis  # noqa: E402
 from redis.exceptions import RedisError  # noqa: E402
@@ -91,6 +93,10 @@ UNPLAYED_IMAGE = "rmsg.local/unplayed-redis:7.2"  # no image profile of the pod 
 KWOK_ONLY = "rmsg.local/kwok-only"  # label and taint of the extra nodes
 KWOK_ONLY_SUBNET = ipaddress.IPv4Network("127.254.0.0/16")  # their pods' IPs (no process has them)
 PODS_PER_KWOK_NODE = 100  # of the 110 kwok's nodes allow
+KWOK_ONLY_PARALLELISM = 16  # pods their own kwok starts at once (the cluster's own kwok: one at a time)
+# kube-controller-manager's client: its default 20 requests/s (burst 30) creates 6,000 pods and their
+# Events in ten minutes; a cluster that hosts 1,000 such resources raises it like this.
+CONTROLLER_MANAGER_ARGS = ("--kube-api-qps=200", "--kube-api-burst=400")
 PODS_PER_RESOURCE = 6
 RM_PATH = f"/apis/{models.GROUP}/{models.VERSION}"
 SERVICE_RANGE = "10.0.0.0/16"  # ClusterIPs are only allocated: no kube-proxy, nothing connects to them
@@ -441,7 +447,7 @@ def add_kwok_nodes(api: KubeApi, count: int, timeout: float = 120.0) -> None:
         api.create("/api/v1/nodes", {
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "labels": {
-                NODE_LABEL: "true", KWOK_ONLY: "true", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                KWOK_ONLY: "true", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                 "kubernetes.io/arch": "amd64", "topology.kubernetes.io/zone": f"zone-{i % 3}", "type": "kwok"},
                 "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
             "spec": {"podCIDR": cidr, "podCIDRs": [cidr], "taints": [taint]},
@@ -653,13 +659,15 @@ class Run:
         began = time.monotonic()
         # three ClusterIP Services a resource: more than the 254 addresses of the local cluster's /24
         ip_range = f"--service-cluster-ip-range={SERVICE_RANGE}"
-        with LocalCluster(names_in=lambda ns: ns != KWOK_NS, apiserver_args=[ip_range]) as cluster:
+        with LocalCluster(names_in=lambda ns: ns != KWOK_NS, apiserver_args=[ip_range],
+                          controller_manager_args=CONTROLLER_MANAGER_ARGS) as cluster:
             self.fig.phases["cluster up"] = time.monotonic() - began
             assert cluster.api is not None
             assert cluster.control_plane is not None
             self.cluster, self.api = cluster, cluster.api
             if kwok_pods:
                 step = time.monotonic()
+                cluster.add_kwok(f"{KWOK_ONLY}=true", KWOK_ONLY_PARALLELISM)
                 add_kwok_nodes(cluster.api, math.ceil(kwok_pods / PODS_PER_KWOK_NODE))
                 self.fig.phases["kwok-only nodes"] = time.monotonic() - step
             for ns in (REAL_NS, KWOK_NS):

@@ -402,21 +402,24 @@ def _free_port() -> int:
 
 class LocalCluster:
     def __init__(self, *, nodes: int = NODES, names_in: Callable[[str], bool] | None = None,
-                 apiserver_args: Iterable[str] = ()) -> None:
+                 apiserver_args: Iterable[str] = (), controller_manager_args: Iterable[str] = ()) -> None:
         """``names_in``: the namespaces whose pods and Services the hosts files name (default: all).
         The names of pods no process plays (e.g. on extra kwok-only nodes) then resolve nowhere, and
         thousands of them cost no rewrite of the hosts files. ``apiserver_args``: added to (and, for
         a flag given twice, overriding) the API server's, e.g. a larger --service-cluster-ip-range than
-        the 254 ClusterIPs of the default /24."""
+        the 254 ClusterIPs of the default /24; ``controller_manager_args`` likewise for
+        kube-controller-manager (e.g. a --kube-api-qps above its default 20 for thousands of pods)."""
         self.node_names = [f"rmsg-node-{i}" for i in range(nodes)]
         self.names_in = names_in
         self.apiserver_args = list(apiserver_args)
+        self.controller_manager_args = list(controller_manager_args)
         self.work = Path(tempfile.mkdtemp(prefix="rmsg-local-"))
         self.control_plane: ControlPlane | None = None
         self.network: PodNetwork | None = None
         self._record: RunRecord | None = None  # what a later cluster removes if this one dies (runrecord.py)
         self.scheduler: Process | None = None
         self.kwok: Process | None = None
+        self.more_kwok: list[Process] = []  # add_kwok()
         self.hosts: HostsFiles | None = None
         self.provisioner: HostPathProvisioner | None = None
         self.runner: PodRunner | None = None
@@ -431,6 +434,7 @@ class LocalCluster:
         self._runner_ever: PodRunner | None = None
         self._bridge: str | None = None
         self._cp_workdir: Path | None = None
+        self._system_kubeconfig: Path | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -474,14 +478,15 @@ class LocalCluster:
         self._record = record = self._step("cleanup and claim", RunRecord.claim)
         record.add_path(self.work)
         self._bridge = record.bridge
-        self.control_plane = cp = ControlPlane(assets, extra_apiserver_args=self.apiserver_args)
+        self.control_plane = cp = ControlPlane(assets, extra_apiserver_args=self.apiserver_args,
+                                                  extra_controller_manager_args=self.controller_manager_args)
         self._step("control plane", cp.start)
         self._cp_workdir = cp.workdir
         record.add_path(cp.workdir)
         if not cp.has_controller_manager:
             raise LocalClusterError("kube-controller-manager is not running")
         self.api = api = KubeApi(cp.server, cp.admin_token, cp.ca_path)
-        system_kubeconfig = cp.kubeconfig_for_token(cp.admin_token, "local-system")
+        self._system_kubeconfig = system_kubeconfig = cp.kubeconfig_for_token(cp.admin_token, "local-system")
 
         self.network = network = PodNetwork(record.bridge, record.subnet)
         network.create()
@@ -519,6 +524,26 @@ class LocalCluster:
         if self.hosts is not None:
             out += [self.hosts.pods, self.hosts.services]
         return out
+
+    def add_kwok(self, label_selector: str, pod_parallelism: int) -> None:
+        """One more kwok, for extra nodes (labelled to match ``label_selector``, and not with the label of
+        the cluster's own nodes) whose pods no process plays, starting ``pod_parallelism`` pods at once.
+        The cluster's own kwok starts one at a time (see kwok.yaml): a pod IP given twice there would
+        reach the wrong process. Where nothing runs, an IP given twice to the first pods of a node harms
+        nothing, and thousands of pods start in minutes, not in half an hour."""
+        assert self.network is not None
+        assert self._system_kubeconfig is not None
+        config = self.work / f"kwok-{len(self.more_kwok) + 1}.yaml"
+        text = (HERE / "kwok.yaml").read_text()
+        if "podPlayStageParallelism: 1\n" not in text:
+            raise LocalClusterError("kwok.yaml: no 'podPlayStageParallelism: 1' to raise")
+        config.write_text(text.replace("podPlayStageParallelism: 1\n", f"podPlayStageParallelism: {pod_parallelism}\n"))
+        name = f"kwok-{len(self.more_kwok) + 1}"
+        self.more_kwok.append(self._spawn(name, [
+            str(kwok_binary()), f"--kubeconfig={self._system_kubeconfig}",
+            f"--manage-nodes-with-label-selector={label_selector}",
+            f"--config={config}", f"--node-ip={self.network.gateway}", "--node-lease-duration-seconds=40",
+        ], self.work / "logs" / f"{name}.log"))
 
     def _spawn(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> Process:
         process = Process(name, argv, log_path, env)
@@ -580,7 +605,7 @@ class LocalCluster:
             ("runner", self._stop_runner),
             ("provisioner", lambda: self.provisioner.stop() if self.provisioner else None),
             ("hosts", lambda: self.hosts.stop() if self.hosts else None),
-            ("kwok", lambda: self.kwok.stop(5) if self.kwok else None),
+            ("kwok", lambda: [k.stop(5) for k in [*self.more_kwok, *([self.kwok] if self.kwok else [])]]),
             ("scheduler", lambda: self.scheduler.stop(5) if self.scheduler else None),
             ("control plane", lambda: self.control_plane.stop() if self.control_plane else None),
             ("network", lambda: self.network.destroy() if self.network else None),
@@ -594,6 +619,7 @@ class LocalCluster:
             self.timings[f"stop {name}"] = time.monotonic() - began
         self.runner = self.hosts = self.provisioner = None
         self.kwok = self.scheduler = None
+        self.more_kwok = []
         self.control_plane = None
         self.network = None
         if os.environ.get("KEEP_LOCAL_CLUSTER") == "1":

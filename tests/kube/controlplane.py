@@ -406,6 +406,7 @@ class ControlPlane:
         pki_backend: PkiBackend = "auto",
         extra_apiserver_args: Iterable[str] = (),
         with_controller_manager: bool = True,
+        extra_controller_manager_args: Iterable[str] = (),
     ) -> None:
         self.with_controller_manager = with_controller_manager
         self._controller_manager: _Process | None = None
@@ -413,6 +414,7 @@ class ControlPlane:
         self.startup_timeout = startup_timeout
         self.pki_backend: PkiBackend = pki_backend
         self.extra_apiserver_args = list(extra_apiserver_args)
+        self.extra_controller_manager_args = list(extra_controller_manager_args)
         self.startup_seconds: float | None = None
         self._workdir: Path | None = None
         self._etcd: _Process | None = None
@@ -647,6 +649,7 @@ class ControlPlane:
                 "--secure-port=0",
                 "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service,-route",
                 "--concurrent-gc-syncs=5",
+                *self.extra_controller_manager_args,
             ],
             self.workdir / "kube-controller-manager.log",
         )
