@@ -202,6 +202,8 @@ def component_pids(cluster: LocalCluster) -> dict[str, int]:
     for name, process in (("kube-scheduler", cluster.scheduler), ("kwok", cluster.kwok)):
         if process is not None:
             found[name] = process.pid
+    for i, extra in enumerate(cluster.more_kwok):
+        found[f"kwok of the kwok-only nodes {i or ''}".strip()] = extra.pid
     return found
 
 
