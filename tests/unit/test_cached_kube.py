@@ -140,18 +140,25 @@ def test_an_object_the_pass_patched_and_someone_else_deleted_is_not_brought_back
     assert kube._written == {}
 
 
-def test_a_pod_deleted_by_the_pass_hides_only_itself_not_its_successor_of_the_same_name() -> None:
-    # A rolling update deletes orders-redis-2; the StatefulSet controller creates it again at once. The
-    # successor must be seen (and its readiness) without waiting for the tombstone to expire.
-    kube, api, source, _ = cached()
+def deleted_and_successor(kube: CachedKube, source: Source) -> tuple[Obj, Obj]:
+    """orders-redis-2 (uid-old) in the index, deleted by the pass; the pod the StatefulSet controller
+    creates again under its name (uid-new), not in the index yet."""
     old = child("Pod", "orders-redis-2")
     old["metadata"]["uid"] = "uid-old"
     source.put("Pod", old)
     kube.delete("Pod", "shop", "orders-redis-2")
-    assert kube.get("Pod", "shop", "orders-redis-2") is None  # the watch has not said so yet
-    assert kube.list("Pod", "shop", SELECTOR) == []
     new = child("Pod", "orders-redis-2", version=7)
     new["metadata"]["uid"] = "uid-new"
+    return old, new
+
+
+def test_a_pod_deleted_by_the_pass_hides_only_itself_not_its_successor_of_the_same_name() -> None:
+    # A rolling update deletes orders-redis-2; the StatefulSet controller creates it again at once. The
+    # successor must be seen (and its readiness) without waiting for the tombstone to expire.
+    kube, api, source, _ = cached()
+    _, new = deleted_and_successor(kube, source)
+    assert kube.get("Pod", "shop", "orders-redis-2") is None  # the watch has not said so yet
+    assert kube.list("Pod", "shop", SELECTOR) == []
     source.put("Pod", new)  # the watch: the old one deleted, its successor created
     assert kube.get("Pod", "shop", "orders-redis-2")["metadata"]["uid"] == "uid-new"  # type: ignore[index]
     assert [p["metadata"]["uid"] for p in kube.list("Pod", "shop", SELECTOR)] == ["uid-new"]
@@ -163,12 +170,7 @@ def test_a_pod_deleted_by_the_pass_hides_only_itself_not_its_successor_of_the_sa
 
 def test_a_deleted_pod_still_in_the_index_stays_hidden_next_to_its_successor() -> None:
     kube, _, source, _ = cached()
-    old = child("Pod", "orders-redis-2")
-    old["metadata"]["uid"] = "uid-old"
-    source.put("Pod", old)
-    kube.delete("Pod", "shop", "orders-redis-2")
-    new = child("Pod", "orders-redis-2", version=7)
-    new["metadata"]["uid"] = "uid-new"
+    old, new = deleted_and_successor(kube, source)
     for order in ([old, new], [new, old]):
         for key in (("owner", "shop", "orders"), ("name", "shop", "orders-redis-2")):
             source.stores["Pod"][key] = order  # both: the old one's deletion event not handled yet
