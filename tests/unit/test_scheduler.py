@@ -157,3 +157,41 @@ def test_concurrency_is_bounded(made: list[Scheduler[str]]) -> None:
     eventually(lambda: not s.running() and all((s.due_in(f"r{i}") or 0) > 1 for i in range(12)),
                what="every pass done")
     assert most == 3
+
+
+def test_a_woken_key_goes_before_the_keys_whose_period_came_round(made: list[Scheduler[str]]) -> None:
+    # One worker, held by a pass that waits on pods that do not answer; meanwhile the period of five
+    # other resources comes round, then one resource is edited. The edit's pass is the next to run.
+    order: list[str] = []
+    release = threading.Event()
+
+    def run(key: str) -> float | None:
+        order.append(key)
+        if key == "unreachable":
+            release.wait(5)
+        return None
+
+    s = scheduler(made, run, workers=1, period=30.0)
+    s.wake("unreachable")
+    eventually(lambda: order == ["unreachable"], what="the slow pass running")
+    for i in range(5):
+        s.add(f"periodic-{i}", after=0.0)
+    time.sleep(0.05)
+    s.wake("edited")
+    release.set()
+    eventually(lambda: len(order) == 7, what="every pass")
+    assert order[1] == "edited", order
+    assert order[2:] == [f"periodic-{i}" for i in range(5)]  # the others in the order they came due
+
+
+def test_no_more_keys_are_handed_out_than_workers_are_free(made: list[Scheduler[str]]) -> None:
+    release = threading.Event()
+    s = scheduler(made, lambda _: release.wait(5) and None, workers=2)
+    for i in range(6):
+        s.wake(f"r{i}")
+    eventually(lambda: len(s.running()) == 2, what="two passes running")
+    time.sleep(0.05)
+    assert len(s.running()) == 2
+    assert len(s.scheduled()) == 6  # the other four wait, still scheduled, none queued in the pool
+    release.set()
+    eventually(lambda: all((s.due_in(f"r{i}") or 0) > 1 for i in range(6)), what="every pass done")

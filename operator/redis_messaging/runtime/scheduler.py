@@ -1,10 +1,15 @@
 """When each resource's work runs: concurrently across resources, one at a time for each.
 
 A :class:`Scheduler` keeps, per key, when its next run is due. One dispatcher thread hands due keys
-to a bounded pool of worker threads; a key that is running is never handed out again until its run
-ends, so a slow or unreachable resource holds one worker and delays nobody else. A run returns when
-it wants to come back (seconds; None: after the period). Asked to run while running (:meth:`wake`),
-a key runs again as soon as the current run ends.
+to a bounded pool of worker threads, one key per free worker; a key that is running is never handed
+out again until its run ends, so a slow or unreachable resource holds one worker and delays nobody
+else. A run returns when it wants to come back (seconds; None: after the period). Asked to run while
+running (:meth:`wake`), a key runs again as soon as the current run ends.
+
+When more keys are due than workers are free, a key that was woken (a spec change, a pod that became
+Ready, a failover) goes before the keys whose period came round, and among each the one due first
+goes first: 1,000 safety-net passes of resources whose pods do not answer never make an edit wait
+for all of them.
 
 The reconcile passes and the autoscaler ticks each have a scheduler of their own.
 """
@@ -37,6 +42,7 @@ class Scheduler(Generic[K]):
         self._from_start = from_start
         self._clock = clock
         self._due: dict[K, float] = {}
+        self._woken: set[K] = set()  # due keys that were woken, not merely due by their period
         self._running: set[K] = set()
         self._again: dict[K, float] = {}  # asked for while running: when
         self._cond = threading.Condition()
@@ -63,12 +69,14 @@ class Scheduler(Generic[K]):
                 self._again[key] = min(when, self._again.get(key, when))
             else:
                 self._due[key] = min(when, self._due.get(key, when))
+                self._woken.add(key)
             self._cond.notify()
 
     def remove(self, key: K) -> None:
         """Forget ``key``: a run under way finishes, and nothing of it is scheduled again."""
         with self._cond:
             self._due.pop(key, None)
+            self._woken.discard(key)
             self._again.pop(key, None)
             self._running.discard(key)
 
@@ -100,6 +108,7 @@ class Scheduler(Generic[K]):
         with self._cond:
             self._stopped = True
             self._due.clear()
+            self._woken.clear()
             self._again.clear()
             self._cond.notify_all()
             thread, self._thread = self._thread, None
@@ -113,15 +122,20 @@ class Scheduler(Generic[K]):
                 if self._stopped:
                     return
                 now = self._clock()
-                ready = sorted((when, i, key) for i, (key, when) in enumerate(self._due.items()) if when <= now)
-                for _, _, key in ready:
+                free = self.workers - len(self._running)
+                ready = sorted((key not in self._woken, when, i, key)
+                               for i, (key, when) in enumerate(self._due.items()) if when <= now)
+                for *_, key in ready[:max(free, 0)]:
                     del self._due[key]
+                    self._woken.discard(key)
                     self._running.add(key)
                     try:
                         self._pool.submit(self._one, key)
                     except RuntimeError:  # the pool is shutting down
                         return
-                wait = min((when for when in self._due.values()), default=now + 1.0) - now
+                # due keys that found no free worker wait until a run ends (it notifies), others their time
+                next_due = min((when for when in self._due.values()), default=now + 1.0)
+                wait = 1.0 if len(ready) > free else next_due - now
                 self._cond.wait(timeout=min(max(wait, 0.0), 1.0))
 
     def _one(self, key: K) -> None:
@@ -135,6 +149,7 @@ class Scheduler(Generic[K]):
         with self._cond:
             if key not in self._running:  # removed while it ran
                 self._again.pop(key, None)
+                self._cond.notify()
                 return
             self._running.discard(key)
             if self._stopped:
@@ -145,5 +160,6 @@ class Scheduler(Generic[K]):
             again = self._again.pop(key, None)
             if again is not None:
                 when = min(when, max(again, now))
+                self._woken.add(key)
             self._due[key] = min(when, self._due.get(key, when))
             self._cond.notify()
