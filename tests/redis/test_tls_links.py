@@ -18,7 +18,7 @@ from cluster_env import ClusterEnv, actions_of, heal_until, three_shards
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
-from sentinel_env import SentinelEnv
+from sentinel_env import SentinelEnv, eventually
 from tls_certs import Authority, KeyPair, authority, renew
 
 from redis_messaging.api import models
@@ -141,7 +141,9 @@ def test_failover_over_tls_is_followed_by_the_operator(harness: Harness) -> None
             time.sleep(0.1)
         assert switches, "the failover watch saw no +switch-master over TLS"
         assert switches[-1].new == new_address
-        env.client(new).set("after", "failover")
+        # min-replicas-to-write: the new master answers NOREPLICAS until Sentinel re-pointed a replica to it
+        eventually(lambda: env.client(new).set("after", "failover"), timeout=30,
+                   what=f"a write acknowledged by {new}, the new master")
         env.restart(old)
         assert harness.wait_healthy(timeout=45) == new
         env.wait_replication(timeout=30)
