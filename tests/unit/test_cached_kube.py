@@ -164,7 +164,6 @@ def test_a_pod_deleted_by_the_pass_hides_only_itself_not_its_successor_of_the_sa
     assert [p["metadata"]["uid"] for p in kube.list("Pod", "shop", SELECTOR)] == ["uid-new"]
     kube.settle()
     assert kube._written == {}
-    assert kube._deleted_uids == {}
     assert [m for m, _ in api.requests] == ["DELETE"]
 
 

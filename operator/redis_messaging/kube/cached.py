@@ -86,10 +86,9 @@ class CachedKube(Kube):
         self.ttl = ttl
         self.clock = clock
         self._lock = threading.Lock()
-        # key -> (when, the object as written | None: deleted, whether the write may create it)
-        self._written: dict[tuple[str, str, str], tuple[float, Obj | None, bool]] = {}
-        # key of a deletion -> the uids it deleted (empty: not known, every object of that name is hidden)
-        self._deleted_uids: dict[tuple[str, str, str], frozenset[str]] = {}
+        # key -> (when, the object as written | None: deleted, whether the write may create it, the uids a
+        # deletion removed: empty when not known, and then every object of that name is hidden)
+        self._written: dict[tuple[str, str, str], tuple[float, Obj | None, bool, frozenset[str]]] = {}
         self._kept: dict[tuple[str, ...], tuple[float, Any]] = {}  # reads of unindexed objects: (until, answer)
         self.requests = 0  # reads that went to the API server
 
@@ -108,8 +107,6 @@ class CachedKube(Kube):
         now = self.clock()
         with self._lock:
             written = {name: entry for (k, ns, name), entry in self._written.items() if k == kind and ns == namespace}
-            deleted = {name: uids for (k, ns, name), uids in self._deleted_uids.items()
-                       if k == kind and ns == namespace}
         out: dict[str, Obj] = {}
         listed: set[str] = set()
         for obj in found:
@@ -119,11 +116,11 @@ class CachedKube(Kube):
             if entry is None:
                 out[name] = obj
             elif entry[1] is None:  # deleted by us: hidden until the watch says so, or for a while
-                if now - entry[0] > TOMBSTONE_SECONDS or not _is_deleted(obj, deleted.get(name, frozenset())):
+                if now - entry[0] > TOMBSTONE_SECONDS or not _is_deleted(obj, entry[3]):
                     out[name] = obj
             else:
                 out[name] = entry[1] if _version(entry[1]) > _version(obj) else obj
-        for name, (when, created, creates) in written.items():
+        for name, (when, created, creates, _) in written.items():
             if name in listed:
                 continue
             if created is not None and creates and now - when <= ECHO_SECONDS:  # not seen by the watch yet
@@ -180,9 +177,10 @@ class CachedKube(Kube):
         return [dict(o) for o in answer]
 
     # -- writes: remembered until the watch echoes them ------------------------------------------
-    def _wrote(self, kind: str, namespace: str, name: str, obj: Obj | None, *, creates: bool = True) -> None:
+    def _wrote(self, kind: str, namespace: str, name: str, obj: Obj | None, *, creates: bool = True,
+               deleted_uids: frozenset[str] = frozenset()) -> None:
         with self._lock:
-            self._written[(kind, namespace, name)] = (self.clock(), obj, creates)
+            self._written[(kind, namespace, name)] = (self.clock(), obj, creates, deleted_uids)
         self._forget_kept(kind, namespace)
 
     def apply(self, obj: Obj) -> Obj:
@@ -208,9 +206,7 @@ class CachedKube(Kube):
         uids = frozenset(u for o in known or [] if o["metadata"]["name"] == name
                          for u in [(o.get("metadata") or {}).get("uid")] if u)
         super().delete(kind, namespace, name, propagation)
-        with self._lock:
-            self._deleted_uids[(kind, namespace, name)] = uids
-        self._wrote(kind, namespace, name, None)
+        self._wrote(kind, namespace, name, None, deleted_uids=uids)
 
     def settle(self) -> None:
         """Drop what the watch has caught up with (called between passes; keeps the memory small)."""
@@ -220,7 +216,7 @@ class CachedKube(Kube):
             written = list(self._written.items())
         done = []
         now = self.clock()
-        for (kind, namespace, name), (when, obj, creates) in written:
+        for (kind, namespace, name), (when, obj, creates, uids) in written:
             found = self._indexed(kind, ("name", namespace, name)) if kind in LABELLED_KINDS else None
             if found is None:
                 if now - when > TOMBSTONE_SECONDS:
@@ -228,8 +224,6 @@ class CachedKube(Kube):
                 continue
             seen = [o for o in found if o["metadata"]["name"] == name]
             if obj is None:  # a deletion: caught up once the deleted object is gone (a successor may be there)
-                with self._lock:
-                    uids = self._deleted_uids.get((kind, namespace, name), frozenset())
                 seen = [o for o in seen if _is_deleted(o, uids)]
             caught_up = (obj is None and not seen) or (obj is not None and seen and _version(seen[0]) >= _version(obj))
             lost = obj is not None and not seen and (not creates or now - when > ECHO_SECONDS)
@@ -238,7 +232,6 @@ class CachedKube(Kube):
         with self._lock:
             for key in done:
                 self._written.pop(key, None)
-                self._deleted_uids.pop(key, None)
             for old in [k for k, (until, _) in self._kept.items() if until <= now]:
                 del self._kept[old]
 
