@@ -9,8 +9,10 @@
 # Neither module has replace directives, so `go install module/cmd@version` builds them as released.
 # The ldflags set the versions the binaries report, as their release builds do (redis_exporter's
 # Makefile, Prometheus's .promu.yml). Prometheus is built with `remove_all_sd` (only the static and file
-# service discovery are left: no cloud SDKs, a third of the build) and without `builtinassets` (no web
-# UI; the API answers): nothing here needs more. Go module versions v0.3XX.Y of Prometheus are
+# service discovery are left: no cloud SDKs, a third of the build), the server with Kubernetes service
+# discovery added back (`enable_kubernetes_sd`: the local cluster's Prometheus discovers what
+# ServiceMonitors select), and without `builtinassets` (no web UI; the API answers): nothing here
+# needs more. Go module versions v0.3XX.Y of Prometheus are
 # Prometheus 3.XX.Y.
 #
 # REDIS_EXPORTER_VERSION is the tag of the operator's default exporter image
@@ -36,13 +38,17 @@ trap 'rm -rf "$tmp"' EXIT
 today=$(date -u +%Y%m%d-%H:%M:%S)
 
 build() {  # build NAME PACKAGE@VERSION TAGS LDFLAGS
-  local name=$1 pkg=$2 tags=$3 ld=$4 started
-  if [ -x "$DEST/$name" ]; then log "$name cached"; return; fi
+  local name=$1 pkg=$2 tags=$3 ld=$4 started recorded
+  # The tags are part of the cache key (.NAME.tags); a build from before they were recorded had no
+  # enable_* tags.
+  recorded=$(cat "$DEST/.$name.tags" 2>/dev/null || echo "${tags%%,enable_*}")
+  if [ -x "$DEST/$name" ] && [ "$recorded" = "$tags" ]; then log "$name cached"; return; fi
   command -v go >/dev/null || { log "Go is needed to build $name"; exit 1; }
   log "building $name ($pkg)"
   started=$(date +%s)
   GOBIN="$tmp" go install -trimpath -tags="$tags" -ldflags="$ld" "$pkg"
   mv "$tmp/$name" "$DEST/$name"
+  printf '%s\n' "$tags" >"$DEST/.$name.tags"
   log "$name built in $(( $(date +%s) - started )) s"
 }
 
@@ -53,7 +59,9 @@ v=github.com/prometheus/common/version
 prom_ld="-s -w -X $v.Version=$PROM_RELEASE -X $v.Revision=module -X $v.Branch=module"
 prom_ld="$prom_ld -X $v.BuildUser=redis-messaging-operator -X $v.BuildDate=$today"
 build promtool "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION" remove_all_sd "$prom_ld"
-build prometheus "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION" remove_all_sd "$prom_ld"
+# the server with Kubernetes service discovery only: e2e/local/prometheus.py follows ServiceMonitors with it
+build prometheus "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION" \
+  remove_all_sd,enable_kubernetes_sd "$prom_ld"
 
 "$DEST/redis_exporter" -version 2>&1 | head -n 1 >&2
 "$DEST/promtool" --version 2>&1 | head -n 1 >&2

@@ -58,7 +58,10 @@ def say(line: str) -> None:
 
 
 def operator_tree(rev: str, into: Path) -> Path:
-    """The operator package of commit ``rev``, extracted under ``into``; the PYTHONPATH entry."""
+    """The operator package of commit ``rev``, extracted under ``into``; the PYTHONPATH entry. The
+    operator's pod reads it as the image's user, and its /tmp is a volume of its own: ``into`` is
+    outside /tmp and readable by everyone."""
+    into.chmod(0o755)
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "operator"], capture_output=True,
                              check=True, timeout=120).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True, timeout=120)
@@ -132,7 +135,7 @@ def main(argv: Sequence[str] | None = None, *, local: Any = None) -> int:
     began = time.monotonic()
     results: dict[str, list[nemesis.RunResult]] = {mode: [] for mode in modes}
     extra = f" --operator-commit {args.operator_commit}" if args.operator_commit else ""
-    with tempfile.TemporaryDirectory(prefix="rmsg-nemesis-operator-") as tree:
+    with tempfile.TemporaryDirectory(prefix="rmsg-nemesis-operator-", dir="/var/tmp") as tree:
         env = None
         if args.operator_commit:
             env = {"PYTHONPATH": str(operator_tree(args.operator_commit, Path(tree)))}

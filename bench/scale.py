@@ -1,9 +1,11 @@
 """One operator for N RedisMessaging resources: its memory, CPU and API requests, and how fast it still reacts.
 
 What runs: the local cluster of e2e/local (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-kwok nodes, the volume provisioner, the pod runner) and the operator as its own process, started as the
-local cluster starts it (`redis-messaging run --standalone`, the chart's ServiceAccount and RBAC), so its
-resident memory and CPU time are read from /proc/<pid>. A fresh cluster for each N.
+kwok nodes, the volume provisioner, the pod runner) and the operator as a process of this machine
+(`redis-messaging run --standalone` with the chart's ServiceAccount and RBAC, the local cluster's
+`operator_in="process"`), so its resident memory and CPU time are read from /proc/<pid>, and nothing
+else (the local cluster's relay to the API server, which a pod's requests pass through, runs in this
+harness). A fresh cluster for each N.
 
 For each N, N Sentinel-mode resources (3 Redis + 3 Sentinel pods each, the defaults otherwise: AOF on a
 claim, the exporter sidecar, a generated password) are created at once:
@@ -662,7 +664,7 @@ class Run:
         # three ClusterIP Services a resource: more than the 254 addresses of the local cluster's /24
         ip_range = f"--service-cluster-ip-range={SERVICE_RANGE}"
         with LocalCluster(names_in=lambda ns: ns != KWOK_NS, apiserver_args=[ip_range],
-                          controller_manager_args=CONTROLLER_MANAGER_ARGS) as cluster:
+                          controller_manager_args=CONTROLLER_MANAGER_ARGS, operator_in="process") as cluster:
             self.fig.phases["cluster up"] = time.monotonic() - began
             assert cluster.api is not None
             assert cluster.control_plane is not None

@@ -5,7 +5,8 @@
 - local (`E2E_BACKEND=local` or `--e2e-backend=local`): the local cluster of e2e/local, brought up
   once per session (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok's nodes, the
   pod runner playing the kubelet with the machine's redis-server and redis-sentinel), with the CRD,
-  the chart's RBAC and the operator as a process. No Docker needed; Linux and root are.
+  the chart installed with Helm: the operator runs as its Deployment's pod. No Docker needed; Linux and
+  root are.
 
 Every test collected under e2e/ is marked `e2e`. Without a cluster the whole tier is skipped, with
 the reason (where RMSG_REQUIRE_TIERS names e2e, as in CI, each of its tests fails instead); nothing

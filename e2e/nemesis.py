@@ -56,7 +56,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -912,16 +911,12 @@ class Nemesis:
             chosen += self.rng.sample(names, count) if count else []
         if not chosen:
             chosen = masters[:1]
-        ips, both_ways = self.runner.cut_from_host(self.ns, chosen)
+        ips, both_ways = self.local.cut_operator_off(self.ns, chosen)
         self.cut = True
-        for ip in ips:  # the cut holds: the host reaches none of them (and is not told so)
-            try:
-                socket.create_connection((ip, PORT), timeout=0.3).close()
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                raise HarnessError(f"the host is not cut off {ip} silently: {exc}") from exc
-            raise HarnessError(f"the host still reaches {ip}")
+        for ip in ips:  # the cut holds: the operator reaches none of them (and is not told so)
+            outcome = self.local.operator_connect(ip, PORT, timeout=0.3)
+            if outcome != "timeout":
+                raise HarnessError(f"the operator is not cut off {ip} silently: {outcome}")
         what = f"operator cut off {', '.join(sorted(chosen))} for {f.hold:.1f}s"
         notes.append(f"cut IPs {', '.join(ips)}"
                      + ("" if both_ways else " one way only (net.ipv4.conf.all.rp_filter=2 lets in what they send)"))
@@ -936,7 +931,7 @@ class Nemesis:
                 what += "; " + self.fail_master(f.how, f.pick, notes)
             time.sleep(max(0.0, f.hold - 1.0))
         finally:
-            self.runner.mend_host()
+            self.local.mend_operator()
             self.cut = False
         return what
 
@@ -1038,7 +1033,7 @@ class Nemesis:
         for pod in list(self.partitioned):
             self.heal(pod)
         if self.cut:
-            self.runner.mend_host()
+            self.local.mend_operator()
             self.cut = False
         for pod in list(self.held):
             with contextlib.suppress(LookupError):

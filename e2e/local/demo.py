@@ -1,7 +1,7 @@
 """The operator at work, in a few minutes, on this machine: README's first command ends here.
 
 It brings up the local cluster of e2e/local (a real API server, etcd, controller manager and scheduler;
-the machine's redis-server and redis-sentinel as pods) with the CRD, the chart's RBAC and the operator,
+the machine's redis-server and redis-sentinel as pods) with the CRD and the chart installed with Helm,
 then shows the operator's main job on the resources of examples/:
 
 1. examples/sentinel.yaml and examples/streams-autoscaling.yaml (with its consumer Deployment) applied
@@ -287,10 +287,12 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
                  "kwok's nodes, the pod runner")
     failed: str | None = None
     with localcluster.LocalCluster() as local:
-        showing.say(f"   up in {local.timings['start']:.0f} s; the CRD and the chart's ServiceAccount and RBAC "
-                    "installed (helm template)")
+        showing.say(f"   up in {local.timings['start']:.0f} s, with the CRD")
+        began = time.monotonic()
         local.start_operator()
-        showing.say(f"   the operator runs (`redis-messaging run`), its log: {local.operator_log_path}")
+        showing.say(f"   the chart installed with Helm (`helm upgrade --install`); the operator's pod "
+                    f"{local.operator.name if local.operator else '?'} runs after {time.monotonic() - began:.0f} s, "
+                    f"its log: {local.operator_log_path}")
         cluster = LocalBackend(local.kubeconfig, local=local)
         try:
             show(cluster, showing, sentinel_ns="demo-sentinel", streams_ns="demo-streams", burst=args.burst)

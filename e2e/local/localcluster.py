@@ -15,10 +15,12 @@ Also here, the two things a cluster's add-ons would do:
   Service names resolving to the pod IPs of their endpoints (no kube-proxy: a ClusterIP Service name
   resolves to one ready endpoint, e.g. the master Service to the master pod).
 
-The operator runs as a process of this machine (the checkout, the project's virtualenv) in the host's
-network namespace, in a mount namespace of its own with the cluster's hosts file; it authenticates as
-the Helm chart's ServiceAccount with the chart's RBAC when helm is available, else as the control
-plane's `operator` identity.
+The operator is installed as users install it: the chart with `helm upgrade --install`, its
+Deployment's pod played by the pod runner like any other (the operator image played from the
+checkout), logging in with its ServiceAccount's token through the `kubernetes` Service (a relay on the
+bridge's address, port 443, to the API server). `LocalCluster(operator_in="process")` runs it as a
+process of this machine instead (the host's network namespace, the chart's RBAC), for a benchmark that
+reads its memory and CPU alone.
 
 Several clusters may run on one machine at once (each claims its own pod subnet and bridge). One that
 dies without stopping (SIGKILL, a CI timeout) leaves processes, veths, a bridge and directories behind;
@@ -57,13 +59,23 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO / "tests" / "kube"))  # tests/kube/controlplane.py
+sys.path.insert(0, str(REPO / "tests" / "support"))  # tests/support/monitoring_tools.py (the binaries' cache)
 
-from controlplane import OPERATOR_USER, ControlPlane, locate_assets  # noqa: E402
+from controlplane import (  # noqa: E402
+    API_SERVICE_NAMES,
+    MONITORING_CRDS,
+    OPERATOR_USER,
+    ControlPlane,
+    locate_assets,
+    monitoring_crd,
+)
 from kubeapi import KubeApi, Obj, Reflector, quote, selector_matches  # noqa: E402
 from podrunner import (  # noqa: E402
     CLUSTER_DOMAIN,
     PodNetwork,
+    PodNotFound,
     PodRunner,
+    PodWorker,
     _kill_group,
     operator_image_problem,
 )
@@ -78,6 +90,19 @@ STORAGE_CLASS = "standard"
 PROVISIONER = "rmsg.local/hostpath"
 OPERATOR_NAMESPACE = "redis-messaging"
 OPERATOR_RELEASE = "redis-messaging-operator"
+OPERATOR_CONTAINER = "operator"  # the chart's
+OPERATOR_IMAGE_TAG = "local"  # played from the checkout by the pod runner, never pulled
+API_RELAY_PORT = 443
+CONNECT_PROBE = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])).close()
+    print("reached")
+except TimeoutError:
+    print("timeout")
+except OSError as exc:
+    print(f"error: {exc}")
+"""
 STARTUP_TIMEOUT = 60.0
 
 
@@ -101,6 +126,18 @@ def helm_binary() -> Path | None:
         return found[-1]
     which = shutil.which("helm")
     return Path(which) if which else None
+
+
+def exporter_binary() -> Path | None:
+    """The redis_exporter .ci/build-monitoring.sh built, which plays the exporter image; None without."""
+    from monitoring_tools import binaries_dir  # imports the operator's package: only once it is needed
+
+    binary = binaries_dir() / "redis_exporter"
+    if os.access(binary, os.X_OK):
+        return binary
+    log.warning("no redis_exporter at %s (bash .ci/build-monitoring.sh): exporter containers only count as "
+                "running", binary)
+    return None
 
 
 def missing_requirements() -> str | None:
@@ -187,8 +224,10 @@ class HostsFiles:
     atomically in a directory that pods mount (their /etc/hosts is a symlink into it)."""
 
     def __init__(self, api: KubeApi, root: Path, domain: str = CLUSTER_DOMAIN,
-                 include: Callable[[str], bool] | None = None) -> None:
+                 include: Callable[[str], bool] | None = None, fixed: Iterable[tuple[str, str]] = ()) -> None:
+        """``fixed``: (address, names) lines every file carries, e.g. the API server's Service names."""
         self.root = root
+        self.fixed = list(fixed)
         self.domain = domain
         self.include = include  # namespaces whose pods and Services get names (None: all)
         self._dirty = threading.Event()
@@ -287,7 +326,8 @@ class HostsFiles:
                 for short in (name, f"{name}.{ns}", f"{name}.{ns}.svc"):
                     aliases.setdefault(ns, []).append((ip, short))
         header = ("# The local cluster's names (e2e/local/localcluster.py), rewritten on every change.\n"
-                  "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+                  "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                  + "".join(f"{ip}\t{names}\n" for ip, names in self.fixed))
         common = "".join(f"{ip}\t{fqdn}\n" for ip, fqdn, _ in entries)
         with self._lock:
             namespaces = set(self._namespaces)
@@ -397,18 +437,160 @@ def _free_port() -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# the `kubernetes` Service
+
+
+class ApiRelay:
+    """What kube-proxy does for the `kubernetes` Service: pods connect to the bridge's address, port
+    443 (the name kubernetes.default.svc resolves to it), and reach the API server, which listens on
+    the host's 127.0.0.1 only. Bytes are relayed as they are: TLS ends at the API server, whose
+    certificate carries the Service's names."""
+
+    def __init__(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
+        self.target = target
+        self._server = socket.create_server(listen)
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._stopped = False
+        self.connections = 0
+        self._thread = threading.Thread(target=self._accept, name="api-relay", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return  # closed by stop()
+            threading.Thread(target=self._serve, args=(client,), name="api-relay-conn", daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.target, timeout=5)
+        except OSError as exc:
+            log.warning("API relay: cannot reach the API server at %s:%d: %s", *self.target, exc)
+            client.close()
+            return
+        upstream.settimeout(None)
+        with self._lock:
+            if self._stopped:
+                client.close()
+                upstream.close()
+                return
+            self._sockets |= {client, upstream}
+            self.connections += 1
+        back = threading.Thread(target=self._pipe, args=(upstream, client), name="api-relay-back", daemon=True)
+        back.start()
+        self._pipe(client, upstream)
+        back.join()
+        with self._lock:
+            self._sockets -= {client, upstream}
+        client.close()
+        upstream.close()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            sockets = list(self._sockets)
+        self._server.close()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(5)
+
+
+# --------------------------------------------------------------------------------------------------
+# the operator's pod
+
+
+class OperatorPod:
+    """The operator as users run it: the pod of the chart's Deployment, played by the pod runner. Its
+    container's process is what :meth:`signal` reaches (a restarted container is a new process)."""
+
+    def __init__(self, runner: PodRunner, namespace: str, name: str) -> None:
+        self.runner = runner
+        self.namespace = namespace
+        self.name = name
+        self.log_path = runner.log_path(namespace, name, OPERATOR_CONTAINER)  # raises PodNotFound
+
+    def _worker(self) -> PodWorker | None:
+        try:
+            return self.runner.worker(self.namespace, self.name)
+        except PodNotFound:
+            return None
+
+    def _process(self) -> subprocess.Popen[bytes] | None:
+        worker = self._worker()
+        proc = worker.container(OPERATOR_CONTAINER).proc if worker is not None else None
+        return proc if proc is not None and proc.poll() is None else None
+
+    @property
+    def pid(self) -> int:
+        proc = self._process()
+        if proc is None:
+            raise LocalClusterError(f"the operator's container in pod {self.namespace}/{self.name} is not running")
+        return proc.pid
+
+    def alive(self) -> bool:
+        return self._process() is not None
+
+    def exists(self) -> bool:
+        """The pod is still played (its container may be down)."""
+        worker = self._worker()
+        return worker is not None and not worker.terminated.is_set()
+
+    def signal(self, sig: int) -> None:
+        proc = self._process()
+        if proc is not None:
+            _kill_group(proc.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL its container, which the runner then does not restart until :meth:`release`."""
+        worker = self._worker()
+        if worker is None:
+            return
+        worker.hold(OPERATOR_CONTAINER)
+        proc = worker.container(OPERATOR_CONTAINER).proc
+        if proc is not None:
+            worker.kill_container(OPERATOR_CONTAINER, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+
+    def release(self) -> None:
+        worker = self._worker()
+        if worker is not None:
+            worker.release(OPERATOR_CONTAINER)
+
+
+# --------------------------------------------------------------------------------------------------
 # the cluster
 
 
 class LocalCluster:
     def __init__(self, *, nodes: int = NODES, names_in: Callable[[str], bool] | None = None,
-                 apiserver_args: Iterable[str] = (), controller_manager_args: Iterable[str] = ()) -> None:
+                 apiserver_args: Iterable[str] = (), controller_manager_args: Iterable[str] = (),
+                 operator_in: str = "pod") -> None:
         """``names_in``: the namespaces whose pods and Services the hosts files name (default: all).
         The names of pods no process plays (e.g. on extra kwok-only nodes) then resolve nowhere, and
         thousands of them cost no rewrite of the hosts files. ``apiserver_args``: added to (and, for
         a flag given twice, overriding) the API server's, e.g. a larger --service-cluster-ip-range than
         the 254 ClusterIPs of the default /24; ``controller_manager_args`` likewise for
-        kube-controller-manager (e.g. a --kube-api-qps above its default 20 for thousands of pods)."""
+        kube-controller-manager (e.g. a --kube-api-qps above its default 20 for thousands of pods).
+        ``operator_in``: "pod" (the chart installed with Helm, its Deployment's pod played like any
+        other; needs helm) or "process" (a process of this machine with the chart's RBAC)."""
+        if operator_in not in ("pod", "process"):
+            raise ValueError(f"operator_in: 'pod' or 'process', not {operator_in!r}")
+        self.operator_in = operator_in
         self.node_names = [f"rmsg-node-{i}" for i in range(nodes)]
         self.names_in = names_in
         self.apiserver_args = list(apiserver_args)
@@ -423,7 +605,10 @@ class LocalCluster:
         self.hosts: HostsFiles | None = None
         self.provisioner: HostPathProvisioner | None = None
         self.runner: PodRunner | None = None
-        self.operator: Process | None = None
+        self.operator: Process | OperatorPod | None = None
+        self._operator_env: dict[str, str] | None = None  # the extra environment of the installed release
+        self._operator_logs: list[Path] = []  # every operator pod's container log, oldest first
+        self.relay: ApiRelay | None = None
         self.operator_kubeconfig: Path | None = None
         self.operator_user: str | None = None  # the operator's user name in the audit log
         self.api: KubeApi | None = None
@@ -505,13 +690,17 @@ class LocalCluster:
         ], logs / "kwok.log")
         self._step("nodes", lambda: self._create_nodes(record.subnet))
 
-        self.hosts = HostsFiles(api, self.work / "dns", include=self.names_in)
+        port = int(cp.server.rsplit(":", 1)[1])
+        self.relay = ApiRelay((network.gateway, API_RELAY_PORT), ("127.0.0.1", port))
+        self.hosts = HostsFiles(api, self.work / "dns", include=self.names_in,
+                                fixed=[(network.gateway, " ".join(reversed(API_SERVICE_NAMES)))])
         self._step("hosts", self.hosts.start)
         self.provisioner = HostPathProvisioner(api, self.work / "volumes")
         self._step("provisioner", self.provisioner.start)
         self.runner = self._runner_ever = PodRunner(api, nodes=set(self.node_names), network=network,
                                                     work_dir=self.work, dns_dir_for=self.hosts.dir_for,
-                                                    repo_root=REPO)
+                                                    repo_root=REPO, api_service=API_SERVICE_NAMES[2],
+                                                    exporter=exporter_binary())
         self._step("runner", self.runner.start)
         self._step("operator install", self.install_operator)
 
@@ -607,6 +796,7 @@ class LocalCluster:
             ("hosts", lambda: self.hosts.stop() if self.hosts else None),
             ("kwok", lambda: [k.stop(5) for k in [*self.more_kwok, *([self.kwok] if self.kwok else [])]]),
             ("scheduler", lambda: self.scheduler.stop(5) if self.scheduler else None),
+            ("relay", lambda: self.relay.stop() if self.relay else None),
             ("control plane", lambda: self.control_plane.stop() if self.control_plane else None),
             ("network", lambda: self.network.destroy() if self.network else None),
         ]
@@ -619,6 +809,7 @@ class LocalCluster:
             self.timings[f"stop {name}"] = time.monotonic() - began
         self.runner = self.hosts = self.provisioner = None
         self.kwok = self.scheduler = None
+        self.relay = None
         self.more_kwok = []
         self.control_plane = None
         self.network = None
@@ -643,15 +834,25 @@ class LocalCluster:
     # ---- the operator ----------------------------------------------------------------------------
 
     def install_operator(self) -> None:
-        """The CRD (server-side apply of crds/), and the chart's ServiceAccount and RBAC (helm template),
-        whose token the operator process then uses."""
+        """The CRD (server-side apply of crds/) and the operator's namespace. The operator itself comes
+        with :meth:`start_operator`: in a pod, the chart installed with Helm; as a process, the chart's
+        ServiceAccount and RBAC (helm template), whose token the process then uses."""
         assert self.control_plane is not None
         assert self.api is not None
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+        # the Prometheus Operator's kinds, as a cluster that runs it has them: ServiceMonitors and
+        # PrometheusRules are then created, and LocalPrometheus (prometheus.py) follows them
+        self.kubectl("apply", "--server-side", "-f", "-", input_text=json.dumps({
+            "apiVersion": "v1", "kind": "List",
+            "items": [monitoring_crd(kind, plural) for kind, plural in MONITORING_CRDS.items()]}))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
         self.api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                                "metadata": {"name": OPERATOR_NAMESPACE}})
         helm = helm_binary()
+        if self.operator_in == "pod":
+            if helm is None:
+                raise LocalClusterError("no helm to install the chart: run `bash .ci/setup.sh`")
+            return
         if os.environ.get("E2E_LOCAL_OPERATOR_RBAC", "chart") == "masters":
             log.warning("E2E_LOCAL_OPERATOR_RBAC=masters: the operator runs as system:masters, not the chart's RBAC")
             self.operator_kubeconfig = self.control_plane.operator_kubeconfig
@@ -662,12 +863,8 @@ class LocalCluster:
             self.operator_kubeconfig = self.control_plane.operator_kubeconfig
             self.operator_user = OPERATOR_USER
             return
-        rendered = subprocess.run(
-            [str(helm), "template", OPERATOR_RELEASE, str(REPO / "charts" / "redis-messaging-operator"),
-             "--namespace", OPERATOR_NAMESPACE, "--output-dir", str(self.work / "chart")],
-            capture_output=True, text=True, check=False, timeout=120)
-        if rendered.returncode != 0:
-            raise LocalClusterError(f"helm template failed: {rendered.stderr.strip()}")
+        self._helm("template", OPERATOR_RELEASE, str(REPO / "charts" / "redis-messaging-operator"),
+                   "--namespace", OPERATOR_NAMESPACE, "--output-dir", str(self.work / "chart"))
         templates = self.work / "chart" / "redis-messaging-operator" / "templates"
         for name in ("serviceaccount.yaml", "rbac.yaml"):
             if (templates / name).exists():
@@ -680,55 +877,167 @@ class LocalCluster:
         self.operator_kubeconfig = self.control_plane.kubeconfig_for_token(token, "chart-operator")
         self.operator_user = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{names[0]}"
 
+    def _helm(self, *args: str) -> str:
+        helm = helm_binary()
+        if helm is None:
+            raise LocalClusterError("no helm: run `bash .ci/setup.sh`")
+        home = self.work / "helm"
+        env = {**os.environ, "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
+               "HELM_DATA_HOME": str(home / "data")}
+        result = subprocess.run([str(helm), *args, "--kubeconfig", str(self.kubeconfig)], env=env,
+                                capture_output=True, text=True, check=False, timeout=180)
+        if result.returncode != 0:
+            raise LocalClusterError(f"helm {' '.join(args[:2])} failed: {result.stderr.strip()}")
+        return result.stdout
+
     @property
     def operator_log_path(self) -> Path:
+        """The log of the operator running now (the container log of its pod, or the process's)."""
+        if self._operator_logs:
+            return self._operator_logs[-1]
         return self.work / "logs" / "operator.log"
 
     def start_operator(self, extra_env: dict[str, str] | None = None) -> None:
+        """The operator, with ``extra_env`` added to its environment. In a pod: `helm upgrade --install`
+        of the chart (the operator image played from the checkout, the environment through
+        `operator.extraEnv`), and back when waiting for its pod's container to run. A container that
+        :meth:`kill_operator` killed is restarted in its pod, as the kubelet restarts a killed container;
+        another environment rolls the Deployment. As a process: see :meth:`_start_operator_process`."""
+        if self.operator is not None and self.operator.alive():
+            raise LocalClusterError("the operator is already running")
+        if self.operator_in == "process":
+            self._start_operator_process(extra_env)
+            return
+        assert self.runner is not None
+        env = dict(extra_env or {})
+        self._operator_starts += 1
+        current = self.operator if isinstance(self.operator, OperatorPod) else None
+        if current is not None and current.exists() and env == self._operator_env:
+            current.release()
+            self.operator = self._wait_operator_pod(same=current.name)
+            return
+        values = {
+            "image": {"repository": "redis-messaging-operator", "tag": OPERATOR_IMAGE_TAG, "pullPolicy": "Never"},
+            "operator": {"extraEnv": [{"name": k, "value": v} for k, v in sorted(env.items())]},
+            "nodeSelector": {NODE_LABEL: "true"},  # the nodes whose pods run (not kwok-only ones)
+            "metrics": {"serviceMonitor": {"enabled": True}},
+        }
+        values_file = self.work / "operator-values.json"
+        values_file.write_text(json.dumps(values, indent=2) + "\n")
+        self._helm("upgrade", "--install", OPERATOR_RELEASE, str(REPO / "charts" / "redis-messaging-operator"),
+                   "--namespace", OPERATOR_NAMESPACE, "--values", str(values_file))
+        self._operator_env = env
+        deployment = json.loads(self.kubectl("get", "deployment", OPERATOR_RELEASE, "-n", OPERATOR_NAMESPACE,
+                                             "-o", "json"))
+        account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        self.operator_user = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{account}"
+        if deployment["spec"].get("replicas") == 0:  # stopped by stop_operator()
+            self.kubectl("scale", "deployment", OPERATOR_RELEASE, "-n", OPERATOR_NAMESPACE, "--replicas=1")
+        self.operator = self._wait_operator_pod(not_named=current.name if current is not None else None)
+
+    def _wait_operator_pod(self, *, same: str | None = None, not_named: str | None = None,
+                           timeout: float = 120.0) -> OperatorPod:
+        """The operator's pod once its container runs: ``same`` (a pod restarting its container), else
+        a pod of the Deployment not being deleted, other than ``not_named`` (the one it replaces)."""
+        assert self.api is not None
+        assert self.runner is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            if same is not None:
+                names = [same]
+            else:
+                listing = self.api.request("GET", f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods",
+                                           query={"labelSelector": f"app.kubernetes.io/instance={OPERATOR_RELEASE}"})
+                names = [p["metadata"]["name"] for p in listing["items"]
+                         if not p["metadata"].get("deletionTimestamp") and p["metadata"]["name"] != not_named]
+            for name in names:
+                with contextlib.suppress(PodNotFound):
+                    pod = OperatorPod(self.runner, OPERATOR_NAMESPACE, name)
+                    if pod.alive():
+                        if pod.log_path not in self._operator_logs:
+                            self._operator_logs.append(pod.log_path)
+                        return pod
+            if time.monotonic() > deadline:
+                raise LocalClusterError(f"the operator's pod did not start within {timeout:g}s:\n"
+                                        + self.kubectl("get", "pods,replicasets,events", "-n", OPERATOR_NAMESPACE,
+                                                       check=False))
+            time.sleep(0.1)
+
+    def _start_operator_process(self, extra_env: dict[str, str] | None) -> None:
         """The operator as a process: `redis-messaging run --standalone`, the checkout, the project's
         virtualenv, in the host's network namespace and a mount namespace of its own whose /etc/hosts
         is the cluster's."""
         assert self.runner is not None
         assert self.hosts is not None
         assert self.operator_kubeconfig is not None
-        if self.operator is not None and self.operator.alive():
-            raise LocalClusterError("the operator is already running")
         self._operator_starts += 1
         cdir = self.work / "operator"
         cdir.mkdir(exist_ok=True)
         resolv = cdir / "resolv.conf"
         resolv.write_text("nameserver 127.0.0.1\noptions ndots:1 timeout:1 attempts:1\n")
         spec = cdir / "init.spec"
+        binds = "".join(f"bind {here} {there} ro\n" for here, there in self.runner.images.mounts)
         spec.write_text(f"root {cdir}\nfile {resolv} /etc/resolv.conf\ndns {self.hosts.global_dir()}\n"
-                        "workdir /tmp\n")
+                        f"{binds}workdir /tmp\n")
+        image = dict(self.runner.images.profile("redis-messaging-operator").env)  # type: ignore[union-attr]
         env = {
-            "PATH": self.runner.images.path, "HOME": "/tmp",  # the operator image's: the project's virtualenv
-            "PYTHONPATH": str(REPO / "operator"), "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
+            **image,  # the operator image's: PATH with the project's virtualenv, PYTHONPATH, HOME
+            "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
             "KUBECONFIG": str(self.operator_kubeconfig),
             "REDIS_MESSAGING_METRICS_PORT": "0",  # it would listen on every interface
             **(extra_env or {}),
         }
         liveness = f"http://127.0.0.1:{_free_port()}/healthz"
-        with self.operator_log_path.open("a") as f:
+        log_path = self.work / "logs" / "operator.log"
+        with log_path.open("a") as f:
             f.write(f"=== local cluster: operator start {self._operator_starts} ===\n")
+        if log_path not in self._operator_logs:
+            self._operator_logs.append(log_path)
         self.operator = self._spawn("operator", [
             "unshare", "--mount", "--propagation", "private", "--",
             "sh", str(HERE / "container-init.sh"), str(spec), "--",
             "redis-messaging", "run", "--standalone", "--liveness", liveness,
-        ], self.operator_log_path, env=env)
+        ], log_path, env=env)
 
     def stop_operator(self, grace: float = 10.0) -> None:
-        if self.operator is not None:
-            self.operator.stop(grace)
-            self._forget(self.operator)
+        """The operator stops as it would on a scale-down (SIGTERM, then SIGKILL after the pod's grace
+        period): its Deployment scaled to zero, or the process stopped."""
+        operator = self.operator
+        if isinstance(operator, Process):
+            operator.stop(grace)
+            self._forget(operator)
+            return
+        if operator is None or self.runner is None:
+            return
+        self.kubectl("scale", "deployment", OPERATOR_RELEASE, "-n", OPERATOR_NAMESPACE, "--replicas=0", check=False)
+        deadline = time.monotonic() + 60
+        while operator.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if operator.exists():
+            log.warning("the operator's pod %s still runs 60s after its Deployment was scaled to zero", operator.name)
 
     def kill_operator(self) -> None:
-        """SIGKILL: the operator dies mid-whatever it is doing."""
-        if self.operator is not None:
-            self.operator.signal(signal.SIGKILL)
+        """SIGKILL: the operator dies mid-whatever it is doing, and stays down until
+        :meth:`start_operator` (in a pod, its container is not restarted until then)."""
+        operator = self.operator
+        if isinstance(operator, OperatorPod):
+            operator.kill()
+        elif operator is not None:
+            operator.signal(signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.operator.popen.wait(10)
-            self._forget(self.operator)
+                operator.popen.wait(10)
+            self._forget(operator)
+
+    def delete_operator_pod(self) -> float:
+        """`kubectl delete pod` of the operator's pod (SIGTERM, as a drain or an eviction would), and back
+        once the Deployment's next pod runs its container: the seconds that took."""
+        operator = self.operator
+        if not isinstance(operator, OperatorPod):
+            raise LocalClusterError("the operator runs as a process here, not in a pod")
+        began = time.monotonic()
+        self.kubectl("delete", "pod", operator.name, "-n", OPERATOR_NAMESPACE, "--wait=false")
+        self.operator = self._wait_operator_pod(not_named=operator.name)
+        return time.monotonic() - began
 
     def _forget(self, process: Process) -> None:
         """A process group of the record that is gone: a later process may get its number."""
@@ -736,10 +1045,41 @@ class LocalCluster:
             self._record.drop_group(process.pid)
 
     def operator_log(self, tail: int = 300) -> str:
-        try:
-            return "\n".join(self.operator_log_path.read_text(errors="replace").splitlines()[-tail:])
-        except OSError as exc:
-            return f"<{exc}>"
+        """The last lines the operator wrote, across its restarts and pods."""
+        lines: list[str] = []
+        for path in self._operator_logs:
+            try:
+                lines += path.read_text(errors="replace").splitlines()
+            except OSError as exc:
+                lines.append(f"<{exc}>")
+        return "\n".join(lines[-tail:])
+
+    def cut_operator_off(self, namespace: str, names: list[str]) -> tuple[list[str], bool]:
+        """Cut the operator off these pods, both ways and silently, while they still reach each other:
+        their IPs, and whether both ways are cut (see :meth:`PodNetwork.cut`)."""
+        assert self.runner is not None
+        return self.runner.cut_off(namespace, names, self._operator_sandbox())
+
+    def mend_operator(self) -> None:
+        """Undo :meth:`cut_operator_off`."""
+        assert self.runner is not None
+        self.runner.mend(self._operator_sandbox())
+
+    def operator_connect(self, ip: str, port: int, timeout: float) -> str:
+        """A TCP connection tried from where the operator runs: "reached", "timeout" or the error."""
+        sandbox = self._operator_sandbox()
+        argv = [sys.executable, "-c", CONNECT_PROBE, ip, str(port), str(timeout)]
+        if sandbox is not None:
+            argv = ["nsenter", "--target", str(sandbox), "--net", "--", *argv]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 10, check=False)
+        return result.stdout.strip() or f"probe failed: {result.stderr.strip()}"
+
+    def _operator_sandbox(self) -> int | None:
+        """The process whose network namespace the operator uses: its pod's sandbox; None for the host's."""
+        if isinstance(self.operator, OperatorPod):
+            assert self.runner is not None
+            return self.runner.sandbox_pid(OPERATOR_NAMESPACE, self.operator.name)
+        return None
 
     def leftovers(self) -> list[str]:
         """What of this run still exists (after stop(), this should be nothing): processes in a process

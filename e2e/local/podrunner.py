@@ -21,11 +21,19 @@ nodes whose image it knows:
 - deletion: preStop hooks, SIGTERM, SIGKILL after the grace period, then the pod object is removed
   (grace period 0), as the kubelet does.
 
+- the API server, as the kubelet and the ServiceAccount admission plugin give it: the `kubernetes`
+  Service's environment (KUBERNETES_SERVICE_HOST is the Service's name, which the cluster's hosts
+  file resolves to a relay in front of the API server) and, unless the pod or its ServiceAccount opts
+  out, a token from the TokenRequest API with the cluster's CA at
+  /var/run/secrets/kubernetes.io/serviceaccount.
+
 Images it knows: redis images run the machine's redis-server / redis-sentinel (Debian packages), the
-operator's image runs this checkout with the project's virtualenv (.venv: its `python` and the
-checkout's `redis-messaging` first on PATH, whatever interpreter runs the harness), the
-redis_exporter sidecar is not run (its container counts as running and ready). Pods whose images it
-does not know are reported running and ready without processes, as kwok alone would.
+operator's image runs this checkout with the project's virtualenv (.venv, bound read-only where the
+image has it, /opt/redis-messaging, and the checkout's package and `redis-messaging` beside it, first
+on PATH, whatever interpreter runs the harness), the redis_exporter image runs the binary
+.ci/build-monitoring.sh builds (bound at /redis_exporter, as in the image; without it, its containers
+count as running and ready). Pods whose images it does not know are reported running and ready
+without processes, as kwok alone would.
 
 Every container runs in a process group of its own. When a pod ends, the runner kills the groups,
 then whatever else is in the pod's network namespace (a child that started a session of its own);
@@ -69,6 +77,8 @@ CLUSTER_DOMAIN = "cluster.local"
 LOOP_INTERVAL = 0.1
 MAX_BACKOFF = 10.0
 BACKOFF_RESET_AFTER = 30.0
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+TOKEN_SECONDS = 48 * 3600
 
 
 class PodNotFound(LookupError):
@@ -91,6 +101,7 @@ class ImageProfile:
     run: bool = True
     user: tuple[int, int] = (0, 0)  # the image's USER (uid, gid)
     reach: tuple[str, ...] = ()  # paths its user must be able to reach (the interpreter)
+    mounts: tuple[tuple[str, str], ...] = ()  # (path here, path in the container): the image's own files
 
 
 def image_repository(image: str) -> str:
@@ -137,14 +148,24 @@ def operator_image_problem(repo_root: Path) -> str | None:
     return None
 
 
+# Where the operator image's containers find the image's files: the virtualenv where the Dockerfile puts
+# it, the checkout's package and entry point beside it. Bound there read-only, they stay visible under
+# whatever the pod mounts (the chart's /tmp volume hides a checkout or a run directory under /tmp).
+IMAGE_VENV = "/opt/redis-messaging"
+IMAGE_CHECKOUT = "/opt/redis-messaging-checkout"
+
+
 class Images:
     """The images this machine can play, and the commands of the operator image: the project's
-    virtualenv (see :func:`project_virtualenv`) first on PATH, as in the image, and the checkout's
-    package, whatever interpreter runs this harness."""
+    virtualenv (see :func:`project_virtualenv`) at the image's /opt/redis-messaging, first on PATH,
+    and the checkout's package, whatever interpreter runs this harness."""
 
-    def __init__(self, bin_dir: Path, repo_root: Path) -> None:
+    def __init__(self, bin_dir: Path, repo_root: Path, exporter: Path | None = None) -> None:
+        """``exporter``: a redis_exporter binary (.ci/build-monitoring.sh builds it); without one, the
+        exporter's containers are only reported running."""
         self.bin_dir = bin_dir
         self.repo_root = repo_root
+        self.exporter = exporter
         venv = project_virtualenv(repo_root)
         if venv is None:
             raise RuntimeError(operator_image_problem(repo_root))
@@ -152,15 +173,21 @@ class Images:
         self.python = venv / "bin" / "python"
         found = subprocess.run([str(self.python), "-I", "-c", _INTERPRETER_PATHS], capture_output=True, text=True,
                                timeout=60, check=True)
-        # the interpreter itself, its standard library, the virtualenv's site-packages
-        self.interpreter_paths: tuple[str, ...] = tuple(dict.fromkeys(json.loads(found.stdout)))
-        # the operator image's PATH: this directory (`redis-messaging` of the checkout), then the virtualenv
-        self.path = f"{bin_dir}:{venv / 'bin'}:{DEFAULT_PATH}"
+        # the interpreter itself and its standard library (the virtualenv's site-packages is mounted)
+        venv_real = os.path.realpath(venv)
+        self.interpreter_paths: tuple[str, ...] = tuple(
+            path for path in dict.fromkeys(json.loads(found.stdout))
+            if not (path == venv_real or path.startswith(venv_real + os.sep)))
+        # the operator image's PATH: the checkout's `redis-messaging`, then the virtualenv
+        self.path = f"{IMAGE_CHECKOUT}/bin:{IMAGE_VENV}/bin:{DEFAULT_PATH}"
+        self.mounts = ((str(venv), IMAGE_VENV), (str(bin_dir), f"{IMAGE_CHECKOUT}/bin"),
+                       (str(repo_root / "operator"), f"{IMAGE_CHECKOUT}/operator"))
         bin_dir.mkdir(parents=True, exist_ok=True)
         entry = bin_dir / "redis-messaging"
         entry.write_text(
             "#!/bin/sh\n"
-            f"exec {self.python} -c 'import sys; from redis_messaging.cli import main; sys.exit(main())' \"$@\"\n"
+            f"exec {IMAGE_VENV}/bin/python -c 'import sys; from redis_messaging.cli import main; "
+            "sys.exit(main())' \"$@\"\n"
         )
         entry.chmod(0o755)
 
@@ -171,16 +198,19 @@ class Images:
         if repo == "redis-messaging-operator":
             return ImageProfile(
                 "operator", entrypoint=("redis-messaging",), cmd=("run", "--standalone"),
-                env=(("PATH", self.path), ("PYTHONPATH", str(self.repo_root / "operator")),
+                env=(("PATH", self.path), ("PYTHONPATH", f"{IMAGE_CHECKOUT}/operator"),
                      ("PYTHONUNBUFFERED", "1"), ("PYTHONDONTWRITEBYTECODE", "1"), ("HOME", "/tmp")),
                 user=(10001, 10001),  # the Dockerfile's USER
-                # the interpreter, the package and the virtualenv's libraries, wherever they are
-                # (a checkout in a 0700 directory of root's is traversable in the container's root only)
-                reach=(str(self.python), *self.interpreter_paths, str(self.bin_dir / "redis-messaging"),
-                       str(self.repo_root / "operator" / "redis_messaging")),
+                # the base interpreter, wherever it is (traversable in the container's root only)
+                reach=self.interpreter_paths,
+                mounts=self.mounts,
             )
         if repo in ("redis_exporter", "redis-exporter"):
-            return ImageProfile("exporter", run=False)
+            if self.exporter is None:
+                return ImageProfile("exporter", run=False)
+            # the image: the binary at /redis_exporter, its ENTRYPOINT, run as its USER
+            return ImageProfile("exporter", entrypoint=("/redis_exporter",), env=(("PATH", DEFAULT_PATH),),
+                                user=(59000, 59000), mounts=((str(self.exporter), "/redis_exporter"),))
         return None
 
 
@@ -228,6 +258,7 @@ class PodNetwork:
         self._lock = threading.Lock()
         self._counter = 0
         self._rp_filter: str | None = None  # the bridge's, while some pods are cut off the host
+        self._pod_rp_filter: dict[int, str] = {}  # sandbox pid -> its eth0's, while it is cut off some pods
 
     def create(self) -> None:
         _run(["ip", "link", "add", self.bridge, "type", "bridge"], what="bridge")
@@ -312,6 +343,42 @@ class PodNetwork:
                 _run(["ip", "route", "replace", "table", "local", f"{ip}/32", "dev", self.void, "src",
                       self.gateway], what="cut")
         return Path("/proc/sys/net/ipv4/conf/all/rp_filter").read_text().strip() != "2"
+
+    def cut(self, ips: list[str], sandbox_pid: int | None = None) -> bool:
+        """:meth:`cut_host`, or the same in the network namespace of a pod (its sandbox's): there, a
+        device without peers takes the routes to ``ips``, and strict reverse-path filtering on the
+        pod's eth0 drops what comes from them."""
+        if sandbox_pid is None:
+            return self.cut_host(ips)
+        for ip in ips:
+            if ipaddress.ip_address(ip) not in self.subnet:
+                raise ValueError(f"{ip} is outside the pod subnet {self.subnet}")
+        with self._lock:
+            if sandbox_pid not in self._pod_rp_filter:
+                self._pod_rp_filter[sandbox_pid] = self._in_pod(
+                    sandbox_pid, "cat /proc/sys/net/ipv4/conf/eth0/rp_filter").strip()
+                self._in_pod(sandbox_pid, "set -e; ip link add void0 type bridge; ip link set void0 up; "
+                                          "echo 1 > /proc/sys/net/ipv4/conf/void0/route_localnet; "
+                                          "echo 1 > /proc/sys/net/ipv4/conf/eth0/rp_filter")
+            self._in_pod(sandbox_pid, "set -e; " + "; ".join(
+                f"ip route replace table local {ip}/32 dev void0" for ip in ips))
+        return self._in_pod(sandbox_pid, "cat /proc/sys/net/ipv4/conf/all/rp_filter").strip() != "2"
+
+    def mend(self, sandbox_pid: int | None = None) -> None:
+        """Undo every :meth:`cut` of that namespace (the host's when None)."""
+        if sandbox_pid is None:
+            self.mend_host()
+            return
+        with self._lock:
+            previous = self._pod_rp_filter.pop(sandbox_pid, None)
+            if previous is not None:
+                self._in_pod(sandbox_pid, f"ip link del void0; echo {int(previous)} > "
+                                          "/proc/sys/net/ipv4/conf/eth0/rp_filter", check=False)
+
+    @staticmethod
+    def _in_pod(sandbox_pid: int, script: str, check: bool = True) -> str:
+        return _run(["nsenter", "--target", str(sandbox_pid), "--net", "sh", "-c", script],
+                    what="pod network cut", check=check).stdout
 
     def mend_host(self) -> None:
         """Undo every :meth:`cut_host` (the routes go with the void)."""
@@ -545,6 +612,7 @@ class PodWorker:
         self._gone = threading.Event()  # the object is gone from the API (or replaced by another uid)
         self._stop = threading.Event()  # the runner stops: kill everything now
         self._last_status: str | None = None
+        self._token_dir: str | None = None  # its ServiceAccount token's directory; "" for none
         self._probe_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"probe-{self.name}")
         self._thread = threading.Thread(target=self._main, name=f"pod-{self.key}", daemon=True)
         self.terminated = threading.Event()
@@ -761,7 +829,9 @@ class PodWorker:
         cdir.mkdir(parents=True, exist_ok=True)
         lines = [f"root {_check_path(str(cdir))}"]
         for src, dst, ro in mounts:
-            lines.append(f"bind {_check_path(src)} {_check_path(dst)} {'ro' if ro else 'rw'}")
+            # The root is an overlay of this machine's, whose absolute symlinks (/var/run -> /run) would
+            # lead container-init.sh's mkdir and mount out of it: their targets inside it instead.
+            lines.append(f"bind {_check_path(src)} {_check_path(os.path.realpath(dst))} {'ro' if ro else 'rw'}")
         lines.append(f"file {self.dir / 'resolv.conf'} /etc/resolv.conf")
         lines.append(f"dns {self.runner.dns_dir_for(self.namespace)}")
         lines.append(f"hostname {self._hostname()}")
@@ -822,6 +892,10 @@ class PodWorker:
         env: dict[str, str] = {"PATH": DEFAULT_PATH, "HOME": "/root"}
         env.update(dict(c.profile.env))
         env["HOSTNAME"] = self._hostname()
+        if self.runner.api_service is not None:  # the kubelet's, for the `kubernetes` Service
+            env.update({"KUBERNETES_SERVICE_HOST": self.runner.api_service, "KUBERNETES_SERVICE_PORT": "443",
+                        "KUBERNETES_SERVICE_PORT_HTTPS": "443",
+                        "KUBERNETES_PORT": f"tcp://{self.runner.api_service}:443"})
         for source in c.spec.get("envFrom") or []:
             prefix = source.get("prefix", "")
             if "configMapRef" in source:
@@ -919,7 +993,54 @@ class PodWorker:
                 src = str(Path(src) / m["subPath"])
                 Path(src).mkdir(parents=True, exist_ok=True)
             out.append((src, m["mountPath"], bool(m.get("readOnly"))))
+        assert c.profile is not None
+        out += [(here, there, True) for here, there in c.profile.mounts]
+        if not any(dst == SERVICE_ACCOUNT_DIR for _, dst, _ in out):
+            token = self._service_account_volume()
+            if token is not None:
+                out.append((token, SERVICE_ACCOUNT_DIR, True))
         return out
+
+    def _service_account_volume(self) -> str | None:
+        """The directory of the pod's ServiceAccount token (token, ca.crt, namespace), made once per pod
+        as the ServiceAccount admission plugin and the kubelet would: a token bound to this pod from
+        the TokenRequest API, the cluster's CA from the namespace's kube-root-ca.crt ConfigMap. None
+        when the pod or its ServiceAccount opts out (automountServiceAccountToken: false)."""
+        if self.runner.api_service is None:
+            return None
+        if self._token_dir is not None:
+            return self._token_dir or None
+        spec = self.pod["spec"]
+        automount = spec.get("automountServiceAccountToken")
+        if automount is False:
+            self._token_dir = ""
+            return None
+        account = spec.get("serviceAccountName") or "default"
+        path = f"/api/v1/namespaces/{quote(self.namespace)}/serviceaccounts/{quote(account)}"
+        found = self.runner.api.get(path)
+        if found is None:
+            raise _NotYet("CreateContainerConfigError", f"serviceaccount {account} not found")
+        if automount is None and found.get("automountServiceAccountToken") is False:
+            self._token_dir = ""
+            return None
+        ca = (self._config_map("kube-root-ca.crt", optional=False) or {}).get("ca.crt")
+        if ca is None:
+            raise _NotYet("CreateContainerConfigError", "configmap kube-root-ca.crt has no ca.crt")
+        # Long enough for any run: the runner does not refresh it as the kubelet would. Bound to the pod
+        # when the pod names its ServiceAccount (the API server refuses to bind it to a pod whose
+        # serviceAccountName is empty, as it is here without the admission plugin that fills it in).
+        token_spec: Obj = {"expirationSeconds": TOKEN_SECONDS}
+        if spec.get("serviceAccountName"):
+            token_spec["boundObjectRef"] = {"apiVersion": "v1", "kind": "Pod", "name": self.name, "uid": self.uid}
+        try:
+            request = self.runner.api.request("POST", f"{path}/token", {
+                "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": token_spec})
+        except ApiError as exc:
+            raise _NotYet("CreateContainerConfigError", f"no token for serviceaccount {account}: {exc}") from exc
+        files = {"token": (request["status"]["token"].encode(), 0o644), "ca.crt": (ca, 0o644),
+                 "namespace": (self.namespace.encode(), 0o644)}
+        self._token_dir = self._write_volume(self.dir / "volumes" / "kube-api-access", files)
+        return self._token_dir
 
     def _volume(self, volume: Obj) -> str:
         name = volume["name"]
@@ -958,9 +1079,14 @@ class PodWorker:
                     self._keyed(files, {**source["secret"], "defaultMode": default}, self._secret, default)
                 elif "downwardAPI" in source:
                     self._downward(files, {**source["downwardAPI"], "defaultMode": default}, default)
-                # serviceAccountToken: the local cluster mints none (no ServiceAccount admission)
+                # serviceAccountToken: none here; the pod's token is mounted at SERVICE_ACCOUNT_DIR instead
         else:
             log.warning("pod %s: volume %s of an unsupported type is an empty directory", self.key, name)
+        return self._write_volume(target, files)
+
+    def _write_volume(self, target: Path, files: dict[str, tuple[bytes, int]]) -> str:
+        """The files of a ConfigMap, Secret, downward-API or projected volume, written into ``target``."""
+        fs_group = self._fs_group()
         target.mkdir(parents=True, exist_ok=True)
         for rel, (content, mode) in files.items():
             path = target / rel
@@ -1311,13 +1437,18 @@ class PodRunner:
     """Watches the pods on the given nodes and runs a :class:`PodWorker` for each."""
 
     def __init__(self, api: KubeApi, *, nodes: set[str], network: PodNetwork, work_dir: Path,
-                 dns_dir_for: Callable[[str], Path], repo_root: Path) -> None:
+                 dns_dir_for: Callable[[str], Path], repo_root: Path, api_service: str | None = None,
+                 exporter: Path | None = None) -> None:
+        """``api_service``: the name pods reach the API server by, on port 443 (their
+        KUBERNETES_SERVICE_HOST); with it, a pod whose ServiceAccount token is mounted gets one, as
+        the kubelet mounts it. None: pods get neither."""
         self.api = api
+        self.api_service = api_service
         self.nodes = nodes
         self.network = network
         self.work_dir = work_dir
         self.dns_dir_for = dns_dir_for
-        self.images = Images(work_dir / "image-bin", repo_root)
+        self.images = Images(work_dir / "image-bin", repo_root, exporter)
         self._workers: dict[str, PodWorker] = {}  # by uid
         self._by_key: dict[str, str] = {}  # ns/name -> uid of the current worker
         self._lock = threading.Lock()
@@ -1450,14 +1581,14 @@ class PodRunner:
             return sorted(w.name for w in self._workers.values()
                           if w.namespace == namespace and not w.terminated.is_set())
 
-    def cut_from_host(self, namespace: str, names: list[str]) -> tuple[list[str], bool]:
-        """Cut the host (the operator) off these pods, which still reach each other: their IPs, and
-        whether both ways are cut (see :meth:`PodNetwork.cut_host`)."""
+    def cut_off(self, namespace: str, names: list[str], sandbox_pid: int | None = None) -> tuple[list[str], bool]:
+        """Cut the host, or the pod of ``sandbox_pid``, off these pods, which still reach each other:
+        their IPs, and whether both ways are cut (see :meth:`PodNetwork.cut`)."""
         ips = [ip for ip in (self.worker(namespace, name).pod_ip for name in names) if ip]
-        return ips, self.network.cut_host(ips)
+        return ips, self.network.cut(ips, sandbox_pid)
 
-    def mend_host(self) -> None:
-        self.network.mend_host()
+    def mend(self, sandbox_pid: int | None = None) -> None:
+        self.network.mend(sandbox_pid)
 
     def sandbox_pid(self, namespace: str, name: str) -> int:
         """The process holding the pod's namespaces (`nsenter --net=/proc/PID/ns/net` joins its network)."""

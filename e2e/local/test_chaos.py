@@ -231,8 +231,18 @@ def test_operator_killed_mid_operation(cluster: Cluster, namespace: str, local: 
     for pod in redis_pods(cluster, namespace):
         eventually(lambda p=pod: count(cluster, namespace, p, "before") == 1000, timeout=60, what=f"{pod} has all")
     eventually(lambda: is_ready(cluster, namespace), timeout=READY_TIMEOUT, interval=1, what="Ready again")
-    print(f"\n[chaos] operator killed: creation finished after {created:.1f}s, "
-          f"failover followed after {time.monotonic() - started - created:.1f}s")
+    followed = time.monotonic() - started - created
+
+    # 3. Its pod deleted (a drain, an eviction) as the master fails: the Deployment's next pod follows.
+    replaced = local.delete_operator_pod()
+    cluster.kubectl("delete", "pod", master, "-n", namespace, "--wait=false")
+    newer = eventually(lambda: (m := sentinel_master(cluster, namespace)) and m != master and m,
+                       timeout=90, interval=1, what="the Sentinels chose another master again")
+    eventually(lambda: cluster.masters(namespace, NAME) == [newer], timeout=60, interval=0.5,
+               what=f"the new operator pod moved the master label to {newer}")
+    eventually(lambda: is_ready(cluster, namespace), timeout=READY_TIMEOUT, interval=1, what="Ready once more")
+    print(f"\n[chaos] operator killed: creation finished after {created:.1f}s, failover followed after "
+          f"{followed:.1f}s; its pod deleted: the next pod ran after {replaced:.1f}s and followed a failover")
 
 
 def test_consumers_lose_nothing_when_one_is_killed_mid_work(cluster: Cluster, namespace: str, local: Any) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from e2e_support import Cluster, eventually
-from podrunner import Images, operator_image_problem
+from podrunner import IMAGE_VENV, Images, operator_image_problem
 
 OPERATOR_IMAGE = "redis-messaging-operator:0.1.0"
 REPORT = ("import json, sys, redis, kopf, kubernetes, pydantic, redis_messaging.consumer; "
@@ -73,8 +73,13 @@ def test_the_operator_image_runs_the_checkouts_virtualenv_whatever_runs_the_harn
     profile = images.profile(OPERATOR_IMAGE)
     assert profile is not None
     env = dict(profile.env)
-    assert _python_of(env) == {"prefix": str(checkout / ".venv"), "base_prefix": sys.base_prefix}
-    assert env["PATH"].split(os.pathsep)[1] == str(checkout / ".venv" / "bin")
+    # the checkout's virtualenv, bound where the image has its own, second on PATH after the entry point
+    bound = {there: here for here, there in profile.mounts}
+    assert bound[IMAGE_VENV] == str(checkout / ".venv")
+    assert env["PATH"].split(os.pathsep)[1] == f"{IMAGE_VENV}/bin"
+    # what `python` is in the container: the virtualenv's, with its own prefix
+    here = {**env, "PATH": env["PATH"].replace(IMAGE_VENV, bound[IMAGE_VENV])}
+    assert _python_of(here) == {"prefix": str(checkout / ".venv"), "base_prefix": sys.base_prefix}
     # a virtualenv without the project's dependencies cannot play the image: the cluster says so
     problem = operator_image_problem(checkout)
     assert problem is not None

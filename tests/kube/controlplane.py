@@ -59,6 +59,31 @@ WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollectio
 STARTUP_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 SERVICE_ACCOUNT_ISSUER = "https://127.0.0.1"
+# The names of the `kubernetes` Service, which the serving certificate also carries: pods of the local
+# cluster (e2e/local) reach the API server by them, as pods do in a cluster (Kopf's ServiceAccount login
+# asks for https://kubernetes.default.svc).
+API_SERVICE_NAMES = ("kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                     "kubernetes.default.svc.cluster.local")
+# The Prometheus Operator's kinds the operator renders (kind -> plural), served by :func:`monitoring_crd`.
+MONITORING_CRDS = {"ServiceMonitor": "servicemonitors", "PrometheusRule": "prometheusrules"}
+
+
+def monitoring_crd(kind: str, plural: str) -> dict[str, Any]:
+    """A stand-in for the Prometheus Operator's CRD: same group, version and names, open schema."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
+            "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
+        },
+    }
+
+
 _KEEP_HINT = " (KEEP_CONTROLPLANE=1 keeps the work directory with all logs)"
 
 _T = TypeVar("_T")
@@ -222,7 +247,8 @@ def _pki_with_cryptography(pki: Pki) -> None:
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost"),
+                 *(x509.DNSName(name) for name in API_SERVICE_NAMES)]
             ),
             critical=False,
         )
@@ -265,7 +291,7 @@ def _pki_with_openssl(pki: Pki, directory: Path) -> None:
         "basicConstraints=critical,CA:FALSE\n"
         "keyUsage=critical,digitalSignature,keyEncipherment\n"
         "extendedKeyUsage=serverAuth\n"
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        f"subjectAltName=IP:127.0.0.1,DNS:localhost,{','.join(f'DNS:{n}' for n in API_SERVICE_NAMES)}\n"
         "subjectKeyIdentifier=hash\n"
         "authorityKeyIdentifier=keyid\n"
     )

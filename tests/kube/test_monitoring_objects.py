@@ -10,13 +10,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from controlplane import MONITORING_CRDS, monitoring_crd
 from helpers import Api, eventually, install_crd, operator_running, rmsg
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 os.environ.setdefault("REDIS_MESSAGING_RESYNC_SECONDS", "1")
 
-MONITORING_CRDS = {"ServiceMonitor": "servicemonitors", "PrometheusRule": "prometheusrules"}
 SPEC = {"monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
                        "prometheusRule": {"enabled": True},
                        "grafanaDashboard": {"enabled": True}}}
@@ -28,27 +28,11 @@ def api(kube_api: client.ApiClient) -> Api:
     return Api(kube_api)
 
 
-def _crd(kind: str, plural: str) -> dict[str, Any]:
-    """A stand-in for the Prometheus Operator's CRD: same group, version and names, open schema."""
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
-        "spec": {
-            "group": "monitoring.coreos.com",
-            "scope": "Namespaced",
-            "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
-            "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
-                "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
-        },
-    }
-
-
 @pytest.fixture
 def monitoring_crds(kube_api: client.ApiClient) -> Iterator[None]:
     ext = client.ApiextensionsV1Api(kube_api)
     for kind, plural in MONITORING_CRDS.items():
-        ext.create_custom_resource_definition(_crd(kind, plural))
+        ext.create_custom_resource_definition(monitoring_crd(kind, plural))
 
     def served() -> bool:
         found = Api(kube_api).raw("GET", "/apis/monitoring.coreos.com/v1")

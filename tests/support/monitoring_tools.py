@@ -491,6 +491,7 @@ class Prometheus:
     targets: list[tuple[str, dict[str, str]]]  # (host:port, target labels)
     operator_target: str | None = None
     interval: str = "1s"
+    scrape_configs: list[Obj] = field(default_factory=list)  # more jobs, as they are (e2e/local/prometheus.py)
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
 
@@ -504,10 +505,11 @@ class Prometheus:
         scrape: list[Obj] = [{
             "job_name": "redis-exporters",
             "static_configs": [{"targets": [t], "labels": labels} for t, labels in self.targets],
-        }]
+        }] if self.targets else []
         if self.operator_target:
             scrape.append({"job_name": "operator", "honor_labels": True,
                            "static_configs": [{"targets": [self.operator_target]}]})
+        scrape += self.scrape_configs
         config = {"global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
                   "rule_files": [str(self.workdir / "rules.yaml")], "scrape_configs": scrape}
         (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
