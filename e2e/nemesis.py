@@ -7,8 +7,8 @@ One run (:func:`run_seed`) of a mode (sentinel or cluster) and a seed:
    and a client pod; Ready;
 2. the workload (e2e/nemesis_workload.py) inside the client pod's network namespace: writes counted
    only once ``WAIT 1`` says a replica has them, stream entries likewise, a consumer group read at
-   least once. It runs in a pod's network, not the host's, because one fault cuts the host (where
-   the operator runs) off some pods: a workload on the host would be cut with it;
+   least once. It runs in a pod of its own, because one fault cuts the operator off some pods: a
+   workload sharing the operator's network would be cut with it;
 3. the faults of the seed's :class:`Plan` (``random.Random(seed)``), one after the other, each held
    for its drawn time, then healed, then waited for: Ready again, the topology settled (one master
    that every replica follows and that the labels and ``status.master`` name; or every node agreeing
@@ -30,7 +30,7 @@ runs draw more):
   SIGSTOPped, sometimes with the master killed meanwhile;
 - ``delete-pod``: a pod deleted (its pre-stop hook runs, the StatefulSet re-creates it);
 - ``partition-pod``: a pod's veth taken off the bridge (nothing in or out, no reset), then put back;
-- ``partition-operator``: the host, where the operator runs, cut off a subset of the pods, both ways
+- ``partition-operator``: the operator (its pod's network namespace) cut off a subset of the pods, both ways
   and silently (routes to a port-less bridge and strict reverse-path filtering; the pods still reach
   each other), sometimes with the master killed meanwhile;
 - ``empty-volume``: a redis-server killed and kept down while its PersistentVolume's directory is

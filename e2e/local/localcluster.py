@@ -159,6 +159,8 @@ def missing_requirements() -> str | None:
     if shutil.which("kubectl") is None and os.access(assets / "kubectl", os.X_OK):
         # the kubectl .ci/setup.sh built when the machine had none: on PATH for this run and the tests
         os.environ["PATH"] = f"{assets}{os.pathsep}{os.environ.get('PATH', '')}"
+    if helm_binary() is None:
+        return "no helm to install the operator's chart: run `bash .ci/setup.sh`"
     tools = ("unshare", "nsenter", "setpriv", "ip", "mount", "kubectl", "redis-server", "redis-sentinel", "redis-cli")
     absent = [t for t in tools if shutil.which(t) is None]
     if absent:
@@ -460,8 +462,12 @@ class ApiRelay:
         while True:
             try:
                 client, _ = self._server.accept()
-            except OSError:
-                return  # closed by stop()
+            except OSError as exc:
+                if self._stopped:
+                    return
+                log.warning("API relay: accept failed (%s); accepting again", exc)
+                time.sleep(0.1)
+                continue
             threading.Thread(target=self._serve, args=(client,), name="api-relay-conn", daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
@@ -502,6 +508,8 @@ class ApiRelay:
         with self._lock:
             self._stopped = True
             sockets = list(self._sockets)
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accept(), which close() alone does not
         self._server.close()
         for sock in sockets:
             with contextlib.suppress(OSError):
@@ -544,10 +552,17 @@ class OperatorPod:
     def alive(self) -> bool:
         return self._process() is not None
 
-    def exists(self) -> bool:
-        """The pod is still played (its container may be down)."""
+    def exists(self, *, terminating: bool = False) -> bool:
+        """The pod is still played (its container may be down); one being deleted counts only with
+        ``terminating``."""
         worker = self._worker()
-        return worker is not None and not worker.terminated.is_set()
+        if worker is None or worker.terminated.is_set():
+            return False
+        return terminating or not worker.pod["metadata"].get("deletionTimestamp")
+
+    def grace_period(self) -> float:
+        worker = self._worker()
+        return float(worker.pod["spec"].get("terminationGracePeriodSeconds", 30)) if worker is not None else 0.0
 
     def signal(self, sig: int) -> None:
         proc = self._process()
@@ -558,13 +573,19 @@ class OperatorPod:
         """SIGKILL its container, which the runner then does not restart until :meth:`release`."""
         worker = self._worker()
         if worker is None:
-            return
+            raise LocalClusterError(f"the operator's pod {self.namespace}/{self.name} is not running")
         worker.hold(OPERATOR_CONTAINER)
-        proc = worker.container(OPERATOR_CONTAINER).proc
-        if proc is not None:
-            worker.kill_container(OPERATOR_CONTAINER, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
+        # a restart the runner began before the hold may still start a process: kill that one too
+        deadline = time.monotonic() + 1.0
+        while True:
+            proc = worker.container(OPERATOR_CONTAINER).proc
+            if proc is not None and proc.poll() is None:
+                worker.kill_container(OPERATOR_CONTAINER, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(10)
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.1)
 
     def release(self) -> None:
         worker = self._worker()
@@ -609,6 +630,7 @@ class LocalCluster:
         self._operator_env: dict[str, str] | None = None  # the extra environment of the installed release
         self._operator_logs: list[Path] = []  # every operator pod's container log, oldest first
         self.relay: ApiRelay | None = None
+        self._cut_sandboxes: list[int | None] = []  # cut_operator_off(): whose network was cut
         self.operator_kubeconfig: Path | None = None
         self.operator_user: str | None = None  # the operator's user name in the audit log
         self.api: KubeApi | None = None
@@ -787,10 +809,15 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Everything down, in reverse order; each step runs even if an earlier one failed."""
+        began = time.monotonic()
+        try:  # first, while the pod runner still watches its pods: the operator's pod ends through it
+            self.stop_operator()
+        except Exception:
+            log.exception("stopping the local cluster's operator failed")
+        self.timings["stop operator"] = time.monotonic() - began
         for reflector in self._reflectors():  # all at once: each ends at its next watch timeout
             reflector.request_stop()
         steps: list[tuple[str, Callable[[], None]]] = [
-            ("operator", self.stop_operator),
             ("runner", self._stop_runner),
             ("provisioner", lambda: self.provisioner.stop() if self.provisioner else None),
             ("hosts", lambda: self.hosts.stop() if self.hosts else None),
@@ -1000,8 +1027,9 @@ class LocalCluster:
         ], log_path, env=env)
 
     def stop_operator(self, grace: float = 10.0) -> None:
-        """The operator stops as it would on a scale-down (SIGTERM, then SIGKILL after the pod's grace
-        period): its Deployment scaled to zero, or the process stopped."""
+        """The operator stops as on a scale-down: its Deployment scaled to zero (SIGTERM, then SIGKILL
+        after the pod's own grace period; waited for up to that period and some), or the process
+        stopped (SIGTERM, then SIGKILL after ``grace``)."""
         operator = self.operator
         if isinstance(operator, Process):
             operator.stop(grace)
@@ -1010,11 +1038,13 @@ class LocalCluster:
         if operator is None or self.runner is None:
             return
         self.kubectl("scale", "deployment", OPERATOR_RELEASE, "-n", OPERATOR_NAMESPACE, "--replicas=0", check=False)
-        deadline = time.monotonic() + 60
-        while operator.exists() and time.monotonic() < deadline:
+        wait = operator.grace_period() + 10
+        deadline = time.monotonic() + wait
+        while operator.exists(terminating=True) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if operator.exists():
-            log.warning("the operator's pod %s still runs 60s after its Deployment was scaled to zero", operator.name)
+        if operator.exists(terminating=True):
+            log.warning("the operator's pod %s still runs %.0fs after its Deployment was scaled to zero",
+                        operator.name, wait)
 
     def kill_operator(self) -> None:
         """SIGKILL: the operator dies mid-whatever it is doing, and stays down until
@@ -1028,16 +1058,18 @@ class LocalCluster:
                 operator.popen.wait(10)
             self._forget(operator)
 
-    def delete_operator_pod(self) -> float:
-        """`kubectl delete pod` of the operator's pod (SIGTERM, as a drain or an eviction would), and back
-        once the Deployment's next pod runs its container: the seconds that took."""
+    def delete_operator_pod(self) -> str:
+        """`kubectl delete pod --wait=false` of the operator's pod (SIGTERM, as a drain or an eviction
+        would): its name; :meth:`await_operator_pod` then waits for the Deployment's next one."""
         operator = self.operator
         if not isinstance(operator, OperatorPod):
             raise LocalClusterError("the operator runs as a process here, not in a pod")
-        began = time.monotonic()
         self.kubectl("delete", "pod", operator.name, "-n", OPERATOR_NAMESPACE, "--wait=false")
-        self.operator = self._wait_operator_pod(not_named=operator.name)
-        return time.monotonic() - began
+        return operator.name
+
+    def await_operator_pod(self, replacing: str) -> None:
+        """Back once an operator pod other than ``replacing`` runs its container."""
+        self.operator = self._wait_operator_pod(not_named=replacing)
 
     def _forget(self, process: Process) -> None:
         """A process group of the record that is gone: a later process may get its number."""
@@ -1058,12 +1090,16 @@ class LocalCluster:
         """Cut the operator off these pods, both ways and silently, while they still reach each other:
         their IPs, and whether both ways are cut (see :meth:`PodNetwork.cut`)."""
         assert self.runner is not None
-        return self.runner.cut_off(namespace, names, self._operator_sandbox())
+        sandbox = self._operator_sandbox()
+        self._cut_sandboxes.append(sandbox)
+        return self.runner.cut_off(namespace, names, sandbox)
 
     def mend_operator(self) -> None:
-        """Undo :meth:`cut_operator_off`."""
+        """Undo :meth:`cut_operator_off`, in the network namespaces it cut (its pod may be gone since)."""
         assert self.runner is not None
-        self.runner.mend(self._operator_sandbox())
+        cut, self._cut_sandboxes = self._cut_sandboxes, []
+        for sandbox in dict.fromkeys(cut):
+            self.runner.mend(sandbox)
 
     def operator_connect(self, ip: str, port: int, timeout: float) -> str:
         """A TCP connection tried from where the operator runs: "reached", "timeout" or the error."""

@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubeapi import ApiError, KubeApi, Obj, Reflector, now_rfc3339, pod_path, quote
 from runrecord import RunRecordError, find_processes, kill_processes, process_start_time, veth_name
 
@@ -1016,6 +1017,13 @@ class PodWorker:
             self._token_dir = ""
             return None
         account = spec.get("serviceAccountName") or "default"
+        try:
+            return self._mint_token(account, automount)
+        except (ApiError, urllib3.exceptions.HTTPError, OSError) as exc:  # retried, as the kubelet would
+            raise _NotYet("CreateContainerConfigError", f"no token for serviceaccount {account}: {exc}") from exc
+
+    def _mint_token(self, account: str, automount: bool | None) -> str | None:
+        spec = self.pod["spec"]
         path = f"/api/v1/namespaces/{quote(self.namespace)}/serviceaccounts/{quote(account)}"
         found = self.runner.api.get(path)
         if found is None:
@@ -1032,11 +1040,8 @@ class PodWorker:
         token_spec: Obj = {"expirationSeconds": TOKEN_SECONDS}
         if spec.get("serviceAccountName"):
             token_spec["boundObjectRef"] = {"apiVersion": "v1", "kind": "Pod", "name": self.name, "uid": self.uid}
-        try:
-            request = self.runner.api.request("POST", f"{path}/token", {
-                "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": token_spec})
-        except ApiError as exc:
-            raise _NotYet("CreateContainerConfigError", f"no token for serviceaccount {account}: {exc}") from exc
+        request = self.runner.api.request("POST", f"{path}/token", {
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": token_spec})
         files = {"token": (request["status"]["token"].encode(), 0o644), "ca.crt": (ca, 0o644),
                  "namespace": (self.namespace.encode(), 0o644)}
         self._token_dir = self._write_volume(self.dir / "volumes" / "kube-api-access", files)

@@ -233,8 +233,11 @@ def test_operator_killed_mid_operation(cluster: Cluster, namespace: str, local: 
     eventually(lambda: is_ready(cluster, namespace), timeout=READY_TIMEOUT, interval=1, what="Ready again")
     followed = time.monotonic() - started - created
 
-    # 3. Its pod deleted (a drain, an eviction) as the master fails: the Deployment's next pod follows.
-    replaced = local.delete_operator_pod()
+    # 3. Its pod deleted (a drain, an eviction): the Deployment's next pod takes over and follows the
+    #    next failover.
+    deleted_at = time.monotonic()
+    local.await_operator_pod(replacing=local.delete_operator_pod())
+    replaced = time.monotonic() - deleted_at
     cluster.kubectl("delete", "pod", master, "-n", namespace, "--wait=false")
     newer = eventually(lambda: (m := sentinel_master(cluster, namespace)) and m != master and m,
                        timeout=90, interval=1, what="the Sentinels chose another master again")
@@ -242,7 +245,7 @@ def test_operator_killed_mid_operation(cluster: Cluster, namespace: str, local: 
                what=f"the new operator pod moved the master label to {newer}")
     eventually(lambda: is_ready(cluster, namespace), timeout=READY_TIMEOUT, interval=1, what="Ready once more")
     print(f"\n[chaos] operator killed: creation finished after {created:.1f}s, failover followed after "
-          f"{followed:.1f}s; its pod deleted: the next pod ran after {replaced:.1f}s and followed a failover")
+          f"{followed:.1f}s; its pod deleted: the next pod ran after {replaced:.1f}s and followed the next failover")
 
 
 def test_consumers_lose_nothing_when_one_is_killed_mid_work(cluster: Cluster, namespace: str, local: Any) -> None:

@@ -1,7 +1,7 @@
 """The local cluster's pod network (E2E_BACKEND=local only): what the scenarios take for granted.
 
 kwok gives a deleted pod's IP to the next pod on the node at once, as a real IPAM may. Whoever
-talked to the old pod (the host, where the operator runs, and other pods) must reach the new one at
+talked to the old pod (the host, the operator's pod and other pods) must reach the new one at
 once, not after their ARP entry for the old MAC address ages out.
 """
 

@@ -61,3 +61,4 @@ def test_the_operator_runs_as_the_pod_of_the_charts_deployment(cluster: Cluster,
         return seen if seen >= {"list", "watch"} else None
 
     eventually(verbs, timeout=60, interval=1, what=f"lists and watches of {user} in the audit log")
+    assert local_cluster.relay.connections > 0, "nothing came through the `kubernetes` Service's relay"
