@@ -362,6 +362,9 @@ class HostsFiles:
 # volumes
 
 
+RESYNC_SECONDS = 2.0
+
+
 class HostPathProvisioner:
     """Dynamic provisioning for the StorageClass `standard`: each new claim gets a hostPath PV on a
     directory of the run, bound to it (claimRef); a released PV is deleted with its directory."""
@@ -372,6 +375,8 @@ class HostPathProvisioner:
         self.claims = Reflector(api, "/api/v1/persistentvolumeclaims", self._claim, name="provisioner-claims")
         self.volumes = Reflector(api, "/api/v1/persistentvolumes", self._volume, name="provisioner-volumes")
         self.provisioned = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._resync, name="provisioner-resync", daemon=True)
 
     def start(self) -> None:
         self.api.request("POST", "/apis/storage.k8s.io/v1/storageclasses", {
@@ -382,10 +387,25 @@ class HostPathProvisioner:
         })
         self.claims.start()
         self.volumes.start()
+        self._thread.start()
 
     def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
         self.claims.stop()
         self.volumes.stop()
+
+    def _resync(self) -> None:
+        """Every claim still unbound is provisioned again (idempotent: the volume's name is the claim's
+        uid): a creation that failed (e.g. 429 while the API server's storage initialises) or an event
+        missed is not the end of a claim, as a controller's resync would see to."""
+        while not self._stop.wait(RESYNC_SECONDS):
+            for claim in self.claims.items():
+                key = f"{claim['metadata']['namespace']}/{claim['metadata']['name']}"
+                try:
+                    self._claim(key, None, claim)
+                except Exception as exc:
+                    log.warning("provisioning %s failed (retried in %gs): %s", key, RESYNC_SECONDS, exc)
 
     def _claim(self, key: str, old: Obj | None, pvc: Obj | None) -> None:
         if pvc is None or (pvc.get("spec") or {}).get("volumeName"):

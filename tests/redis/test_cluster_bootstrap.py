@@ -47,6 +47,12 @@ def assert_cluster_ok(env: ClusterEnv) -> None:
         assert info["cluster_state"] == "ok", (pod, info)
         assert info["cluster_slots_assigned"] == "16384", (pod, info)
         assert info["cluster_slots_ok"] == "16384", (pod, info)
+        # Every node is met once the pass is done; that each knows all the others is gossip's work,
+        # which a loaded machine slows down: given a few seconds.
+        deadline = time.monotonic() + 10
+        while info["cluster_known_nodes"] != str(len(env.pod_names)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            info = env.cluster_info(pod)
         assert info["cluster_known_nodes"] == str(len(env.pod_names)), (pod, info)
 
 
