@@ -924,7 +924,7 @@ class LocalCluster:
         self.operator_kubeconfig = self.control_plane.kubeconfig_for_token(token, "chart-operator")
         self.operator_user = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{names[0]}"
 
-    def _helm(self, *args: str) -> str:
+    def _helm(self, *args: str) -> None:
         helm = helm_binary()
         if helm is None:
             raise LocalClusterError("no helm: run `bash .ci/setup.sh`")
@@ -935,7 +935,6 @@ class LocalCluster:
                                 capture_output=True, text=True, check=False, timeout=180)
         if result.returncode != 0:
             raise LocalClusterError(f"helm {' '.join(args[:2])} failed: {result.stderr.strip()}")
-        return result.stdout
 
     @property
     def operator_log_path(self) -> Path:
@@ -985,22 +984,17 @@ class LocalCluster:
     def _wait_operator_pod(self, *, same: str | None = None, not_named: str | None = None,
                            timeout: float = 120.0) -> OperatorPod:
         """The operator's pod once its container runs: ``same`` (a pod restarting its container), else
-        a pod of the Deployment not being deleted, other than ``not_named`` (the one it replaces)."""
-        assert self.api is not None
+        a pod of its namespace (the Deployment's only) not being deleted, other than ``not_named`` (the
+        one it replaces). Read from the pod runner, which watches the pods anyway."""
         assert self.runner is not None
         deadline = time.monotonic() + timeout
         while True:
-            if same is not None:
-                names = [same]
-            else:
-                listing = self.api.request("GET", f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods",
-                                           query={"labelSelector": f"app.kubernetes.io/instance={OPERATOR_RELEASE}"})
-                names = [p["metadata"]["name"] for p in listing["items"]
-                         if not p["metadata"].get("deletionTimestamp") and p["metadata"]["name"] != not_named]
+            names = [same] if same is not None else [
+                name for name in self.runner.running(OPERATOR_NAMESPACE) if name != not_named]
             for name in names:
                 with contextlib.suppress(PodNotFound):
                     pod = OperatorPod(self.runner, OPERATOR_NAMESPACE, name)
-                    if pod.alive():
+                    if pod.exists() and pod.alive():
                         if pod.log_path not in self._operator_logs:
                             self._operator_logs.append(pod.log_path)
                         return pod

@@ -297,7 +297,7 @@ class PodNetwork:
             f"ip addr add {pod_ip}/32 dev eth0; "
             f"ip route add table local {self.subnet} dev eth0 src {pod_ip}"
         )
-        _run(["nsenter", "--target", str(sandbox_pid), "--net", "sh", "-c", script], what="pod network")
+        self._in_pod(sandbox_pid, script, what="pod network")
         self.announce(sandbox_pid, pod_ip)
         return host_if
 
@@ -338,9 +338,8 @@ class PodNetwork:
                 Path(f"/proc/sys/net/ipv4/conf/{self.void}/route_localnet").write_text("1\n")
                 self._rp_filter = rp_filter.read_text().strip()
                 rp_filter.write_text("1\n")
+            self._check_in_subnet(ips)
             for ip in ips:
-                if ipaddress.ip_address(ip) not in self.subnet:
-                    raise ValueError(f"{ip} is outside the pod subnet {self.subnet}")
                 _run(["ip", "route", "replace", "table", "local", f"{ip}/32", "dev", self.void, "src",
                       self.gateway], what="cut")
         return Path("/proc/sys/net/ipv4/conf/all/rp_filter").read_text().strip() != "2"
@@ -351,9 +350,7 @@ class PodNetwork:
         pod's eth0 drops what comes from them."""
         if sandbox_pid is None:
             return self.cut_host(ips)
-        for ip in ips:
-            if ipaddress.ip_address(ip) not in self.subnet:
-                raise ValueError(f"{ip} is outside the pod subnet {self.subnet}")
+        self._check_in_subnet(ips)
         with self._lock:
             if sandbox_pid not in self._pod_rp_filter:
                 self._pod_rp_filter[sandbox_pid] = self._in_pod(
@@ -376,10 +373,16 @@ class PodNetwork:
                 self._in_pod(sandbox_pid, f"ip link del void0; echo {int(previous)} > "
                                           "/proc/sys/net/ipv4/conf/eth0/rp_filter", check=False)
 
+    def _check_in_subnet(self, ips: list[str]) -> None:
+        for ip in ips:
+            if ipaddress.ip_address(ip) not in self.subnet:
+                raise ValueError(f"{ip} is outside the pod subnet {self.subnet}")
+
     @staticmethod
-    def _in_pod(sandbox_pid: int, script: str, check: bool = True) -> str:
+    def _in_pod(sandbox_pid: int, script: str, *, what: str = "pod network cut", check: bool = True) -> str:
+        """``script`` run by sh in the network namespace of ``sandbox_pid``: its output."""
         return _run(["nsenter", "--target", str(sandbox_pid), "--net", "sh", "-c", script],
-                    what="pod network cut", check=check).stdout
+                    what=what, check=check).stdout
 
     def mend_host(self) -> None:
         """Undo every :meth:`cut_host` (the routes go with the void)."""

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kubeapi import KubeApi, quote
+from kubeapi import KubeApi, quote, selector_matches
 from monitoring_tools import Prometheus, binaries
 
 Obj = dict[str, Any]
@@ -36,10 +36,6 @@ SUPPORTED_SPEC_KEYS = {"selector", "namespaceSelector", "endpoints", "podTargetL
 def sanitised(label: str) -> str:
     """A Kubernetes label name as Prometheus's service discovery writes it in a label name."""
     return re.sub(r"[^a-zA-Z0-9_]", "_", label)
-
-
-def matches(selector: dict[str, str], labels: dict[str, str] | None) -> bool:
-    return all((labels or {}).get(k) == v for k, v in selector.items())
 
 
 def keep_labels(prefix: str, selector: dict[str, str]) -> list[Obj]:
@@ -78,8 +74,9 @@ def scrape_configs(monitor: Obj, index: int, services: list[Obj], kubeconfig: Pa
     jobs = []
     for service in services:
         sm = service["metadata"]
+        wanted = selector.get("matchLabels")
         if (allowed is not None and sm["namespace"] not in allowed) \
-                or not matches(selector.get("matchLabels") or {}, sm.get("labels")):
+                or (wanted and not selector_matches(wanted, sm.get("labels"))):  # an empty selector: all
             continue
         ports = [p for p in service["spec"].get("ports") or [] if p.get("name") == port]
         if not ports or not service["spec"].get("selector"):

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from cluster_env import ClusterEnv, actions_of, heal_until
+from sentinel_env import eventually
 
 from redis_messaging.api import models
 from redis_messaging.builders.names import Owner
@@ -49,11 +50,8 @@ def assert_cluster_ok(env: ClusterEnv) -> None:
         assert info["cluster_slots_ok"] == "16384", (pod, info)
         # Every node is met once the pass is done; that each knows all the others is gossip's work,
         # which a loaded machine slows down: given a few seconds.
-        deadline = time.monotonic() + 10
-        while info["cluster_known_nodes"] != str(len(env.pod_names)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-            info = env.cluster_info(pod)
-        assert info["cluster_known_nodes"] == str(len(env.pod_names)), (pod, info)
+        eventually(lambda p=pod: env.cluster_info(p)["cluster_known_nodes"] == str(len(env.pod_names)),
+                   timeout=10, what=f"{pod} knowing every node")
 
 
 def test_bootstrap_three_shards_one_replica_each(env: ClusterEnv) -> None:
