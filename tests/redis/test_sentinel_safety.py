@@ -201,7 +201,9 @@ def test_the_rolling_switch_over_waits_for_the_replicas_to_catch_up(make_env: li
     step = SentinelRoller(None, h.addresses, timeout=0.5)
     env.stop("orders-redis-2")
     env.client(master).set("while-frozen", 1)
-    assert step.failover(env.spec, OWNER, PASSWORD, master) is None
+    switched, why = step.failover(env.spec, OWNER, PASSWORD, rolling.Failover(master, (), ()))
+    assert switched is None
+    assert "did not catch up" in why
     assert env.client(master).set("after", 1), "writes stay paused"
     time.sleep(2)
     assert env.sentinel_master(timeout=5) == env.address(master)
@@ -209,7 +211,8 @@ def test_the_rolling_switch_over_waits_for_the_replicas_to_catch_up(make_env: li
     for _ in deadline_loop(10, "orders-redis-2 catching up", 0.2):
         if env.info("orders-redis-2").get("master_link_status") == "up":
             break
-    assert step.failover(env.spec, OWNER, PASSWORD, master) is not None
+    switched, why = step.failover(env.spec, OWNER, PASSWORD, rolling.Failover(master, (), ()))
+    assert switched is not None, why
     new = env.sentinel_master(timeout=20, other_than=env.address(master))
     assert env.client(env.pod_at(new)).get("while-frozen") == "1"
     assert rolling.CATCH_UP_SECONDS <= 5

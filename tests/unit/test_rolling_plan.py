@@ -36,7 +36,8 @@ def test_reasons_say_what_changed() -> None:
 
 
 def observation(outdated: set[str], *, master: str = "orders-redis-0", ready: set[str] | None = None,
-                lagging: set[str] = frozenset(), failing_over: bool = False) -> RollObservation:  # type: ignore[assignment]
+                lagging: set[str] = frozenset(), failing_over: bool = False,  # type: ignore[assignment]
+                choices: dict[str, dict[str, str | None]] | None = None) -> RollObservation:
     pods = {p: PodState(p, "redis" if p in R else "sentinel", ready is None or p in ready,
                         ("config hash old -> new",) if p in outdated else ()) for p in R + S}
     redis = {}
@@ -52,7 +53,9 @@ def observation(outdated: set[str], *, master: str = "orders-redis-0", ready: se
                                  sentinels=tuple(("x", i) for i in range(2)))
                  for i, s in enumerate(S)}
     follows = {p: master for p in R if p != master}
-    return RollObservation(pods, redis, sentinels, master, 100, follows)
+    if choices is None:  # every Sentinel would promote any replica
+        choices = {s: {p: None for p in R if p != master} for s in S}
+    return RollObservation(pods, redis, sentinels, master, 100, follows, choices)
 
 
 def test_order_sentinels_then_replicas_then_switchover_then_old_master() -> None:
@@ -61,7 +64,8 @@ def test_order_sentinels_then_replicas_then_switchover_then_old_master() -> None
     assert plan(observation(everything - set(S))) == DeletePod("orders-redis-2", "redis", why, 3)
     assert plan(observation({"orders-redis-0", "orders-redis-1"})).pod == "orders-redis-1"  # type: ignore[union-attr]
     step = plan(observation({"orders-redis-0"}))
-    assert step == Failover("orders-redis-0", ("orders-redis-1", "orders-redis-2"), ("config hash old -> new",))
+    assert step == Failover("orders-redis-0", ("orders-redis-1", "orders-redis-2"), ("config hash old -> new",),
+                            tuple(S))
     # After the switch-over the old master is a replica like any other.
     assert plan(observation({"orders-redis-0"}, master="orders-redis-1")).pod == "orders-redis-0"  # type: ignore[union-attr]
     assert plan(observation(set())) == Done()
@@ -80,3 +84,21 @@ def test_the_master_is_never_switched_over_while_replicas_are_outdated() -> None
         step = plan(observation(set(R), master=master))
         assert isinstance(step, DeletePod)
         assert step.pod != master
+
+
+def test_no_switch_over_asked_of_a_sentinel_that_would_refuse_it() -> None:
+    # Sentinel judges replicas on its last INFO of them (every 10 s): right after a replica's restart
+    # it may still see the link down, and SENTINEL FAILOVER would answer NOGOODSLAVE.
+    lagging_view = {p: "its last INFO had the link to the master down for 12.0s" for p in R[1:]}
+    step = plan(observation({"orders-redis-0"}, choices={s: dict(lagging_view) for s in S}))
+    assert isinstance(step, Wait)
+    assert "orders-redis-1: its last INFO had the link to the master down for 12.0s" in step.why
+    one_sees = {s: dict(lagging_view) for s in S}
+    one_sees["orders-sentinel-1"]["orders-redis-2"] = None
+    step = plan(observation({"orders-redis-0"}, choices=one_sees))
+    assert isinstance(step, Failover)
+    assert step.through == ("orders-sentinel-1",)
+    # A Sentinel that does not list a replica would not promote it either.
+    step = plan(observation({"orders-redis-0"}, choices={s: {} for s in S}))
+    assert isinstance(step, Wait)
+    assert "unknown to it" in step.why

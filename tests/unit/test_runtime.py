@@ -138,18 +138,20 @@ def test_nothing_of_a_deleted_resource_is_left(kube: FakeKube, operators: list[O
 def test_a_resource_whose_pods_never_answer_delays_no_other_resource(kube: FakeKube,
                                                                       operators: list[Operator]) -> None:
     # Pods that accept connections and never answer: every command waits its full timeout.
+    timeout = 3.0
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(64)
     try:
         op = start(kube, Nowhere(slow={"stuck": silent.getsockname()}), resync_seconds=0.2,
-                   redis_timeout_seconds=1.0, max_concurrent_passes=4)
+                   redis_timeout_seconds=timeout, max_concurrent_passes=4)
         operators.append(op)
         op.observe("ADDED", rmsg("stuck"))
         op.observe("ADDED", rmsg("fine"))
         fine = eventually(lambda: op.controller("shop", "fine"), what="the controller")
         stuck = eventually(lambda: op.controller("shop", "stuck"), what="the controller")
         eventually(lambda: stuck in op.passes.running(), what="the stuck resource's pass under way")
+        stuck_passes = stuck.passes
         delays = []
         for _ in range(5):  # a pass asked for (a pod event, an edit) while the other one hangs
             eventually(lambda: fine not in op.passes.running(), what="the previous pass ended")
@@ -157,8 +159,12 @@ def test_a_resource_whose_pods_never_answer_delays_no_other_resource(kube: FakeK
             op.wake(fine)
             eventually(lambda b=before: fine.passes > b, what="the pass asked for")
             delays.append(time.monotonic() - asked)
-        assert stuck in op.passes.running(), "the stuck pass (6 pods x 1 s timeouts) is still under way"
-        assert max(delays) < 0.5, f"the resource that answers waited: {delays}"
+        # all five ran during one pass of the stuck resource (6 pods x 3 s timeouts)
+        assert stuck in op.passes.running()
+        assert stuck.passes == stuck_passes
+        # Waiting behind a single command of the stuck resource costs its whole timeout; half of it
+        # leaves a loaded machine's thread scheduling (a second, seen in CI) out of the verdict.
+        assert max(delays) < timeout / 2, f"the resource that answers waited: {delays}"
     finally:
         silent.close()
 

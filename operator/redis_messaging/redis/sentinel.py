@@ -191,6 +191,42 @@ def observe_redis(conns: Connections, address: Address) -> RedisNode:
                      offset=_int(info.get("slave_repl_offset")), **facts)
 
 
+# What Sentinel (sentinelSelectSlave, Redis 7) asks of a replica before it promotes it while the master
+# is up, as SENTINEL FAILOVER does: answers to PING within 5 PING periods, an INFO at most 3 INFO
+# periods old, and a link to the master down no longer than 10 down-after periods when last reported.
+PROMOTE_PING_MS = 5 * 1000
+PROMOTE_INFO_MS = 3 * 10_000
+PROMOTE_LINK_DOWN_PERIODS = 10
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    """One replica as one Sentinel sees it (SENTINEL REPLICAS): what that Sentinel's choice rests on,
+    which lags the replica itself by up to an INFO period (10 s)."""
+    address: Address
+    flags: frozenset[str] = frozenset()
+    last_ok_ping_ms: int = 0
+    info_refresh_ms: int = 0
+    link_down_ms: int = 0
+    priority: int = 100
+
+    def not_promotable(self, down_after_ms: int) -> str | None:
+        """Why this Sentinel would answer NOGOODSLAVE rather than promote this replica; None: it would."""
+        down = sorted({"s_down", "o_down", "disconnected"} & self.flags)
+        if down:
+            return f"{','.join(down)} in its view"
+        if self.last_ok_ping_ms > PROMOTE_PING_MS:
+            return f"no PING answer for {self.last_ok_ping_ms / 1000:.1f}s"
+        if self.priority == 0:
+            return "replica-priority 0"
+        if self.info_refresh_ms > PROMOTE_INFO_MS:
+            return f"its INFO is {self.info_refresh_ms / 1000:.1f}s old"
+        if down_after_ms > 0 and self.link_down_ms > PROMOTE_LINK_DOWN_PERIODS * down_after_ms:
+            return (f"its last INFO had the link to the master down for {self.link_down_ms / 1000:.1f}s "
+                    f"(more than {PROMOTE_LINK_DOWN_PERIODS} x down-after)")
+        return None
+
+
 @dataclass(frozen=True)
 class SentinelNode:
     address: Address
@@ -204,6 +240,7 @@ class SentinelNode:
     replicas: tuple[Address, ...] = ()
     sentinels: tuple[Address, ...] = ()
     error: str = ""
+    replica_views: tuple[ReplicaView, ...] = ()
 
     @property
     def failing_over(self) -> bool:
@@ -220,6 +257,21 @@ def _pairs(reply: Any) -> dict[str, str]:
         return {str(k): str(v) for k, v in reply.items()}
     items = list(reply or [])
     return {str(items[i]): str(items[i + 1]) for i in range(0, len(items) - 1, 2)}
+
+
+def _replica_views(reply: Any) -> tuple[ReplicaView, ...]:
+    out = []
+    for entry in reply or []:
+        fields = _pairs(entry)
+        if "ip" in fields and "port" in fields:
+            out.append(ReplicaView(
+                (fields["ip"], int(fields["port"])),
+                flags=frozenset(f for f in fields.get("flags", "").split(",") if f),
+                last_ok_ping_ms=_int(fields.get("last-ok-ping-reply")),
+                info_refresh_ms=_int(fields.get("info-refresh")),
+                link_down_ms=_int(fields.get("master-link-down-time")),
+                priority=_int(fields.get("slave-priority", fields.get("replica-priority")), 100)))
+    return tuple(out)
 
 
 def _addresses(reply: Any) -> tuple[Address, ...]:
@@ -258,6 +310,7 @@ def observe_sentinel(conns: Connections, address: Address, master_name: str) -> 
                                      "parallel-syncs") if k in info},
         replicas=() if isinstance(replicas_reply, ResponseError) else _addresses(replicas_reply),
         sentinels=() if isinstance(sentinels_reply, ResponseError) else _addresses(sentinels_reply),
+        replica_views=() if isinstance(replicas_reply, ResponseError) else _replica_views(replicas_reply),
     )
 
 

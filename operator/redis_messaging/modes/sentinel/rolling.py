@@ -53,6 +53,8 @@ class RollObservation:
     master: str | None  # the pod the majority of Sentinels name
     master_offset: int = 0  # read before the replicas' offsets
     follows: Mapping[str, str | None] = field(default_factory=dict)  # replica pod -> the pod it replicates
+    # Sentinel pod -> replica pod -> why that Sentinel would not promote it now (None: it would)
+    choices: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Failover:
     master: str
     to: tuple[str, ...]  # in-sync up-to-date replicas Sentinel may pick
     reasons: tuple[str, ...]
+    through: tuple[str, ...] = ()  # the Sentinels that would promote one of them, to ask in this order
 
 
 RollStep = Wait | DeletePod | Failover | Done
@@ -107,7 +110,14 @@ def plan(obs: RollObservation) -> RollStep:
     candidates = tuple(sorted(p.name for p in replicas if not p.outdated))
     if not candidates:
         return Wait(f"no up-to-date replica to take over from {obs.master}")
-    return Failover(obs.master, candidates, first.outdated)
+    # Sentinel judges replicas on what it last saw of them (INFO every 10 s): asked before it saw a
+    # restarted replica in sync, it answers NOGOODSLAVE. Ask only a Sentinel that would promote one.
+    through = tuple(s for s in sorted(obs.choices)
+                    if any(obs.choices[s].get(c, "unknown to it") is None for c in candidates))
+    if not through:
+        why = sorted({f"{c}: {obs.choices[s].get(c) or 'unknown to it'}" for s in obs.choices for c in candidates})
+        return Wait(f"waiting for a Sentinel to see a replica it would promote ({'; '.join(why)})")
+    return Failover(obs.master, candidates, first.outdated, through)
 
 
 def _ordinal(pod: str) -> int:
@@ -136,32 +146,41 @@ class SentinelRoller(Roller):
                 redis[pod] = rs.observe_redis(conns, self.addresses.redis(owner, pod))
         offset = redis[master].offset if master in redis else 0
         follows = {p: self.addresses.pod_of(owner, n.master[0]) if n.master else None for p, n in redis.items()}
-        return RollObservation(pods, redis, sentinels, master, offset, follows)
+        choices = {}
+        for pod, s in sentinels.items():
+            if s.reachable and s.monitoring:
+                down_after = int(s.config.get("down-after-milliseconds", 0) or 0)
+                choices[pod] = {self.addresses.pod_of(owner, v.address[0]) or f"{v.address[0]}:{v.address[1]}":
+                                v.not_promotable(down_after) for v in s.replica_views}
+        return RollObservation(pods, redis, sentinels, master, offset, follows, choices)
 
-    def failover(self, spec: RedisMessagingSpec, owner: Owner, password: str | None, master: str) -> str | None:
+    def failover(self, spec: RedisMessagingSpec, owner: Owner, password: str | None,
+                 step: Failover) -> tuple[str | None, str]:
         """Pause the master's writes, let the replicas catch up, ask the first Sentinel that accepts
-        to fail over; which one did. The pause ends when the old master is a replica (next passes).
+        to fail over: which one did, or None and why nothing was switched. The pause ends when the
+        old master is a replica (next passes).
 
         The switch-over happens only once every replica (Sentinel may pick any) has caught up with the
-        paused master; otherwise writes resume at once and None says that nothing was switched: the
-        next pass tries again."""
+        paused master, and a Sentinel accepted; otherwise writes resume at once and the next pass tries
+        again. A Sentinel that refuses (NOGOODSLAVE: its view of the replicas lags them) is no error."""
         conns = self.connections(owner, password)
-        master_address = self.addresses.redis(owner, master)
+        master_address = self.addresses.redis(owner, step.master)
         replicas = [self.addresses.redis(owner, owner.redis_pod(i)) for i in range(spec.redis.replicas)]
         switchover.pause_writes(conns, master_address, min(spec.sentinel.failover_timeout, PAUSE_MAX_MS))
         if not switchover.caught_up(conns, master_address, [r for r in replicas if r != master_address],
                                     timeout=min(CATCH_UP_SECONDS, catch_up_millis(spec) / 1000)):
             switchover.unpause(conns, master_address)
-            return None
-        errors = []
-        for pod in (owner.sentinel_pod(i) for i in range(spec.sentinel.replicas)):
+            return None, (f"the replicas did not catch up with {step.master} within {catch_up_millis(spec)} ms "
+                          "of pausing its writes")
+        refused = []
+        for pod in step.through or tuple(owner.sentinel_pod(i) for i in range(spec.sentinel.replicas)):
             try:
                 rs.sentinel_failover(conns, self.addresses.sentinel(owner, pod), owner.master_name)
-                return pod
+                return pod, ""
             except Exception as exc:  # the next Sentinel is the retry
-                errors.append(f"{pod}: {exc}")
+                refused.append(f"{pod}: {exc}")
         switchover.unpause(conns, master_address)
-        raise RuntimeError("no Sentinel accepted SENTINEL FAILOVER: " + "; ".join(errors))
+        return None, "no Sentinel accepted SENTINEL FAILOVER (" + "; ".join(refused) + ")"
 
     def release_paused(self, owner: Owner, obs: RollObservation, password: str | None) -> list[str]:
         """After a switch-over: the old master follows the master the Sentinels agree on at once (Sentinel
@@ -219,11 +238,10 @@ class SentinelRoller(Roller):
             report.actions.append(f"RollingUpdateSwitchover: {moved}")
         step = report.step = plan(obs)
         if isinstance(step, Failover):
-            sentinel = self.failover(spec, owner, password, step.master)
+            sentinel, why = self.failover(spec, owner, password, step)
             if sentinel is None:
                 self.wait_or_delete(report, progress, Wait(
-                    f"the replicas did not catch up with {step.master} within {catch_up_millis(spec)} ms of pausing "
-                    "its writes: no switch-over, writes resumed, tried again at the next pass"), owner, delete_pod)
+                    f"{why}: no switch-over, writes resumed, tried again at the next pass"), owner, delete_pod)
                 return report
             self.switched(report, progress, f"Switching the master over from {step.master} before restarting it "
                                             f"({'; '.join(step.reasons)}); SENTINEL FAILOVER through {sentinel}")
