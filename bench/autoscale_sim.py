@@ -41,8 +41,9 @@ What is real, what is modelled
   Pods are removed in the ReplicaSet controller's order: pods not started yet, then the lowest
   pod-deletion-cost (ours sets it), then the newest.
 
-Not modelled: the live cluster (whether these figures agree with a run on the local cluster of e2e/local
-is not checked here), API and Redis latencies, start-up jitter, node capacity, a consumer's
+Not modelled: the live cluster (bench/autoscale_live.py replays one trace on the local cluster of
+e2e/local with real consumers and compares its figures with this simulator's on the same arrivals), API
+and Redis latencies, start-up jitter, node capacity, a consumer's
 ``XAUTOCLAIM`` (redis_messaging.consumer takes entries idle for 60 s; the generic consumer here does not),
 handler failures, NULL lags, the grace period (a message takes far less than
 ``terminationGracePeriodSeconds``).
@@ -415,6 +416,7 @@ class Sim:
                  horizon: float) -> None:
         self.trace, self.times, self.works, self.model, self.horizon = trace, times, works, model, horizon
         self.started: list[float] = [-1.0] * len(times)
+        self.delivered_at: list[float] = [-1.0] * len(times)  # its XREADGROUP (what a live run can see)
         self.now = 0.0
         self._events: list[tuple[float, int, int, Any]] = []
         self._seq = 0
@@ -527,6 +529,7 @@ class Sim:
         mine = self.pel.setdefault(pod.name, {})
         for entry in range(self.delivered, self.delivered + count):
             mine[entry] = self.now
+            self.delivered_at[entry] = self.now
             pod.in_hand.append(entry)
         self.delivered += count
         self.pending += count
