@@ -110,13 +110,18 @@ def plan(obs: RollObservation) -> RollStep:
     candidates = tuple(sorted(p.name for p in replicas if not p.outdated))
     if not candidates:
         return Wait(f"no up-to-date replica to take over from {obs.master}")
-    # Sentinel judges replicas on what it last saw of them (INFO every 10 s): asked before it saw a
-    # restarted replica in sync, it answers NOGOODSLAVE. Ask only a Sentinel that would promote one.
-    through = tuple(s for s in sorted(obs.choices)
-                    if any(obs.choices[s].get(c, "unknown to it") is None for c in candidates))
+    # Sentinel judges replicas on its last INFO of each (every 10 s), not on the replicas themselves:
+    # asked too soon after a restart it answers NOGOODSLAVE. Ask only a Sentinel that would promote an
+    # up-to-date replica, by Sentinel's rules for a master that is up (one that sees it down is left out).
+    choosing = {s: c for s, c in sorted(obs.choices.items())
+                if s in obs.sentinels and not obs.sentinels[s].master_down}
+    through = tuple(s for s, seen in choosing.items() if any(seen.get(c, "unknown to it") is None for c in candidates))
     if not through:
-        why = sorted({f"{c}: {obs.choices[s].get(c) or 'unknown to it'}" for s in obs.choices for c in candidates})
-        return Wait(f"waiting for a Sentinel to see a replica it would promote ({'; '.join(why)})")
+        why = "; ".join(f"{s} would promote none of " + ", ".join(f"{c} ({seen.get(c) or 'unknown to it'})"
+                                                                   for c in candidates)
+                        for s, seen in choosing.items()) or "no Sentinel sees the master up"
+        return Wait(f"waiting for a Sentinel to see a replica it would promote: {why} (Sentinel reads each "
+                    "replica's INFO every 10 s)")
     return Failover(obs.master, candidates, first.outdated, through)
 
 
@@ -167,11 +172,12 @@ class SentinelRoller(Roller):
         master_address = self.addresses.redis(owner, step.master)
         replicas = [self.addresses.redis(owner, owner.redis_pod(i)) for i in range(spec.redis.replicas)]
         switchover.pause_writes(conns, master_address, min(spec.sentinel.failover_timeout, PAUSE_MAX_MS))
+        waited = min(CATCH_UP_SECONDS, catch_up_millis(spec) / 1000)
         if not switchover.caught_up(conns, master_address, [r for r in replicas if r != master_address],
-                                    timeout=min(CATCH_UP_SECONDS, catch_up_millis(spec) / 1000)):
+                                    timeout=waited):
             switchover.unpause(conns, master_address)
-            return None, (f"the replicas did not catch up with {step.master} within {catch_up_millis(spec)} ms "
-                          "of pausing its writes")
+            return None, (f"the replicas did not catch up with {step.master} within {waited:g} s of pausing "
+                          "its writes")
         refused = []
         for pod in step.through or tuple(owner.sentinel_pod(i) for i in range(spec.sentinel.replicas)):
             try:
@@ -179,6 +185,9 @@ class SentinelRoller(Roller):
                 return pod, ""
             except Exception as exc:  # the next Sentinel is the retry
                 refused.append(f"{pod}: {exc}")
+                if not any(word in str(exc) for word in ("NOGOODSLAVE", "INPROG")):
+                    log.warning("%s/%s: SENTINEL FAILOVER through %s failed: %s", owner.namespace, owner.name,
+                                pod, exc)
         switchover.unpause(conns, master_address)
         return None, "no Sentinel accepted SENTINEL FAILOVER (" + "; ".join(refused) + ")"
 
