@@ -70,6 +70,8 @@ def test_bootstrap_three_shards_one_replica_each(env: ClusterEnv) -> None:
         assert s["replicas"] == [f"events-shard-{i}-1"]
     assert reports[-1].labels["events-shard-1-1"] == "replica"
     assert reports[-1].available is True
+    version = env.client("events-shard-0-0").info("server")["redis_version"]
+    assert reports[-1].status["engine"] == f"redis {version}"  # every node runs it
     # idempotent: a pass on a healthy cluster does nothing
     again = topology.check_and_heal(SPEC, OWNER, [], PASSWORD)
     assert again.healthy

@@ -40,6 +40,8 @@ def test_three_redis_three_sentinels_come_up_and_agree(harness: Harness) -> None
     assert report.actions == []
     assert report.labels == {"orders-redis-0": "master", "orders-redis-1": "replica", "orders-redis-2": "replica"}
     assert harness.masters() == ["orders-redis-0"]
+    # status.engine: what the processes run, from their INFO server
+    assert report.status["engine"] == f"redis {harness.env.info('orders-redis-0', 'server')['redis_version']}"
 
 
 def test_master_killed_replica_promoted_watcher_follows_and_writes_resume(harness: Harness) -> None:

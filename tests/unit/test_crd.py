@@ -104,7 +104,7 @@ def test_names_status_subresource_and_printer_columns() -> None:
     version = doc["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns[:4] == ["Mode", "Ready", "Master", "Shards"]
+    assert columns[:5] == ["Mode", "Ready", "Master", "Shards", "Engine"]
     assert columns[-1] == "Age"
 
 

@@ -155,6 +155,7 @@ def crd() -> dict[str, Any]:
                         {"name": "Master", "type": "string", "jsonPath": ".status.master"},
                         {"name": "Shards", "type": "integer", "jsonPath": ".spec.cluster.shards",
                          "priority": 0},
+                        {"name": "Engine", "type": "string", "jsonPath": ".status.engine"},
                         {"name": "Reason", "type": "string", "priority": 1,
                          "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -906,6 +906,13 @@ class RedisMessagingStatus(Model):
     master: str | None = Field(
         None, description="Sentinel mode: the Redis pod that is the master, followed at once when Sentinel fails over."
     )
+    engine: str | None = Field(
+        None,
+        description="What the Redis processes run, from their INFO: \"redis 7.0.15\", or each engine with its "
+        "count of processes while they differ (a rolling update between versions). A spec.image that the data "
+        "cannot follow from it (a downgrade, Valkey to Redis, Redis 7.4 or later to Valkey) is refused: see the "
+        "EngineCompatible condition.",
+    )
     ready_replicas: int | None = Field(
         None,
         description="Redis pods that are ready: of the Redis StatefulSet in Sentinel mode, of every shard in "

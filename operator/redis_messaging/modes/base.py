@@ -9,7 +9,7 @@ keeps the two modes independent of each other.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,6 +18,7 @@ from redis_messaging.builders.names import Owner
 from redis_messaging.builders.tls import Facts
 from redis_messaging.kube.client import Kube
 from redis_messaging.modes.rollout import RollReport
+from redis_messaging.redis import engine
 from redis_messaging.redis.addresses import Addresses
 
 Obj = dict[str, Any]
@@ -44,6 +45,13 @@ class TopologyReport:
     labels: dict[str, str] = field(default_factory=dict)  # pod name -> role label value
     retry_after: float | None = None
     release: list[str] = field(default_factory=list)  # workloads whose job is done: the pass deletes them
+
+
+def engine_status(engines: Iterable[engine.Engine | None]) -> dict[str, Any]:
+    """``status.engine`` from what the Redis processes said (INFO server); nothing when none answered,
+    so that the last one seen stays (the pass judges image changes by it)."""
+    found = engine.summary(engines)
+    return {"engine": found} if found else {}
 
 
 class Topology(Protocol):

@@ -41,6 +41,7 @@ from redis_messaging.reconcile import tls as tls_step
 from redis_messaging.reconcile import volumes as volumes_step
 from redis_messaging.reconcile.order import PassOrder, generation_of
 from redis_messaging.reconcile.streams import StreamsReport, StreamsStep
+from redis_messaging.redis import engine
 from redis_messaging.redis.tls import ClientTls
 
 log = logging.getLogger(__name__)
@@ -369,8 +370,46 @@ def step_streams(p: Pass) -> StepResult:
     return out
 
 
+ENGINE_COMPATIBLE = "EngineCompatible"
+IMAGE_REFUSED = "ImageRefused"
+
+
+def step_engine(p: Pass) -> StepResult:
+    """A spec.image whose tag the data cannot follow (:mod:`redis_messaging.redis.engine`: a downgrade,
+    Valkey to Redis, Redis 7.4 or later to Valkey) is refused: the pods keep the image they were given,
+    everything else is reconciled, and ``EngineCompatible`` says why (a Warning Event when it appears).
+    What runs is ``status.engine``, from the processes' INFO at the last passes."""
+    out = StepResult(warn=frozenset({IMAGE_REFUSED}))
+    running = engine.parse_summary(str((p.body.get("status") or {}).get("engine") or ""))
+    if not running:
+        return out
+    why = engine.refusal(running, engine.engine_of_image(p.spec.image))
+    if why is None:
+        out.conditions.append(cond.Cond(ENGINE_COMPATIBLE, True, "Compatible",
+                                        f"spec.image {p.spec.image}; running: {', '.join(map(str, running))}"))
+        return out
+    kept = _image_in_use(p)
+    if kept is None:  # nothing to keep: the whole spec waits for a human
+        raise SpecProblem(IMAGE_REFUSED, f"spec.image {p.spec.image} refused: {why}")
+    out.conditions.append(cond.Cond(ENGINE_COMPATIBLE, False, IMAGE_REFUSED,
+                                    f"spec.image {p.spec.image} refused: {why}; the pods keep {kept} until "
+                                    "spec.image names an image they can move to"))
+    p.spec = p.spec.model_copy(update={"image": kept})
+    return out
+
+
+def _image_in_use(p: Pass) -> str | None:
+    """The Redis container's image in the resource's StatefulSets: what the last accepted spec gave."""
+    found = []
+    for sts in p.ctx.kube.list("StatefulSet", p.owner.namespace, names.instance_selector(p.owner)):
+        containers = ((((sts.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or [])
+        found += [c["image"] for c in containers if c.get("name") == "redis" and c.get("image")]
+    return sorted(found)[0] if found else None
+
+
 Step = Callable[[Pass], StepResult]
 STEPS: tuple[tuple[str, Step], ...] = (
+    ("engine", step_engine),
     ("auth", step_auth),
     ("tls", step_tls),
     ("rotation", step_rotation),
@@ -445,7 +484,7 @@ def _write_status(ctx: Context, body: Obj, new_conditions: list[cond.Cond], extr
     old = body.get("status") or {}
     generation = meta.get("generation")
     merged = cond.merge(old.get("conditions") or [], new_conditions, now=ctx.clock(), generation=generation)
-    status = {**{k: v for k, v in old.items() if k in ("master",)}, **extra,
+    status = {**{k: v for k, v in old.items() if k in ("master", "engine")}, **extra,
               "observedGeneration": generation, "conditions": merged}
     comparable = {k: old.get(k) for k in status}
     if comparable == status:

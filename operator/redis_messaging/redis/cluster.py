@@ -1,7 +1,7 @@
 """Cluster-mode topology: observe Redis Cluster nodes, and the commands that build, reshard and heal it.
 
 Every function takes addresses (host, port) and a password; none knows about Kubernetes. A node is
-observed in one pipelined round trip (``CLUSTER NODES``, ``CLUSTER INFO``, ``INFO replication``,
+observed in one pipelined round trip (``CLUSTER NODES``, ``CLUSTER INFO``, ``INFO replication server``,
 ``DBSIZE``). Nothing here decides anything: :mod:`redis_messaging.modes.cluster.topology` plans
 from what these functions observe.
 
@@ -30,6 +30,7 @@ from redis.client import Redis
 from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
 
+from redis_messaging.redis.engine import Engine, engine_of
 from redis_messaging.redis.sentinel import Connections
 from redis_messaging.redis.tls import ClientTls
 
@@ -208,6 +209,7 @@ class NodeView:
     current_epoch: int = 0
     link_up: bool = False  # a replica: master_link_status is up
     keys: int = 0
+    engine: Engine | None = None  # what the process runs (INFO server)
 
     @property
     def myself(self) -> ClusterNode | None:
@@ -233,7 +235,7 @@ def observe(conns: Connections, address: Address) -> NodeView:
         pipe = conns.get(address).pipeline(transaction=False)
         pipe.execute_command("CLUSTER", "NODES")  # type: ignore[no-untyped-call]
         pipe.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
-        pipe.execute_command("INFO", "replication")  # type: ignore[no-untyped-call]
+        pipe.execute_command("INFO", "replication", "server")  # type: ignore[no-untyped-call]
         pipe.execute_command("DBSIZE")  # type: ignore[no-untyped-call]
         nodes, info, replication, keys = pipe.execute(raise_on_error=True)
     except (RedisError, OSError) as exc:
@@ -249,6 +251,7 @@ def observe(conns: Connections, address: Address) -> NodeView:
         current_epoch=int(fields.get("cluster_current_epoch", 0) or 0),
         link_up=str(repl.get("master_link_status", "")) == "up",
         keys=int(keys or 0),
+        engine=engine_of(repl),
     )
 
 

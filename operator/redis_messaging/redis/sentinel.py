@@ -22,6 +22,7 @@ from redis.retry import Retry
 
 from redis_messaging.builders import names
 from redis_messaging.redis import DRIVER_INFO
+from redis_messaging.redis.engine import Engine, engine_of
 from redis_messaging.redis.tls import ClientTls
 from redis_messaging.redis.tls import options as tls_options
 
@@ -113,6 +114,7 @@ class RedisNode:
     dataset_bytes: int = 0  # used_memory_dataset: tells apart datasets with as many keys
     loading: bool = False  # still loading its RDB/AOF: what it holds is not known yet
     priority: int = 100  # replica-priority: 0 means Sentinel never promotes it
+    engine: Engine | None = None  # what the process runs (INFO server)
 
     @property
     def is_master(self) -> bool:
@@ -158,9 +160,9 @@ def _keys(parsed: dict[str, Any]) -> int:
 
 
 def observe_redis(conns: Connections, address: Address) -> RedisNode:
-    """Role, master, replication history and data size of one Redis: one INFO of four sections."""
+    """Role, master, replication history, data size and engine of one Redis: one INFO of five sections."""
     try:
-        raw = _cmd(conns.get(address), "INFO", "replication", "keyspace", "memory", "persistence")
+        raw = _cmd(conns.get(address), "INFO", "replication", "keyspace", "memory", "persistence", "server")
     except (RedisError, OSError) as exc:
         return RedisNode(address, reachable=False, error=f"{type(exc).__name__}: {exc}")
     parsed: dict[str, Any] = raw if isinstance(raw, dict) else _parse_info(str(raw))
@@ -182,6 +184,7 @@ def observe_redis(conns: Connections, address: Address) -> RedisNode:
         "dataset_bytes": _int(info.get("used_memory_dataset")),
         "loading": info.get("loading") == "1",
         "priority": _int(info.get("slave_priority", info.get("replica_priority")), 100),
+        "engine": engine_of(info),
     }
     if role == "master":
         return RedisNode(address, True, role, offset=_int(info.get("master_repl_offset")),
@@ -209,21 +212,26 @@ class ReplicaView:
     info_refresh_ms: int = 0
     link_down_ms: int = 0
     priority: int = 100
+    reported: bool = True  # False: no INFO of it yet (Sentinel shows its master as "?")
 
     def not_promotable(self, down_after_ms: int) -> str | None:
-        """Why this Sentinel would answer NOGOODSLAVE rather than promote this replica; None: it would."""
+        """Why this Sentinel would answer NOGOODSLAVE rather than promote this replica while the master
+        is up; None: it would. Worded without figures, so that a condition made of it stays the same
+        from one pass to the next."""
         down = sorted({"s_down", "o_down", "disconnected"} & self.flags)
         if down:
             return f"{','.join(down)} in its view"
         if self.last_ok_ping_ms > PROMOTE_PING_MS:
-            return f"no PING answer for {self.last_ok_ping_ms / 1000:.1f}s"
+            return f"no PING answer for more than {PROMOTE_PING_MS // 1000} s"
+        if not self.reported:
+            return "no INFO of it yet"
         if self.priority == 0:
-            return "replica-priority 0"
+            return "replica-priority 0 in its last INFO of it"
         if self.info_refresh_ms > PROMOTE_INFO_MS:
-            return f"its INFO is {self.info_refresh_ms / 1000:.1f}s old"
+            return f"its last INFO of it is more than {PROMOTE_INFO_MS // 1000} s old"
         if down_after_ms > 0 and self.link_down_ms > PROMOTE_LINK_DOWN_PERIODS * down_after_ms:
-            return (f"its last INFO had the link to the master down for {self.link_down_ms / 1000:.1f}s "
-                    f"(more than {PROMOTE_LINK_DOWN_PERIODS} x down-after)")
+            return (f"its last INFO of it had the link to the master down for more than "
+                    f"{PROMOTE_LINK_DOWN_PERIODS} x down-after-milliseconds")
         return None
 
 
@@ -270,7 +278,8 @@ def _replica_views(reply: Any) -> tuple[ReplicaView, ...]:
                 last_ok_ping_ms=_int(fields.get("last-ok-ping-reply")),
                 info_refresh_ms=_int(fields.get("info-refresh")),
                 link_down_ms=_int(fields.get("master-link-down-time")),
-                priority=_int(fields.get("slave-priority", fields.get("replica-priority")), 100)))
+                priority=_int(fields.get("slave-priority", fields.get("replica-priority")), 100),
+                reported=fields.get("master-host", "?") != "?"))
     return tuple(out)
 
 

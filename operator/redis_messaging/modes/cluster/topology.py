@@ -42,7 +42,7 @@ from typing import Any
 from redis_messaging.api.models import RedisMessagingSpec, ShardStatus
 from redis_messaging.builders import config, names
 from redis_messaging.builders.names import Owner
-from redis_messaging.modes.base import Action, TopologyReport
+from redis_messaging.modes.base import Action, TopologyReport, engine_status
 from redis_messaging.redis import cluster as cl
 from redis_messaging.redis.addresses import Addresses, OwnerConnections
 
@@ -947,7 +947,7 @@ class ClusterTopology:
             reason=reason,
             message=message,
             actions=actions,
-            status={"shards": shards},
+            status={"shards": shards, **engine_status(view.engine for view in obs.views.values())},
             labels={p: names.ROLE_MASTER if r == "master" else names.ROLE_REPLICA for p, r in result.roles.items()},
             retry_after=(BLOCKED_SECONDS if blocked and not failed else
                          WAIT_SECONDS if (result.wait or result.steps or failed) else None),

@@ -41,7 +41,7 @@ from typing import Any
 from redis_messaging.api.models import RedisMessagingSpec
 from redis_messaging.builders import names
 from redis_messaging.builders.names import Owner
-from redis_messaging.modes.base import Action, TopologyReport
+from redis_messaging.modes.base import Action, TopologyReport, engine_status
 from redis_messaging.redis import sentinel as rs
 from redis_messaging.redis.addresses import Addresses, OwnerConnections
 
@@ -518,6 +518,7 @@ class SentinelTopology:
             actions=actions,
             labels=labels,
             retry_after=WAIT_SECONDS if (result.wait or result.steps) else None,
+            status=engine_status(node.engine for node in obs.redis.values()),
         )
 
     @staticmethod
