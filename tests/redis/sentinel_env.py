@@ -26,12 +26,14 @@ Not a conftest: tests build their own fixtures on top of :class:`SentinelEnv`.
 from __future__ import annotations
 
 import contextlib
-import itertools
+import fcntl
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -56,22 +58,43 @@ Kind = Literal["redis", "sentinel"]
 Address = tuple[str, int]
 
 # -- loopback addresses ------------------------------------------------------------------------------
-# 127.A.B.C with A in 1..254 (127.0.0.x is left to the machine: 127.0.0.1, 127.0.0.53, ...), B in
-# 0..255 and C in 1..254. Each process starts at its own block, derived from its pid, and walks a
-# counter from there, so parallel runs and repeated environments of one session never share one.
+# 127.A.B.C with A in 1..254 (127.0.0.x is left to the machine: 127.0.0.1, 127.0.0.53, ...; 127.255.N.0/24
+# to the local clusters of e2e/local), B in 0..255 and C in 1..254. A process takes whole blocks
+# 127.A.B.0/24 for itself: a lock file per block (flock, released when the process ends, however it
+# ends) keeps the other processes of the machine out of it, so an address stays this process's while
+# its pod is down (a free port says nothing then: the kube and redis tiers run side by side in CI, and
+# one took the address of the other's restarting pod). Within its blocks it never hands out an address
+# twice.
 _OCTET_C = 254
 _OCTET_B = 256
 _OCTET_A = 254
-_SPACE = _OCTET_A * _OCTET_B * _OCTET_C
-_BLOCK = 64  # addresses a process walks before it reaches the next pid's block (then the bind check decides)
-_counter = itertools.count()
+_BLOCKS = _OCTET_A * _OCTET_B
+_BLOCK_DIR = Path(tempfile.gettempdir()) / "rmsg-loopback-blocks"
+_allocation = threading.Lock()
+_held: list[int] = []  # lock file descriptors of this process's blocks, kept open for its lifetime
+_current: list[int] = []  # [block number, next C index] of the block addresses come from
 
 
-def _loopback(index: int) -> str:
-    index %= _SPACE
-    a, rest = divmod(index, _OCTET_B * _OCTET_C)
-    b, c = divmod(rest, _OCTET_C)
-    return f"127.{a + 1}.{b}.{c + 1}"
+def _loopback(block: int, index: int) -> str:
+    a, b = divmod(block % _BLOCKS, _OCTET_B)
+    return f"127.{a + 1}.{b}.{index + 1}"
+
+
+def _claim_block() -> int:
+    """The first block from this process's pid on that no other process holds."""
+    _BLOCK_DIR.mkdir(parents=True, exist_ok=True)
+    start = (os.getpid() * 7919) % _BLOCKS
+    for step in range(_BLOCKS):
+        block = (start + step) % _BLOCKS
+        fd = os.open(_BLOCK_DIR / str(block), os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        _held.append(fd)
+        return block
+    raise RuntimeError(f"every loopback block is held by another process ({_BLOCK_DIR})")
 
 
 def port_is_free(ip: str, port: int) -> bool:
@@ -85,14 +108,18 @@ def port_is_free(ip: str, port: int) -> bool:
 
 
 def free_loopback_ip(port: int, *, attempts: int = 256) -> str:
-    """A loopback address of this process's own range on which ``port`` is free (checked by binding)."""
-    base = os.getpid() * _BLOCK
+    """A loopback address of this process's own blocks, never handed out before, on which ``port`` is
+    free (checked by binding: something outside these tests may listen there)."""
     tried: list[str] = []
-    for _ in range(attempts):
-        ip = _loopback(base + next(_counter))
-        if port_is_free(ip, port):
-            return ip
-        tried.append(ip)
+    with _allocation:
+        for _ in range(attempts):
+            if not _current or _current[1] >= _OCTET_C:
+                _current[:] = [_claim_block(), 0]
+            ip = _loopback(_current[0], _current[1])
+            _current[1] += 1
+            if port_is_free(ip, port):
+                return ip
+            tried.append(ip)
     raise RuntimeError(
         f"no free loopback address for port {port} after {attempts} attempts (e.g. {tried[:3]}); "
         f"is something listening on 0.0.0.0:{port}?"

@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -126,6 +128,23 @@ def test_free_loopback_ips_are_distinct_and_bindable() -> None:
         assert ip.startswith("127.")
         assert not ip.startswith("127.0.0.")
         assert port_is_free(ip, names.REDIS_PORT)
+
+
+def test_another_process_never_gets_an_address_of_ours_even_while_nothing_listens_there() -> None:
+    # The kube and redis tiers run side by side: one took the address of the other's pod while that pod
+    # was down for a restart, and the restart failed (bind: Address already in use).
+    ours = {free_loopback_ip(names.REDIS_PORT) for _ in range(3)}  # allocated, nothing bound
+    code = ("import sys; sys.path[:0] = sys.argv[1:]\n"
+            "from sentinel_env import free_loopback_ip\n"
+            "print(' '.join(free_loopback_ip(6379) for _ in range(600)))")
+    here = Path(__file__).resolve().parent
+    paths = [str(here), str(here.parents[1] / "tests" / "support"), str(here.parents[1] / "operator")]
+    out = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, timeout=60,
+                         check=True).stdout.split()
+    assert len(out) == len(set(out)) == 600  # more than a block of 254: it claimed others
+    assert not ours & set(out)
+    ours_blocks = {ip.rsplit(".", 1)[0] for ip in ours}
+    assert not ours_blocks & {ip.rsplit(".", 1)[0] for ip in out}
 
 
 # -- (1) the topology comes up from the rendered files -----------------------------------------------
