@@ -79,7 +79,7 @@ def test_crd_is_established_with_printer_columns(api: Api, namespace: str) -> No
     table = api.raw("GET", f"/apis/redis-messaging.dev/v1alpha1/namespaces/{namespace}/redismessagings",
                     accept="application/json;as=Table;v=v1;g=meta.k8s.io")
     columns = [c["name"] for c in table["columnDefinitions"] if c.get("priority", 0) == 0]
-    assert columns == ["Name", "Mode", "Ready", "Master", "Shards", "Age"]
+    assert columns == ["Name", "Mode", "Ready", "Master", "Shards", "Engine", "Age"]
     row = table["rows"][0]["cells"]
     assert row[0] == "orders"
     assert row[1] == "sentinel"
