@@ -46,7 +46,8 @@ class Engine:
         return padded[0], padded[1]
 
 
-def _version(text: str) -> tuple[int, ...] | None:
+def parse_version(text: str) -> tuple[int, ...] | None:
+    """``7.0.15`` -> (7, 0, 15), ``8.1-alpine`` -> (8, 1), ``v9`` -> (9,); None: no version first."""
     found = re.match(r"^v?(\d+)(?:\.(\d+))?(?:\.(\d+))?", text.strip())
     if not found:
         return None
@@ -57,9 +58,9 @@ def engine_of(info: Mapping[str, Any]) -> Engine | None:
     """What a process runs, from its ``INFO server`` fields (None: it did not say)."""
     fields = {str(k): str(v) for k, v in info.items()}
     if "valkey_version" in fields or fields.get("server_name") == VALKEY:
-        version = _version(fields.get("valkey_version", fields.get("redis_version", "")))
+        version = parse_version(fields.get("valkey_version", fields.get("redis_version", "")))
         return Engine(VALKEY, version) if version else None
-    version = _version(fields.get("redis_version", ""))
+    version = parse_version(fields.get("redis_version", ""))
     return Engine(REDIS, version) if version else None
 
 
@@ -72,7 +73,7 @@ def engine_of_image(image: str) -> Engine | None:
         return None
     repository = name.rsplit("/", 1)[-1]
     engine = {"redis": REDIS, "valkey": VALKEY}.get(repository)
-    version = _version(tag)
+    version = parse_version(tag)
     return Engine(engine, version) if engine and version else None
 
 
@@ -92,7 +93,7 @@ def parse_summary(text: str) -> list[Engine]:
     out = []
     for part in text.split(","):
         name, _, rest = part.strip().partition(" ")
-        version = _version(rest)
+        version = parse_version(rest)
         if name in (REDIS, VALKEY) and version:
             out.append(Engine(name, version))
     return out

@@ -307,6 +307,7 @@ def observe_sentinel(conns: Connections, address: Address, master_name: str) -> 
             return SentinelNode(address, reachable=True, monitoring=False)
         return SentinelNode(address, reachable=True, error=str(master_reply))
     info = _pairs(master_reply)
+    views = () if isinstance(replicas_reply, ResponseError) else _replica_views(replicas_reply)
     return SentinelNode(
         address,
         reachable=True,
@@ -317,9 +318,9 @@ def observe_sentinel(conns: Connections, address: Address, master_name: str) -> 
         epoch=int(info.get("config-epoch", 0) or 0),
         config={k: info[k] for k in ("quorum", "down-after-milliseconds", "failover-timeout",
                                      "parallel-syncs") if k in info},
-        replicas=() if isinstance(replicas_reply, ResponseError) else _addresses(replicas_reply),
+        replicas=tuple(v.address for v in views),
         sentinels=() if isinstance(sentinels_reply, ResponseError) else _addresses(sentinels_reply),
-        replica_views=() if isinstance(replicas_reply, ResponseError) else _replica_views(replicas_reply),
+        replica_views=views,
     )
 
 

@@ -43,6 +43,7 @@ from redis.client import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from redis_messaging.api.models import Stream
+from redis_messaging.redis.engine import parse_version
 
 log = logging.getLogger(__name__)
 
@@ -303,8 +304,7 @@ class StreamsNode:
 
     def learn_version(self, info: Any) -> None:
         raw = info.get("redis_version", "0.0.0") if isinstance(info, Mapping) else "0.0.0"
-        numbers = [int(p) for p in re.findall(r"[0-9]+", _text(raw))[:3]]
-        numbers += [0] * (3 - len(numbers))
+        numbers = [*(parse_version(_text(raw)) or ()), 0, 0, 0]
         self.version = (numbers[0], numbers[1], numbers[2])
         if not self.reports_lag:
             log.warning(
