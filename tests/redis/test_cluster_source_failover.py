@@ -81,6 +81,22 @@ def assert_one_owner_holding(env: ClusterEnv, slot: int, keys: list[str]) -> Non
     assert missing == [], f"{len(missing)} acknowledged writes lost from {owner_pod}: {missing}"
 
 
+def failover_once_migrated(env: ClusterEnv, replica: str, slot: int, fired: list[str]) -> cl.Hook:
+    """A mover hook: once the keys of ``slot`` moved, ``replica`` takes over its master (CLUSTER FAILOVER)
+    and the hook waits until it is the master; what happened goes to ``fired``."""
+
+    def hook(stage: str, slots: Sequence[int]) -> None:
+        if stage != "migrated" or slot not in slots or fired:
+            return
+        fired.append(str(env.client(replica).execute_command("CLUSTER", "FAILOVER")))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not env.myself(replica).is_master:
+            time.sleep(0.02)
+        fired.append("A1 is " + ("the master" if env.myself(replica).is_master else "a replica"))
+
+    return hook
+
+
 def test_the_source_failing_over_while_the_target_takes_the_slot_loses_no_acknowledged_write(
         env: ClusterEnv) -> None:
     # B is not the newest epoch: taking the slot bumps its epoch, as in the nemesis run
@@ -162,21 +178,35 @@ def test_the_source_failing_over_before_the_assignment_leaves_the_move_to_resume
     env.client(B).execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
     env.client(A).execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
     fired: list[str] = []
-
-    def hook(stage: str, slots: Sequence[int]) -> None:
-        if stage != "migrated" or slot not in slots or fired:
-            return
-        fired.append(str(env.client(A1).execute_command("CLUSTER", "FAILOVER")))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not env.myself(A1).is_master:
-            time.sleep(0.02)
-        fired.append("A1 is " + ("the master" if env.myself(A1).is_master else "a replica"))
-
-    topology = ClusterTopology(env.addresses(), timeout=1.0, hook=hook)
+    topology = ClusterTopology(env.addresses(), timeout=1.0, hook=failover_once_migrated(env, A1, slot, fired))
     heal_until(topology, SPEC, OWNER, PASSWORD, timeout=60, env=env)
     assert fired == ["OK", "A1 is the master"], fired
     # the move finished on the target (the balance may move the slot on again): one owner every node
     # agrees on, holding every acknowledged write
+    assert_one_owner_holding(env, slot, keys)
+
+
+def test_a_move_whose_new_source_gave_the_slot_up_to_the_target_is_finished_on_the_target(
+        env: ClusterEnv) -> None:
+    """As above, but before the next pass the new master heard of the target's higher epoch from a
+    master told of the move, and gave the slot up (CI, under load): no node serves the slot in its own
+    line, and the target still imports it. The move ends with the target taking it."""
+    A, A1, B = "events-shard-1-0", "events-shard-1-1", "events-shard-0-0"
+    settle_epochs(env)
+    slot, keys = acknowledged_keys(env, A)
+    env.client(B).execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", env.myself(A).id)
+    env.client(A).execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", env.myself(B).id)
+    fired: list[str] = []
+    topology = ClusterTopology(env.addresses(), timeout=1.0, hook=failover_once_migrated(env, A1, slot, fired))
+    heal_until(topology, SPEC, OWNER, PASSWORD, timeout=60, env=env, until=lambda report: bool(fired))
+    assert fired == ["OK", "A1 is the master"], fired
+    # the UPDATE message of a master told of the move (the target's epoch is the highest), arriving before
+    # the target's own ping told the new master that epoch: it gives the slot up, holding none of its keys
+    assert env.client(A1).execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+    env.client(A1).execute_command("CLUSTER", "SETSLOT", slot, "NODE", env.myself(B).id)
+    assert not any(slot in env.myself(p).slot_set() for p in env.pod_names if env.myself(p).is_master)
+    assert env.open_marks(), "the move is not left open"
+    heal_until(topology, SPEC, OWNER, PASSWORD, timeout=60, env=env)
     assert_one_owner_holding(env, slot, keys)
 
 

@@ -31,6 +31,8 @@ class Fake:
     members: dict[str, tuple[int, int]] = field(default_factory=dict)
     keys: dict[str, dict[int, int]] = field(default_factory=dict)  # pod -> open slot -> keys (default 0)
     uncounted: set[str] = field(default_factory=set)  # answering pods whose keys were not counted
+    epochs: dict[str, int] = field(default_factory=dict)  # pod -> config epoch (default 0)
+    believes: dict[str, dict[int, str]] = field(default_factory=dict)  # viewer pod -> slot -> the owner in its table
 
     def __post_init__(self) -> None:
         for i in range(self.shards):
@@ -45,7 +47,7 @@ class Fake:
     def ip(self, pod: str) -> str:
         return f"ip-{pod}"
 
-    def node(self, pod: str, *, me: bool) -> cl.ClusterNode:
+    def node(self, pod: str, *, me: bool, table: dict[str, list[tuple[int, int]]] | None = None) -> cl.ClusterNode:
         master = self.masters.get(pod)
         flags = {"master" if master is None else "slave"}
         if me:
@@ -54,8 +56,8 @@ class Fake:
             flags.add("fail")
         return cl.ClusterNode(
             id=self.ids[pod], ip=self.ip(pod), port=6379, hostname=pod, flags=frozenset(flags),
-            master_id=None if master is None else self.ids[master], connected=True, config_epoch=0,
-            slots=tuple(self.slots.get(pod, [])),
+            master_id=None if master is None else self.ids[master], connected=True,
+            config_epoch=self.epochs.get(pod, 0), slots=tuple((table or self.slots).get(pod, [])),
             migrating=tuple(self.migrating.get(pod, [])) if me else (),
             importing=tuple(self.importing.get(pod, [])) if me else (),
         )
@@ -67,9 +69,12 @@ class Fake:
             if pod in self.down:
                 views[pod] = cl.NodeView(("a", 1), reachable=False, error="refused")
                 continue
-            others = [] if pod in self.alone else [self.node(p, me=False) for p in cluster if p != pod]
+            table = dict(self.slots)
+            for slot, owner in self.believes.get(pod, {}).items():
+                table = given(table, slot, owner)
+            others = [] if pod in self.alone else [self.node(p, me=False, table=table) for p in cluster if p != pod]
             others += [] if pod in self.alone else self.extra
-            nodes = (self.node(pod, me=True), *others)
+            nodes = (self.node(pod, me=True, table=table), *others)
             claimed = sum(n.slot_count for n in nodes)
             linked = self.masters[pod] is not None and (not self.links or pod in self.links)
             views[pod] = cl.NodeView(("a", 1), reachable=True, nodes=nodes, state="ok" if claimed == SLOTS else "fail",
@@ -94,15 +99,7 @@ class Fake:
     # -- changes a test makes to the cluster it describes -----------------------------------------
     def give(self, slot: int, pod: str) -> Fake:
         """``slot`` is served by ``pod`` now (taken from whoever served it)."""
-        for owner, ranges in self.slots.items():
-            kept: list[tuple[int, int]] = []
-            for a, b in ranges:
-                if a <= slot <= b:
-                    kept += [r for r in ((a, slot - 1), (slot + 1, b)) if r[0] <= r[1]]
-                else:
-                    kept.append((a, b))
-            self.slots[owner] = kept
-        self.slots.setdefault(pod, []).append((slot, slot))
+        self.slots = given(self.slots, slot, pod)
         return self
 
     def fail_over(self, master: str, replica: str, *, old: str = "dead") -> Fake:
@@ -124,3 +121,18 @@ class Fake:
             if old == "gone":
                 self.ids[master] = f"new-{master}"
         return self
+
+
+def given(slots: dict[str, list[tuple[int, int]]], slot: int, pod: str) -> dict[str, list[tuple[int, int]]]:
+    """A copy of ``slots`` (pod -> ranges) where ``slot`` is ``pod``'s, taken from whoever had it."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    for owner, ranges in slots.items():
+        kept: list[tuple[int, int]] = []
+        for a, b in ranges:
+            if a <= slot <= b:
+                kept += [r for r in ((a, slot - 1), (slot + 1, b)) if r[0] <= r[1]]
+            else:
+                kept.append((a, b))
+        out[owner] = kept
+    out.setdefault(pod, []).append((slot, slot))
+    return out

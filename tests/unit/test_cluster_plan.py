@@ -192,6 +192,28 @@ def test_slots_left_open_are_finished_towards_their_target() -> None:
     assert p.reason == "Resharding"
 
 
+def test_a_move_whose_source_failed_over_before_the_assignment_finishes_though_no_node_claims_the_slot() -> None:
+    """CI, under load: the source failed over after its keys moved; the target (the anchor, importing)
+    still names the old source, now a replica; the other masters were told the target owns the slot,
+    and the target's higher epoch made the new source master give the slot up too (an UPDATE message).
+    No node serves the slot in its own line; the newest claim in the tables is the target's, and the
+    move resumes from the shard named by the import (moving nothing, then assigning)."""
+    slot = 6000
+    fake = Fake().bootstrapped()
+    source, promoted, target = "r-shard-1-0", "r-shard-1-1", "r-shard-0-0"
+    fake.fail_over(source, promoted, old="replica")
+    fake.slots[source] = [(slot, slot)]  # the target's table: the old source still has it (it imports it)
+    fake.slots[promoted] = [r for r in ct.cl.ranges(set(range(5461, 10923)) - {slot})]
+    fake.believes = {p: {slot: target} for p in fake.members if p not in (target, "r-shard-0-1")}
+    fake.believes["r-shard-0-1"] = {slot: promoted}
+    fake.epochs = {target: 9, promoted: 8, source: 5}
+    fake.importing[target] = [(slot, fake.ids[source])]
+    fake.keys = {target: {slot: 30}, "r-shard-0-1": {slot: 30}}
+    p = ct.plan(fake.observation())
+    assert [(s.source, s.target, s.slots, s.resume) for s in p.steps if isinstance(s, ct.Move)] == [
+        (promoted, target, (slot,), True)], (p.reason, p.message)
+
+
 def test_open_slots_towards_a_vanished_node_are_made_stable() -> None:
     fake = Fake().bootstrapped()
     fake.migrating["r-shard-0-0"] = [(5, "id-gone")]

@@ -341,6 +341,19 @@ class _Analysis:
         newest = max(claims, key=lambda n: n.config_epoch)
         return self.table.get(newest.id, newest)
 
+    def table_claim(self, slot: int) -> cl.ClusterNode | None:
+        """The newest claim of ``slot`` in any reachable node's table. When the source of a move failed
+        over before the assignment, the target (importing) names the old source, now a replica, and
+        the new master may have given the slot up on hearing of the target's higher epoch from a
+        master told of the move: no node serves it in its own line, and the tables name the target."""
+        newest: cl.ClusterNode | None = None
+        for view in self.reachable.values():
+            for node in view.nodes:
+                if (node.is_master and not node.failed and any(b <= slot <= e for b, e in node.slots)
+                        and (newest is None or node.config_epoch > newest.config_epoch)):
+                    newest = node
+        return self.table.get(newest.id, newest) if newest is not None else None
+
     def keys_in(self, pod: str, slot: int) -> int | None:
         """Keys of an open slot on ``pod``, as counted in this observation; None: unknown."""
         if pod not in self.reachable:
@@ -449,8 +462,11 @@ def open_slot(a: _Analysis, slot: int, marks: Marks) -> list[OpenSlotDecision]:
     - Anything else waits and says why: an unreachable node of the target shard (unknown is not 0),
       a target shard without a master while it may hold keys, an owner that does not answer, keys of
       the slot on a third shard, marks naming two target shards.
+    - The slot's owner is the newest claim in the anchor's table; failing that, in a master's own line;
+      failing that, in any reachable node's table (see :meth:`_Analysis.table_claim`).
     - The target shard serves the slot already (the assignment was interrupted half-way): whatever a
-      source shard still holds of it moves over, and the source's mark is cleared by the assignment.
+      source shard (one holding keys of it, migrating it, or named by the target's import) still holds
+      of it moves over, and the marks are cleared by the assignment.
     """
     obs = a.obs
     members = obs.members
@@ -458,6 +474,9 @@ def open_slot(a: _Analysis, slot: int, marks: Marks) -> list[OpenSlotDecision]:
     owner_pod = a.pod_of_node(owner) if owner is not None else None
     if owner is None or not owner.is_master or owner_pod not in members:
         owner = a.self_claim(slot)
+        owner_pod = a.pod_of_node(owner) if owner is not None else None
+    if owner is None or owner_pod not in members:
+        owner = a.table_claim(slot)
         owner_pod = a.pod_of_node(owner) if owner is not None else None
     if owner is None or owner_pod not in members:
         return [Wait("open, and no node of this resource serves it")]
@@ -516,7 +535,12 @@ def open_slot(a: _Analysis, slot: int, marks: Marks) -> list[OpenSlotDecision]:
     # the target shard serves the slot already: what a source shard still holds of it comes over
     if taker is None or taker != owner_pod:
         return [Wait(f"shard {target}, which serves it, has no usable master")]
-    sources = sorted((holders | {members[p][0] for p, _ in marks.migrating}) - {target})
+    # the shard an import names is a source too: when the target still imports a slot that the tables
+    # give it (the assignment interrupted before the target took it), a move from that shard moves what
+    # is left (nothing, usually) and ends with the assignment on the target
+    imported_from = {a.shard_of_id(source_id) for _, source_id in marks.importing}
+    sources = sorted((holders | {members[p][0] for p, _ in marks.migrating}
+                      | {s for s in imported_from if s is not None}) - {target})
     if not sources:
         return [Wait(f"marked open on {', '.join(marks.pods)} of shard {target}, which serves it")]
     out: list[OpenSlotDecision] = []
