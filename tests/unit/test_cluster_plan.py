@@ -214,6 +214,48 @@ def test_a_move_whose_source_failed_over_before_the_assignment_finishes_though_n
         (promoted, target, (slot,), True)], (p.reason, p.message)
 
 
+def test_a_master_back_with_the_last_batch_its_replica_never_heard_of_hands_it_to_the_shard_master() -> None:
+    """Nemesis seed 499 (cluster): the target master of a scale-in took a batch (256 slots) and was
+    SIGKILLed before its replica heard of it; the replica took over the shard's other slots, and the
+    old master came back serving the batch. Both are masters without a replica, so nothing can be
+    written to the shard's master (min-replicas-to-write) and every pass failed. The batch goes to the
+    shard with its replicas (a slot move: keys follow, nothing overwritten); then the old master follows
+    the shard's master."""
+    fake = Fake().bootstrapped()
+    old, promoted = "r-shard-0-0", "r-shard-0-1"
+    fake.fail_over(old, promoted, old="replica")
+    fake.masters[old] = None  # back as a master: it still serves the batch
+    fake.slots[old] = [(12288, 12543)]
+    fake.slots["r-shard-2-0"] = [(10923, 12287), (12544, 16383)]
+    fake.epochs = {old: 8, promoted: 9}
+    p = ct.plan(fake.observation())
+    assert [(type(s).__name__, getattr(s, "source", None), getattr(s, "target", None)) for s in p.steps] == [
+        ("Move", old, "r-shard-2-0")], (p.reason, p.message)  # shard 2 serves the fewest slots now
+    (move,) = p.steps
+    assert isinstance(move, ct.Move)
+    assert (move.slots[0], move.slots[-1], len(move.slots)) == (12288, 12543, 256)
+    # no other shard takes writes: its own shard's master (which takes them if they hold no key)
+    fake.down |= {"r-shard-1-1", "r-shard-2-1"}
+    p = ct.plan(fake.observation())
+    assert [(type(s).__name__, getattr(s, "source", None), getattr(s, "target", None)) for s in p.steps] == [
+        ("Move", old, promoted)], (p.reason, p.message)
+
+
+def test_an_old_master_claiming_slots_the_cluster_gave_its_replica_is_not_moved_from() -> None:
+    """The other way round (an old master that did not hear it was replaced claims the shard's slots
+    in its own line, the cluster's table gives them to the new master): nothing moves, it is said."""
+    fake = Fake().bootstrapped()
+    old, promoted = "r-shard-0-0", "r-shard-0-1"
+    fake.fail_over(old, promoted, old="replica")
+    fake.masters[old] = None
+    fake.believes[old] = {slot: old for slot in range(0, 5)}
+    fake.slots[old] = []
+    fake.epochs = {old: 3, promoted: 9}
+    p = ct.plan(fake.observation())
+    assert not [s for s in p.steps if isinstance(s, ct.Move)], p.steps
+    assert f"{old} and {promoted} both serve slots of shard 0" in p.message
+
+
 def test_open_slots_towards_a_vanished_node_are_made_stable() -> None:
     fake = Fake().bootstrapped()
     fake.migrating["r-shard-0-0"] = [(5, "id-gone")]

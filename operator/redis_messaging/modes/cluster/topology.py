@@ -354,6 +354,21 @@ class _Analysis:
                     newest = node
         return self.table.get(newest.id, newest) if newest is not None else None
 
+    def drain_target(self, shard: int) -> tuple[str, int] | None:
+        """Another remaining shard's master that takes writes now (reachable, its replicas in sync), the
+        one serving the fewest slots: (its pod, its shard); None if none."""
+        need = min(self.obs.min_good_replicas, self.obs.replicas_per_shard)
+        best: tuple[int, str, int] | None = None
+        for other in range(self.obs.shards):
+            pod = self.usable_master(other) if other != shard else None
+            if pod is None:
+                continue
+            view = self.shard_view(other)
+            count = sum(e - b + 1 for b, e in view.slots)
+            if view.in_sync >= need and (best is None or count < best[0]):
+                best = (count, pod, other)
+        return (best[1], best[2]) if best is not None else None
+
     def keys_in(self, pod: str, slot: int) -> int | None:
         """Keys of an open slot on ``pod``, as counted in this observation; None: unknown."""
         if pod not in self.reachable:
@@ -719,7 +734,25 @@ def plan(obs: Observation, *, reshard: bool = True) -> Plan:
                 continue
             me = view.myself
             if me.is_master and me.slots:
-                problems.append(f"{pod} and {master_pod} both serve slots of shard {shard}")
+                # A master of the shard back from a crash while its replica had taken over, serving the
+                # slots the replica had not heard it took (a move's last batch): the cluster's table
+                # names it their owner, and no node claims them with a newer epoch. Neither master has a
+                # replica, so neither takes a write (min-replicas-to-write): the slots move, keys and all
+                # (MIGRATE without REPLACE), to another shard's master that has its replicas, else to
+                # this shard's master (which takes them only without keys); the node then serves nothing
+                # and follows its shard's master. Slots a newer claim gives the shard's master (an old
+                # master that did not hear it was replaced) are not moved: its copy may be stale.
+                own = a.table.get(me.id)
+                usable = own is not None and own.is_master and not own.failed
+                theirs = tuple(sorted(x for x in me.slot_set() if usable and a.slot_owner(x) is own
+                                      and (claim := a.table_claim(x)) is not None and claim.id == me.id))
+                drain = a.drain_target(shard) if theirs else None
+                if theirs and drain is None and a.usable_master(shard) == master_pod:
+                    drain = (master_pod, shard)
+                if theirs and drain is not None:
+                    steps.append(Move(pod, drain[0], theirs, shard, drain[1], resume=True))
+                else:
+                    problems.append(f"{pod} and {master_pod} both serve slots of shard {shard}")
             elif (me.is_master or me.master_id != master.id) and view.node(master.id) is not None:
                 steps.append(Replicate(pod, master_pod, master.id))
     if steps:
