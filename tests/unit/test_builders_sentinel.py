@@ -246,11 +246,12 @@ def test_exporter_sidecar_is_its_own_user_with_a_password_from_a_file() -> None:
         assert {m["name"] for m in init["volumeMounts"]} == {"config", "users", "exporter-auth"}
         assert init["securityContext"] == exporter["securityContext"]
     data = found[("ConfigMap", "orders-config")]["data"]
-    assert data["users.acl"].splitlines()[-1].startswith("exporter rmsg-exporter -@all +ping +info")
+    assert data["users.acl"].splitlines()[-2].startswith("exporter rmsg-exporter -@all +ping +info")
+    assert data["users.acl"].splitlines()[-1] == "if-commandlog rmsg-exporter +commandlog|get +commandlog|len"
     assert data["sentinel-users.acl"].startswith("exporter rmsg-exporter -@all +ping +info")
     assert "+sentinel|masters" in data["sentinel-users.acl"]
     assert "exporter-auth.sh" in data
-    for rules in (config.EXPORTER_RULES_REDIS, config.EXPORTER_RULES_SENTINEL):
+    for rules in (config.EXPORTER_RULES_REDIS, config.EXPORTER_RULES_SENTINEL, config.EXPORTER_RULES_COMMANDLOG):
         granted = [r for r in rules.split() if r.startswith("+")]
         assert not [r for r in granted if r.split("|")[0] in ("+config", "+acl", "+monitor", "+sentinel|config")]
         assert "+sentinel|config" not in granted

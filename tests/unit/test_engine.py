@@ -3,15 +3,21 @@ changes the data cannot follow: refused, the pods keeping the image they run."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from fake_kube import FakeKube
 
+from redis_messaging.api.models import RedisMessagingSpec
+from redis_messaging.builders import config
 from redis_messaging.kube.client import Kube
 from redis_messaging.modes.base import engine_status
 from redis_messaging.reconcile import sync
+from redis_messaging.reconcile.acl import exporter_rules
 from redis_messaging.reconcile.sync import Context
+from redis_messaging.redis import acl
 from redis_messaging.redis.engine import (
     REDIS,
     VALKEY,
@@ -149,3 +155,53 @@ def test_a_refused_image_with_nothing_running_to_keep_refuses_the_spec() -> None
     assert outcome.invalid is not None
     assert "RDB version 12" in outcome.invalid
     assert ("StatefulSet", "shop", "orders-redis") not in kube.objects
+
+
+@pytest.mark.parametrize(("info", "has"), [
+    ({"redis_version": "7.0.15"}, False),
+    ({"redis_version": "8.0.6"}, False),
+    ({"redis_version": "7.2.4", "server_name": "valkey", "valkey_version": "8.0.2"}, False),
+    ({"redis_version": "7.2.4", "server_name": "valkey", "valkey_version": "8.1.1"}, True),
+    ({"redis_version": "7.2.4", "server_name": "valkey", "valkey_version": "9.1.2"}, True),
+    ({}, False),
+])
+def test_the_exporter_reads_commandlog_only_where_the_engine_has_it(info: dict[str, str], has: bool) -> None:
+    engine = engine_of(info)
+    user = acl.User(config.EXPORTER_USER, "pw", config.EXPORTER_RULES_REDIS, for_engine=exporter_rules).on(engine)
+    assert ("+commandlog|len" in user.rules.split()) is has
+    assert user.rules.startswith(config.EXPORTER_RULES_REDIS)
+    assert user.for_engine is None
+    plain = acl.User("app", "pw", "+@read")
+    assert plain.on(engine) is plain
+
+
+@pytest.mark.parametrize(("version", "added"), [
+    ("Redis server v=7.0.15 sha=00000000:0 malloc=jemalloc-5.3.0 bits=64 build=1", False),
+    ("Redis server v=8.0.6 sha=00000000:1 malloc=jemalloc-5.3.0 bits=64 build=1", False),
+    ("Valkey server v=8.0.2 sha=00000000:0 malloc=jemalloc-5.3.0 bits=64 build=1", False),
+    ("Valkey server v=8.1.1 sha=00000000:0 malloc=jemalloc-5.3.0 bits=64 build=1", True),
+    ("Valkey server v=9.1.2 sha=00000000:1 malloc=jemalloc-5.3.0 bits=64 build=1", True),
+    ("Valkey server v=10.0.0 sha=00000000:1 malloc=jemalloc-5.3.0 bits=64 build=1", True),
+])
+def test_the_start_script_gives_the_exporter_commandlog_only_where_the_server_has_it(
+        tmp_path: Path, version: str, added: bool) -> None:
+    """The users of redis.conf come from users.acl at start; a COMMANDLOG rule on a server without it
+    would stop the server, so the line is added where `redis-server --version` says Valkey 8.1+."""
+    spec = RedisMessagingSpec.model_validate({"mode": "sentinel", "auth": {"enabled": True}})
+    (tmp_path / "common.sh").write_text(config.COMMON_SH)
+    (tmp_path / "users.acl").write_text(config.users_acl(spec))
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / config.EXPORTER_FILE).write_text("exporter-pw")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "redis-server"
+    fake.write_text(f"#!/bin/sh\necho '{version}'\n")
+    fake.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "RMSG_CONFIG_DIR": str(tmp_path), "RMSG_USERS_DIR": str(users),
+           "RMSG_AUTH_DIR": str(tmp_path / "none"), "RMSG_SELF_HOST": "pod", "HOME": str(tmp_path)}
+    out = subprocess.run(["sh", "-c", f'. "{tmp_path}/common.sh"; acl_users "{tmp_path}/users.acl"'],
+                         env=env, capture_output=True, text=True, timeout=30, check=True).stdout.splitlines()
+    more = f" {config.EXPORTER_RULES_COMMANDLOG}" if added else ""
+    # one line per user: a configuration file that declares a user twice stops the server
+    assert out == [f'user {config.EXPORTER_USER} reset on ">exporter-pw" {config.EXPORTER_RULES_REDIS}{more}']

@@ -93,6 +93,13 @@ EXPORTER_FILE = "exporter"  # its password's file in the users volume
 EXPORTER_RULES_REDIS = ("-@all +ping +info +client|list +client|info +client|setname +slowlog|get +slowlog|len "
                         "+latency|latest +latency|histogram +memory|stats +memory|doctor +cluster|info "
                         "+cluster|nodes +select +command|info")
+# COMMANDLOG (Valkey 8.1 and later: the slow log and the logs of large requests and replies), only
+# read; on an engine without it the rule is an error (and a redis.conf with it stops the server): the
+# start script adds it where `redis-server --version` says Valkey 8.1 or later (has_commandlog), the
+# operator's pass where the process's INFO server does (reconcile/acl.py, exporter_rules).
+EXPORTER_RULES_COMMANDLOG = "+commandlog|get +commandlog|len"
+
+
 # On a Sentinel: its view of the masters, never SENTINEL CONFIG (sentinel-pass) nor SENTINEL SET.
 EXPORTER_RULES_SENTINEL = ("-@all +ping +info +client|info +client|setname +sentinel|masters +sentinel|master "
                            "+sentinel|sentinels +sentinel|slaves +sentinel|replicas +sentinel|ckquorum +command|info")
@@ -144,14 +151,36 @@ tls_conf() {
 }
 
 # acl_users LIST: the "user" lines of the ACL users in LIST ("<file> <name> <rules>" per line), the
-# passwords read from their files in the users volume; users whose file is missing are skipped.
+# passwords read from their files in the users volume; users whose file is missing are skipped. A line
+# "if-commandlog <name> <rules>" adds rules to that user's line where the server has COMMANDLOG (a
+# user is declared once in a configuration file).
 acl_users() {
   [ -f "$1" ] || return 0
+  commandlog=no
+  if grep -q '^if-commandlog ' "$1" && has_commandlog; then commandlog=yes; fi
   while read -r file user rules; do
+    [ "$file" != if-commandlog ] || continue
     [ -n "$file" ] && [ -f "${RMSG_USERS_DIR:-/etc/redis-messaging-users}/$file" ] || continue
     pw="$(cat "${RMSG_USERS_DIR:-/etc/redis-messaging-users}/$file")"
-    printf 'user %s reset on %s %s\n' "$user" "$(quote ">$pw")" "$rules"
+    more=""
+    if [ "$commandlog" = yes ]; then
+      more="$(awk -v u="$user" '$1 == "if-commandlog" && $2 == u { $1 = ""; $2 = ""; sub(/^ +/, ""); print }' "$1")"
+    fi
+    printf 'user %s reset on %s %s%s\n' "$user" "$(quote ">$pw")" "$rules" "${more:+ $more}"
   done <"$1"
+}
+
+# has_commandlog: whether this image's redis-server has COMMANDLOG (Valkey 8.1 and later; its rules
+# are an error on any other server, which then does not start).
+has_commandlog() {
+  version="$(redis-server --version 2>/dev/null || true)"
+  case "$version" in Valkey*) ;; *) return 1 ;; esac
+  version="${version#*v=}"
+  major="${version%%.*}"
+  minor="${version#*.}"
+  minor="${minor%%.*}"
+  case "$major$minor" in *[!0-9]*|"") return 1 ;; esac
+  [ "$major" -gt 8 ] || { [ "$major" -eq 8 ] && [ "$minor" -ge 1 ]; }
 }
 
 # quote VALUE: a redis.conf string literal.
@@ -297,6 +326,7 @@ def users_acl(spec: RedisMessagingSpec) -> str:
     lines = [f"{user_file(i)} {u.name} {declared_rules(u.rules)}\n" for i, u in enumerate(spec.auth.users)]
     if exporter_user(spec):
         lines.append(f"{EXPORTER_FILE} {EXPORTER_USER} {EXPORTER_RULES_REDIS}\n")
+        lines.append(f"if-commandlog {EXPORTER_USER} {EXPORTER_RULES_COMMANDLOG}\n")
     return "".join(lines)
 
 

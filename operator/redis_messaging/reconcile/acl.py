@@ -39,6 +39,7 @@ from redis_messaging.builders.names import Owner
 from redis_messaging.kube.client import Kube
 from redis_messaging.redis import acl
 from redis_messaging.redis.addresses import Address, Addresses
+from redis_messaging.redis.engine import Engine, has_commandlog
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,8 @@ class AclStep:
     def _set_users(self, proc: Process, node: acl.Node, users: list[acl.User], done: list[str]) -> acl.UsersState:
         """ACL SETUSER where a user is missing, differs or was set with other rules; what the process has."""
         state = node.users_state([u.name for u in users])
-        for user in users:
+        for declared in users:
+            user = declared.on(state.engine)
             applied = self._applied.get((proc.address, user.name))
             rules = applied[1] if applied is not None and applied[0] == state.run_id else None
             if acl.needs_setuser(state, user, rules):
@@ -320,8 +322,16 @@ class AclStep:
             if password is None:
                 missing.append((config.EXPORTER_USER, f"the exporter's Secret {owner.exporter_secret} has no password"))
             else:
-                users.append(acl.User(config.EXPORTER_USER, password, config.EXPORTER_RULES_REDIS))
+                users.append(acl.User(config.EXPORTER_USER, password, config.EXPORTER_RULES_REDIS,
+                                      for_engine=exporter_rules))
         return users, missing
+
+
+def exporter_rules(engine: Engine | None) -> str:
+    """The exporter user's rules on a Redis process that runs ``engine``: with COMMANDLOG where it has it."""
+    if has_commandlog(engine):
+        return f"{config.EXPORTER_RULES_REDIS} {config.EXPORTER_RULES_COMMANDLOG}"
+    return config.EXPORTER_RULES_REDIS
 
 
 def refused_rules(spec: RedisMessagingSpec) -> str:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from redis.backoff import NoBackoff
@@ -23,6 +23,7 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.retry import Retry
 
 from redis_messaging.redis import DRIVER_INFO
+from redis_messaging.redis.engine import Engine, engine_of
 from redis_messaging.redis.tls import ClientTls
 from redis_messaging.redis.tls import options as tls_options
 
@@ -179,10 +180,16 @@ class User:
     name: str
     password: str
     rules: str
+    # the rules on a process of a given engine, when they depend on it (commands an engine has)
+    for_engine: Callable[[Engine | None], str] | None = None
 
     @property
     def rules_hash(self) -> str:
         return hashlib.sha256(self.rules.encode()).hexdigest()[:16]
+
+    def on(self, engine: Engine | None) -> User:
+        """This user as it is set on a process running ``engine``."""
+        return self if self.for_engine is None else replace(self, rules=self.for_engine(engine), for_engine=None)
 
 
 def _pairs(reply: Any) -> dict[str, Any]:
@@ -197,6 +204,7 @@ class UsersState:
     run_id: str
     users: dict[str, dict[str, Any]]  # declared name -> ACL GETUSER fields (absent: no such user)
     others: tuple[str, ...]  # users that exist and were not asked about (default excluded)
+    engine: Engine | None = None  # what the process runs (its INFO server)
 
 
 def users_state(client: Redis, declared: Sequence[str]) -> UsersState:
@@ -215,7 +223,7 @@ def users_state(client: Redis, declared: Sequence[str]) -> UsersState:
     run_id = str(info.get("run_id", "")) if isinstance(info, dict) else ""
     users = {n: _pairs(r) for n, r in zip(declared, found, strict=True) if r is not None}
     others = tuple(sorted(set(all_users) - set(declared) - {"default"}))
-    return UsersState(run_id, users, others)
+    return UsersState(run_id, users, others, engine_of(info) if isinstance(info, dict) else None)
 
 
 def needs_setuser(state: UsersState, user: User, applied_rules: str | None) -> bool:

@@ -118,3 +118,10 @@ def refusal(running: Iterable[Engine], target: Engine | None) -> str | None:
             return (f"the image names {target} and {now} runs: moving from Valkey to Redis is supported by "
                     "neither")
     return None
+
+
+def has_commandlog(engine: Engine | None) -> bool:
+    """Whether the engine has ``COMMANDLOG`` (Valkey 8.1 and later: the slow log, and the logs of
+    large requests and replies), which redis_exporter reads where the server has it."""
+    return engine is not None and engine.name == VALKEY and engine.release >= (8, 1)
+
