@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything the project needs on a fresh Debian machine with Go and Python 3.11+:
-# Redis (Debian's redis-server, redis-sentinel, redis-tools), the control-plane binaries of the
+# Redis (Debian's redis-server, redis-sentinel, redis-tools; and one more engine of the matrix, Redis 8
+# or Valkey, built from Debian's source package by .ci/build-engine.sh), the control-plane binaries of the
 # `kube` tier and the monitoring binaries of the `redis` tier (redis_exporter, promtool, prometheus),
 # built from Go modules and cached outside the repo, and a virtualenv in .venv with the package and its
 # development tools. Safe to run again: every step is skipped when already done.
@@ -12,7 +13,9 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "Debian packages"
 missing=()
-for pkg in redis-server redis-sentinel redis-tools iproute2 openssl; do
+# make .. xz-utils: the engines of the matrix, built from their source packages (.ci/build-engine.sh)
+for pkg in redis-server redis-sentinel redis-tools iproute2 openssl make gcc libc6-dev libssl-dev pkg-config \
+           xz-utils debian-archive-keyring; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -44,6 +47,17 @@ bash charts/build-helm.sh | tail -n 1
 
 step "monitoring (.ci/build-monitoring.sh: redis_exporter, promtool, prometheus)"
 bash .ci/build-monitoring.sh | tail -n 1
+
+# The default engine is Debian's Redis 7.0 above. RMSG_ENGINES (comma-separated, or "all") names the other
+# engines the matrix set of the redis tier runs on (.ci/test); by default the one of this commit's
+# rotation (`.ci/build-engine.sh ci`). Each is built once and cached.
+engines=${RMSG_ENGINES:-$(bash .ci/build-engine.sh ci)}
+[ "$engines" != all ] || engines=$(bash .ci/build-engine.sh list | paste -sd, -)
+for engine in ${engines//,/ }; do
+  [ "$engine" != none ] || continue
+  step "engine $engine (.ci/build-engine.sh)"
+  bash .ci/build-engine.sh "$engine" | tail -n 1
+done
 
 step "Python virtualenv (.venv)"
 # The versions of .ci/constraints.txt: what the tiers last passed with, not whatever is newest today.

@@ -1,5 +1,6 @@
 """Shared by every tier under tests/: with RMSG_REQUIRE_TIERS set (`bash .ci/run` sets it), a skipped test
-of a required tier fails (tests/support/required_tiers.py; e2e/conftest.py registers the same). The
+of a required tier fails (tests/support/required_tiers.py; e2e/conftest.py registers the same). RMSG_ENGINE
+names the engine the `redis` tier runs on (tests/support/engines.py). The
 figures the bench smokes print (lines starting "[bench]", tests/support/bench_smoke.py) are repeated at
 the end of the run."""
 
@@ -7,12 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import engines
 import pytest
 import required_tiers
 
 
 def pytest_configure(config: pytest.Config) -> None:
     required_tiers.register(config)
+    engines.register(config)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return engines.header()
 
 
 _BENCH: list[str] = []

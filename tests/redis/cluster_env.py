@@ -388,12 +388,16 @@ class ClusterEnv:
         text = str(self.client(pod).execute_command("CLUSTER", "NODES"))  # type: ignore[no-untyped-call]
         return next(n for n in cl.parse_nodes(text) if n.myself)
 
-    def open_marks(self) -> dict[str, tuple[tuple[tuple[int, str], ...], tuple[tuple[int, str], ...]]]:
-        """Every running pod that marks a slot open: pod -> (migrating, importing)."""
+    def open_marks(self, *, masters_only: bool = False) -> dict[str, tuple[tuple[tuple[int, str], ...],
+                                                                       tuple[tuple[int, str], ...]]]:
+        """Every running pod that marks a slot open: pod -> (migrating, importing). ``masters_only``:
+        the masters' marks (Valkey replicates them to the replicas; Redis does not)."""
         marks = {}
         for pod in self.pod_names:
             if self.is_running(pod):
                 me = self.myself(pod)
+                if masters_only and not me.is_master:
+                    continue
                 if me.migrating or me.importing:
                     marks[pod] = (me.migrating, me.importing)
         return marks

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import engines
 import pytest
 from cluster_env import ClusterEnv, heal_until, tag_on, three_shards
 
@@ -204,8 +205,12 @@ def test_a_move_whose_new_source_gave_the_slot_up_to_the_target_is_finished_on_t
     # the target's own ping told the new master that epoch: it gives the slot up, holding none of its keys
     assert env.client(A1).execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
     env.client(A1).execute_command("CLUSTER", "SETSLOT", slot, "NODE", env.myself(B).id)
-    assert not any(slot in env.myself(p).slot_set() for p in env.pod_names if env.myself(p).is_master)
-    assert env.open_marks(), "the move is not left open"
+    served = [p for p in env.pod_names if env.myself(p).is_master and slot in env.myself(p).slot_set()]
+    # Valkey (its marks replicated, its target keeping an owner) may not end in this state; what follows
+    # holds all the same
+    if not engines.is_valkey(env.client(B).info("server")):
+        assert served == [], f"{served} serve the slot: not the state under test"
+        assert env.open_marks(), "the move is not left open"
     heal_until(topology, SPEC, OWNER, PASSWORD, timeout=60, env=env)
     assert_one_owner_holding(env, slot, keys)
 
@@ -237,7 +242,9 @@ def test_a_source_failing_over_with_keys_still_to_move_leaves_the_target_able_to
     with pytest.raises(cl.MigrationError):
         mover.move(cl.Endpoint(env.myself(A).id, env.address(A), *env.address(A)),
                    cl.Endpoint(env.myself(B).id, env.address(B), *env.address(B)), [slot])
-    assert fired == ["OK", "no owner in the target's table"], fired
+    # Redis drops the slot from the importing target's table; Valkey (8.0 and later) keeps an owner there
+    dropped = "an owner" if engines.is_valkey(env.client(B).info("server")) else "no owner in the target's table"
+    assert fired == ["OK", dropped], fired
     # the operator's passes finish the move from the shard's new master
     topology = ClusterTopology(env.addresses(), timeout=1.0)
     reports = heal_until(topology, SPEC, OWNER, PASSWORD, timeout=60, env=env)

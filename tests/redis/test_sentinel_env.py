@@ -234,7 +234,9 @@ def test_sentinel_fails_over_and_the_old_master_rejoins_as_replica(env: Sentinel
     log = env.log(old, since_start=True)
     # The start script asked the Sentinels: the pod came up as a replica of the new master, it was
     # not a second master until Sentinel demoted it (that would log a REPLICAOF "user request").
-    assert f"Connecting to MASTER {new_address[0]}:{new_address[1]}" in log, log[-2000:]
+    # (Valkey logs "PRIMARY" where Redis logs "MASTER")
+    assert any(f"Connecting to {word} {new_address[0]}:{new_address[1]}" in log
+               for word in ("MASTER", "PRIMARY")), log[-2000:]
     assert "user request" not in log, f"Sentinel had to reconfigure the restarted pod:\n{log[-2000:]}"
     # Persistence (aof, the spec's default) lives in the pod's data volume and was loaded on restart.
     assert (env.pod(old).data_dir / "appendonlydir").is_dir()
