@@ -176,6 +176,7 @@ class Move:
     source_shard: int
     target_shard: int
     resume: bool = False  # finishing slots an interrupted migration left open
+    only_if_empty: bool = False  # the source may take no write: nothing is opened if the slots hold keys
 
 
 @dataclass(frozen=True)
@@ -341,18 +342,27 @@ class _Analysis:
         newest = max(claims, key=lambda n: n.config_epoch)
         return self.table.get(newest.id, newest)
 
-    def table_claim(self, slot: int) -> cl.ClusterNode | None:
-        """The newest claim of ``slot`` in any reachable node's table. When the source of a move failed
-        over before the assignment, the target (importing) names the old source, now a replica, and
+    def table_claim(self, slot: int, *, include_failed: bool = False) -> cl.ClusterNode | None:
+        """The newest claim of ``slot`` in any reachable node's table; None when two nodes claim it with
+        the same epoch (``include_failed``: claims of nodes flagged ``fail`` count too). When the source
+        of a move failed over before the assignment, the target (importing) names the old source, now a
+        replica, and
         the new master may have given the slot up on hearing of the target's higher epoch from a
         master told of the move: no node serves it in its own line, and the tables name the target."""
         newest: cl.ClusterNode | None = None
+        tied = False  # another node claims it with the same epoch: which one wins is not known
         for view in self.reachable.values():
             for node in view.nodes:
-                if (node.is_master and not node.failed and any(b <= slot <= e for b, e in node.slots)
-                        and (newest is None or node.config_epoch > newest.config_epoch)):
-                    newest = node
-        return self.table.get(newest.id, newest) if newest is not None else None
+                if not (node.is_master and (include_failed or not node.failed)
+                        and any(b <= slot <= e for b, e in node.slots)):
+                    continue
+                if newest is None or node.config_epoch > newest.config_epoch:
+                    newest, tied = node, False
+                elif node.config_epoch == newest.config_epoch and node.id != newest.id:
+                    tied = True
+        if newest is None or tied:
+            return None
+        return self.table.get(newest.id, newest)
 
     def drain_target(self, shard: int) -> tuple[str, int] | None:
         """Another remaining shard's master that takes writes now (reachable, its replicas in sync), the
@@ -742,15 +752,20 @@ def plan(obs: Observation, *, reshard: bool = True) -> Plan:
                 # this shard's master (which takes them only without keys); the node then serves nothing
                 # and follows its shard's master. Slots a newer claim gives the shard's master (an old
                 # master that did not hear it was replaced) are not moved: its copy may be stale.
+                # Slots it has open are left to the open-slot phase. Without a replica of its own, the
+                # move runs only if they hold no key: MIGRATE is a write, which such a master refuses.
                 own = a.table.get(me.id)
                 usable = own is not None and own.is_master and not own.failed
-                theirs = tuple(sorted(x for x in me.slot_set() if usable and a.slot_owner(x) is own
-                                      and (claim := a.table_claim(x)) is not None and claim.id == me.id))
+                marked = {x for x, _ in (*me.migrating, *me.importing)}
+                theirs = tuple(sorted(
+                    x for x in me.slot_set() - marked if usable and a.slot_owner(x) is own
+                    and (claim := a.table_claim(x, include_failed=True)) is not None and claim.id == me.id))
                 drain = a.drain_target(shard) if theirs else None
                 if theirs and drain is None and a.usable_master(shard) == master_pod:
                     drain = (master_pod, shard)
                 if theirs and drain is not None:
-                    steps.append(Move(pod, drain[0], theirs, shard, drain[1], resume=True))
+                    alone = not any(n.master_id == me.id and not n.failed for n in a.table.values())
+                    steps.append(Move(pod, drain[0], theirs, shard, drain[1], resume=True, only_if_empty=alone))
                 else:
                     problems.append(f"{pod} and {master_pod} both serve slots of shard {shard}")
             elif (me.is_master or me.master_id != master.id) and view.node(master.id) is not None:
@@ -1064,6 +1079,15 @@ class ClusterTopology:
                           "holds a key of them", warning=True)
         if time.monotonic() > deadline:
             return None  # the next pass continues
+        if step.only_if_empty:
+            counts = cl.count_keys(conns, addr.redis(owner, step.source), step.slots)
+            held = sum(counts.values()) if counts is not None else None
+            if held != 0:
+                raise cl.MigrationError(
+                    f"{step.source} serves {len(step.slots)} slots ({format_ranges(cl.ranges(step.slots))}) "
+                    f"that its shard's master does not, and " + ("does not answer" if held is None else
+                    f"holds {held} keys of them") + "; it has no replica, so it takes no write "
+                    "(min-replicas-to-write) and MIGRATE cannot move them: not moved automatically")
         source = self._endpoint(owner, obs, step.source)
         target = self._endpoint(owner, obs, step.target)
         others = [addr.redis(owner, p) for p, v in obs.views.items()
