@@ -30,7 +30,12 @@ if [ "$1" = ci ]; then
   # tested every few commits and a warm run builds nothing; the same commit tests the same engine again.
   if [ -n "${RMSG_CI_ENGINE:-}" ]; then echo "$RMSG_CI_ENGINE"; exit 0; fi
   mapfile -t names < <(printf '%s\n' "${!PACKAGE[@]}" | sort)
-  count=$(git -C "$(dirname "$0")/.." rev-list --count HEAD 2>/dev/null || date +%j)
+  repo="$(dirname "$0")/.."
+  if [ "$(git -C "$repo" rev-parse --is-shallow-repository 2>/dev/null)" = false ]; then
+    count=$(git -C "$repo" rev-list --count HEAD)
+  else  # a shallow clone counts the same few commits every time: the commit's hash moves on instead
+    count=$(( 16#$(git -C "$repo" rev-parse --short=6 HEAD 2>/dev/null || date +%j) ))
+  fi
   echo "${names[$(( 10#$count % ${#names[@]} ))]}"
   exit 0
 fi
@@ -53,17 +58,18 @@ if [ -x "$DEST/bin/redis-server" ] && [ -x "$DEST/bin/redis-cli" ] && [ -e "$DES
   exit 0
 fi
 
-# the archive of this machine's apt sources (deb822 `URIs:` or one-line `deb URI suite`), not a mirror
-# named here
+# the Debian archive of this machine's apt sources, not a mirror named here: a deb822 stanza signed by
+# Debian's archive keyring, else a one-line `deb URI suite main` of sources.list (security suites left out)
 archive=""
 for f in /etc/apt/sources.list.d/*.sources; do
   [ -f "$f" ] || continue
-  archive=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' "$f")
+  archive=$(awk 'BEGIN {RS = ""} /debian-archive-keyring/ {
+      for (i = 1; i <= NF; i++) if ($i == "URIs:" && $(i + 1) !~ /security/) {print $(i + 1); exit}}' "$f")
   [ -z "$archive" ] || break
 done
 if [ -z "$archive" ] && [ -f /etc/apt/sources.list ]; then
-  archive=$(awk '$1 == "deb" && $0 !~ /security/ {for (i = 2; i <= NF; i++) if ($i ~ /:\/\//) {print $i; exit}}' \
-    /etc/apt/sources.list)
+  archive=$(awk '$1 == "deb" && $0 !~ /security/ && / main/ {
+      for (i = 2; i <= NF; i++) if ($i ~ /:\/\//) {print $i; exit}}' /etc/apt/sources.list)
 fi
 [ -n "$archive" ] || { log "no Debian archive found in this machine's apt sources"; exit 1; }
 
@@ -90,7 +96,11 @@ if ! (cd "$work" && apt-get "${apt_opts[@]}" -qq source --download-only --tar-on
   log "update PACKAGE in $0 to one of them"
   exit 1
 fi
-tarball=$(ls "$work"/*.orig.tar.*)
+shopt -s nullglob
+tarballs=("$work"/*.orig.tar.gz "$work"/*.orig.tar.xz "$work"/*.orig.tar.bz2)
+shopt -u nullglob
+[ "${#tarballs[@]}" -eq 1 ] || { log "expected one upstream tarball, got: ${tarballs[*]:-none}"; exit 1; }
+tarball=${tarballs[0]}
 mkdir "$work/src"
 tar -xf "$tarball" -C "$work/src" --strip-components=1
 

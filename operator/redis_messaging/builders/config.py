@@ -179,7 +179,8 @@ has_commandlog() {
   major="${version%%.*}"
   minor="${version#*.}"
   minor="${minor%%.*}"
-  case "$major$minor" in *[!0-9]*|"") return 1 ;; esac
+  case "$major" in *[!0-9]*|"") return 1 ;; esac
+  case "$minor" in *[!0-9]*|"") return 1 ;; esac
   [ "$major" -gt 8 ] || { [ "$major" -eq 8 ] && [ "$minor" -ge 1 ]; }
 }
 
