@@ -33,6 +33,7 @@ class Fake:
     uncounted: set[str] = field(default_factory=set)  # answering pods whose keys were not counted
     epochs: dict[str, int] = field(default_factory=dict)  # pod -> config epoch (default 0)
     believes: dict[str, dict[int, str]] = field(default_factory=dict)  # viewer pod -> slot -> the owner in its table
+    hostnames: dict[str, str] = field(default_factory=dict)  # pod -> the hostname other nodes know it by
 
     def __post_init__(self) -> None:
         for i in range(self.shards):
@@ -55,7 +56,8 @@ class Fake:
         if self.ids[pod] in self.failed:
             flags.add("fail")
         return cl.ClusterNode(
-            id=self.ids[pod], ip=self.ip(pod), port=6379, hostname=pod, flags=frozenset(flags),
+            id=self.ids[pod], ip=self.ip(pod), port=6379, hostname=pod if me else self.hostnames.get(pod, pod),
+            flags=frozenset(flags),
             master_id=None if master is None else self.ids[master], connected=True,
             config_epoch=self.epochs.get(pod, 0), slots=tuple((table or self.slots).get(pod, [])),
             migrating=tuple(self.migrating.get(pod, [])) if me else (),

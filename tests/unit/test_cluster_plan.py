@@ -172,6 +172,18 @@ def test_a_failed_pod_that_may_come_back_is_not_forgotten() -> None:
     assert not p.healthy
 
 
+def test_a_node_a_pod_answers_with_is_never_forgotten_whatever_name_the_tables_give_it() -> None:
+    """Redis 8, a killed master restarted on its volume: right after the restart the others still flag
+    it failed and name it by an address no pod is known by; it answers with its id all the same.
+    Forgotten, it would know a cluster that no longer knows it, and never be let back in."""
+    fake = Fake().bootstrapped()
+    fake.fail_over("r-shard-0-0", "r-shard-0-1", old="replica")
+    fake.failed.add(fake.ids["r-shard-0-0"])
+    fake.hostnames["r-shard-0-0"] = "10.9.9.9"
+    p = ct.plan(fake.observation())
+    assert not [s for s in p.steps if isinstance(s, ct.Forget)], p.steps
+
+
 def test_a_promoted_replica_is_the_shard_master_and_the_old_master_replicates_it() -> None:
     fake = Fake().bootstrapped()
     fake.slots["r-shard-2-1"] = fake.slots.pop("r-shard-2-0")

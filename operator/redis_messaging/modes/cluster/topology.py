@@ -682,7 +682,10 @@ def plan(obs: Observation, *, reshard: bool = True) -> Plan:
     for node in sorted(a.table.values(), key=lambda n: n.id):
         if node.myself or not (node.failed or node.no_address):
             continue
-        owner_pod = obs.pod_of(node.hostname) if node.hostname else None
+        # A pod answering with this id right now runs it: never forgotten, whatever its table entry
+        # says of its name (a restarted node's entry may name it by an address no pod is known by yet,
+        # seen with Redis 8: forgotten, the node was never let back in).
+        owner_pod = a.pod_by_id.get(node.id) or (obs.pod_of(node.hostname) if node.hostname else None)
         current = a.reachable.get(owner_pod or "")
         replaced = current is not None and current.id != node.id
         stranger = owner_pod is None or owner_pod not in obs.members
