@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import engines
 import pytest
 import redis
 from redis.backoff import NoBackoff
@@ -207,6 +208,7 @@ def test_password_is_required_and_never_rendered_nor_on_a_command_line(env: Sent
 
 
 # -- (3) failover, and the killed master rejoins as a replica ----------------------------------------
+@pytest.mark.xfail(engines.valkey(), reason=engines.SECOND_FAILOVER, strict=False)
 def test_sentinel_fails_over_and_the_old_master_rejoins_as_replica(env: SentinelEnv) -> None:
     old = env.wait_replication(timeout=20)
     assert env.sentinel_master(timeout=10) == env.address(old)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import engines
 import pytest
 import redis
 from cluster_env import ClusterEnv, actions_of, heal_until, three_shards
@@ -120,6 +121,7 @@ def test_every_link_is_tls_and_plain_text_or_unknown_clients_are_refused(harness
         assert env.probe(pod) == 0, pod
 
 
+@pytest.mark.xfail(engines.valkey(), reason=engines.SECOND_FAILOVER, strict=False)
 def test_failover_over_tls_is_followed_by_the_operator(harness: Harness) -> None:
     env = harness.env
     old = harness.wait_healthy()

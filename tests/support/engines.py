@@ -91,3 +91,14 @@ def summary_of(info: dict[str, object]) -> str:
 def is_valkey(info: dict[str, object]) -> bool:
     """Whether a process is Valkey, from its ``INFO server``."""
     return "valkey_version" in info or info.get("server_name") == "valkey"
+
+
+# Valkey 9.1, under load: after the old master of a Sentinel failover restarts, the Sentinels fail over
+# a second time, to the other replica (seen in CI and in one run here; not diagnosed). Tests that
+# name the first promoted replica as the master after that restart are expected to fail there.
+SECOND_FAILOVER = "Valkey: a second Sentinel failover after the old master restarts (under load; not diagnosed)"
+
+
+def valkey() -> bool:
+    """Whether the run's engine is Valkey."""
+    return selected().startswith("valkey")
