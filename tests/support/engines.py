@@ -20,18 +20,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from monitoring_tools import cache_dir  # the cache .ci/setup.sh fills
 
 ENV = "RMSG_ENGINE"
 DEFAULT = "redis-7.0"  # Debian's package, on PATH already
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / ".ci" / "build-engine.sh"
-
-
-def cache_dir() -> Path:
-    if os.environ.get("RMSG_CACHE"):
-        return Path(os.environ["RMSG_CACHE"])
-    base = Path(os.environ["XDG_CACHE_HOME"]) if os.environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
-    return base / "redis-messaging-operator"
 
 
 def pinned() -> dict[str, str]:
