@@ -1,37 +1,52 @@
-"""Resharding speed: the operator's slot mover against `redis-cli --cluster rebalance`.
+"""Resharding speed: the operator's slot movers against the engine's CLI (`redis-cli --cluster rebalance`).
 
-Two identical fresh clusters (3 shards with one replica each, the rendered configuration on real
-redis-server processes on loopback, like the `redis` test tier) are loaded with the same keys; a
-fourth shard (a master and its replica) joins each, serving no slot. Then:
+Identical fresh clusters (3 shards with one replica each, the rendered configuration on real server
+processes on loopback, like the `redis` test tier) are loaded with the same keys; a fourth shard (a
+master and its replica) joins each, serving no slot. Then, one cluster each:
 
-* ours: the operator's check-and-heal passes move an even share to the new shard (pipelined
-  batches of CLUSTER SETSLOT / GETKEYSINSLOT / MIGRATE ... KEYS), timed until the cluster is balanced
-  and healthy again;
-* redis-cli: `redis-cli --cluster rebalance <node> --cluster-use-empty-masters`, timed until it exits.
+* operator, key by key: the operator's check-and-heal passes move an even share to the new shard
+  (``cluster.slotMigration: KeyByKey``: pipelined batches of CLUSTER SETSLOT / GETKEYSINSLOT / MIGRATE
+  ... KEYS), timed until the cluster is balanced and healthy again;
+* operator, atomic: the same passes with ``slotMigration: Auto`` on an engine that moves slots itself
+  (Valkey 9 and later: one CLUSTER MIGRATESLOTS job per move); only on such an engine;
+* the CLI: `redis-cli --cluster rebalance <node> --cluster-use-empty-masters` (Valkey's CLI:
+  ``--cluster-use-empty-primaries``; it moves key by key too), timed until it exits.
 
-Both start from the same settled state, reached before either clock starts: the new shard's nodes
-joined, its replica in sync, and every node's CLUSTER NODES listing every node as a connected peer, with
+Each starts from the same settled state, reached before its clock starts: the new shard's nodes joined,
+its replica in sync, and every node's CLUSTER NODES listing every node as a connected peer, with
 ``cluster_state:ok`` and the same slot owners (waited for, at most 30 s). Without that wait the meet
-may not have reached every node yet: redis-cli's rebalance then stops at ``ERR Unknown node <id>`` (it
+may not have reached every node yet: the CLI's rebalance then stops at ``ERR Unknown node <id>`` (it
 sends CLUSTER SETSLOT ... NODE <new master> to every master), and the operator's first passes wait for
-the cluster to agree, which the clock would count. Both move the same slots' worth of data (a quarter
-of the keyspace). Prints both times, the keys moved per second and the ratio (ours / redis-cli; the
-goal is at most 1.0).
+the cluster to agree, which the clock would count. All move the same slots' worth of data (a quarter
+of the keyspace).
 
-    .venv/bin/python bench/reshard.py [--keys 200000] [--value-size 100] [--rounds 1] [--smoke]
+While each moves, a client reads and writes keys of the whole keyspace one command at a time (a cluster
+client following MOVED and ASK redirections, retrying what fails like an application does), and the
+longest wait of one command is reported: what an application notices of the move.
 
-``--smoke`` is one round with 2,000 keys: the same code path in seconds; CI runs it
-(tests/redis/test_bench_smoke_redis.py).
+Prints each time, the keys moved per second, the longest client wait, and the ratios (the operator's
+key-by-key move / the CLI: the goal is at most 1.0; atomic / the CLI; atomic / key by key).
+
+    .venv/bin/python bench/reshard.py [--engine redis-7.0|redis-8.0|valkey-8.1|valkey-9.1]
+                                      [--keys 200000] [--value-size 100] [--rounds 1] [--smoke]
+
+``--engine``: an engine of `bash .ci/build-engine.sh list` (built by it), or redis-7.0, the default:
+Debian's Redis on PATH. ``--smoke`` is one round with 2,000 keys: the same code path in seconds; CI runs
+it on the default engine and on Valkey 9.1 (tests/redis/test_bench_smoke_redis.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import shutil
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +54,25 @@ import _project
 
 ROOT = _project.use(__file__, "tests/redis", "tests/support")
 
+import engines  # noqa: E402
 from cluster_env import ClusterEnv, heal_until  # noqa: E402
+from redis.exceptions import RedisError  # noqa: E402
 
 from redis_messaging.api import models  # noqa: E402
 from redis_messaging.builders.names import Owner  # noqa: E402
 from redis_messaging.modes.cluster.topology import ClusterTopology  # noqa: E402
 from redis_messaging.redis import cluster as cl  # noqa: E402
+from redis_messaging.redis.engine import engine_of, has_atomic_slot_migration  # noqa: E402
 
 PASSWORD = "bench-Pa55word"
 OWNER = Owner(name="bench", namespace="bench", uid="uid-bench")
+PROBE_LIMIT = 2_000_000  # commands of the probing client, at most, per run
 
 
-def spec(shards: int) -> models.RedisMessagingSpec:
+def spec(shards: int, migration: str = "KeyByKey") -> models.RedisMessagingSpec:
     return models.parse_spec({
         "mode": "cluster",
-        "cluster": {"shards": shards, "replicasPerShard": 1, "nodeTimeout": 5000},
+        "cluster": {"shards": shards, "replicasPerShard": 1, "nodeTimeout": 5000, "slotMigration": migration},
         "persistence": {"mode": "aof"},
         "redis": {"config": {"repl-diskless-sync-delay": "0"}},
     })
@@ -108,10 +127,66 @@ def wait_known(env: ClusterEnv, timeout: float = 30.0) -> float:
     return time.monotonic() - began
 
 
-def prepared(base: Path, keys: int, value_size: int) -> ClusterEnv:
+
+
+@dataclass
+class Run:
+    seconds: float
+    longest_wait: float  # the longest one command of the probing client took, seconds
+    commands: int  # the probing client's commands
+    retried: int  # of them, how many needed a retry
+
+
+class Probe:
+    """A client reading and writing keys of the whole keyspace one command at a time while a move runs;
+    the longest time one command took, retries included (bounded in count and by the run)."""
+
+    def __init__(self, env: ClusterEnv, keys: int) -> None:
+        self.client = env.cluster_client()
+        self.keys = keys
+        self.stop = threading.Event()
+        self.longest = 0.0
+        self.commands = 0
+        self.retried = 0
+        self.errors: list[str] = []
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        rng = random.Random(7)
+        while not self.stop.is_set() and self.commands < PROBE_LIMIT:
+            key = f"key:{rng.randrange(self.keys)}"
+            began = time.monotonic()
+            for attempt in range(6):
+                try:
+                    if self.commands % 2:
+                        self.client.set(key, self.client.get(key) or b"")
+                    else:
+                        self.client.get(key)
+                    break
+                except (RedisError, AttributeError) as exc:  # redis-py trips on an ASK to a node it does not know
+                    self.retried += 1
+                    if attempt == 5:
+                        self.errors.append(f"{key}: {type(exc).__name__}: {exc}")
+                    time.sleep(min(0.01 * 2 ** attempt, 0.5))
+                    if isinstance(exc, AttributeError):
+                        self.client.nodes_manager.initialize()
+            self.longest = max(self.longest, time.monotonic() - began)
+            self.commands += 1
+
+    def __enter__(self) -> Probe:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        self.client.close()
+
+
+def prepared(base: Path, keys: int, value_size: int, bin_dir: Path | None) -> ClusterEnv:
     """A loaded 3-shard cluster plus a joined, empty fourth shard with its replica in sync, known to
     every node."""
-    env = ClusterEnv(spec(3), OWNER, base, password=PASSWORD)
+    env = ClusterEnv(spec(3), OWNER, base, password=PASSWORD, bin_dir=bin_dir)
     env.start()
     heal_until(ClusterTopology(env.addresses(), timeout=2.0), spec(3), OWNER, PASSWORD, timeout=60, env=env)
     client = env.cluster_client()
@@ -139,42 +214,79 @@ def total_keys(env: ClusterEnv) -> int:
     return sum(int(env.client(p).dbsize()) for p, slots in masters(env).items() if slots)
 
 
-def run_ours(base: Path, keys: int, value_size: int) -> float:
-    env = prepared(base, keys, value_size)
+def timed(base: Path, keys: int, value_size: int, bin_dir: Path | None, move: Callable[[ClusterEnv], None],
+          balanced: Callable[[dict[str, int]], bool]) -> Run:
+    """``move`` run and timed on a prepared cluster, under the probing client; then checked."""
+    env = prepared(base, keys, value_size, bin_dir)
     try:
+        with Probe(env, keys) as probe:
+            started = time.monotonic()
+            move(env)
+            took = time.monotonic() - started
+        counts = masters(env)
+        assert balanced(counts), counts
+        assert total_keys(env) == keys
+        assert probe.errors == [], probe.errors[:3]
+        return Run(took, probe.longest, probe.commands, probe.retried)
+    finally:
+        env.close()
+
+
+def operator_move(migration: str) -> Callable[[ClusterEnv], None]:
+    def move(env: ClusterEnv) -> None:
         topology = ClusterTopology(env.addresses(), timeout=2.0, reshard_budget=600.0)
-        started = time.monotonic()
-        heal_until(topology, spec(4), OWNER, PASSWORD, timeout=600, interval=0.05, env=env)
-        took = time.monotonic() - started
-        counts = masters(env)
-        assert sorted(counts.values()) == [4096] * 4, counts
-        assert total_keys(env) == keys
-        return took
-    finally:
-        env.close()
+        reports = heal_until(topology, spec(4, migration), OWNER, PASSWORD, timeout=600, interval=0.05, env=env)
+        moved = [a.message for r in reports for a in r.actions if a.reason == "SlotsMigrated"]
+        atomic = [m for m in moved if "atomically" in m]
+        assert moved, "nothing moved"
+        assert len(atomic) == (len(moved) if migration == "Auto" else 0), moved
+    return move
 
 
-def run_redis_cli(base: Path, keys: int, value_size: int) -> float:
-    env = prepared(base, keys, value_size)
-    try:
+def cli_move(bin_dir: Path | None) -> Callable[[ClusterEnv], None]:
+    cli = str(bin_dir / "redis-cli") if bin_dir else "redis-cli"
+
+    def move(env: ClusterEnv) -> None:
         seed = env.address(env.pod_names[0])
-        command = ["redis-cli", "--no-auth-warning", "-a", PASSWORD, "--cluster", "rebalance",
-                   f"{seed[0]}:{seed[1]}", "--cluster-use-empty-masters"]
-        started = time.monotonic()
+        version = subprocess.run([cli, "--version"], capture_output=True, text=True, check=False).stdout
+        empty = "--cluster-use-empty-primaries" if "valkey" in version.lower() else "--cluster-use-empty-masters"
+        command = [cli, "--no-auth-warning", "-a", PASSWORD, "--cluster", "rebalance", f"{seed[0]}:{seed[1]}", empty]
         done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
-        took = time.monotonic() - started
         if done.returncode != 0:
-            raise RuntimeError(f"redis-cli failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}")
-        counts = masters(env)
-        assert all(abs(c - 4096) <= 4096 * 0.02 for c in counts.values()), counts
-        assert total_keys(env) == keys
-        return took
-    finally:
-        env.close()
+            raise RuntimeError(f"{cli} failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return move
+
+
+def even(counts: dict[str, int]) -> bool:
+    return sorted(counts.values()) == [4096] * 4
+
+
+def near_even(counts: dict[str, int]) -> bool:
+    return len(counts) == 4 and all(abs(c - 4096) <= 4096 * 0.02 for c in counts.values())
+
+
+def engine_binaries(name: str) -> tuple[Path | None, str]:
+    """The directory of the engine's binaries (None: PATH's, the default engine) and what its server
+    says it is."""
+    bin_dir = None if name == engines.DEFAULT else engines.engine_dir(name)
+    server = str(bin_dir / "redis-server") if bin_dir else (shutil.which("redis-server") or "redis-server")
+    if bin_dir is not None and not Path(server).exists():
+        raise SystemExit(f"{name} is not built: bash .ci/build-engine.sh {name}")
+    version = subprocess.run([server, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    return bin_dir, version
+
+
+def moves_atomically(version: str) -> bool:
+    """Whether the server of ``redis-server --version`` ("Valkey server v=9.1.2 ...") moves slots itself."""
+    words = dict(part.split("=", 1) for part in version.split() if "=" in part)
+    name = "valkey" if version.lower().startswith("valkey") else "redis"
+    return has_atomic_slot_migration(engine_of({"server_name": name, f"{name}_version": words.get("v", "")}))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", default=engines.DEFAULT,
+                        help=f"{engines.DEFAULT} (PATH's redis-server) or one of: bash .ci/build-engine.sh list")
     parser.add_argument("--keys", type=int, default=200_000)
     parser.add_argument("--value-size", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=1)
@@ -182,28 +294,45 @@ def main() -> int:
     args = parser.parse_args()
     if args.smoke:
         args.keys, args.rounds = 2_000, 1
-    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+    bin_dir, version = engine_binaries(args.engine)
+    if bin_dir is None and (shutil.which("redis-server") is None or shutil.which("redis-cli") is None):
         print("needs redis-server and redis-cli (apt-get install -y redis-server redis-tools)")
         return 2
-    ours: list[float] = []
-    theirs: list[float] = []
+    cli_name = "valkey-cli" if version.lower().startswith("valkey") else "redis-cli"
+    contenders: dict[str, tuple[Callable[[ClusterEnv], None], Callable[[dict[str, int]], bool]]] = {
+        "operator, key by key": (operator_move("KeyByKey"), even),
+    }
+    if moves_atomically(version):
+        contenders["operator, atomic"] = (operator_move("Auto"), even)
+    contenders[f"{cli_name} --cluster rebalance"] = (cli_move(bin_dir), near_even)
+    print(f"engine: {args.engine} ({version})")
+    runs: dict[str, list[Run]] = {name: [] for name in contenders}
     for round_ in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="reshard-bench-") as tmp:
-            # alternate the order so that neither side always runs on a warmer machine
-            order = [("ours", run_ours), ("redis-cli", run_redis_cli)]
-            if round_ % 2:
-                order.reverse()
-            for name, run in order:
-                took = run(Path(tmp) / name, args.keys, args.value_size)
-                (ours if name == "ours" else theirs).append(took)
-                print(f"round {round_ + 1}: {name:9s} {took:6.2f}s")
+            # rotate the order so that no contender always runs on a warmer machine
+            names = list(contenders)
+            names = names[round_ % len(names):] + names[:round_ % len(names)]
+            for index, name in enumerate(names):
+                move, balanced = contenders[name]
+                run = timed(Path(tmp) / str(index), args.keys, args.value_size, bin_dir, move, balanced)
+                runs[name].append(run)
+                print(f"round {round_ + 1}: {name:32s} {run.seconds:6.2f}s, longest client wait "
+                      f"{run.longest_wait * 1000:6.1f} ms ({run.commands} commands, {run.retried} retried)")
     moved = args.keys / 4
-    o, t = statistics.median(ours), statistics.median(theirs)
-    print(f"\nmoving a quarter of {args.keys} keys ({args.value_size} B values) to a 4th shard, median of "
-          f"{args.rounds} round(s):")
-    print(f"  operator (pipelined batches) : {o:6.2f}s  ~{moved / o:,.0f} keys/s")
-    print(f"  redis-cli --cluster rebalance: {t:6.2f}s  ~{moved / t:,.0f} keys/s")
-    print(f"  ratio ours / redis-cli       : {o / t:.2f}x (goal <= 1.0x)")
+    median = {name: statistics.median(r.seconds for r in rs) for name, rs in runs.items()}
+    waits = {name: max(r.longest_wait for r in rs) for name, rs in runs.items()}
+    print(f"\nmoving a quarter of {args.keys} keys ({args.value_size} B values) to a 4th shard on {args.engine}, "
+          f"median of {args.rounds} round(s):")
+    for name, seconds in median.items():
+        print(f"  {name + ':':34s} {seconds:6.2f}s  ~{moved / seconds:,.0f} keys/s  longest client wait "
+              f"{waits[name] * 1000:,.1f} ms")
+    cli = median[f"{cli_name} --cluster rebalance"]
+    keyed = median["operator, key by key"]
+    print(f"  ratio key by key / {cli_name}:      {keyed / cli:.2f}x (goal <= 1.0x)")
+    if "operator, atomic" in median:
+        atomic = median["operator, atomic"]
+        print(f"  ratio atomic / {cli_name}:          {atomic / cli:.2f}x")
+        print(f"  ratio atomic / key by key:         {atomic / keyed:.2f}x")
     return 0
 
 

@@ -30,6 +30,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -129,14 +130,16 @@ class ClusterEnv:
     """The shard pods of one cluster-mode resource, as redis-server processes on loopback addresses."""
 
     def __init__(self, spec: RedisMessagingSpec, owner: Owner, base_dir: Path, *, password: str | None,
-                 tls: KeyPair | None = None) -> None:
+                 tls: KeyPair | None = None, bin_dir: Path | None = None) -> None:
         if spec.mode != "cluster":
             raise ValueError(f"ClusterEnv plays mode: cluster, not {spec.mode}")
         if spec.auth.enabled != (password is not None):
             raise ValueError("pass a password exactly when spec.auth.enabled (the pods mount the auth Secret)")
         if spec.tls.enabled != (tls is not None):
             raise ValueError("pass a key pair exactly when spec.tls.enabled (the pods mount the TLS Secret)")
-        if shutil.which("redis-server") is None:
+        # the engine: redis-server on PATH (RMSG_ENGINE's, or Debian's), or the one in bin_dir
+        self.path = os.pathsep.join([*([str(bin_dir)] if bin_dir else []), os.environ.get("PATH", os.defpath)])
+        if shutil.which("redis-server", path=self.path) is None:
             import pytest
 
             pytest.skip("redis-server not found: apt-get install -y redis-server redis-tools")
@@ -161,7 +164,7 @@ class ClusterEnv:
         for pod_name, ip in zip(pod_names, ips, strict=True):
             root = self.base_dir / pod_name
             env = {
-                "PATH": os.environ.get("PATH", os.defpath),
+                "PATH": self.path,
                 "HOME": str(root),
                 "LC_ALL": "C",
                 "POD_NAME": pod_name,
@@ -414,6 +417,133 @@ class ClusterEnv:
             text = p.log.read_text(errors="replace") if p.log.exists() else ""
             parts.append(f"--- {name} ({p.ip}) ---\n" + "\n".join(text.splitlines()[-lines:]))
         return "\n".join(parts)
+
+
+# -- a loaded cluster -------------------------------------------------------------------------------
+# What a move must keep: plain keys, and streams whose consumer group has pending and undelivered entries.
+KEYS = 100_000
+STREAMS = 12
+ENTRIES = 500
+
+
+def write_data(env: ClusterEnv, keys: int = KEYS) -> dict[str, list[Any]]:
+    """``keys`` keys and STREAMS streams of ENTRIES entries each (their group: 60 pending, 400 not
+    delivered); the streams' entries, to compare with :func:`check_data`."""
+    client = env.cluster_client()
+    for start in range(0, keys, 10_000):
+        pipe = client.pipeline()
+        for i in range(start, min(start + 10_000, keys)):
+            pipe.set(f"key:{i}", f"value-{i}")
+        pipe.execute()
+    streams: dict[str, list[Any]] = {}
+    for s in range(STREAMS):
+        name = f"orders-{s}"
+        client.xgroup_create(name, "billing", id="0", mkstream=True)
+        pipe = client.pipeline()
+        for e in range(ENTRIES):
+            pipe.xadd(name, {"n": str(e)})
+        pipe.execute()
+        # a consumer took 100 entries and acknowledged 40 of them: 60 pending, 400 not delivered
+        got = client.xreadgroup("billing", "worker-1", {name: ">"}, count=100)
+        ids = [entry_id for _, entries in got for entry_id, _ in entries]
+        client.xack(name, "billing", *ids[:40])
+        streams[name] = client.xrange(name)
+    client.close()
+    return streams
+
+
+def check_data(env: ClusterEnv, streams: dict[str, list[Any]], keys: int = KEYS) -> None:
+    """Every key of :func:`write_data` with its value, every stream entry, and each group's pending and
+    undelivered counts."""
+    client = env.cluster_client()
+    missing = []
+    for start in range(0, keys, 10_000):
+        pipe = client.pipeline()
+        span = range(start, min(start + 10_000, keys))
+        for i in span:
+            pipe.get(f"key:{i}")
+        for i, value in zip(span, pipe.execute(), strict=True):
+            if value != f"value-{i}":
+                missing.append(i)
+    assert missing == [], f"{len(missing)} keys lost, e.g. {missing[:10]}"
+    for name, entries in streams.items():
+        assert client.xrange(name) == entries, name
+        (group,) = client.xinfo_groups(name)
+        assert (group["name"], group["pending"], group["lag"]) == ("billing", 60, ENTRIES - 100), name
+    client.close()
+
+
+def slot_counts(env: ClusterEnv) -> dict[str, int]:
+    """Slots per master pod, as the first running node sees it."""
+    pod = next(p for p in env.pod_names if env.is_running(p))
+    text = str(env.client(pod).execute_command("CLUSTER", "NODES"))
+    return {env.pod_at(n.ip): n.slot_count for n in cl.parse_nodes(text) if n.is_master and n.slot_count}
+
+
+def assert_balanced(env: ClusterEnv, shards: int) -> None:
+    counts = slot_counts(env)
+    assert sum(counts.values()) == 16384
+    assert len(counts) == shards, counts
+    even = 16384 / shards
+    assert all(abs(c - even) <= even * 0.01 for c in counts.values()), counts
+    for pod in env.pod_names:
+        info = env.cluster_info(pod)
+        assert info["cluster_state"] == "ok", (pod, info)
+        assert info["cluster_slots_ok"] == "16384", (pod, info)
+
+
+class Traffic:
+    """An application writing and reading while the operator reshards, retrying a failed command
+    with backoff like applications do: every write must succeed and read back. ``retried`` counts the
+    commands that needed a retry.
+
+    redis-py follows an ASK redirection only to a node already in its cache, and a new shard's master
+    is in no client's cache before it serves a slot (it trips with an AttributeError): the application
+    then refreshes the client's view of the cluster and retries. Retries back off exponentially from
+    50 ms, capped at 1 s: six attempts span about 1.5 s."""
+
+    ATTEMPTS = 6
+
+    def __init__(self, env: ClusterEnv) -> None:
+        self.client = env.cluster_client()
+        self.stop = threading.Event()
+        self.written = 0
+        self.retried = 0
+        self.errors: list[str] = []
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def _try(self, what: str, call: Any) -> Any:
+        for attempt in range(self.ATTEMPTS):
+            try:
+                return call()
+            except (RedisError, AttributeError) as exc:
+                self.retried += 1
+                if attempt == self.ATTEMPTS - 1:
+                    self.errors.append(f"{what}: {type(exc).__name__}: {exc}")
+                    break
+                time.sleep(min(0.05 * 2 ** attempt, 1.0))
+                if isinstance(exc, AttributeError):
+                    try:
+                        self.client.nodes_manager.initialize()
+                    except RedisError as refresh:
+                        self.errors.append(f"{what}: refreshing the slot map: {refresh}")
+        return None
+
+    def run(self) -> None:
+        while not self.stop.is_set() and self.written < 200_000:
+            key, value = f"live:{self.written}", self.written
+            self._try(f"SET {key}", lambda k=key, v=value: self.client.set(k, v))
+            if self._try(f"GET {key}", lambda k=key: self.client.get(k)) != str(value):
+                self.errors.append(f"{key} read back wrong")
+            self.written += 1
+
+    def __enter__(self) -> Traffic:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
 
 
 # -- the operator's passes -------------------------------------------------------------------------

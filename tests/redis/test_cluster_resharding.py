@@ -4,7 +4,6 @@ cluster keeps serving, and slots end up balanced."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -13,8 +12,17 @@ from typing import Any
 
 import pydantic
 import pytest
-from cluster_env import ClusterEnv, actions_of, heal_until
-from redis.exceptions import RedisError
+from cluster_env import (
+    ENTRIES,
+    ClusterEnv,
+    Traffic,
+    actions_of,
+    assert_balanced,
+    check_data,
+    heal_until,
+    slot_counts,
+    write_data,
+)
 
 from redis_messaging.api import models
 from redis_messaging.builders.names import Owner
@@ -27,15 +35,13 @@ pytestmark = pytest.mark.redis
 
 PASSWORD = "resharding-Pa55word"
 OWNER = Owner(name="events", namespace="shop", uid="uid-events")
-KEYS = 100_000
-STREAMS = 12
-ENTRIES = 500
 
 
 def spec_with(shards: int) -> models.RedisMessagingSpec:
     return models.parse_spec({
         "mode": "cluster",
-        "cluster": {"shards": shards, "replicasPerShard": 1, "nodeTimeout": 3000},
+        # key by key on every engine: the hook below stops a batch between its stages
+        "cluster": {"shards": shards, "replicasPerShard": 1, "nodeTimeout": 3000, "slotMigration": "KeyByKey"},
         "redis": {"config": {"repl-diskless-sync-delay": "0"}},
     })
 
@@ -51,121 +57,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterEnv]:
         env.start()
         heal_until(ClusterTopology(env.addresses(), timeout=1.0), spec_with(3), OWNER, PASSWORD, timeout=40)
         yield env
-
-
-def write_data(env: ClusterEnv) -> dict[str, list[Any]]:
-    client = env.cluster_client()
-    for start in range(0, KEYS, 10_000):
-        pipe = client.pipeline()
-        for i in range(start, start + 10_000):
-            pipe.set(f"key:{i}", f"value-{i}")
-        pipe.execute()
-    streams: dict[str, list[Any]] = {}
-    for s in range(STREAMS):
-        name = f"orders-{s}"
-        client.xgroup_create(name, "billing", id="0", mkstream=True)
-        pipe = client.pipeline()
-        for e in range(ENTRIES):
-            pipe.xadd(name, {"n": str(e)})
-        pipe.execute()
-        # a consumer took 100 entries and acknowledged 40 of them: 60 pending, 400 not delivered
-        got = client.xreadgroup("billing", "worker-1", {name: ">"}, count=100)
-        ids = [entry_id for _, entries in got for entry_id, _ in entries]
-        client.xack(name, "billing", *ids[:40])
-        streams[name] = client.xrange(name)
-    client.close()
-    return streams
-
-
-def check_data(env: ClusterEnv, streams: dict[str, list[Any]]) -> None:
-    client = env.cluster_client()
-    missing = []
-    for start in range(0, KEYS, 10_000):
-        pipe = client.pipeline()
-        for i in range(start, start + 10_000):
-            pipe.get(f"key:{i}")
-        for i, value in zip(range(start, start + 10_000), pipe.execute(), strict=True):
-            if value != f"value-{i}":
-                missing.append(i)
-    assert missing == [], f"{len(missing)} keys lost, e.g. {missing[:10]}"
-    for name, entries in streams.items():
-        assert client.xrange(name) == entries, name
-        (group,) = client.xinfo_groups(name)
-        assert (group["name"], group["pending"], group["lag"]) == ("billing", 60, ENTRIES - 100), name
-    client.close()
-
-
-def slot_counts(env: ClusterEnv) -> dict[str, int]:
-    """Slots per master pod, as the first running node sees it."""
-    pod = next(p for p in env.pod_names if env.is_running(p))
-    text = str(env.client(pod).execute_command("CLUSTER", "NODES"))
-    return {env.pod_at(n.ip): n.slot_count for n in cl.parse_nodes(text) if n.is_master and n.slot_count}
-
-
-def assert_balanced(env: ClusterEnv, shards: int) -> None:
-    counts = slot_counts(env)
-    assert sum(counts.values()) == 16384
-    assert len(counts) == shards, counts
-    even = 16384 / shards
-    assert all(abs(c - even) <= even * 0.01 for c in counts.values()), counts
-    for pod in env.pod_names:
-        info = env.cluster_info(pod)
-        assert info["cluster_state"] == "ok", (pod, info)
-        assert info["cluster_slots_ok"] == "16384", (pod, info)
-
-
-class Traffic:
-    """An application writing and reading while the operator reshards, retrying a failed command
-    with backoff like applications do: every write must succeed and read back. ``retried`` counts the
-    commands that needed a retry.
-
-    redis-py follows an ASK redirection only to a node already in its cache, and a new shard's master
-    is in no client's cache before it serves a slot (it trips with an AttributeError): the application
-    then refreshes the client's view of the cluster and retries. Retries back off exponentially from
-    50 ms, capped at 1 s: six attempts span about 1.5 s."""
-
-    ATTEMPTS = 6
-
-    def __init__(self, env: ClusterEnv) -> None:
-        self.client = env.cluster_client()
-        self.stop = threading.Event()
-        self.written = 0
-        self.retried = 0
-        self.errors: list[str] = []
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def _try(self, what: str, call: Any) -> Any:
-        for attempt in range(self.ATTEMPTS):
-            try:
-                return call()
-            except (RedisError, AttributeError) as exc:
-                self.retried += 1
-                if attempt == self.ATTEMPTS - 1:
-                    self.errors.append(f"{what}: {type(exc).__name__}: {exc}")
-                    break
-                time.sleep(min(0.05 * 2 ** attempt, 1.0))
-                if isinstance(exc, AttributeError):
-                    try:
-                        self.client.nodes_manager.initialize()
-                    except RedisError as refresh:
-                        self.errors.append(f"{what}: refreshing the slot map: {refresh}")
-        return None
-
-    def run(self) -> None:
-        while not self.stop.is_set() and self.written < 200_000:
-            key, value = f"live:{self.written}", self.written
-            self._try(f"SET {key}", lambda k=key, v=value: self.client.set(k, v))
-            if self._try(f"GET {key}", lambda k=key: self.client.get(k)) != str(value):
-                self.errors.append(f"{key} read back wrong")
-            self.written += 1
-
-    def __enter__(self) -> Traffic:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(10)
 
 
 def test_scale_out_interrupted_then_in_loses_nothing_and_balances(env: ClusterEnv) -> None:

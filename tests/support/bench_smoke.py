@@ -48,14 +48,15 @@ def readme_commands() -> dict[str, str]:
     return found
 
 
-def run_smoke(name: str, *, timeout: float, figures: list[str]) -> str:
-    """Run README's command for bench ``name`` with ``--smoke``; its stdout. Fails the test when the
-    command is missing from README, exits non-zero, takes longer than ``timeout`` seconds, or prints
-    none of one of ``figures`` (substrings of the lines the full run prints)."""
+def run_smoke(name: str, *options: str, timeout: float, figures: list[str]) -> str:
+    """Run README's command for bench ``name`` with ``options`` (ones README names with it) and
+    ``--smoke``; its stdout. Fails the test when the command is missing from README, exits non-zero,
+    takes longer than ``timeout`` seconds, or prints none of one of ``figures`` (substrings of the lines
+    the full run prints)."""
     command = readme_commands().get(name)
     if command is None:
         pytest.fail(f"README.md gives no `.venv/bin/python bench/{name}.py` command")
-    argv = [*shlex.split(command), "--smoke"]
+    argv = [*shlex.split(command), *options, "--smoke"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the bench finds its own imports
     began = time.monotonic()
     # a session of its own: on a timeout, SIGINT reaches the bench (and nothing of pytest), whose

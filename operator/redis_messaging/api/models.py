@@ -223,6 +223,13 @@ class ClusterSpec(Model):
         description="cluster-node-timeout, in milliseconds: how long a node may not answer before the cluster "
         "counts it as failing and a replica of it may take over.",
     )
+    slot_migration: Literal["Auto", "KeyByKey"] = Field(
+        "Auto",
+        description="How slots move when shards are added or removed. Auto: the engine moves them itself, "
+        "atomically (CLUSTER MIGRATESLOTS), when every node runs Valkey 9.0 or later, and key by key "
+        "(MIGRATE) otherwise. KeyByKey: always key by key. Slots a key-by-key move left half-moved are "
+        "always finished key by key.",
+    )
 
 
 class Storage(Model):

@@ -15,6 +15,9 @@ can be repeated, so a batch interrupted anywhere is finished by running it again
 ``MIGRATE`` runs without ``REPLACE``: a key that exists on both sides (``BUSYKEY``) is never overwritten.
 That slot's move stops there, open, with both values kept (the source's is the one clients see), and
 :attr:`MoveStats.blocked` names the slot and the keys, for a human to decide which value to keep.
+
+Valkey 9 moves slots itself (:class:`AtomicMover`: ``CLUSTER MIGRATESLOTS``, followed with ``CLUSTER
+GETSLOTMIGRATIONS``): all of a job's slots or none, and no mark is ever left open.
 """
 
 from __future__ import annotations
@@ -41,9 +44,9 @@ SLOTS = 16384
 BUS_PORT_OFFSET = 10000
 
 __all__ = [
-    "SLOTS", "Address", "ClusterNode", "Connections", "NodeView", "RawConnections", "SlotMover",
-    "add_slots", "count_keys", "forget", "meet", "observe", "parse_nodes", "ranges", "replicate", "reset",
-    "resolve", "slot_of", "stabilize",
+    "SLOTS", "Address", "AtomicMover", "ClusterNode", "Connections", "NodeView", "RawConnections", "SlotJob",
+    "SlotMover", "add_slots", "count_keys", "forget", "meet", "observe", "parse_nodes", "parse_slot_jobs", "ranges",
+    "replicate", "reset", "resolve", "slot_of", "stabilize",
 ]
 
 
@@ -568,3 +571,221 @@ def _check(replies: Sequence[Any], batch: Sequence[int], what: str, ok: tuple[st
     for slot, reply in zip(batch, replies, strict=True):
         if isinstance(reply, Exception) and not any(text in str(reply) for text in ok):
             raise MigrationError(f"slot {slot}: {what} refused: {_describe(reply)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Moving slots atomically (Valkey 9: CLUSTER MIGRATESLOTS)
+
+JOB_FINISHED = frozenset({"success", "failed", "cancelled", "canceled"})
+JOB_FAILED = frozenset({"failed", "cancelled", "canceled"})
+
+
+@dataclass(frozen=True)
+class SlotJob:
+    """One atomic slot migration, as ``CLUSTER GETSLOTMIGRATIONS`` lists it (on its source: EXPORT; on
+    its target: IMPORT)."""
+
+    name: str
+    operation: str  # EXPORT | IMPORT
+    slots: tuple[tuple[int, int], ...]
+    source: str  # node ids
+    target: str
+    state: str
+    message: str = ""
+    created: int = 0  # unix seconds, the node's clock
+    updated: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.state in JOB_FINISHED
+
+    @property
+    def failed(self) -> bool:
+        return self.state in JOB_FAILED
+
+    def slot_set(self) -> set[int]:
+        return {s for start, end in self.slots for s in range(start, end + 1)}
+
+    def describe(self) -> str:
+        return (f"{'moving' if not self.finished else 'move of'} slots {_format(self.slots)} from "
+                f"{self.source[:8]} to {self.target[:8]} ({self.state}{': ' + self.message if self.message else ''})")
+
+
+def _format(slot_ranges: Sequence[tuple[int, int]]) -> str:
+    return ",".join(f"{b}-{e}" if b != e else str(b) for b, e in slot_ranges)
+
+
+def parse_slot_jobs(reply: Any) -> list[SlotJob]:
+    """The jobs of a ``CLUSTER GETSLOTMIGRATIONS`` reply: a list of flat field/value lists (RESP2) or of
+    maps (RESP3)."""
+    jobs = []
+    for item in reply or ():
+        if isinstance(item, dict):
+            fields = {_text(k): v for k, v in item.items()}
+        else:
+            flat = list(item)
+            fields = {_text(k): v for k, v in zip(flat[::2], flat[1::2], strict=True)}
+        slot_ranges = []
+        for part in _text(fields.get("slot_ranges", "")).replace(" ", ",").split(","):
+            if part:
+                start, _, end = part.partition("-")
+                slot_ranges.append((int(start), int(end or start)))
+        jobs.append(SlotJob(
+            name=_text(fields.get("name", "")),
+            operation=_text(fields.get("operation", "")).upper(),
+            slots=tuple(slot_ranges),
+            source=_text(fields.get("source_node", "")),
+            target=_text(fields.get("target_node", "")),
+            state=_text(fields.get("state", "")).lower(),
+            message=_text(fields.get("message", "")),
+            created=int(_text(fields.get("create_time", 0)) or 0),
+            updated=int(_text(fields.get("last_update_time", 0)) or 0),
+        ))
+    return jobs
+
+
+@dataclass
+class AtomicStats:
+    slots: int = 0  # slots the target owns now
+    keys: int = 0  # the keys they held on the source when the job started (not known for a followed job)
+    seconds: float = 0.0
+    job: str = ""
+    followed: bool = False  # a job found running (an earlier pass, or another operator process, started it)
+    running: bool = False  # still running at the deadline: the next pass follows it
+
+
+class AtomicMover:
+    """Moves slots with the engine's atomic slot migration: ``CLUSTER MIGRATESLOTS`` on the source, then
+    ``CLUSTER GETSLOTMIGRATIONS`` polled until the job ends.
+
+    The engine does the whole move: it sends the slots' keys to the target (a snapshot, then the writes
+    that follow), pauses writes on the source for the last bytes, and the target takes the slots with a
+    new config epoch. A job that fails or is cancelled leaves every slot on the source with all its keys,
+    and the target deletes what it had received. So there is no half-moved state to finish: a job is
+    started again from the beginning. The engine keeps a record of its jobs, so an operator restarted
+    mid-job finds the job and follows it instead of starting another, and a failed job is retried after a
+    back-off counted from its end on the source's clock, not at every pass (each attempt forks the
+    source for its snapshot).
+
+    The engine never gives up a job waiting for the source's writes to drain before its pause
+    (``waiting-to-pause``: a steady write load can keep it there); such a job is cancelled after
+    ``drain_limit`` seconds, which is safe in that state (the target has claimed nothing). A job is never
+    cancelled once the pause began: the target may already own the slots.
+    """
+
+    CANCELLABLE = frozenset({"waiting-to-pause"})
+
+    def __init__(self, raw: RawConnections, *, poll: float = 0.05, hook: Hook | None = None,
+                 retry_after: tuple[float, float] = (5.0, 300.0), drain_limit: float = 120.0) -> None:
+        self.raw = raw
+        self.poll = poll
+        self.hook = hook
+        self.retry_after = retry_after  # (first, longest): doubled with each recent failure
+        self.drain_limit = drain_limit
+
+    def jobs(self, address: Address) -> tuple[list[SlotJob], int]:
+        """Every job the node at ``address`` lists, and its clock (unix seconds)."""
+        try:
+            pipe = self.raw.get(address).pipeline(transaction=False)
+            pipe.execute_command("CLUSTER", "GETSLOTMIGRATIONS")  # type: ignore[no-untyped-call]
+            pipe.execute_command("TIME")  # type: ignore[no-untyped-call]
+            reply, clock = pipe.execute(raise_on_error=True)
+        except (RedisError, OSError) as exc:
+            raise MigrationError(f"slot migrations not listed on {address[0]}:{address[1]}: {_describe(exc)}") from exc
+        return parse_slot_jobs(reply), int(clock[0])
+
+    def running(self, address: Address) -> list[SlotJob]:
+        """The unfinished jobs the node at ``address`` runs as their source."""
+        return [j for j in self.jobs(address)[0] if j.operation == "EXPORT" and not j.finished]
+
+    def move(self, source: Endpoint, target: Endpoint, slots: Sequence[int], *, deadline: float) -> AtomicStats:
+        """Move ``slots`` from ``source`` to ``target`` in one job, or follow the jobs ``source`` already
+        runs (and start nothing: the plan was made before they end). Waits until the job ends or
+        ``deadline`` (time.monotonic()) passes; a job that fails raises :class:`MigrationError` with the
+        engine's reason."""
+        started = time.monotonic()
+        jobs, clock = self.jobs(source.address)
+        running = [j for j in jobs if j.operation == "EXPORT" and not j.finished]
+        if running:
+            stats = self._wait(source, running, deadline)
+            stats.followed = True
+            stats.seconds = time.monotonic() - started
+            return stats
+        self._back_off(target, slots, jobs, clock)
+        wanted = ranges(slots)
+        keys = count_keys(self.raw, source.address, sorted(slots))
+        args: list[Any] = ["CLUSTER", "MIGRATESLOTS", "SLOTSRANGE"]
+        for start, end in wanted:
+            args += [start, end]
+        try:
+            _cmd(self.raw.get(source.address), *args, "NODE", target.id)
+        except (RedisError, OSError) as exc:
+            raise MigrationError(f"slots {_format(wanted)} not handed to the engine's migration: "
+                                 f"{_describe(exc)}") from exc
+        self._stage("started", slots)
+        known = {j.name for j in jobs}
+        mine = [j for j in self.jobs(source.address)[0] if j.name not in known and j.operation == "EXPORT"
+                and j.target == target.id and j.slot_set() == set(slots)]
+        if not mine:
+            raise MigrationError(f"the migration of slots {_format(wanted)} was accepted, but the source does not "
+                                 "list it")
+        stats = self._wait(source, mine[:1], deadline)
+        stats.keys = sum(keys.values()) if keys else 0
+        stats.seconds = time.monotonic() - started
+        return stats
+
+    def _stage(self, name: str, slots: Sequence[int]) -> None:
+        if self.hook is not None:
+            self.hook(name, slots)
+
+    def _back_off(self, target: Endpoint, slots: Sequence[int], jobs: Sequence[SlotJob], clock: int) -> None:
+        """Refuse to start again while the last failed attempts of these slots are too recent."""
+        wanted = set(slots)
+        failed = sorted((j for j in jobs if j.operation == "EXPORT" and j.failed and j.target == target.id
+                         and j.slot_set() & wanted), key=lambda j: j.updated)
+        if not failed:
+            return
+        first, longest = self.retry_after
+        wait = min(first * 2 ** (len(failed) - 1), longest)
+        left = failed[-1].updated + wait - clock
+        if left > 0:
+            raise MigrationError(f"the engine's migration of these slots failed {len(failed)} time(s), last: "
+                                 f"{failed[-1].message or failed[-1].state}; the next attempt in {left:.0f}s")
+
+    def _wait(self, source: Endpoint, jobs: Sequence[SlotJob], deadline: float) -> AtomicStats:
+        names = {j.name for j in jobs}
+        while True:
+            listed, clock = self.jobs(source.address)
+            now = {j.name: j for j in listed if j.name in names}
+            gone = names - now.keys()
+            if gone:  # trimmed from the engine's bounded record already: the next pass observes
+                raise MigrationError(f"migration {sorted(gone)[0][:8]} no longer listed on the source")
+            stuck = [j for j in now.values() if j.state in self.CANCELLABLE and clock - j.updated > self.drain_limit]
+            if stuck:
+                self.cancel(source.address)
+                raise MigrationError(
+                    f"{stuck[0].describe()} for over {self.drain_limit:g}s: the source's writes to these slots "
+                    "never drained to the target before the pause, so the migration was cancelled (nothing "
+                    "moved; it is retried after a back-off). Under a steady write load, raise the engine's "
+                    "slot-migration-max-failover-repl-bytes, or move slots key by key "
+                    "(cluster.slotMigration: KeyByKey)")
+            if all(j.finished for j in now.values()):
+                failed = [j for j in now.values() if j.failed]
+                if failed:
+                    raise MigrationError("; ".join(j.describe() for j in failed) + "; every slot stays on the "
+                                         "source, and the move starts again")
+                moved = sorted(s for j in now.values() for s in j.slot_set())
+                self._stage("assigned", moved)
+                return AtomicStats(slots=len(moved), job=",".join(sorted(names)))
+            if time.monotonic() > deadline:
+                return AtomicStats(job=",".join(sorted(names)), running=True)
+            time.sleep(self.poll)
+
+    def cancel(self, address: Address) -> None:
+        """``CLUSTER CANCELSLOTMIGRATIONS``: every unfinished job the node at ``address`` runs as the
+        source ends, its slots staying there."""
+        try:
+            _cmd(self.raw.get(address), "CLUSTER", "CANCELSLOTMIGRATIONS")
+        except ResponseError as exc:
+            if "no migrations ongoing" not in str(exc).lower():
+                raise

@@ -125,3 +125,12 @@ def has_commandlog(engine: Engine | None) -> bool:
     large requests and replies), which redis_exporter reads where the server has it."""
     return engine is not None and engine.name == VALKEY and engine.release >= (8, 1)
 
+
+
+ATOMIC_SLOT_MIGRATION_SINCE = (9, 0)
+
+
+def has_atomic_slot_migration(engine: Engine | None) -> bool:
+    """Whether the engine moves slots itself, atomically (``CLUSTER MIGRATESLOTS``: Valkey 9.0 and
+    later). Redis 8.4's ``CLUSTER MIGRATION IMPORT`` is another protocol, not driven here."""
+    return engine is not None and engine.name == VALKEY and engine.release >= ATOMIC_SLOT_MIGRATION_SINCE

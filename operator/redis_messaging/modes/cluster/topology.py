@@ -24,7 +24,10 @@ steps and the next pass, on a fresh observation, goes on:
    slots move until every shard holds an even share (within one slot); shards beyond ``shards`` give
    all theirs away, spread over every remaining shard. Migration runs in pipelined batches within a
    time budget per pass; the cluster's own slot table and its open-slot marks are the record of
-   progress, so a pass after a crash anywhere continues where the last one stopped.
+   progress, so a pass after a crash anywhere continues where the last one stopped. Where every node
+   runs Valkey 9 or later (and ``cluster.slotMigration`` is Auto), each move is one job of the engine's
+   atomic slot migration instead; the engine's record of its jobs is the record of progress, and a
+   job found running is followed, never started twice (:class:`~redis_messaging.redis.cluster.AtomicMover`).
 7. **release**: a shard being removed that owns no slot any more is forgotten on every remaining
    node, its nodes reset, and its StatefulSet handed back to the reconcile pass for deletion.
 """
@@ -45,6 +48,7 @@ from redis_messaging.builders.names import Owner
 from redis_messaging.modes.base import Action, TopologyReport, engine_status
 from redis_messaging.redis import cluster as cl
 from redis_messaging.redis.addresses import Addresses, OwnerConnections
+from redis_messaging.redis.engine import has_atomic_slot_migration
 
 log = logging.getLogger(__name__)
 
@@ -984,13 +988,14 @@ class ClusterTopology:
         failed: list[str] = []
         blocked: list[Blocked] = []
         deadline = time.monotonic() + self.reshard_budget
+        atomic = spec.cluster.slot_migration == "Auto" and atomic_capable(obs)
         target_side_open = False  # a Stabilize of an importing side failed: no source is closed after it
         for step in result.steps:
             if isinstance(step, Stabilize) and step.guard and target_side_open:
                 failed.append(f"{_describe_step(step)}: not closed, as its target side is still open")
                 continue
             try:
-                action = self._execute(step, owner, obs, conns, raw, deadline, blocked)
+                action = self._execute(step, owner, obs, conns, raw, deadline, blocked, atomic=atomic)
             except Exception as exc:  # report and retry on the next pass; never crash the pass
                 failed.append(f"{_describe_step(step)}: {type(exc).__name__}: {exc}")
                 if isinstance(step, Move):
@@ -1038,7 +1043,8 @@ class ClusterTopology:
         return cl.Endpoint(me.id, self.addresses.redis(owner, pod), ip, me.port or names.REDIS_PORT)
 
     def _execute(self, step: Step, owner: Owner, obs: Observation, conns: cl.Connections,
-                 raw: cl.RawConnections, deadline: float, blocked: list[Blocked]) -> Action | None:
+                 raw: cl.RawConnections, deadline: float, blocked: list[Blocked], *,
+                 atomic: bool = False) -> Action | None:
         addr = self.addresses
         if isinstance(step, Meet):
             cl.meet(conns, addr.redis(owner, step.via), step.ip, step.port)
@@ -1093,6 +1099,13 @@ class ClusterTopology:
                     "(min-replicas-to-write) and MIGRATE cannot move them: not moved automatically")
         source = self._endpoint(owner, obs, step.source)
         target = self._endpoint(owner, obs, step.target)
+        by_engine = atomic and not step.resume  # half-moved slots are finished key by key
+        if by_engine or has_atomic_slot_migration(obs.views[step.source].engine):
+            # The engine's own move; or, before a key-by-key one, a job of the engine found running on the
+            # source (started before the resource chose KeyByKey): it is followed to its end first.
+            engine_mover = cl.AtomicMover(raw, hook=self.hook)
+            if by_engine or engine_mover.running(source.address):
+                return self._move_atomically(engine_mover, step, source, target, deadline)
         others = [addr.redis(owner, p) for p, v in obs.views.items()
                   if v.reachable and v.myself is not None and v.myself.is_master
                   and p not in (step.source, step.target)]
@@ -1111,6 +1124,29 @@ class ClusterTopology:
         return Action("SlotsMigrated", f"{verb} {stats.slots} slots and {stats.keys} keys from shard "
                       f"{step.source_shard} ({step.source}) to shard {step.target_shard} ({step.target}) in "
                       f"{stats.seconds:.2f}s{more}")
+
+    def _move_atomically(self, mover: cl.AtomicMover, step: Move, source: cl.Endpoint, target: cl.Endpoint,
+                         deadline: float) -> Action | None:
+        stats = mover.move(source, target, step.slots, deadline=deadline)
+        if stats.followed:
+            if stats.running:
+                return None  # still running: the next pass follows it
+            return Action("SlotsMigrated", f"the engine's migration {stats.job[:8]} running on shard "
+                          f"{step.source_shard} ({step.source}) ended: {stats.slots} slots moved")
+        if stats.running:
+            return Action("SlotMigrationStarted", f"the engine moves {len(step.slots)} slots "
+                          f"({format_ranges(cl.ranges(step.slots))}) and {stats.keys} keys from shard "
+                          f"{step.source_shard} ({step.source}) to shard {step.target_shard} ({step.target}) "
+                          f"atomically (migration {stats.job[:8]}); the next passes follow it")
+        return Action("SlotsMigrated", f"moved {stats.slots} slots and {stats.keys} keys from shard "
+                      f"{step.source_shard} ({step.source}) to shard {step.target_shard} ({step.target}) in "
+                      f"{stats.seconds:.2f}s, atomically (the engine's migration {stats.job[:8]})")
+
+
+def atomic_capable(obs: Observation) -> bool:
+    """Every node of the resource answers and runs an engine that moves slots atomically: a job's data
+    is replicated to the target's replicas by the engine, so an older replica must not be among them."""
+    return bool(obs.views) and all(v.reachable and has_atomic_slot_migration(v.engine) for v in obs.views.values())
 
 
 @dataclass(frozen=True)
