@@ -26,6 +26,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -365,6 +366,8 @@ class MoveStats:
 class SlotMover:
     """Moves slots between two masters in pipelined batches (see the module docstring)."""
 
+    SETSLOT_CONNECTIONS = 16
+
     def __init__(self, raw: RawConnections, *, batch_slots: int = 256, keys_per_migrate: int = 1000,
                  migrate_timeout_ms: int = 30_000, max_rounds: int = 1000, hook: Hook | None = None,
                  epoch_wait: float = 5.0) -> None:
@@ -413,6 +416,20 @@ class SlotMover:
             pipe.execute_command(*args)  # type: ignore[no-untyped-call]
         return list(pipe.execute(raise_on_error=False))
 
+    def _setslot_all(self, address: Address, commands: Iterable[Sequence[Any]]) -> list[Any]:
+        """``CLUSTER SETSLOT`` commands, their replies in order. Valkey (8.0 and later) replicates each
+        one to the node's replicas and answers only once they acknowledged it, one command after the
+        other on a connection: a batch is spread over :attr:`SETSLOT_CONNECTIONS` connections, whose
+        waits overlap (the commands are independent: each names another slot)."""
+        todo = list(commands)
+        if len(todo) < 2 * self.SETSLOT_CONNECTIONS:
+            return self._pipeline_all(address, todo)
+        size = -(-len(todo) // self.SETSLOT_CONNECTIONS)
+        parts = [todo[i:i + size] for i in range(0, len(todo), size)]
+        with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="setslot") as pool:
+            replies = list(pool.map(lambda part: self._pipeline_all(address, part), parts))
+        return [reply for part in replies for reply in part]
+
     def _move_batch(self, source: Endpoint, target: Endpoint, batch: Sequence[int],
                     others: Sequence[Address]) -> tuple[int, dict[int, tuple[bytes, ...]]]:
         """Move one batch; the keys moved, and the slots stopped by a key on both sides (left open)."""
@@ -426,13 +443,13 @@ class SlotMover:
         if unowned:
             log.info("slots %s have no owner in %s's table; telling it %s owns them",
                      ranges(unowned), target.id[:8], source.id[:8])
-            replies = self._pipeline_all(target.address, (("CLUSTER", "SETSLOT", s, "NODE", source.id)
+            replies = self._setslot_all(target.address, (("CLUSTER", "SETSLOT", s, "NODE", source.id)
                                                           for s in unowned))
             _check(replies, unowned, "the source's ownership on the target")
-        replies = self._pipeline_all(target.address, (("CLUSTER", "SETSLOT", s, "IMPORTING", source.id)
+        replies = self._setslot_all(target.address, (("CLUSTER", "SETSLOT", s, "IMPORTING", source.id)
                                                       for s in batch))
         _check(replies, batch, "importing on the target", ok=("already the owner",))
-        replies = self._pipeline_all(source.address, (("CLUSTER", "SETSLOT", s, "MIGRATING", target.id)
+        replies = self._setslot_all(source.address, (("CLUSTER", "SETSLOT", s, "MIGRATING", target.id)
                                                       for s in batch))
         _check(replies, batch, "migrating on the source", ok=("not the owner",))
         self._stage("opened", batch)
@@ -498,17 +515,17 @@ class SlotMover:
         self._outbid_source(source, target, others)
         for other in others:
             try:
-                replies = self._pipeline_all(other, (("CLUSTER", "SETSLOT", s, "NODE", target.id) for s in done))
+                replies = self._setslot_all(other, (("CLUSTER", "SETSLOT", s, "NODE", target.id) for s in done))
             except (RedisError, OSError) as exc:  # it learns from gossip instead
                 log.info("slots not announced to %s:%s directly: %s", *other, _describe(exc))
         role = self._pipeline_all(source.address, (("ROLE",),))[0]
         if isinstance(role, Exception) or not role or _text(role[0]) != "master":
             raise MigrationError(f"the source {source.id[:8]} is no longer a master (it failed over during the "
                                  "move); the slots stay open and the move resumes from the shard's new master")
-        replies = self._pipeline_all(target.address, (("CLUSTER", "SETSLOT", s, "NODE", target.id) for s in done))
+        replies = self._setslot_all(target.address, (("CLUSTER", "SETSLOT", s, "NODE", target.id) for s in done))
         _check(replies, done, "assignment on the target")
         self._stage("target-assigned", done)
-        replies = self._pipeline_all(source.address, (("CLUSTER", "SETSLOT", s, "NODE", target.id) for s in done))
+        replies = self._setslot_all(source.address, (("CLUSTER", "SETSLOT", s, "NODE", target.id) for s in done))
         _check(replies, done, "assignment on the source")
         self._stage("assigned", done)
         return moved, blocked
