@@ -38,12 +38,12 @@ it on the default engine and on Valkey 9.1 (tests/redis/test_bench_smoke_redis.p
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import random
 import shutil
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +56,7 @@ ROOT = _project.use(__file__, "tests/redis", "tests/support")
 
 import engines  # noqa: E402
 from cluster_env import ClusterEnv, heal_until  # noqa: E402
+from redis.cluster import ClusterNode, RedisCluster  # noqa: E402
 from redis.exceptions import RedisError  # noqa: E402
 
 from redis_messaging.api import models  # noqa: E402
@@ -139,48 +140,67 @@ class Run:
 
 class Probe:
     """A client reading and writing keys of the whole keyspace one command at a time while a move runs;
-    the longest time one command took, retries included (bounded in count and by the run)."""
+    the longest time one command took, retries included (bounded in count and by the run). It runs in
+    a process of its own (forked: it builds its own client there), so that it takes no time from the
+    operator's code it measures, which runs in this process."""
 
     def __init__(self, env: ClusterEnv, keys: int) -> None:
-        self.client = env.cluster_client()
+        self.seeds = [env.address(p) for p in env.pod_names if env.is_running(p)]
+        self.password = env.password
         self.keys = keys
-        self.stop = threading.Event()
+        context = multiprocessing.get_context("fork")
+        self.stop = context.Event()
+        self.results: Any = context.Queue()
+        self.process = context.Process(target=self._run, daemon=True)
         self.longest = 0.0
         self.commands = 0
         self.retried = 0
         self.errors: list[str] = []
-        self.thread = threading.Thread(target=self.run, daemon=True)
 
-    def run(self) -> None:
+    def _run(self) -> None:
+        try:
+            self._probe()
+        except BaseException as exc:  # said in the parent, which waits for a result
+            self.results.put((0.0, 0, 0, [f"the probe failed: {type(exc).__name__}: {exc}"]))
+
+    def _probe(self) -> None:
+        longest, commands, retried, errors = 0.0, 0, 0, []
+        client = RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in self.seeds],
+                              password=self.password, socket_timeout=5, decode_responses=True)
         rng = random.Random(7)
-        while not self.stop.is_set() and self.commands < PROBE_LIMIT:
+        while not self.stop.is_set() and commands < PROBE_LIMIT:
             key = f"key:{rng.randrange(self.keys)}"
             began = time.monotonic()
             for attempt in range(6):
                 try:
-                    if self.commands % 2:
-                        self.client.set(key, self.client.get(key) or b"")
+                    if commands % 2:
+                        client.set(key, client.get(key) or b"")
                     else:
-                        self.client.get(key)
+                        client.get(key)
                     break
                 except (RedisError, AttributeError) as exc:  # redis-py trips on an ASK to a node it does not know
-                    self.retried += 1
+                    retried += 1
                     if attempt == 5:
-                        self.errors.append(f"{key}: {type(exc).__name__}: {exc}")
+                        errors.append(f"{key}: {type(exc).__name__}: {exc}")
                     time.sleep(min(0.01 * 2 ** attempt, 0.5))
                     if isinstance(exc, AttributeError):
-                        self.client.nodes_manager.initialize()
-            self.longest = max(self.longest, time.monotonic() - began)
-            self.commands += 1
+                        client.nodes_manager.initialize()
+            longest = max(longest, time.monotonic() - began)
+            commands += 1
+        self.results.put((longest, commands, retried, errors[:10]))
 
     def __enter__(self) -> Probe:
-        self.thread.start()
+        self.process.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
-        self.thread.join(30)
-        self.client.close()
+        try:
+            self.longest, self.commands, self.retried, self.errors = self.results.get(timeout=30)
+        finally:
+            self.process.join(10)
+            if self.process.is_alive():
+                self.process.kill()
 
 
 def prepared(base: Path, keys: int, value_size: int, bin_dir: Path | None) -> ClusterEnv:

@@ -366,12 +366,12 @@ class MoveStats:
 class SlotMover:
     """Moves slots between two masters in pipelined batches (see the module docstring)."""
 
-    SETSLOT_CONNECTIONS = 16
 
     def __init__(self, raw: RawConnections, *, batch_slots: int = 256, keys_per_migrate: int = 1000,
                  migrate_timeout_ms: int = 30_000, max_rounds: int = 1000, hook: Hook | None = None,
-                 epoch_wait: float = 5.0) -> None:
+                 epoch_wait: float = 5.0, setslot_connections: int = 1) -> None:
         self.raw = raw
+        self.setslot_connections = setslot_connections
         self.epoch_wait = epoch_wait
         self.batch_slots = batch_slots
         self.keys_per_migrate = keys_per_migrate
@@ -419,12 +419,13 @@ class SlotMover:
     def _setslot_all(self, address: Address, commands: Iterable[Sequence[Any]]) -> list[Any]:
         """``CLUSTER SETSLOT`` commands, their replies in order. Valkey (8.0 and later) replicates each
         one to the node's replicas and answers only once they acknowledged it, one command after the
-        other on a connection: a batch is spread over :attr:`SETSLOT_CONNECTIONS` connections, whose
-        waits overlap (the commands are independent: each names another slot)."""
+        other on a connection: there a batch is spread over ``setslot_connections`` connections, whose
+        waits overlap (the commands are independent: each names another slot). Redis answers at once:
+        one pipeline is fastest."""
         todo = list(commands)
-        if len(todo) < 2 * self.SETSLOT_CONNECTIONS:
+        if len(todo) < 2 * self.setslot_connections:
             return self._pipeline_all(address, todo)
-        size = -(-len(todo) // self.SETSLOT_CONNECTIONS)
+        size = -(-len(todo) // self.setslot_connections)
         parts = [todo[i:i + size] for i in range(0, len(todo), size)]
         with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="setslot") as pool:
             replies = list(pool.map(lambda part: self._pipeline_all(address, part), parts))

@@ -134,3 +134,9 @@ def has_atomic_slot_migration(engine: Engine | None) -> bool:
     """Whether the engine moves slots itself, atomically (``CLUSTER MIGRATESLOTS``: Valkey 9.0 and
     later). Redis 8.4's ``CLUSTER MIGRATION IMPORT`` is another protocol, not driven here."""
     return engine is not None and engine.name == VALKEY and engine.release >= ATOMIC_SLOT_MIGRATION_SINCE
+
+
+def replicates_setslot(engine: Engine | None) -> bool:
+    """Whether ``CLUSTER SETSLOT`` answers only once the node's replicas acknowledged it (Valkey 8.0 and
+    later): one command after the other on a connection, so a batch is worth spreading over several."""
+    return engine is not None and engine.name == VALKEY and engine.release >= (8, 0)

@@ -48,7 +48,7 @@ from redis_messaging.builders.names import Owner
 from redis_messaging.modes.base import Action, TopologyReport, engine_status
 from redis_messaging.redis import cluster as cl
 from redis_messaging.redis.addresses import Addresses, OwnerConnections
-from redis_messaging.redis.engine import has_atomic_slot_migration
+from redis_messaging.redis.engine import has_atomic_slot_migration, replicates_setslot
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,9 @@ WAIT_SECONDS = 1.0
 BLOCKED_SECONDS = 10.0
 """How soon a pass comes back while a slot move is stopped by a key on both sides (a human decides)."""
 SLOT_MOVE_BLOCKED = "SlotMoveBlocked"
+SETSLOT_CONNECTIONS = 16
+"""Connections a key-by-key move spreads each stage's CLUSTER SETSLOT commands over where the engine
+answers them only once the replicas acknowledged them (Valkey): 30 s -> 10 s for a quarter of the slots."""
 PROGRESSING_REASONS = frozenset({"Joining", "Bootstrapping", "Resharding", "ScalingIn"})
 """Reasons of a pass that works towards the declared topology on purpose: Progressing, not Degraded."""
 
@@ -1109,7 +1112,9 @@ class ClusterTopology:
         others = [addr.redis(owner, p) for p, v in obs.views.items()
                   if v.reachable and v.myself is not None and v.myself.is_master
                   and p not in (step.source, step.target)]
-        mover = cl.SlotMover(raw, batch_slots=self.batch_slots, hook=self.hook)
+        spread = any(replicates_setslot(obs.views[p].engine) for p in (step.source, step.target))
+        mover = cl.SlotMover(raw, batch_slots=self.batch_slots, hook=self.hook,
+                             setslot_connections=SETSLOT_CONNECTIONS if spread else 1)
         target_node = obs.views[step.target].myself
         first = 1 if target_node is not None and not target_node.slots else None  # a master serving nothing yet
         stats = mover.move(source, target, step.slots, others, deadline=deadline, first_batch=first)
