@@ -11,12 +11,16 @@ acknowledged again; median and max); and for every failing seed the command that
 logs of failing runs (operator, containers, events, objects, the workload's record) are kept.
 
     .venv/bin/python bench/nemesis.py --runs N [--mode sentinel|cluster|both] [--seed S] [--smoke]
-                            [--keep DIR] [--operator-commit REV]
+                            [--keep DIR] [--operator-commit REV] [--upgrade IMAGE]
 
 ``--seed S`` runs seeds S, S+1, ... (default: a random start, printed); the first fault of seed S
 is ``menu[S % len(menu)]``, so consecutive seeds go through every kind. ``--smoke`` is one quick run
 per mode (a redis-server SIGKILLed). ``--operator-commit REV`` runs the operator of that commit
-(``git archive``) instead of the working tree, e.g. while the tree is being edited.
+(``git archive``) instead of the working tree, e.g. while the tree is being edited. ``--upgrade IMAGE``
+runs, instead of the seeds' faults, an upgrade of every pod from ``redis:7.2`` to ``IMAGE`` under the
+same load and checks (``valkey/valkey:9.1``, ``valkey/valkey:8.1``, ``redis:8.0``: an engine of the
+matrix, built by `bash .ci/build-engine.sh`); e2e/local/test_nemesis.py runs it on every engine
+built here.
 
 CI goes through this entry point: e2e/local/test_nemesis.py calls :func:`main` with ``--mode M --seed S
 --runs 1`` for each of its seeds, on the e2e session's local cluster (``local=``) instead of a new one,
@@ -69,7 +73,8 @@ def operator_tree(rev: str, into: Path) -> Path:
 
 
 def table(mode: str, results: list[nemesis.RunResult]) -> str:
-    kinds = list(dict.fromkeys(k for k in nemesis.FAULTS[mode] if any(k in r.plan for r in results)))
+    menu = (*nemesis.FAULTS[mode], nemesis.UPGRADE)
+    kinds = list(dict.fromkeys(k for k in menu if any(k in r.plan for r in results)))
     rows = []
     header = ("fault kind", "runs", "acked writes", "acked entries", "lost", "recover median", "recover max")
     for kind in [*kinds, "all"]:
@@ -117,6 +122,8 @@ def main(argv: Sequence[str] | None = None, *, local: Any = None) -> int:
     parser.add_argument("--operator-commit", default=None, help="run the operator of this commit")
     parser.add_argument("--verbose", action="store_true", help="say what each recovery waited for")
     parser.add_argument("--keep-all", action="store_true", help="keep the logs of every run, not only failing ones")
+    parser.add_argument("--upgrade", metavar="IMAGE", default=None,
+                        help=f"runs that upgrade every pod from {nemesis.IMAGE} to IMAGE, instead of the seeds' faults")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -135,6 +142,8 @@ def main(argv: Sequence[str] | None = None, *, local: Any = None) -> int:
     began = time.monotonic()
     results: dict[str, list[nemesis.RunResult]] = {mode: [] for mode in modes}
     extra = f" --operator-commit {args.operator_commit}" if args.operator_commit else ""
+    if args.upgrade:
+        say(f"every run upgrades {nemesis.IMAGE} -> {args.upgrade} (the seeds name the runs)")
     with tempfile.TemporaryDirectory(prefix="rmsg-nemesis-operator-", dir="/var/tmp") as tree:
         env = None
         if args.operator_commit:
@@ -154,7 +163,9 @@ def main(argv: Sequence[str] | None = None, *, local: Any = None) -> int:
                         try:
                             result = nemesis.run_seed(cluster, local, namespace, mode, seed, say=say, keep_dir=keep,
                                                       operator_env=env, replay_extra=extra,
-                                                      verbose=args.verbose, keep_all=args.keep_all)
+                                                      verbose=args.verbose, keep_all=args.keep_all,
+                                                      plan=(nemesis.upgrade_plan(mode, args.upgrade, seed)
+                                                            if args.upgrade else None))
                         finally:
                             cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
                         results[mode].append(result)

@@ -40,6 +40,11 @@ runs draw more):
 - ``reshard`` (cluster mode): ``cluster.shards`` 3 -> 4 or 4 -> 3, and the source or target master
   of a slot being moved killed or deleted while the slot is open.
 
+An upgrade run (``upgrade_plan``; ``bench/nemesis.py --upgrade IMAGE``) is not drawn from a seed: its
+only fault, ``upgrade``, changes ``spec.image`` from ``redis:7.2`` to another engine or major version
+(``valkey/valkey:9.1``, ``redis:8.0``: the pod runner plays each with the binaries of that engine) and
+waits for ``status.engine`` to name only the new engine; the checker then runs as after any fault.
+
 What this cluster cannot do is listed in ``NOT_EXPRESSED`` rather than faked.
 
 A failed run says what was lost, when each lost write was acknowledged, the fault timeline, and the
@@ -89,7 +94,8 @@ SENTINEL_FAULTS = ("kill-redis", "stop-redis", "kill-sentinel", "stop-sentinel",
 CLUSTER_FAULTS = ("kill-redis", "stop-redis", "kill-operator", "stop-operator", "delete-pod", "partition-pod",
                   "partition-operator", "empty-volume", "rolling-update", "reshard")
 FAULTS = {"sentinel": SENTINEL_FAULTS, "cluster": CLUSTER_FAULTS}
-SLOW = ("rolling-update", "reshard")  # never drawn as a run's second or third fault
+SLOW = ("rolling-update", "reshard", "upgrade")  # never drawn as a run's second or third fault
+UPGRADE = "upgrade"  # not drawn from a seed: upgrade_plan
 
 NOT_EXPRESSED = {
     "node failure": "kwok keeps its nodes Ready and the node lifecycle controller does not run: no node dies "
@@ -236,6 +242,22 @@ def make_plan(mode: str, seed: int) -> Plan:
     faults = tuple(_fault(kind, mode, rng) for kind in kinds)
     shards = 4 if any(f.kind == "reshard" and f.change == "in" for f in faults) else 3
     return Plan(mode, seed, shards, faults)
+
+
+def upgrade_plan(mode: str, image: str, seed: int = 0) -> Plan:
+    """A run whose only fault is an upgrade of ``spec.image`` from IMAGE to ``image``, under the same
+    load and checks as every run (``seed`` names the run)."""
+    if mode not in MODES:
+        raise ValueError(f"mode {mode}: one of {MODES}")
+    return Plan(mode, seed, 3, (Fault(UPGRADE, change=image),))
+
+
+def expected_engine(image: str) -> str:
+    """What ``status.engine`` starts with once every process runs ``image``: "valkey 9.", "redis 8."."""
+    repository = image.split("@", 1)[0].rsplit("/", 1)[-1]
+    name, _, tag = repository.partition(":")
+    major = tag.split(".", 1)[0].lstrip("v")
+    return f"{name} {major}." if major.isdigit() else f"{name} "
 
 
 def seed_for(mode: str, kind: str, start: int = 0, *, single: bool = True) -> int:
@@ -993,6 +1015,21 @@ class Nemesis:
         what = f"rolling update ({change}); after {after} of {len(before)} pod(s) replaced: "
         return what + self.fail_master(f.how, f.pick, notes)
 
+    def _upgrade(self, f: Fault, notes: list[str]) -> str:
+        """Every pod rolls onto another engine (or major version): done once status.engine names only
+        the new one, which the operator reads from each process (INFO server)."""
+        self.patch_spec({"image": f.change})
+        wanted = expected_engine(f.change)
+
+        def engine_moved() -> str | None:
+            engine = str((self.body().get("status") or {}).get("engine") or "")
+            return None if engine.startswith(wanted) and "," not in engine else f"status.engine {engine!r}"
+
+        took = wait_until(engine_moved, timeout=self.timeouts.roll, interval=0.5, what="the engine's upgrade")
+        engine = (self.body().get("status") or {}).get("engine")
+        notes.append(f"status.engine {engine} after {took:.1f}s")
+        return f"upgrade: image {IMAGE} -> {f.change}"
+
     def _reshard(self, f: Fault, notes: list[str]) -> str:
         shards = self.plan.shards
         to = shards + 1 if f.change == "out" else shards - 1
@@ -1266,10 +1303,14 @@ class Nemesis:
 def run_seed(cluster: Any, local: Any, namespace: str, mode: str, seed: int, *,
              timeouts: Timeouts | None = None, say: Callable[[str], None] = print,
              keep_dir: Path | None = None, operator_env: dict[str, str] | None = None,
-             replay_extra: str = "", verbose: bool = False, keep_all: bool = False) -> RunResult:
-    """One run of ``seed`` in ``mode``, in ``namespace`` (which exists and holds nothing yet)."""
-    plan = make_plan(mode, seed)
-    result = RunResult(mode, seed, plan.describe(), replay=replay_command(mode, seed, replay_extra))
+             replay_extra: str = "", verbose: bool = False, keep_all: bool = False,
+             plan: Plan | None = None) -> RunResult:
+    """One run of ``seed`` in ``mode`` (or of ``plan``: an upgrade), in ``namespace`` (which exists and
+    holds nothing yet)."""
+    plan = plan or make_plan(mode, seed)
+    upgrade = next((f.change for f in plan.faults if f.kind == UPGRADE), None)
+    replay = replay_command(mode, seed, replay_extra + (f" --upgrade {upgrade}" if upgrade else ""))
+    result = RunResult(mode, seed, plan.describe(), replay=replay)
     began = time.monotonic()
     work = Path(local.work) / "nemesis" / f"{mode}-{seed}-{namespace}"
     work.mkdir(parents=True, exist_ok=True)

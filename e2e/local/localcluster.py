@@ -128,6 +128,14 @@ def helm_binary() -> Path | None:
     return Path(which) if which else None
 
 
+def engine_dirs() -> dict[str, Path]:
+    """Engine of the matrix -> where .ci/build-engine.sh builds its binaries (built or not): what plays
+    the images of `redis:8`, `valkey/valkey:8` and `valkey/valkey:9` (podrunner.image_engine)."""
+    from engines import engine_dir, pinned  # tests/support/engines.py: the cache .ci/setup.sh fills
+
+    return {name: engine_dir(name) for name in pinned()}
+
+
 def exporter_binary() -> Path | None:
     """The redis_exporter .ci/build-monitoring.sh built, which plays the exporter image; None without."""
     from monitoring_tools import binaries_dir  # imports the operator's package: only once it is needed
@@ -742,7 +750,7 @@ class LocalCluster:
         self.runner = self._runner_ever = PodRunner(api, nodes=set(self.node_names), network=network,
                                                     work_dir=self.work, dns_dir_for=self.hosts.dir_for,
                                                     repo_root=REPO, api_service=API_SERVICE_NAMES[2],
-                                                    exporter=exporter_binary())
+                                                    exporter=exporter_binary(), engines=engine_dirs())
         self._step("runner", self.runner.start)
         self._step("operator install", self.install_operator)
 

@@ -27,7 +27,10 @@ nodes whose image it knows:
   out, a token from the TokenRequest API with the cluster's CA at
   /var/run/secrets/kubernetes.io/serviceaccount.
 
-Images it knows: redis images run the machine's redis-server / redis-sentinel (Debian packages), the
+Images it knows: redis images run the machine's redis-server / redis-sentinel (Debian packages), or,
+for an image of an engine of the matrix (`redis:8.x`, `valkey/valkey:8.x`, `valkey/valkey:9.x`: the
+engine with its major version, .ci/build-engine.sh), that engine's binaries; an engine not built gives
+a container that exits at once saying how to build it. The
 operator's image runs this checkout with the project's virtualenv (.venv, bound read-only where the
 image has it, /opt/redis-messaging, and the checkout's package and `redis-messaging` beside it, first
 on PATH, whatever interpreter runs the harness), the redis_exporter image runs the binary
@@ -98,11 +101,30 @@ class ImageProfile:
     kind: str
     entrypoint: tuple[str, ...] = ()
     cmd: tuple[str, ...] = ()
+    missing: str = ""  # why this machine cannot play the image: its containers wait in ErrImagePull
     env: tuple[tuple[str, str], ...] = ()
     run: bool = True
     user: tuple[int, int] = (0, 0)  # the image's USER (uid, gid)
     reach: tuple[str, ...] = ()  # paths its user must be able to reach (the interpreter)
     mounts: tuple[tuple[str, str], ...] = ()  # (path here, path in the container): the image's own files
+
+
+ENGINE_BIN = "/usr/local/lib/rmsg-engine/bin"  # where an engine's binaries are bound in its containers
+
+
+def image_engine(image: str) -> str | None:
+    """The engine of the matrix (.ci/build-engine.sh) that plays a redis or valkey image, by its major
+    version: `redis:8.0.2` -> redis-8.0, `valkey/valkey:8.1-alpine` -> valkey-8.1, `valkey/valkey:9`
+    and a valkey image without a version -> valkey-9.1; None for Debian's Redis 7.0 (every other redis
+    image)."""
+    repo = image_repository(image)
+    tag = image.split("@", 1)[0].rpartition(":")[2] if ":" in image.split("@", 1)[0].rsplit("/", 1)[-1] else ""
+    major = re.match(r"v?(\d+)", tag)
+    if repo == "valkey":
+        return "valkey-8.1" if major and int(major.group(1)) <= 8 else "valkey-9.1"
+    if repo == "redis" and major and int(major.group(1)) == 8:
+        return "redis-8.0"
+    return None
 
 
 def image_repository(image: str) -> str:
@@ -161,9 +183,12 @@ class Images:
     virtualenv (see :func:`project_virtualenv`) at the image's /opt/redis-messaging, first on PATH,
     and the checkout's package, whatever interpreter runs this harness."""
 
-    def __init__(self, bin_dir: Path, repo_root: Path, exporter: Path | None = None) -> None:
+    def __init__(self, bin_dir: Path, repo_root: Path, exporter: Path | None = None,
+                 engines: dict[str, Path] | None = None) -> None:
         """``exporter``: a redis_exporter binary (.ci/build-monitoring.sh builds it); without one, the
-        exporter's containers are only reported running."""
+        exporter's containers are only reported running. ``engines``: engine of the matrix -> the
+        directory its binaries are built in (built or not)."""
+        self.engines = dict(engines or {})
         self.bin_dir = bin_dir
         self.repo_root = repo_root
         self.exporter = exporter
@@ -195,7 +220,17 @@ class Images:
     def profile(self, image: str) -> ImageProfile | None:
         repo = image_repository(image)
         if repo in ("redis", "redis-stack-server", "valkey"):
-            return ImageProfile("redis", cmd=("redis-server",), env=(("PATH", DEFAULT_PATH),))
+            engine = image_engine(image)
+            if engine is None:
+                return ImageProfile("redis", cmd=("redis-server",), env=(("PATH", DEFAULT_PATH),))
+            where = self.engines.get(engine)
+            if where is None or not (where / "redis-server").exists():
+                return ImageProfile("redis", missing=f"{image}: engine {engine} is not built here "
+                                    f"(bash .ci/build-engine.sh {engine})")
+            # bound into the container's root, first on its PATH; Valkey installs its binaries under the
+            # redis-* names too, so the pod's scripts find them
+            return ImageProfile("redis", cmd=("redis-server",), env=(("PATH", f"{ENGINE_BIN}:{DEFAULT_PATH}"),),
+                                mounts=((str(where), ENGINE_BIN),))
         if repo == "redis-messaging-operator":
             return ImageProfile(
                 "operator", entrypoint=("redis-messaging",), cmd=("run", "--standalone"),
@@ -810,6 +845,10 @@ class PodWorker:
     def _start_container(self, c: Container) -> None:
         assert c.profile is not None
         assert self.sandbox is not None
+        if c.profile.missing:  # as a kubelet that cannot pull the image
+            c.waiting_reason, c.waiting_message = "ErrImagePull", c.profile.missing
+            c.next_start = time.monotonic() + 5.0
+            return
         try:
             identity = self._identity(c)
             env = self._container_env(c)
@@ -1446,7 +1485,7 @@ class PodRunner:
 
     def __init__(self, api: KubeApi, *, nodes: set[str], network: PodNetwork, work_dir: Path,
                  dns_dir_for: Callable[[str], Path], repo_root: Path, api_service: str | None = None,
-                 exporter: Path | None = None) -> None:
+                 exporter: Path | None = None, engines: dict[str, Path] | None = None) -> None:
         """``api_service``: the name pods reach the API server by, on port 443 (their
         KUBERNETES_SERVICE_HOST); with it, a pod whose ServiceAccount token is mounted gets one, as
         the kubelet mounts it. None: pods get neither."""
@@ -1456,7 +1495,7 @@ class PodRunner:
         self.network = network
         self.work_dir = work_dir
         self.dns_dir_for = dns_dir_for
-        self.images = Images(work_dir / "image-bin", repo_root, exporter)
+        self.images = Images(work_dir / "image-bin", repo_root, exporter, engines)
         self._workers: dict[str, PodWorker] = {}  # by uid
         self._by_key: dict[str, str] = {}  # ns/name -> uid of the current worker
         self._lock = threading.Lock()

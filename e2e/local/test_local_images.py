@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 from e2e_support import Cluster, eventually
-from podrunner import IMAGE_VENV, Images, operator_image_problem
+from podrunner import ENGINE_BIN, IMAGE_VENV, Images, image_engine, operator_image_problem
 
 OPERATOR_IMAGE = "redis-messaging-operator:0.1.0"
+REPO = Path(__file__).resolve().parents[2]
 REPORT = ("import json, sys, redis, kopf, kubernetes, pydantic, redis_messaging.consumer; "
           "print(json.dumps({'prefix': sys.prefix, 'base_prefix': sys.base_prefix, 'redis': redis.__file__}))")
 
@@ -94,3 +95,30 @@ def test_without_a_virtualenv_the_operator_image_is_refused_with_the_reason(tmp_
     assert ".ci/setup.sh" in problem
     with pytest.raises(RuntimeError, match=r"\.ci/setup\.sh"):
         Images(tmp_path / "bin", tmp_path)
+
+
+@pytest.mark.parametrize(("image", "engine"), [
+    ("redis:7.2", None), ("redis:7.2.4-alpine", None), ("redis", None),  # Debian's Redis 7.0 plays every 7.x
+    ("redis:8.0", "redis-8.0"), ("docker.io/library/redis:8.2.1@sha256:0a", "redis-8.0"),
+    ("valkey/valkey:8.1-alpine", "valkey-8.1"), ("valkey/valkey:9.0", "valkey-9.1"), ("valkey/valkey", "valkey-9.1"),
+    ("registry.local:5000/valkey/valkey:9", "valkey-9.1"),
+])
+def test_an_engine_image_plays_the_engine_of_its_major_version(image: str, engine: str | None) -> None:
+    assert image_engine(image) == engine
+
+
+def test_an_engine_image_runs_that_engines_binaries_or_waits_for_its_build(tmp_path: Path) -> None:
+    built, missing = tmp_path / "valkey-9.1" / "bin", tmp_path / "redis-8.0" / "bin"
+    built.mkdir(parents=True)
+    (built / "redis-server").write_text("")
+    images = Images(tmp_path / "image-bin", REPO, engines={"valkey-9.1": built, "redis-8.0": missing})
+    valkey = images.profile("valkey/valkey:9.1")
+    assert valkey is not None
+    assert dict(valkey.mounts) == {str(built): ENGINE_BIN}  # bound into the container's root
+    assert dict(valkey.env)["PATH"].split(os.pathsep)[0] == ENGINE_BIN
+    redis8 = images.profile("redis:8.0")
+    assert redis8 is not None
+    assert "bash .ci/build-engine.sh redis-8.0" in redis8.missing  # its containers wait in ErrImagePull
+    debian = images.profile("redis:7.2")
+    assert debian is not None
+    assert (debian.mounts, debian.missing) == ((), "")

@@ -11,7 +11,7 @@ every commit (``nemesis.ci_seeds``), so the kinds of fault rotate; ``RMSG_NEMESI
 Each seed goes through bench/nemesis.py's entry point (``main(["--mode", M, "--seed", S, "--runs",
 "1"])``) on the session's local cluster: the command README gives is what CI runs, one run per seed,
 so it cannot rot unnoticed (tests/support/bench_smoke.py); the test fails when it exits non-zero or
-prints no table.
+prints no table. The upgrades across engines (``--upgrade IMAGE``) run here too (below).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import engines
 import nemesis
 import pytest
 from bench_smoke import load_bench
@@ -41,24 +42,59 @@ def local(local_cluster: Any) -> Iterator[Any]:
         local_cluster.start_operator()
 
 
-@pytest.mark.usefixtures("cluster")  # the session's cluster: the operator's log joins a failure's report
-@pytest.mark.parametrize(("mode", "seed"), CASES, ids=[case_id(m, s) for m, s in CASES])
-def test_nothing_acknowledged_is_lost_under_faults(local: Any, mode: str, seed: int, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--mode", mode, "--seed", str(seed), "--runs", "1", "--keep", str(tmp_path)]
-    code = load_bench("nemesis").main(argv, local=local)
+def run_nemesis(local: Any, argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                what: str) -> tuple[int, str, list[dict[str, Any]]]:
+    """bench/nemesis.py's entry point with ``argv`` (one run) on the session's local cluster: its exit
+    code, its output and its record of the run; a line per run for the report."""
+    code = load_bench("nemesis").main([*argv, "--runs", "1", "--keep", str(tmp_path)], local=local)
     out = capsys.readouterr().out
     sys.stdout.write(out)  # the run's own lines, in the report of a failure
     records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines() if line.strip()]
     for r in records:
         recovered = ", ".join(f"{f['kind']} {f['recover_seconds']:.1f}s" for f in r["faults"]
                               if f["recover_seconds"] is not None) or "-"
-        print(f"\n[chaos] nemesis {mode} seed {seed} ({r['plan']}): {r['acked_writes']} writes and "
-              f"{r['acked_entries']} entries acknowledged, {r['lost']} lost; recovered after {recovered}; "
-              f"{r['seconds']:.0f}s")
+        notes = "; ".join(n for f in r["faults"] for n in f.get("notes", []))
+        print(f"\n[chaos] {what} ({r['plan']}): {r['acked_writes']} writes and {r['acked_entries']} entries "
+              f"acknowledged, {r['lost']} lost; recovered after {recovered}; {r['seconds']:.0f}s"
+              + (f" ({notes})" if notes else ""))
+    return code, out, records
+
+
+@pytest.mark.usefixtures("cluster")  # the session's cluster: the operator's log joins a failure's report
+@pytest.mark.parametrize(("mode", "seed"), CASES, ids=[case_id(m, s) for m, s in CASES])
+def test_nothing_acknowledged_is_lost_under_faults(local: Any, mode: str, seed: int, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--mode", mode, "--seed", str(seed)]
+    code, out, records = run_nemesis(local, argv, tmp_path, capsys, f"nemesis {mode} seed {seed}")
     assert f"{mode}: 1 runs" in out, f"bench/nemesis.py printed no table:\n{out[-3000:]}"
     assert "fault kind" in out, f"bench/nemesis.py printed no table:\n{out[-3000:]}"
     assert code == 0, (f"bench/nemesis.py {' '.join(argv)} exited {code}:\n{out[-6000:]}\n  or: "
                        f"RMSG_NEMESIS_SEEDS={mode}:{seed} E2E_BACKEND=local .venv/bin/python -m pytest -m e2e "
                        f"{Path(__file__).relative_to(nemesis.ROOT)}")
     assert [r["ok"] for r in records] == [True], records
+
+
+# Upgrades across engines: a resource of each mode created on redis:7.2 (played by Debian's Redis 7.0),
+# under the same load, has its spec.image changed to another engine; every pod rolls through the ordered
+# rolling update, status.engine ends naming only the new engine, and the checker finds every acknowledged
+# write and entry, the group's deliveries and one topology. The paths are those the operator supports
+# (redis/engine.py): Redis 7.x to Valkey 8 and 9, and to Redis 8. Each runs where its engine is built
+# (.ci/build-engine.sh): Valkey 9.1 on every machine .ci/setup.sh set up, Redis 8.0 and Valkey 8.1 where
+# the engine rotation of CI built them; a path whose engine is not built is not collected (nothing is
+# skipped: the rotation says when it runs).
+UPGRADES = {"valkey/valkey:9.1": "valkey-9.1", "valkey/valkey:8.1": "valkey-8.1", "redis:8.0": "redis-8.0"}
+UPGRADE_CASES = [(mode, image) for image, engine in UPGRADES.items()
+                 if (engines.engine_dir(engine) / "redis-server").exists() for mode in nemesis.MODES]
+
+
+@pytest.mark.usefixtures("cluster")
+@pytest.mark.parametrize(("mode", "image"), UPGRADE_CASES,
+                         ids=[f"{m}-{i.rsplit('/', 1)[-1]}" for m, i in UPGRADE_CASES])
+def test_an_upgrade_to_another_engine_loses_nothing_acknowledged(local: Any, mode: str, image: str, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--mode", mode, "--upgrade", image, "--seed", "0"]
+    code, out, records = run_nemesis(local, argv, tmp_path, capsys, f"upgrade {mode} {nemesis.IMAGE} -> {image}")
+    assert f"{mode}: 1 runs" in out, f"bench/nemesis.py printed no table:\n{out[-3000:]}"
+    assert code == 0, f"bench/nemesis.py {' '.join(argv)} exited {code}:\n{out[-6000:]}"
+    assert [r["ok"] for r in records] == [True], records
+    assert records[0]["acked_writes"] > 0
