@@ -55,9 +55,8 @@ import _project
 ROOT = _project.use(__file__, "tests/redis", "tests/support")
 
 import engines  # noqa: E402
-from cluster_env import ClusterEnv, heal_until  # noqa: E402
+from cluster_env import ClusterEnv, heal_until, with_retries  # noqa: E402
 from redis.cluster import ClusterNode, RedisCluster  # noqa: E402
-from redis.exceptions import RedisError  # noqa: E402
 
 from redis_messaging.api import models  # noqa: E402
 from redis_messaging.builders.names import Owner  # noqa: E402
@@ -171,20 +170,13 @@ class Probe:
         while not self.stop.is_set() and commands < PROBE_LIMIT:
             key = f"key:{rng.randrange(self.keys)}"
             began = time.monotonic()
-            for attempt in range(6):
-                try:
-                    if commands % 2:
-                        client.set(key, client.get(key) or b"")
-                    else:
-                        client.get(key)
-                    break
-                except (RedisError, AttributeError) as exc:  # redis-py trips on an ASK to a node it does not know
-                    retried += 1
-                    if attempt == 5:
-                        errors.append(f"{key}: {type(exc).__name__}: {exc}")
-                    time.sleep(min(0.01 * 2 ** attempt, 0.5))
-                    if isinstance(exc, AttributeError):
-                        client.nodes_manager.initialize()
+            write = bool(commands % 2)
+
+            def command(k: str = key, write: bool = write) -> Any:
+                return client.set(k, client.get(k) or "") if write else client.get(k)
+
+            _, retries = with_retries(client, key, command, errors, first=0.01, cap=0.5)
+            retried += retries
             longest = max(longest, time.monotonic() - began)
             commands += 1
         self.results.put((longest, commands, retried, errors[:10]))

@@ -29,8 +29,8 @@ nodes whose image it knows:
 
 Images it knows: redis images run the machine's redis-server / redis-sentinel (Debian packages), or,
 for an image of an engine of the matrix (`redis:8.x`, `valkey/valkey:8.x`, `valkey/valkey:9.x`: the
-engine with its major version, .ci/build-engine.sh), that engine's binaries; an engine not built gives
-a container that exits at once saying how to build it. The
+engine with its major version, .ci/build-engine.sh), that engine's binaries; the containers of an
+engine not built wait in ErrImagePull, with the command that builds it. The
 operator's image runs this checkout with the project's virtualenv (.venv, bound read-only where the
 image has it, /opt/redis-messaging, and the checkout's package and `redis-messaging` beside it, first
 on PATH, whatever interpreter runs the harness), the redis_exporter image runs the binary

@@ -492,17 +492,34 @@ def assert_balanced(env: ClusterEnv, shards: int) -> None:
         assert info["cluster_slots_ok"] == "16384", (pod, info)
 
 
+def with_retries(client: RedisCluster, what: str, call: Any, errors: list[str], *, attempts: int = 6,
+                 first: float = 0.05, cap: float = 1.0) -> tuple[Any, int]:
+    """``call()`` retried as applications do: on an error, back off exponentially from ``first`` (capped
+    at ``cap``) and try again, ``attempts`` times in all; the last error goes to ``errors``. redis-py
+    follows an ASK redirection only to a node already in its cache, and a new shard's master is in no
+    client's cache before it serves a slot (it trips with an AttributeError): the application then
+    refreshes the client's view of the cluster. Its result (None when every attempt failed) and the
+    retries it took."""
+    for attempt in range(attempts):
+        try:
+            return call(), attempt
+        except (RedisError, AttributeError) as exc:
+            if attempt == attempts - 1:
+                errors.append(f"{what}: {type(exc).__name__}: {exc}")
+                break
+            time.sleep(min(first * 2 ** attempt, cap))
+            if isinstance(exc, AttributeError):
+                try:
+                    client.nodes_manager.initialize()
+                except RedisError as refresh:
+                    errors.append(f"{what}: refreshing the slot map: {refresh}")
+    return None, attempts
+
+
 class Traffic:
     """An application writing and reading while the operator reshards, retrying a failed command
-    with backoff like applications do: every write must succeed and read back. ``retried`` counts the
-    commands that needed a retry.
-
-    redis-py follows an ASK redirection only to a node already in its cache, and a new shard's master
-    is in no client's cache before it serves a slot (it trips with an AttributeError): the application
-    then refreshes the client's view of the cluster and retries. Retries back off exponentially from
-    50 ms, capped at 1 s: six attempts span about 1.5 s."""
-
-    ATTEMPTS = 6
+    with backoff like applications do (:func:`with_retries`: from 50 ms, capped at 1 s, six attempts
+    span about 1.5 s): every write must succeed and read back. ``retried`` counts the retries."""
 
     def __init__(self, env: ClusterEnv) -> None:
         self.client = env.cluster_client()
@@ -513,21 +530,9 @@ class Traffic:
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def _try(self, what: str, call: Any) -> Any:
-        for attempt in range(self.ATTEMPTS):
-            try:
-                return call()
-            except (RedisError, AttributeError) as exc:
-                self.retried += 1
-                if attempt == self.ATTEMPTS - 1:
-                    self.errors.append(f"{what}: {type(exc).__name__}: {exc}")
-                    break
-                time.sleep(min(0.05 * 2 ** attempt, 1.0))
-                if isinstance(exc, AttributeError):
-                    try:
-                        self.client.nodes_manager.initialize()
-                    except RedisError as refresh:
-                        self.errors.append(f"{what}: refreshing the slot map: {refresh}")
-        return None
+        result, retries = with_retries(self.client, what, call, self.errors)
+        self.retried += retries
+        return result
 
     def run(self) -> None:
         while not self.stop.is_set() and self.written < 200_000:

@@ -366,7 +366,6 @@ class MoveStats:
 class SlotMover:
     """Moves slots between two masters in pipelined batches (see the module docstring)."""
 
-
     def __init__(self, raw: RawConnections, *, batch_slots: int = 256, keys_per_migrate: int = 1000,
                  migrate_timeout_ms: int = 30_000, max_rounds: int = 1000, hook: Hook | None = None,
                  epoch_wait: float = 5.0, setslot_connections: int = 1) -> None:
@@ -423,7 +422,7 @@ class SlotMover:
         waits overlap (the commands are independent: each names another slot). Redis answers at once:
         one pipeline is fastest."""
         todo = list(commands)
-        if len(todo) < 2 * self.setslot_connections:
+        if self.setslot_connections <= 1 or len(todo) < 2 * self.setslot_connections:
             return self._pipeline_all(address, todo)
         size = -(-len(todo) // self.setslot_connections)
         parts = [todo[i:i + size] for i in range(0, len(todo), size)]
@@ -662,12 +661,26 @@ def parse_slot_jobs(reply: Any) -> list[SlotJob]:
     return jobs
 
 
+def unfinished_exports(jobs: Iterable[SlotJob]) -> list[SlotJob]:
+    return [j for j in jobs if j.operation == "EXPORT" and not j.finished]
+
+
+class MigrationWaiting(MigrationError):
+    """A move that must wait (a back-off after failures, a job of the engine running elsewhere): no
+    failure of the pass; the next comes back after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass
 class AtomicStats:
     slots: int = 0  # slots the target owns now
     keys: int = 0  # the keys they held on the source when the job started (not known for a followed job)
     seconds: float = 0.0
     job: str = ""
+    target: str = ""  # the node id the job moves slots to
     followed: bool = False  # a job found running (an earlier pass, or another operator process, started it)
     running: bool = False  # still running at the deadline: the next pass follows it
 
@@ -692,6 +705,23 @@ class AtomicMover:
     """
 
     CANCELLABLE = frozenset({"waiting-to-pause"})
+    # Cancels the node's exports only if every unfinished one waits for its pause (CANCELSLOTMIGRATIONS
+    # ends them all): one script, so that no job moves on between the look and the cancel. 1: cancelled.
+    CANCEL_IF_WAITING = """
+    local jobs = redis.call('CLUSTER', 'GETSLOTMIGRATIONS')
+    for _, job in ipairs(jobs) do
+      local fields = {}
+      for i = 1, #job, 2 do fields[job[i]] = job[i + 1] end
+      local state = fields['state']
+      if fields['operation'] == 'EXPORT' and state ~= 'success' and state ~= 'failed' and state ~= 'cancelled'
+          and state ~= 'waiting-to-pause' then
+        return 0
+      end
+    end
+    local done = redis.pcall('CLUSTER', 'CANCELSLOTMIGRATIONS')
+    if type(done) == 'table' and done.err then return 0 end
+    return 1
+    """
 
     def __init__(self, raw: RawConnections, *, poll: float = 0.05, hook: Hook | None = None,
                  retry_after: tuple[float, float] = (5.0, 300.0), drain_limit: float = 120.0) -> None:
@@ -714,7 +744,11 @@ class AtomicMover:
 
     def running(self, address: Address) -> list[SlotJob]:
         """The unfinished jobs the node at ``address`` runs as their source."""
-        return [j for j in self.jobs(address)[0] if j.operation == "EXPORT" and not j.finished]
+        return unfinished_exports(self.jobs(address)[0])
+
+    def importing(self, address: Address) -> list[SlotJob]:
+        """The unfinished jobs the node at ``address`` takes slots in from another."""
+        return [j for j in self.jobs(address)[0] if j.operation == "IMPORT" and not j.finished]
 
     def move(self, source: Endpoint, target: Endpoint, slots: Sequence[int], *, deadline: float) -> AtomicStats:
         """Move ``slots`` from ``source`` to ``target`` in one job, or follow the jobs ``source`` already
@@ -723,7 +757,7 @@ class AtomicMover:
         engine's reason."""
         started = time.monotonic()
         jobs, clock = self.jobs(source.address)
-        running = [j for j in jobs if j.operation == "EXPORT" and not j.finished]
+        running = unfinished_exports(jobs)
         if running:
             stats = self._wait(source, running, deadline)
             stats.followed = True
@@ -757,18 +791,22 @@ class AtomicMover:
             self.hook(name, slots)
 
     def _back_off(self, target: Endpoint, slots: Sequence[int], jobs: Sequence[SlotJob], clock: int) -> None:
-        """Refuse to start again while the last failed attempts of these slots are too recent."""
+        """Refuse to start again while the last failed attempts of these slots are too recent: the
+        failures to this target since its last success with any of them, within the last hour, count."""
         wanted = set(slots)
-        failed = sorted((j for j in jobs if j.operation == "EXPORT" and j.failed and j.target == target.id
-                         and j.slot_set() & wanted), key=lambda j: j.updated)
+        mine = sorted((j for j in jobs if j.operation == "EXPORT" and j.finished and j.target == target.id
+                       and j.slot_set() & wanted and j.updated > clock - 3600), key=lambda j: j.updated)
+        since = max((i for i, j in enumerate(mine) if not j.failed), default=-1)
+        failed = mine[since + 1:]
         if not failed:
             return
         first, longest = self.retry_after
         wait = min(first * 2 ** (len(failed) - 1), longest)
         left = failed[-1].updated + wait - clock
         if left > 0:
-            raise MigrationError(f"the engine's migration of these slots failed {len(failed)} time(s), last: "
-                                 f"{failed[-1].message or failed[-1].state}; the next attempt in {left:.0f}s")
+            raise MigrationWaiting(
+                f"the engine's migration of these slots failed {len(failed)} time(s) in a row, last: "
+                f"{failed[-1].message or failed[-1].state}; the next attempt in {left:.0f}s", retry_after=left)
 
     def _wait(self, source: Endpoint, jobs: Sequence[SlotJob], deadline: float) -> AtomicStats:
         names = {j.name for j in jobs}
@@ -779,8 +817,7 @@ class AtomicMover:
             if gone:  # trimmed from the engine's bounded record already: the next pass observes
                 raise MigrationError(f"migration {sorted(gone)[0][:8]} no longer listed on the source")
             stuck = [j for j in now.values() if j.state in self.CANCELLABLE and clock - j.updated > self.drain_limit]
-            if stuck:
-                self.cancel(source.address)
+            if stuck and self.cancel_if_waiting(source.address):
                 raise MigrationError(
                     f"{stuck[0].describe()} for over {self.drain_limit:g}s: the source's writes to these slots "
                     "never drained to the target before the pause, so the migration was cancelled (nothing "
@@ -794,16 +831,18 @@ class AtomicMover:
                                          "source, and the move starts again")
                 moved = sorted(s for j in now.values() for s in j.slot_set())
                 self._stage("assigned", moved)
-                return AtomicStats(slots=len(moved), job=",".join(sorted(names)))
+                return AtomicStats(slots=len(moved), job=",".join(sorted(names)), target=jobs[0].target)
             if time.monotonic() > deadline:
-                return AtomicStats(job=",".join(sorted(names)), running=True)
+                return AtomicStats(job=",".join(sorted(names)), target=jobs[0].target, running=True)
             time.sleep(self.poll)
 
-    def cancel(self, address: Address) -> None:
-        """``CLUSTER CANCELSLOTMIGRATIONS``: every unfinished job the node at ``address`` runs as the
-        source ends, its slots staying there."""
+    def cancel_if_waiting(self, address: Address) -> bool:
+        """``CLUSTER CANCELSLOTMIGRATIONS`` on the node at ``address`` (every unfinished job it runs as
+        the source ends, its slots staying there), only if every such job still waits for its pause,
+        checked and done in one script: a job past its pause may have handed its slots over already.
+        False: not cancelled (a job moved on meanwhile)."""
         try:
-            _cmd(self.raw.get(address), "CLUSTER", "CANCELSLOTMIGRATIONS")
-        except ResponseError as exc:
-            if "no migrations ongoing" not in str(exc).lower():
-                raise
+            return bool(_cmd(self.raw.get(address), "EVAL", self.CANCEL_IF_WAITING, 0))
+        except (RedisError, OSError) as exc:
+            raise MigrationError(f"a stuck migration not cancelled on {address[0]}:{address[1]}: "
+                                 f"{_describe(exc)}") from exc

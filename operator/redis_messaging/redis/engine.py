@@ -126,7 +126,6 @@ def has_commandlog(engine: Engine | None) -> bool:
     return engine is not None and engine.name == VALKEY and engine.release >= (8, 1)
 
 
-
 ATOMIC_SLOT_MIGRATION_SINCE = (9, 0)
 
 

@@ -989,6 +989,8 @@ class ClusterTopology:
         result = plan(obs, reshard=self.reshard)
         actions: list[Action] = []
         failed: list[str] = []
+        waiting: list[str] = []
+        wait_for: float | None = None
         blocked: list[Blocked] = []
         deadline = time.monotonic() + self.reshard_budget
         atomic = spec.cluster.slot_migration == "Auto" and atomic_capable(obs)
@@ -999,6 +1001,10 @@ class ClusterTopology:
                 continue
             try:
                 action = self._execute(step, owner, obs, conns, raw, deadline, blocked, atomic=atomic)
+            except cl.MigrationWaiting as exc:  # no failure: said, and the pass comes back when it is time
+                waiting.append(f"{_describe_step(step)}: {exc}")
+                wait_for = min(wait_for or exc.retry_after, exc.retry_after)
+                break  # later moves may depend on this one's slots
             except Exception as exc:  # report and retry on the next pass; never crash the pass
                 failed.append(f"{_describe_step(step)}: {type(exc).__name__}: {exc}")
                 if isinstance(step, Move):
@@ -1008,6 +1014,8 @@ class ClusterTopology:
             if action is not None:
                 actions.append(action)
         message = result.message
+        if waiting:
+            message = f"{message}; waiting: {'; '.join(waiting)}"
         if failed:
             message = f"{message}; failed: {'; '.join(failed)}"
         reason = result.reason if not failed else "HealingFailed"
@@ -1033,6 +1041,7 @@ class ClusterTopology:
             status={"shards": shards, **engine_status(view.engine for view in obs.views.values())},
             labels={p: names.ROLE_MASTER if r == "master" else names.ROLE_REPLICA for p, r in result.roles.items()},
             retry_after=(BLOCKED_SECONDS if blocked and not failed else
+                         max(WAIT_SECONDS, wait_for) if wait_for is not None and not failed else
                          WAIT_SECONDS if (result.wait or result.steps or failed) else None),
             release=[owner.shard(i) for i in result.released],
         )
@@ -1109,6 +1118,12 @@ class ClusterTopology:
             engine_mover = cl.AtomicMover(raw, hook=self.hook)
             if by_engine or engine_mover.running(source.address):
                 return self._move_atomically(engine_mover, step, source, target, deadline)
+        if has_atomic_slot_migration(obs.views[step.target].engine):
+            importing = cl.AtomicMover(raw).importing(target.address)
+            if importing:  # its marks would be refused, and mixing the two is never safe
+                raise cl.MigrationWaiting(f"{step.target} takes slots in from an engine's migration "
+                                          f"({importing[0].describe()}); the key-by-key move waits for it to end",
+                                          retry_after=WAIT_SECONDS)
         others = [addr.redis(owner, p) for p, v in obs.views.items()
                   if v.reachable and v.myself is not None and v.myself.is_master
                   and p not in (step.source, step.target)]
@@ -1136,8 +1151,11 @@ class ClusterTopology:
         if stats.followed:
             if stats.running:
                 return None  # still running: the next pass follows it
-            return Action("SlotsMigrated", f"the engine's migration {stats.job[:8]} running on shard "
-                          f"{step.source_shard} ({step.source}) ended: {stats.slots} slots moved")
+            to = (f"shard {step.target_shard} ({step.target})" if stats.target == target.id
+                  else f"node {stats.target[:8]}")
+            return Action("SlotsMigrated", f"moved {stats.slots} slots from shard {step.source_shard} "
+                          f"({step.source}) to {to}, atomically: the engine's migration {stats.job[:8]}, found "
+                          "running, ended")
         if stats.running:
             return Action("SlotMigrationStarted", f"the engine moves {len(step.slots)} slots "
                           f"({format_ranges(cl.ranges(step.slots))}) and {stats.keys} keys from shard "
