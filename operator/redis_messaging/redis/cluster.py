@@ -46,8 +46,8 @@ BUS_PORT_OFFSET = 10000
 
 __all__ = [
     "SLOTS", "Address", "AtomicMover", "ClusterNode", "Connections", "NodeView", "RawConnections", "SlotJob",
-    "SlotMover", "add_slots", "count_keys", "forget", "meet", "observe", "parse_nodes", "parse_slot_jobs", "ranges",
-    "replicate", "reset", "resolve", "slot_of", "stabilize",
+    "SlotMover", "add_slots", "count_keys", "forget", "format_ranges", "meet", "observe", "parse_nodes",
+    "parse_slot_jobs", "ranges", "replicate", "reset", "resolve", "slot_of", "stabilize",
 ]
 
 
@@ -65,6 +65,11 @@ def ranges(slots: Iterable[int]) -> list[tuple[int, int]]:
         else:
             out.append((s, s))
     return out
+
+
+def format_ranges(slot_ranges: Sequence[tuple[int, int]]) -> str:
+    """``[(0, 2), (7, 7)]`` -> ``0-2,7``: slot ranges as messages and the status show them."""
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in slot_ranges)
 
 
 def _cmd(client: Redis, *args: Any) -> Any:
@@ -624,12 +629,8 @@ class SlotJob:
         return {s for start, end in self.slots for s in range(start, end + 1)}
 
     def describe(self) -> str:
-        return (f"{'moving' if not self.finished else 'move of'} slots {_format(self.slots)} from "
+        return (f"{'moving' if not self.finished else 'move of'} slots {format_ranges(self.slots)} from "
                 f"{self.source[:8]} to {self.target[:8]} ({self.state}{': ' + self.message if self.message else ''})")
-
-
-def _format(slot_ranges: Sequence[tuple[int, int]]) -> str:
-    return ",".join(f"{b}-{e}" if b != e else str(b) for b, e in slot_ranges)
 
 
 def parse_slot_jobs(reply: Any) -> list[SlotJob]:
@@ -772,15 +773,15 @@ class AtomicMover:
         try:
             _cmd(self.raw.get(source.address), *args, "NODE", target.id)
         except (RedisError, OSError) as exc:
-            raise MigrationError(f"slots {_format(wanted)} not handed to the engine's migration: "
+            raise MigrationError(f"slots {format_ranges(wanted)} not handed to the engine's migration: "
                                  f"{_describe(exc)}") from exc
         self._stage("started", slots)
         known = {j.name for j in jobs}
         mine = [j for j in self.jobs(source.address)[0] if j.name not in known and j.operation == "EXPORT"
                 and j.target == target.id and j.slot_set() == set(slots)]
         if not mine:
-            raise MigrationError(f"the migration of slots {_format(wanted)} was accepted, but the source does not "
-                                 "list it")
+            raise MigrationError(f"the migration of slots {format_ranges(wanted)} was accepted, but the source "
+                                 "does not list it")
         stats = self._wait(source, mine[:1], deadline)
         stats.keys = sum(keys.values()) if keys else 0
         stats.seconds = time.monotonic() - started

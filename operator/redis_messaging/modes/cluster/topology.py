@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,8 +92,7 @@ def even_shard_of(slot: int, shards: int) -> int:
     raise ValueError(f"slot {slot} out of range")
 
 
-def format_ranges(slots: Sequence[tuple[int, int]]) -> str:
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in slots)
+format_ranges = cl.format_ranges
 
 
 @dataclass(frozen=True)
@@ -1003,7 +1002,7 @@ class ClusterTopology:
                 action = self._execute(step, owner, obs, conns, raw, deadline, blocked, atomic=atomic)
             except cl.MigrationWaiting as exc:  # no failure: said, and the pass comes back when it is time
                 waiting.append(f"{_describe_step(step)}: {exc}")
-                wait_for = min(wait_for or exc.retry_after, exc.retry_after)
+                wait_for = exc.retry_after
                 break  # later moves may depend on this one's slots
             except Exception as exc:  # report and retry on the next pass; never crash the pass
                 failed.append(f"{_describe_step(step)}: {type(exc).__name__}: {exc}")
