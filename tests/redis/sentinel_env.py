@@ -480,6 +480,12 @@ class SentinelEnv:
         _signal_group(p.process, signal.SIGCONT)
         p.stopped = False
 
+    def use_engine(self, pod: str, bin_dir: Path | None) -> None:
+        """What the pod runs from its next start on (a new image): the binaries of ``bin_dir`` first on
+        its PATH (an engine of .ci/build-engine.sh); None: the machine's."""
+        base = os.environ.get("PATH", os.defpath)
+        self.pod(pod).env["PATH"] = base if bin_dir is None else f"{bin_dir}{os.pathsep}{base}"
+
     def restart(self, pod: str, *, grace: float = 10.0) -> None:
         """Start the pod again with the same volumes (its real start script picks its role).
 

@@ -16,10 +16,11 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import engines
 import pytest
 from redis.exceptions import RedisError
 from redis.sentinel import Sentinel
-from sentinel_env import SentinelEnv
+from sentinel_env import SentinelEnv, eventually
 
 from redis_messaging.api import models
 from redis_messaging.builders.names import Owner
@@ -202,3 +203,72 @@ def test_roll_replicas_first_one_failover_no_acknowledged_write_lost(env: Sentin
           f"{writer.unacked} not acknowledged by a replica, {writer.errors} errors; writes unavailable "
           f"{writer.unavailable:.2f}s in all, longest gap {writer.longest:.2f}s; failovers: 1; "
           f"errors: {dict(writer.kinds)}")
+
+
+UPGRADE_ENGINE = "valkey-9.1"  # .ci/setup.sh always builds it
+
+
+def test_an_upgrade_restarts_an_old_master_that_cannot_load_the_new_engines_snapshot(env: SentinelEnv) -> None:
+    """Redis 7.0 to Valkey 9.1, every pod recreated on the new engine. Right after the switch-over the old
+    master's container restarts (still on Redis 7.0): it follows the new master, which sends it a snapshot
+    it cannot load, over and over. It is never ready, and a roll that waited for it would never end; it
+    is restarted on the new engine instead, and nothing acknowledged is lost."""
+    bin_dir = engines.engine_dir(UPGRADE_ENGINE)
+    if not (bin_dir / "redis-server").exists():
+        pytest.skip(f"{UPGRADE_ENGINE} not built in {bin_dir}: bash .ci/build-engine.sh {UPGRADE_ENGINE}")
+    addresses = MapAddresses({p: env.address(p) for p in env.redis_pods},
+                             {p: env.address(p) for p in env.sentinel_pods})
+    step = SentinelRoller(None, addresses, timeout=1.0)
+    first_master = env.wait_replication()
+    updated: set[str] = set()
+    moves: list[str] = []
+    events: list[tuple[str, str]] = []
+    writer = Writer(env)
+    writer.start()
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert time.monotonic() < deadline, f"roll not done: {moves}\n{env.log_tail()}"
+
+            def recreate(pod: str) -> None:  # the new image: the new engine's binaries
+                env.use_engine(pod, bin_dir)
+                env.restart(pod)
+                updated.add(pod)
+
+            report = step.run_states(SPEC, OWNER, states(env, updated), PASSWORD, delete_pod=recreate)
+            decision = report.step
+            events.extend(report.events)
+            if isinstance(decision, Done):
+                break
+            if isinstance(decision, DeletePod):
+                moves.append(f"restart {decision.pod}")
+            elif isinstance(decision, Failover):
+                moves.append(f"failover from {decision.master}")
+                # The old master's container restarts on its old image: it has no replication history
+                # left, so the new master sends it a whole snapshot, in Valkey 9's format.
+                eventually(lambda: env.info(first_master).get("role") == "slave", timeout=15,
+                           what=f"{first_master} a replica")
+                env.kill(first_master)
+                env.restart(first_master)
+                eventually(lambda: "Can't handle RDB format version" in env.log(first_master, since_start=True),
+                           timeout=30, what=f"{first_master} refusing the new master's snapshot")
+                assert env.probe(first_master) != 0
+            time.sleep(0.2)
+    finally:
+        writer.stop.set()
+        writer.join(10)
+
+    replicas = sorted((p for p in env.redis_pods if p != first_master), reverse=True)
+    assert moves == [*(f"restart {p}" for p in sorted(env.sentinel_pods, reverse=True)),
+                     *(f"restart {p}" for p in replicas),
+                     f"failover from {first_master}", f"restart {first_master}"]
+    last = [m for r, m in events if r == "RollingUpdate"][-1]
+    assert last.startswith(f"Restarting replica {first_master} ("), last
+    assert f"its link to {env.pod_at(env.sentinel_master())} down" in last, last
+    new_master = env.wait_replication(timeout=30)
+    assert env.info(first_master).get("master_link_status") == "up"
+    assert all(env.info(p, "server").get("valkey_version") for p in env.redis_pods)
+    found = {e[0] for e in env.client(new_master).xrange("rolling")}
+    lost = [e for e in writer.acked if e not in found]
+    assert lost == [], f"{len(lost)} acknowledged entries lost"
+    assert len(writer.acked) > 100

@@ -69,3 +69,26 @@ def test_no_handover_to_an_outdated_replica() -> None:
     step = plan(observation({"events-shard-0-0", "events-shard-0-1"},
                             masters={0: "events-shard-0-0", 1: "events-shard-1-0"}))
     assert step == DeletePod("events-shard-0-1", "shard", OLD, 2), "the replica first, then it can take over"
+
+
+def test_an_outdated_replica_stuck_unlinked_is_restarted_first() -> None:
+    # After the failover the old master (the old engine) cannot load the new master's snapshot: it never
+    # becomes ready. It is replaced at once instead of being waited for.
+    after = {0: "events-shard-0-1", 1: "events-shard-1-0"}
+    outdated = {"events-shard-0-0", "events-shard-1-0", "events-shard-1-1"}
+    step = plan(observation(outdated, masters=after, not_ready={"events-shard-0-0"}, link_down={"events-shard-0-0"}))
+    assert isinstance(step, DeletePod)
+    assert step.pod == "events-shard-0-0"
+    assert step.left == 3
+    assert step.reasons[0] == OLD[0]
+    assert "link to events-shard-0-1 down" in step.reasons[1]
+    # Not while another pod is not ready, nor while the cluster is not ok.
+    assert isinstance(plan(observation(outdated, masters=after, not_ready={"events-shard-0-0", "events-shard-1-1"},
+                                       link_down={"events-shard-0-0"})), Wait)
+    assert isinstance(plan(observation(outdated, masters=after, not_ready={"events-shard-0-0"},
+                                       link_down={"events-shard-0-0"}, state="fail")), Wait)
+    # Linked but not ready (its probe may lag): waited for.
+    assert isinstance(plan(observation(outdated, masters=after, not_ready={"events-shard-0-0"})), Wait)
+    # Up to date (just restarted, syncing): waited for.
+    assert isinstance(plan(observation(outdated - {"events-shard-0-0"}, masters=after,
+                                       not_ready={"events-shard-0-0"}, link_down={"events-shard-0-0"})), Wait)

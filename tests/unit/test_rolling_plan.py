@@ -113,3 +113,32 @@ def test_a_sentinel_that_sees_the_master_down_is_not_asked() -> None:
     step = plan(dataclasses.replace(obs, sentinels={**obs.sentinels, "orders-sentinel-0": down}))
     assert isinstance(step, Failover)
     assert step.through == ("orders-sentinel-1", "orders-sentinel-2")
+
+
+def test_an_outdated_replica_stuck_unlinked_is_restarted_first() -> None:
+    # The old master, demoted to follow a replica already on a newer engine, cannot load its snapshot:
+    # it never becomes ready. It is replaced at once, before any other move, instead of being waited for.
+    outdated = {"orders-redis-0", "orders-sentinel-1"}
+    stuck = observation(outdated, master="orders-redis-1", ready=set(R + S) - {"orders-redis-0"},
+                        lagging={"orders-redis-0"})
+    step = plan(stuck)
+    assert isinstance(step, DeletePod)
+    assert (step.pod, step.kind, step.left) == ("orders-redis-0", "redis", 2)
+    assert step.reasons[0] == "config hash old -> new"
+    assert "link to orders-redis-1 down" in step.reasons[1]
+    # One disruption at a time: not while another pod is not ready.
+    assert isinstance(plan(dataclasses.replace(stuck, pods={
+        **stuck.pods, "orders-redis-2": dataclasses.replace(stuck.pods["orders-redis-2"], ready=False)})), Wait)
+    # Not while the Sentinels do not agree on a master that answers as one.
+    assert isinstance(plan(dataclasses.replace(stuck, master=None)), Wait)
+    down = dataclasses.replace(stuck.redis["orders-redis-1"], reachable=False)
+    assert isinstance(plan(dataclasses.replace(stuck, redis={**stuck.redis, "orders-redis-1": down})), Wait)
+    # Loading its data, or linked (its probe lags), or unreachable: waited for.
+    for node in (dataclasses.replace(stuck.redis["orders-redis-0"], loading=True),
+                 dataclasses.replace(stuck.redis["orders-redis-0"], link_up=True),
+                 dataclasses.replace(stuck.redis["orders-redis-0"], reachable=False)):
+        assert isinstance(plan(dataclasses.replace(stuck, redis={**stuck.redis, "orders-redis-0": node})), Wait)
+    # Up to date (restarted, syncing): waited for.
+    restarted = PodState("orders-redis-0", "redis", False)
+    fresh = dataclasses.replace(stuck, pods={**stuck.pods, "orders-redis-0": restarted})
+    assert isinstance(plan(fresh), Wait)

@@ -10,7 +10,7 @@ follows from the pods and from what Redis reports, so an operator restart resume
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,14 +93,40 @@ class Done:
 Move = Wait | DeletePod | Done
 
 
-def gate(pods: Mapping[str, PodState]) -> Done | Wait | None:
-    """Done when no pod is outdated, Wait while one is not ready, else None: the roll may move."""
+def gate(pods: Mapping[str, PodState], unsynced: Collection[str] = ()) -> Done | Wait | None:
+    """Done when no pod is outdated, Wait while one is not ready, else None: the roll may move.
+
+    One exception (see :func:`stuck_replica`): when the only pod not ready is an outdated replica in
+    ``unsynced`` (it answers, and its link to its master is down), the roll may move: to restart it."""
     if not any(p.outdated for p in pods.values()):
         return Done()
     not_ready = sorted(p.name for p in pods.values() if not p.ready)
-    if not_ready:
+    if not_ready and stuck_replica(pods, unsynced) is None:
         return Wait(f"waiting for {', '.join(not_ready)} to be ready")
     return None
+
+
+def stuck_replica(pods: Mapping[str, PodState], unsynced: Collection[str]) -> PodState | None:
+    """The outdated replica to restart before any other move, if there is one: the only pod not ready,
+    outdated, and in ``unsynced`` (the mode's list of replicas that answer, are not loading, and have
+    their link to the master down).
+
+    Waiting for it to be ready first may never end: a replica can only follow a master running the same
+    engine or a newer one, so an old master demoted to follow a replica already upgraded (Redis 7 under
+    Redis 8 or Valkey 9) cannot load the snapshot it is sent; nor can a replica whose old template holds
+    settings the master no longer accepts. Restarting it takes nothing away: it serves no read in sync
+    and counts for no write (``min-replicas-to-write``), its data stays on its volume, and it is
+    replaced next anyway. It is the only disruption: every other pod is ready."""
+    not_ready = [p for p in pods.values() if not p.ready]
+    if len(not_ready) == 1 and not_ready[0].outdated and not_ready[0].name in unsynced:
+        return not_ready[0]
+    return None
+
+
+def restart_stuck(pod: PodState, left: int, master: str) -> DeletePod:
+    return DeletePod(pod.name, pod.kind, (*pod.outdated, f"not ready, its link to {master} down: restarted "
+                                                         "first, as it may never catch up on its old template"),
+                     left)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,9 @@ every replica's link to its master is up:
    takes over, so no acknowledged write is lost;
 3. the old master, now a replica, like any replica.
 
+A replica that is outdated, not ready and not linked to its master while every other pod is ready is
+restarted before any other move (:func:`redis_messaging.modes.rollout.stuck_replica`).
+
 A shard without replicas (``replicasPerShard: 0``) has nobody to hand over to: its master is restarted
 in place, and its slots are unavailable until it is back (its data is on its volume).
 
@@ -36,6 +39,8 @@ from redis_messaging.modes.rollout import (
     gate,
     outdated_reasons,
     pod_ready,
+    restart_stuck,
+    stuck_replica,
 )
 from redis_messaging.redis import cluster as cl
 
@@ -61,9 +66,12 @@ ClusterRollStep = Wait | DeletePod | ClusterFailover | Done
 
 def plan(obs: ClusterObservation) -> ClusterRollStep:
     """The next move of the roll; one disruption at a time."""
-    early = gate(obs.pods)
+    unsynced = {p for p, v in obs.views.items()
+                if v.reachable and v.myself is not None and not v.myself.is_master and not v.link_up}
+    early = gate(obs.pods, unsynced)
     if early is not None:
         return early
+    stuck = stuck_replica(obs.pods, unsynced)
     outdated = [p for p in obs.pods.values() if p.outdated]
     ids: dict[str, str] = {}
     for pod in sorted(obs.pods):
@@ -79,9 +87,13 @@ def plan(obs: ClusterObservation) -> ClusterRollStep:
         if pod not in obs.pods or me is None or me.is_master:
             continue
         master = next((p for p, i in ids.items() if i == me.master_id), None)
-        if master is None or obs.shard_of.get(master) != obs.shard_of.get(pod) or not view.link_up:
+        if master is None or obs.shard_of.get(master) != obs.shard_of.get(pod):
+            return Wait(f"waiting for {pod} to replicate its shard's master")
+        if not view.link_up and (stuck is None or pod != stuck.name):
             return Wait(f"waiting for {pod} to replicate its shard's master with its link up")
         masters[pod] = master
+    if stuck is not None:
+        return restart_stuck(stuck, len(outdated), masters[stuck.name])
     replicas = sorted((p for p in outdated if p.name in masters), key=lambda p: p.name)
     if replicas:
         first = replicas[0]

@@ -9,6 +9,10 @@ image), the operator replaces pods itself, one disruption at a time:
 3. ``SENTINEL FAILOVER`` to an up-to-date, in-sync replica;
 4. the old master, now a replica, like any replica.
 
+A replica that is outdated, not ready and not linked to the master while every other pod is ready is
+restarted before any other move (:func:`redis_messaging.modes.rollout.stuck_replica`): an old master
+that cannot load the snapshot of a newer engine would otherwise hold the roll for good.
+
 Nothing is remembered between passes: what to do next follows from the pods (their revision and
 annotations against the StatefulSet's) and from what Redis and Sentinel report, so an operator
 restart resumes the roll where it was. :func:`plan` is pure; :class:`SentinelRoller` observes and acts.
@@ -34,6 +38,8 @@ from redis_messaging.modes.rollout import (
     gate,
     outdated_reasons,
     pod_ready,
+    restart_stuck,
+    stuck_replica,
 )
 from redis_messaging.modes.sentinel.objects import catch_up_millis
 from redis_messaging.redis import sentinel as rs
@@ -75,11 +81,18 @@ def replica_in_sync(obs: RollObservation, pod: str) -> bool:
             and obs.follows.get(pod) == obs.master and node.offset >= obs.master_offset)
 
 
+def unlinked_replicas(obs: RollObservation) -> set[str]:
+    """Redis pods that answer as replicas, are not loading, and have their link to their master down."""
+    return {p for p, n in obs.redis.items() if n.reachable and n.role == "slave" and not n.loading and not n.link_up}
+
+
 def plan(obs: RollObservation) -> RollStep:
     """The next move of the roll; one disruption at a time."""
-    early = gate(obs.pods)
+    unsynced = unlinked_replicas(obs)
+    early = gate(obs.pods, unsynced)
     if early is not None:
         return early
+    stuck = stuck_replica(obs.pods, unsynced)
     outdated = [p for p in obs.pods.values() if p.outdated]
     # Sentinels: all monitoring the same master, no failover under way.
     sentinel_pods = [p for p in obs.pods.values() if p.kind == "sentinel"]
@@ -100,6 +113,8 @@ def plan(obs: RollObservation) -> RollStep:
     if master_node is None or not master_node.is_master:
         return Wait(f"waiting for {obs.master} to be the master the Sentinels name")
     replicas = [p for p in obs.pods.values() if p.kind == "redis" and p.name != obs.master]
+    if stuck is not None and stuck.name != obs.master:
+        return restart_stuck(stuck, len(outdated), obs.master)
     lagging = sorted(p.name for p in replicas if not replica_in_sync(obs, p.name))
     if lagging:
         return Wait(f"waiting for {', '.join(lagging)} to catch up with {obs.master}")
