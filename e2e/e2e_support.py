@@ -101,11 +101,17 @@ class Cluster:
 
     def redis_cli(self, namespace: str, pod: str, *command: str) -> str:
         """redis-cli in the pod's redis container, authenticated from the mounted Secret."""
-        # With spec.tls, over TLS with the pod's own key pair (the files the start scripts use).
-        script = (f'REDISCLI_AUTH="$(cat {AUTH_FILE})"; export REDISCLI_AUTH; tls=""; '
-                  f'if [ -f {TLS_DIR}/ca.crt ]; then tls="--tls --cacert {TLS_DIR}/ca.crt '
-                  f'--cert {TLS_DIR}/tls.crt --key {TLS_DIR}/tls.key"; fi; exec redis-cli $tls "$@"')
-        return self.exec(namespace, pod, "redis", "sh", "-c", script, "redis-cli", *command).strip()
+        return self.redis_cli_script(namespace, pod, 'exec redis-cli $tls "$@"', *command)
+
+    def redis_cli_script(self, namespace: str, pod: str, script: str, *args: str, timeout: float = 60) -> str:
+        """A shell script in the pod's redis container with redis-cli's password in its environment and
+        ``$tls`` holding its TLS options (with spec.tls: the pod's own key pair, the files the start scripts
+        use)."""
+        setup = (f'REDISCLI_AUTH="$(cat {AUTH_FILE})"; export REDISCLI_AUTH; tls=""; '
+                 f'if [ -f {TLS_DIR}/ca.crt ]; then tls="--tls --cacert {TLS_DIR}/ca.crt '
+                 f'--cert {TLS_DIR}/tls.crt --key {TLS_DIR}/tls.key"; fi; ')
+        return self.exec(namespace, pod, "redis", "sh", "-c", setup + script, "redis-cli", *args,
+                         timeout=timeout).strip()
 
     def events(self, namespace: str) -> str:
         return self.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False)
