@@ -209,10 +209,13 @@ UPGRADE_ENGINE = "valkey-9.1"  # .ci/setup.sh always builds it
 
 
 def test_an_upgrade_restarts_an_old_master_that_cannot_load_the_new_engines_snapshot(env: SentinelEnv) -> None:
-    """Redis 7.0 to Valkey 9.1, every pod recreated on the new engine. Right after the switch-over the old
-    master's container restarts (still on Redis 7.0): it follows the new master, which sends it a snapshot
-    it cannot load, over and over. It is never ready, and a roll that waited for it would never end; it
-    is restarted on the new engine instead, and nothing acknowledged is lost."""
+    """The run's engine (Redis 7.0 by default) to Valkey 9.1, every pod recreated on the new engine. Right
+    after the switch-over the old master's container restarts (still on the old engine): it follows the
+    new master, which sends it a snapshot it cannot load, over and over. It is never ready, and a roll
+    that waited for it would never end; it is restarted on the new engine instead, and nothing
+    acknowledged is lost."""
+    if engines.selected() == UPGRADE_ENGINE:
+        pytest.skip(f"the run's engine is {UPGRADE_ENGINE} already: nothing older to upgrade from")
     bin_dir = engines.engine_dir(UPGRADE_ENGINE)
     if not (bin_dir / "redis-server").exists():
         pytest.skip(f"{UPGRADE_ENGINE} not built in {bin_dir}: bash .ci/build-engine.sh {UPGRADE_ENGINE}")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from redis_messaging.modes.cluster.rolling import ClusterFailover, ClusterObservation, plan
 from redis_messaging.modes.rollout import DeletePod, Done, PodState, Wait
 from redis_messaging.redis import cluster as cl
+from redis_messaging.redis.engine import Engine
 
 SHARDS = {0: ("events-shard-0-0", "events-shard-0-1"), 1: ("events-shard-1-0", "events-shard-1-1")}
 OLD = ("config hash a -> b",)
@@ -30,7 +33,7 @@ def observation(outdated: set[str], *, masters: dict[int, str] | None = None, no
                 state: str = "ok", link_down: set[str] = frozenset()) -> ClusterObservation:
     masters = masters or {0: "events-shard-0-0", 1: "events-shard-1-0"}
     text = nodes_text(masters)
-    pods = {p: PodState(p, "redis", ready=p not in not_ready, outdated=OLD if p in outdated else ())
+    pods = {p: PodState(p, "shard", ready=p not in not_ready, outdated=OLD if p in outdated else ())
             for pods in SHARDS.values() for p in pods}
     views = {p: cl.NodeView(("10.0.0.1", 6379), reachable=True, nodes=tuple(cl.parse_nodes(text[p])), state=state,
                             link_up=p not in masters.values() and p not in link_down)
@@ -71,24 +74,57 @@ def test_no_handover_to_an_outdated_replica() -> None:
     assert step == DeletePod("events-shard-0-1", "shard", OLD, 2), "the replica first, then it can take over"
 
 
-def test_an_outdated_replica_stuck_unlinked_is_restarted_first() -> None:
-    # After the failover the old master (the old engine) cannot load the new master's snapshot: it never
-    # becomes ready. It is replaced at once instead of being waited for.
-    after = {0: "events-shard-0-1", 1: "events-shard-1-0"}
-    outdated = {"events-shard-0-0", "events-shard-1-0", "events-shard-1-1"}
-    step = plan(observation(outdated, masters=after, not_ready={"events-shard-0-0"}, link_down={"events-shard-0-0"}))
+OLD_ENGINE, NEW_ENGINE = Engine("redis", (7, 0, 15)), Engine("valkey", (9, 1, 2))
+AFTER = {0: "events-shard-0-1", 1: "events-shard-1-0"}  # shard 0 switched over: 0-0 follows 0-1
+STUCK = {"events-shard-0-0", "events-shard-1-0", "events-shard-1-1"}
+
+
+def stuck_observation(**changes: object) -> ClusterObservation:
+    """After the failover of shard 0 from Redis 7.0 to Valkey 9.1: events-shard-0-0 (the old master, still
+    on Redis 7.0) follows events-shard-0-1 (Valkey 9.1) with its link down, and is not ready."""
+    obs = observation(STUCK, masters=AFTER, not_ready={"events-shard-0-0"}, link_down={"events-shard-0-0"})
+    engines = {p: OLD_ENGINE if p in STUCK else NEW_ENGINE for p in obs.views}
+    views = {p: dataclasses.replace(v, engine=engines[p]) for p, v in obs.views.items()}
+    views["events-shard-0-0"] = dataclasses.replace(views["events-shard-0-0"], **changes)
+    return dataclasses.replace(obs, views=views)
+
+
+def test_an_old_master_that_cannot_load_the_new_engines_snapshot_is_restarted_first() -> None:
+    step = plan(stuck_observation())
     assert isinstance(step, DeletePod)
-    assert step.pod == "events-shard-0-0"
-    assert step.left == 3
+    assert (step.pod, step.left) == ("events-shard-0-0", 3)
     assert step.reasons[0] == OLD[0]
     assert "link to events-shard-0-1 down" in step.reasons[1]
-    # Not while another pod is not ready, nor while the cluster is not ok.
-    assert isinstance(plan(observation(outdated, masters=after, not_ready={"events-shard-0-0", "events-shard-1-1"},
-                                       link_down={"events-shard-0-0"})), Wait)
-    assert isinstance(plan(observation(outdated, masters=after, not_ready={"events-shard-0-0"},
-                                       link_down={"events-shard-0-0"}, state="fail")), Wait)
-    # Linked but not ready (its probe may lag): waited for.
-    assert isinstance(plan(observation(outdated, masters=after, not_ready={"events-shard-0-0"})), Wait)
-    # Up to date (just restarted, syncing): waited for.
-    assert isinstance(plan(observation(outdated - {"events-shard-0-0"}, masters=after,
-                                       not_ready={"events-shard-0-0"}, link_down={"events-shard-0-0"})), Wait)
+
+
+def test_a_stuck_replica_waits_while_anything_else_is_not_as_a_roll_move_requires() -> None:
+    stuck = stuck_observation()
+    master_id = stuck.views["events-shard-0-1"].id
+
+    def seen_by_all(**flags: object) -> ClusterObservation:
+        views = {p: dataclasses.replace(v, nodes=tuple(dataclasses.replace(n, **flags) if n.id == master_id else n
+                                                       for n in v.nodes))
+                 for p, v in stuck.views.items()}
+        return dataclasses.replace(stuck, views=views)
+
+    waits = {
+        "another pod not ready": dataclasses.replace(stuck, pods={
+            **stuck.pods, "events-shard-1-1": dataclasses.replace(stuck.pods["events-shard-1-1"], ready=False)}),
+        "already deleted": dataclasses.replace(stuck, pods={
+            **stuck.pods, "events-shard-0-0": dataclasses.replace(stuck.pods["events-shard-0-0"], terminating=True)}),
+        "another replica unlinked": dataclasses.replace(stuck, views={
+            **stuck.views, "events-shard-1-1": dataclasses.replace(stuck.views["events-shard-1-1"], link_up=False)}),
+        "the cluster not ok": dataclasses.replace(stuck, views={
+            p: dataclasses.replace(v, state="fail") for p, v in stuck.views.items()}),
+        "its master failing": seen_by_all(flags=frozenset({"master", "fail"})),
+        "its master suspected": seen_by_all(flags=frozenset({"master", "fail?"})),
+        "its master disconnected": seen_by_all(connected=False),
+        "the same engine as its master (syncing)": stuck_observation(engine=NEW_ENGINE),
+        "an engine not known": stuck_observation(engine=None),
+        "linked (its probe lags)": stuck_observation(link_up=True),
+        "unreachable or loading": stuck_observation(reachable=False),
+        "up to date (restarted, syncing)": dataclasses.replace(stuck, pods={
+            **stuck.pods, "events-shard-0-0": PodState("events-shard-0-0", "shard", ready=False)}),
+    }
+    for why, obs in waits.items():
+        assert isinstance(plan(obs), Wait), why

@@ -8,6 +8,7 @@ from typing import Any
 from redis_messaging.builders import names
 from redis_messaging.modes.rollout import DeletePod, Done, PodState, Wait, outdated_reasons
 from redis_messaging.modes.sentinel.rolling import Failover, RollObservation, plan
+from redis_messaging.redis.engine import Engine
 from redis_messaging.redis.sentinel import RedisNode, SentinelNode
 
 R = ["orders-redis-0", "orders-redis-1", "orders-redis-2"]
@@ -115,30 +116,61 @@ def test_a_sentinel_that_sees_the_master_down_is_not_asked() -> None:
     assert step.through == ("orders-sentinel-1", "orders-sentinel-2")
 
 
-def test_an_outdated_replica_stuck_unlinked_is_restarted_first() -> None:
+OLD_ENGINE, NEW_ENGINE = Engine("redis", (7, 0, 15)), Engine("valkey", (9, 1, 2))
+
+
+def stuck_observation() -> RollObservation:
+    """After the switch-over of Redis 7.0 to Valkey 9.1: orders-redis-1 (new) is the master, orders-redis-0
+    (the old master, still on Redis 7.0) follows it with its link down, and is not ready."""
+    obs = observation({"orders-redis-0", "orders-sentinel-1"}, master="orders-redis-1",
+                      ready=set(R + S) - {"orders-redis-0"}, lagging={"orders-redis-0"})
+    engines = {"orders-redis-0": OLD_ENGINE, "orders-redis-1": NEW_ENGINE, "orders-redis-2": NEW_ENGINE}
+    return dataclasses.replace(obs, redis={p: dataclasses.replace(n, engine=engines[p]) for p, n in obs.redis.items()})
+
+
+def replace_redis(obs: RollObservation, pod: str, **changes: object) -> RollObservation:
+    return dataclasses.replace(obs, redis={**obs.redis, pod: dataclasses.replace(obs.redis[pod], **changes)})
+
+
+def replace_sentinel(obs: RollObservation, pod: str, **changes: object) -> RollObservation:
+    changed = dataclasses.replace(obs.sentinels[pod], **changes)
+    return dataclasses.replace(obs, sentinels={**obs.sentinels, pod: changed})
+
+
+def test_an_old_master_that_cannot_load_the_new_engines_snapshot_is_restarted_first() -> None:
     # The old master, demoted to follow a replica already on a newer engine, cannot load its snapshot:
     # it never becomes ready. It is replaced at once, before any other move, instead of being waited for.
-    outdated = {"orders-redis-0", "orders-sentinel-1"}
-    stuck = observation(outdated, master="orders-redis-1", ready=set(R + S) - {"orders-redis-0"},
-                        lagging={"orders-redis-0"})
+    stuck = stuck_observation()
     step = plan(stuck)
     assert isinstance(step, DeletePod)
     assert (step.pod, step.kind, step.left) == ("orders-redis-0", "redis", 2)
     assert step.reasons[0] == "config hash old -> new"
     assert "link to orders-redis-1 down" in step.reasons[1]
-    # One disruption at a time: not while another pod is not ready.
-    assert isinstance(plan(dataclasses.replace(stuck, pods={
-        **stuck.pods, "orders-redis-2": dataclasses.replace(stuck.pods["orders-redis-2"], ready=False)})), Wait)
-    # Not while the Sentinels do not agree on a master that answers as one.
-    assert isinstance(plan(dataclasses.replace(stuck, master=None)), Wait)
-    down = dataclasses.replace(stuck.redis["orders-redis-1"], reachable=False)
-    assert isinstance(plan(dataclasses.replace(stuck, redis={**stuck.redis, "orders-redis-1": down})), Wait)
-    # Loading its data, or linked (its probe lags), or unreachable: waited for.
-    for node in (dataclasses.replace(stuck.redis["orders-redis-0"], loading=True),
-                 dataclasses.replace(stuck.redis["orders-redis-0"], link_up=True),
-                 dataclasses.replace(stuck.redis["orders-redis-0"], reachable=False)):
-        assert isinstance(plan(dataclasses.replace(stuck, redis={**stuck.redis, "orders-redis-0": node})), Wait)
-    # Up to date (restarted, syncing): waited for.
-    restarted = PodState("orders-redis-0", "redis", False)
-    fresh = dataclasses.replace(stuck, pods={**stuck.pods, "orders-redis-0": restarted})
-    assert isinstance(plan(fresh), Wait)
+
+
+def test_a_stuck_replica_waits_while_anything_else_is_not_as_a_roll_move_requires() -> None:
+    stuck = stuck_observation()
+    not_ready = dataclasses.replace(stuck.pods["orders-redis-2"], ready=False)
+    terminating = dataclasses.replace(stuck.pods["orders-redis-0"], terminating=True)
+    waits = {
+        "another pod not ready": dataclasses.replace(stuck, pods={**stuck.pods, "orders-redis-2": not_ready}),
+        "already deleted": dataclasses.replace(stuck, pods={**stuck.pods, "orders-redis-0": terminating}),
+        "no agreed master": dataclasses.replace(stuck, master=None),
+        "the master does not answer": replace_redis(stuck, "orders-redis-1", reachable=False),
+        "another replica lagging (its probe lags)": replace_redis(stuck, "orders-redis-2", link_up=False),
+        "a Sentinel sees the master down": replace_sentinel(stuck, "orders-sentinel-2",
+                                                            flags=frozenset({"master", "s_down"})),
+        "a Sentinel names another master": replace_sentinel(stuck, "orders-sentinel-2",
+                                                            master=ADDR["orders-redis-0"]),
+        "loading its data": replace_redis(stuck, "orders-redis-0", loading=True),
+        "linked (its probe lags)": replace_redis(stuck, "orders-redis-0", link_up=True),
+        "unreachable": replace_redis(stuck, "orders-redis-0", reachable=False),
+        "the same engine as the master (syncing)": replace_redis(stuck, "orders-redis-0", engine=NEW_ENGINE),
+        "an engine not known": replace_redis(stuck, "orders-redis-0", engine=None),
+        "following another replica": dataclasses.replace(stuck, follows={**stuck.follows,
+                                                                         "orders-redis-0": "orders-redis-2"}),
+        "up to date (restarted, syncing)": dataclasses.replace(stuck, pods={
+            **stuck.pods, "orders-redis-0": PodState("orders-redis-0", "redis", False)}),
+    }
+    for why, obs in waits.items():
+        assert isinstance(plan(obs), Wait), why

@@ -69,6 +69,15 @@ class PodState:
     kind: str  # "redis" | "sentinel"
     ready: bool  # exists, not terminating, Ready
     outdated: tuple[str, ...] = ()
+    terminating: bool = False  # deleted, not gone yet
+
+
+def pod_state(name: str, kind: str, pod: Obj | None, sts: Obj | None) -> PodState:
+    """A pod of a StatefulSet as the roll sees it (a missing pod, or StatefulSet: not ready)."""
+    if pod is None or sts is None:
+        return PodState(name, kind, ready=False)
+    return PodState(name, kind, pod_ready(pod), outdated_reasons(pod, sts),
+                    terminating=bool((pod.get("metadata") or {}).get("deletionTimestamp")))
 
 
 @dataclass(frozen=True)
@@ -97,7 +106,7 @@ def gate(pods: Mapping[str, PodState], unsynced: Collection[str] = ()) -> Done |
     """Done when no pod is outdated, Wait while one is not ready, else None: the roll may move.
 
     One exception (see :func:`stuck_replica`): when the only pod not ready is an outdated replica in
-    ``unsynced`` (it answers, and its link to its master is down), the roll may move: to restart it."""
+    ``unsynced``, the roll may move on, to restart it once the mode has checked the rest."""
     if not any(p.outdated for p in pods.values()):
         return Done()
     not_ready = sorted(p.name for p in pods.values() if not p.ready)
@@ -108,25 +117,27 @@ def gate(pods: Mapping[str, PodState], unsynced: Collection[str] = ()) -> Done |
 
 def stuck_replica(pods: Mapping[str, PodState], unsynced: Collection[str]) -> PodState | None:
     """The outdated replica to restart before any other move, if there is one: the only pod not ready,
-    outdated, and in ``unsynced`` (the mode's list of replicas that answer, are not loading, and have
-    their link to the master down).
+    outdated, and in ``unsynced``: the mode's list of replicas that answer, are not loading, follow the
+    master, have their link to it down, and run an engine older than the master's.
 
-    Waiting for it to be ready first may never end: a replica can only follow a master running the same
-    engine or a newer one, so an old master demoted to follow a replica already upgraded (Redis 7 under
-    Redis 8 or Valkey 9) cannot load the snapshot it is sent; nor can a replica whose old template holds
-    settings the master no longer accepts. Restarting it takes nothing away: it serves no read in sync
-    and counts for no write (``min-replicas-to-write``), its data stays on its volume, and it is
-    replaced next anyway. It is the only disruption: every other pod is ready."""
+    Waiting for it to be ready would never end: a replica can only load the snapshot of a master running
+    the same engine or an older one, so an old master demoted to follow a replica already upgraded
+    (Redis 7.0 under Redis 8.0 or Valkey 9) refuses every full sync it is sent. Restarting it on the new
+    template takes nothing away: it serves no read in sync and counts for no write
+    (``min-replicas-to-write`` counts replicas that acknowledge), it is replaced next anyway, and every
+    other pod is ready. The mode restarts it only once everything else is as a roll move requires: the
+    other replicas in sync, and the master up for everyone who decides a failover (a replica restarted
+    while the master is being failed over could not be promoted)."""
     not_ready = [p for p in pods.values() if not p.ready]
-    if len(not_ready) == 1 and not_ready[0].outdated and not_ready[0].name in unsynced:
+    if (len(not_ready) == 1 and not_ready[0].outdated and not not_ready[0].terminating
+            and not_ready[0].name in unsynced):
         return not_ready[0]
     return None
 
 
 def restart_stuck(pod: PodState, left: int, master: str) -> DeletePod:
-    return DeletePod(pod.name, pod.kind, (*pod.outdated, f"not ready, its link to {master} down: restarted "
-                                                         "first, as it may never catch up on its old template"),
-                     left)
+    return DeletePod(pod.name, pod.kind, (*pod.outdated, f"not ready, its link to {master} down: its engine "
+                                                         "cannot load the newer master's snapshot"), left)
 
 
 # ---------------------------------------------------------------------------------------------

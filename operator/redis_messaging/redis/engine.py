@@ -120,6 +120,12 @@ def refusal(running: Iterable[Engine], target: Engine | None) -> str | None:
     return None
 
 
+def cannot_load_from(master: Engine | None, replica: Engine | None) -> bool:
+    """Whether a replica running ``replica`` cannot load the snapshot a master running ``master`` sends it
+    (an older engine under a newer one: Redis 7.0 under Redis 8.0 or Valkey 9), both known."""
+    return master is not None and replica is not None and refusal([master], replica) is not None
+
+
 def has_commandlog(engine: Engine | None) -> bool:
     """Whether the engine has ``COMMANDLOG`` (Valkey 8.1 and later: the slow log, and the logs of
     large requests and replies), which redis_exporter reads where the server has it."""

@@ -2,7 +2,7 @@
 
 When a shard pod's template is older than its StatefulSet's, the operator replaces pods itself, one
 disruption in the whole cluster at a time, and only while every node says ``cluster_state:ok`` and
-every replica's link to its master is up:
+every replica's link to its master is up (but for a stuck replica, below):
 
 1. replicas, one by one (any shard);
 2. for each outdated master: ``CLUSTER FAILOVER`` on an up-to-date replica of its shard. The failover
@@ -10,8 +10,10 @@ every replica's link to its master is up:
    takes over, so no acknowledged write is lost;
 3. the old master, now a replica, like any replica.
 
-A replica that is outdated, not ready and not linked to its master while every other pod is ready is
-restarted before any other move (:func:`redis_messaging.modes.rollout.stuck_replica`).
+A replica that is outdated, not ready and not linked to its master because its engine cannot load the
+master's snapshot (an old master demoted under a newer engine) is restarted before any other move, once
+every other replica is linked and no node suspects the master
+(:func:`redis_messaging.modes.rollout.stuck_replica`).
 
 A shard without replicas (``replicasPerShard: 0``) has nobody to hand over to: its master is restarted
 in place, and its slots are unavailable until it is back (its data is on its volume).
@@ -37,12 +39,12 @@ from redis_messaging.modes.rollout import (
     RollReport,
     Wait,
     gate,
-    outdated_reasons,
-    pod_ready,
+    pod_state,
     restart_stuck,
     stuck_replica,
 )
 from redis_messaging.redis import cluster as cl
+from redis_messaging.redis.engine import cannot_load_from
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +66,25 @@ class ClusterFailover:
 ClusterRollStep = Wait | DeletePod | ClusterFailover | Done
 
 
+def unlinked_replicas(obs: ClusterObservation) -> set[str]:
+    """Pods that answer as replicas, have their link to their master down, and run an engine that cannot
+    load its master's snapshot (see :func:`~redis_messaging.modes.rollout.stuck_replica`). A node that is
+    loading answers no ``DBSIZE``: it does not answer here."""
+    by_id = {v.id: v for v in obs.views.values() if v.reachable and v.id}
+    out = set()
+    for pod, view in obs.views.items():
+        me = view.myself
+        if not view.reachable or me is None or me.is_master or view.link_up or me.master_id is None:
+            continue
+        master = by_id.get(me.master_id)
+        if master is not None and cannot_load_from(master.engine, view.engine):
+            out.add(pod)
+    return out
+
+
 def plan(obs: ClusterObservation) -> ClusterRollStep:
     """The next move of the roll; one disruption at a time."""
-    unsynced = {p for p, v in obs.views.items()
-                if v.reachable and v.myself is not None and not v.myself.is_master and not v.link_up}
+    unsynced = unlinked_replicas(obs)
     early = gate(obs.pods, unsynced)
     if early is not None:
         return early
@@ -93,6 +110,14 @@ def plan(obs: ClusterObservation) -> ClusterRollStep:
             return Wait(f"waiting for {pod} to replicate its shard's master with its link up")
         masters[pod] = master
     if stuck is not None:
+        # Only while no node suspects its master: a replica restarted while its master is failing could
+        # not be elected in its place.
+        master_id = ids[masters[stuck.name]]
+        doubting = sorted(p for p, v in obs.views.items()
+                          if (n := v.node(master_id)) is None or n.failed or n.suspected or not n.connected)
+        if doubting:
+            return Wait(f"{stuck.name} cannot sync with {masters[stuck.name]}; restarted once every node sees "
+                        f"{masters[stuck.name]} up ({', '.join(doubting)} do not)")
         return restart_stuck(stuck, len(outdated), masters[stuck.name])
     replicas = sorted((p for p in outdated if p.name in masters), key=lambda p: p.name)
     if replicas:
@@ -121,11 +146,7 @@ class ClusterRoller(Roller):
             for ordinal in range(1 + spec.cluster.replicas_per_shard):
                 name = owner.shard_pod(index, ordinal)
                 shard_of[name] = index
-                pod = by_name.get(name)
-                if pod is None or sts is None:
-                    states[name] = PodState(name, "shard", ready=False)
-                    continue
-                states[name] = PodState(name, "shard", pod_ready(pod), outdated_reasons(pod, sts))
+                states[name] = pod_state(name, "shard", by_name.get(name), sts)
         return states, shard_of
 
     def run(self, spec: RedisMessagingSpec, owner: Owner, statefulsets: Mapping[str, Obj], pods: list[Obj],

@@ -9,9 +9,10 @@ image), the operator replaces pods itself, one disruption at a time:
 3. ``SENTINEL FAILOVER`` to an up-to-date, in-sync replica;
 4. the old master, now a replica, like any replica.
 
-A replica that is outdated, not ready and not linked to the master while every other pod is ready is
-restarted before any other move (:func:`redis_messaging.modes.rollout.stuck_replica`): an old master
-that cannot load the snapshot of a newer engine would otherwise hold the roll for good.
+A replica that is outdated, not ready and not linked to the master because its engine cannot load the
+master's snapshot (an old master demoted under a newer engine) is restarted before any other move, once
+the other replicas are in sync and no Sentinel sees the master down
+(:func:`redis_messaging.modes.rollout.stuck_replica`); waiting for it would hold the roll for good.
 
 Nothing is remembered between passes: what to do next follows from the pods (their revision and
 annotations against the StatefulSet's) and from what Redis and Sentinel report, so an operator
@@ -36,14 +37,14 @@ from redis_messaging.modes.rollout import (
     RollReport,
     Wait,
     gate,
-    outdated_reasons,
-    pod_ready,
+    pod_state,
     restart_stuck,
     stuck_replica,
 )
 from redis_messaging.modes.sentinel.objects import catch_up_millis
 from redis_messaging.redis import sentinel as rs
 from redis_messaging.redis import switchover
+from redis_messaging.redis.engine import cannot_load_from
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,14 @@ def replica_in_sync(obs: RollObservation, pod: str) -> bool:
 
 
 def unlinked_replicas(obs: RollObservation) -> set[str]:
-    """Redis pods that answer as replicas, are not loading, and have their link to their master down."""
-    return {p for p, n in obs.redis.items() if n.reachable and n.role == "slave" and not n.loading and not n.link_up}
+    """Redis pods that answer as replicas of the master, are not loading, have their link to it down, and
+    run an engine that cannot load its snapshot (see :func:`~redis_messaging.modes.rollout.stuck_replica`)."""
+    master = obs.redis.get(obs.master) if obs.master is not None else None
+    if master is None or not master.is_master:
+        return set()
+    return {p for p, n in obs.redis.items()
+            if n.reachable and n.role == "slave" and not n.loading and not n.link_up
+            and obs.follows.get(p) == obs.master and cannot_load_from(master.engine, n.engine)}
 
 
 def plan(obs: RollObservation) -> RollStep:
@@ -113,11 +120,18 @@ def plan(obs: RollObservation) -> RollStep:
     if master_node is None or not master_node.is_master:
         return Wait(f"waiting for {obs.master} to be the master the Sentinels name")
     replicas = [p for p in obs.pods.values() if p.kind == "redis" and p.name != obs.master]
-    if stuck is not None and stuck.name != obs.master:
-        return restart_stuck(stuck, len(outdated), obs.master)
-    lagging = sorted(p.name for p in replicas if not replica_in_sync(obs, p.name))
+    lagging = sorted(p.name for p in replicas
+                     if not replica_in_sync(obs, p.name) and (stuck is None or p.name != stuck.name))
     if lagging:
         return Wait(f"waiting for {', '.join(lagging)} to catch up with {obs.master}")
+    if stuck is not None:
+        # Only while no Sentinel doubts the master: one that sees it down may be about to fail it over.
+        doubting = sorted(s for s, node in obs.sentinels.items()
+                          if node.master_down or node.master != master_node.address)
+        if doubting:
+            return Wait(f"{stuck.name} cannot sync with {obs.master}; restarted once every Sentinel sees "
+                        f"{obs.master} up as the master ({', '.join(doubting)} do not)")
+        return restart_stuck(stuck, len(outdated), obs.master)
     ordered = sorted(outdated, key=lambda p: (p.kind != "sentinel", p.name == obs.master, -_ordinal(p.name)))
     first = ordered[0]
     if first.name != obs.master:
@@ -237,11 +251,7 @@ class SentinelRoller(Roller):
             sts = statefulsets.get(sts_name)
             for i in range(count):
                 name = pod_name(i)
-                pod = by_name.get(name)
-                if pod is None or sts is None:
-                    out[name] = PodState(name, kind, ready=False)
-                    continue
-                out[name] = PodState(name, kind, pod_ready(pod), outdated_reasons(pod, sts))
+                out[name] = pod_state(name, kind, by_name.get(name), sts)
         return out
 
     def run(self, spec: RedisMessagingSpec, owner: Owner, statefulsets: Mapping[str, Obj], pods: list[Obj],
