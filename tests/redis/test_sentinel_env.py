@@ -112,6 +112,17 @@ def wait_sentinels_know_replicas(env: SentinelEnv, master: str, timeout: float =
                    timeout=timeout, what=f"{sentinel} lists the replicas {sorted(replica_ips)}")
 
 
+def wait_sentinels_acquainted(env: SentinelEnv, master: str, timeout: float = 20) -> None:
+    """Until every Sentinel lists every other one and every replica: a Sentinel that knows no peer cannot
+    gather a quorum, so a master that fails before would never be failed over (what the operator's
+    Ready waits for too). Sentinels learn of each other from their hello messages, every 2 s."""
+    wait_sentinels_know_replicas(env, master, timeout)
+    for sentinel in env.sentinel_pods:
+        others = {env.address(s)[0] for s in env.sentinel_pods if s != sentinel}
+        eventually(functools.partial(healthy_peers, env, sentinel, "SENTINELS", others),
+                   timeout=timeout, what=f"{sentinel} lists the Sentinels {sorted(others)}")
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelEnv]:
     """3 Redis pods and 3 Sentinels with a password, shared by the tests of the failover story."""
@@ -212,6 +223,7 @@ def test_password_is_required_and_never_rendered_nor_on_a_command_line(env: Sent
 def test_sentinel_fails_over_and_the_old_master_rejoins_as_replica(env: SentinelEnv) -> None:
     old = env.wait_replication(timeout=20)
     assert env.sentinel_master(timeout=10) == env.address(old)
+    wait_sentinels_acquainted(env, old)
     writer = env.client(old)
     writer.set("order:1", "paid")
     assert writer.wait(len(env.redis_pods) - 1, 5000) == len(env.redis_pods) - 1
