@@ -136,10 +136,29 @@ def states(env: SentinelEnv, updated: set[str]) -> dict[str, PodState]:
     return out
 
 
+def roller(env: SentinelEnv) -> SentinelRoller:
+    """The operator's roll, reaching the env's pods (a new one: an operator restart, nothing remembered)."""
+    return SentinelRoller(None, MapAddresses({p: env.address(p) for p in env.redis_pods},
+                                             {p: env.address(p) for p in env.sentinel_pods}), timeout=1.0)
+
+
+def roll_order(env: SentinelEnv, first_master: str) -> list[str]:
+    """The moves of a whole roll: Sentinels, then replicas, each by ordinal from the last, one
+    switch-over, then the old master."""
+    replicas = sorted((p for p in env.redis_pods if p != first_master), reverse=True)
+    return [*(f"restart {p}" for p in sorted(env.sentinel_pods, reverse=True)),
+            *(f"restart {p}" for p in replicas), f"failover from {first_master}", f"restart {first_master}"]
+
+
+def assert_nothing_lost(env: SentinelEnv, writer: Writer, master: str) -> None:
+    found = {e[0] for e in env.client(master).xrange("rolling")}
+    lost = [e for e in writer.acked if e not in found]
+    assert lost == [], f"{len(lost)} acknowledged entries lost"
+    assert len(writer.acked) > 100
+
+
 def test_roll_replicas_first_one_failover_no_acknowledged_write_lost(env: SentinelEnv) -> None:
-    addresses = MapAddresses({p: env.address(p) for p in env.redis_pods},
-                             {p: env.address(p) for p in env.sentinel_pods})
-    step = SentinelRoller(None, addresses, timeout=1.0)
+    step = roller(env)
     first_master = env.wait_replication()
     updated: set[str] = set()
     moves: list[str] = []
@@ -168,7 +187,7 @@ def test_roll_replicas_first_one_failover_no_acknowledged_write_lost(env: Sentin
             if isinstance(decision, DeletePod):
                 moves.append(f"restart {decision.pod}")
                 if len(moves) == 2:  # the operator restarts mid-roll: a fresh step, nothing remembered
-                    step = SentinelRoller(None, addresses, timeout=1.0)
+                    step = roller(env)
             elif isinstance(decision, Failover):
                 moves.append(f"failover from {decision.master}")
             else:
@@ -180,10 +199,7 @@ def test_roll_replicas_first_one_failover_no_acknowledged_write_lost(env: Sentin
         writer.stop.set()
         writer.join(10)
 
-    replicas = sorted((p for p in env.redis_pods if p != first_master), reverse=True)
-    assert moves == [*(f"restart {p}" for p in sorted(env.sentinel_pods, reverse=True)),
-                     *(f"restart {p}" for p in replicas),
-                     f"failover from {first_master}", f"restart {first_master}"]
+    assert moves == roll_order(env, first_master)
     assert failovers(env) == 1
     moved = [m for _, m in events if "follows" in m]  # none when Sentinel converted it first
     assert len(moved) <= 1
@@ -193,10 +209,7 @@ def test_roll_replicas_first_one_failover_no_acknowledged_write_lost(env: Sentin
     assert all("config hash 1111 -> 2222" in m for _, m in steps), steps
     new_master = env.wait_replication(timeout=30)
     assert new_master != first_master
-    found = {e[0] for e in env.client(new_master).xrange("rolling")}
-    lost = [e for e in writer.acked if e not in found]
-    assert lost == [], f"{len(lost)} acknowledged entries lost"
-    assert len(writer.acked) > 100
+    assert_nothing_lost(env, writer, new_master)
     if writer.unavailable > 5:
         print(env.log_tail(*env.sentinel_pods, lines=25))
     print(f"\nrolling update of 6 pods in {rolled:.1f}s: {len(writer.acked)} writes acknowledged, "
@@ -219,9 +232,7 @@ def test_an_upgrade_restarts_an_old_master_that_cannot_load_the_new_engines_snap
     bin_dir = engines.engine_dir(UPGRADE_ENGINE)
     if not (bin_dir / "redis-server").exists():
         pytest.skip(f"{UPGRADE_ENGINE} not built in {bin_dir}: bash .ci/build-engine.sh {UPGRADE_ENGINE}")
-    addresses = MapAddresses({p: env.address(p) for p in env.redis_pods},
-                             {p: env.address(p) for p in env.sentinel_pods})
-    step = SentinelRoller(None, addresses, timeout=1.0)
+    step = roller(env)
     first_master = env.wait_replication()
     updated: set[str] = set()
     moves: list[str] = []
@@ -261,17 +272,11 @@ def test_an_upgrade_restarts_an_old_master_that_cannot_load_the_new_engines_snap
         writer.stop.set()
         writer.join(10)
 
-    replicas = sorted((p for p in env.redis_pods if p != first_master), reverse=True)
-    assert moves == [*(f"restart {p}" for p in sorted(env.sentinel_pods, reverse=True)),
-                     *(f"restart {p}" for p in replicas),
-                     f"failover from {first_master}", f"restart {first_master}"]
+    assert moves == roll_order(env, first_master)
     last = [m for r, m in events if r == "RollingUpdate"][-1]
     assert last.startswith(f"Restarting replica {first_master} ("), last
     assert f"its link to {env.pod_at(env.sentinel_master())} down" in last, last
     new_master = env.wait_replication(timeout=30)
     assert env.info(first_master).get("master_link_status") == "up"
     assert all(env.info(p, "server").get("valkey_version") for p in env.redis_pods)
-    found = {e[0] for e in env.client(new_master).xrange("rolling")}
-    lost = [e for e in writer.acked if e not in found]
-    assert lost == [], f"{len(lost)} acknowledged entries lost"
-    assert len(writer.acked) > 100
+    assert_nothing_lost(env, writer, new_master)
