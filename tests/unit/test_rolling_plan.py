@@ -57,7 +57,7 @@ def observation(outdated: set[str], *, master: str = "orders-redis-0", ready: se
     follows = {p: master for p in R if p != master}
     if choices is None:  # every Sentinel would promote any replica
         choices = {s: {p: None for p in R if p != master} for s in S}
-    return RollObservation(pods, redis, sentinels, master, 100, follows, choices)
+    return RollObservation(pods, redis, sentinels, master, 100, follows, choices, {s: master for s in S})
 
 
 def test_order_sentinels_then_replicas_then_switchover_then_old_master() -> None:
@@ -160,8 +160,9 @@ def test_a_stuck_replica_waits_while_anything_else_is_not_as_a_roll_move_require
         "another replica lagging (its probe lags)": replace_redis(stuck, "orders-redis-2", link_up=False),
         "a Sentinel sees the master down": replace_sentinel(stuck, "orders-sentinel-2",
                                                             flags=frozenset({"master", "s_down"})),
-        "a Sentinel names another master": replace_sentinel(stuck, "orders-sentinel-2",
-                                                            master=ADDR["orders-redis-0"]),
+        "a Sentinel names another master": dataclasses.replace(stuck, names={**stuck.names,
+                                                                              "orders-sentinel-2": "orders-redis-0"}),
+        "a Sentinel names none": dataclasses.replace(stuck, names={**stuck.names, "orders-sentinel-2": None}),
         "loading its data": replace_redis(stuck, "orders-redis-0", loading=True),
         "linked (its probe lags)": replace_redis(stuck, "orders-redis-0", link_up=True),
         "unreachable": replace_redis(stuck, "orders-redis-0", reachable=False),

@@ -62,6 +62,7 @@ class RollObservation:
     follows: Mapping[str, str | None] = field(default_factory=dict)  # replica pod -> the pod it replicates
     # Sentinel pod -> replica pod -> why that Sentinel would not promote it now (None: it would)
     choices: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
+    names: Mapping[str, str | None] = field(default_factory=dict)  # Sentinel pod -> the master pod it names
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def plan(obs: RollObservation) -> RollStep:
     if stuck is not None:
         # Only while no Sentinel doubts the master: one that sees it down may be about to fail it over.
         doubting = sorted(s for s, node in obs.sentinels.items()
-                          if node.master_down or node.master != master_node.address)
+                          if node.master_down or obs.names.get(s) != obs.master)
         if doubting:
             return Wait(f"{stuck.name} cannot sync with {obs.master}; restarted once every Sentinel sees "
                         f"{obs.master} up as the master ({', '.join(doubting)} do not)")
@@ -186,7 +187,8 @@ class SentinelRoller(Roller):
                 down_after = int(s.config.get("down-after-milliseconds", 0) or 0)
                 choices[pod] = {self.addresses.pod_of(owner, v.address[0]) or f"{v.address[0]}:{v.address[1]}":
                                 v.not_promotable(down_after) for v in s.replica_views}
-        return RollObservation(pods, redis, sentinels, master, offset, follows, choices)
+        names = {p: self.addresses.pod_of(owner, s.master[0]) if s.master else None for p, s in sentinels.items()}
+        return RollObservation(pods, redis, sentinels, master, offset, follows, choices, names)
 
     def failover(self, spec: RedisMessagingSpec, owner: Owner, password: str | None,
                  step: Failover) -> tuple[str | None, str]:
