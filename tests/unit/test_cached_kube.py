@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from redis_messaging.builders import names
-from redis_messaging.kube.cached import TOMBSTONE_SECONDS, CachedKube
+from redis_messaging.kube.cached import KEEP_OWN_PERIODS, TOMBSTONE_SECONDS, CachedKube
 from redis_messaging.kube.client import Kube, KubeError
 
 Obj = dict[str, Any]
@@ -127,6 +127,28 @@ def test_a_kind_that_is_not_served_lists_nothing_and_is_not_asked_again_within_t
     assert kube.list("ScaledObject", "shop") == []
     assert kube.list("ScaledObject", "shop") == []
     assert len(api.requests) == 1
+
+
+def test_the_monitoring_kinds_only_the_operator_writes_are_listed_once_per_ten_periods() -> None:
+    kube, api, _, clock = cached()
+    path = "/apis/monitoring.coreos.com/v1/namespaces/shop/servicemonitors"
+    api.objects[path] = {"items": [child("ServiceMonitor", "orders-redis")]}
+    for _ in range(KEEP_OWN_PERIODS):
+        assert [o["metadata"]["name"] for o in kube.list("ServiceMonitor", "shop", SELECTOR)] == ["orders-redis"]
+        clock.now += 30
+    assert api.requests == [("GET", path)]
+    clock.now += 1
+    kube.list("ServiceMonitor", "shop", SELECTOR)
+    assert len(api.requests) == 2
+    # A write of the pass is read back at once: the list is asked again.
+    kube.apply(child("ServiceMonitor", "orders-sentinel"))
+    kube.list("ServiceMonitor", "shop", SELECTOR)
+    assert [m for m, _ in api.requests] == ["GET", "GET", "PATCH", "GET"]
+    # Every other kind no watch covers: once per period.
+    kube.list("PersistentVolumeClaim", "shop", SELECTOR)
+    clock.now += 31
+    kube.list("PersistentVolumeClaim", "shop", SELECTOR)
+    assert [m for m, _ in api.requests].count("GET") == 5
 
 
 def test_an_object_the_pass_patched_and_someone_else_deleted_is_not_brought_back() -> None:

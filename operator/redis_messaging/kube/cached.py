@@ -4,7 +4,8 @@ A reconcile pass compares every child with its live copy. :class:`CachedKube` an
 the operator's indices (fed by watches of the children, which carry the instance label) so that a pass
 with nothing to change sends no request at all to the API server. What no watch covers (a Secret the
 user named, a StorageClass, a kind whose CRD may not be installed) is read from the API server and kept
-for ``ttl`` seconds (the safety-net period): at most one request per object per period.
+for ``ttl`` seconds (the safety-net period): at most one request per object per period; the lists of
+the monitoring kinds, whose objects only the operator writes, for ten periods.
 
 Every object the pass writes is remembered with its resourceVersion and preferred over an older copy of
 the index, so a pass that follows at once never sees its own write as missing (and writes it again).
@@ -30,6 +31,12 @@ LABELLED_KINDS = frozenset({"Pod", "StatefulSet", "PersistentVolumeClaim", "Conf
 
 NAMESPACE_KINDS = frozenset({"HorizontalPodAutoscaler"})
 """Kinds indexed whole, by ("namespace", namespace)."""
+
+UNWATCHED_OWN_KINDS = frozenset({"ServiceMonitor", "PrometheusRule"})
+"""Kinds no watch covers (their CRDs may not be installed) of which only the operator writes the objects
+it lists (monitoring objects carrying its labels): their lists are kept for KEEP_OWN_PERIODS periods,
+and forgotten at once when the pass writes one. An edit by someone else is undone within that time."""
+KEEP_OWN_PERIODS = 10
 
 MAYBE_UNLABELLED = frozenset({"Secret"})
 """Kinds of which an object the index lacks may still exist (a Secret the user named)."""
@@ -127,7 +134,8 @@ class CachedKube(Kube):
                 out[name] = created
         return list(out.values())
 
-    def _keep(self, key: tuple[str, ...], read: Callable[[], Any]) -> Any:
+    def _keep(self, key: tuple[str, ...], read: Callable[[], Any], periods: int = 1) -> Any:
+        """What ``read`` answered within ``periods`` times the TTL, else a new answer."""
         now = self.clock()
         with self._lock:
             kept = self._kept.get(key)
@@ -136,7 +144,7 @@ class CachedKube(Kube):
         self.requests += 1
         answer = read()
         with self._lock:
-            self._kept[key] = (now + self.ttl, answer)
+            self._kept[key] = (now + self.ttl * periods, answer)
         return answer
 
     def _forget_kept(self, kind: str, namespace: str) -> None:
@@ -173,7 +181,8 @@ class CachedKube(Kube):
                     return []
                 raise
 
-        answer: list[Obj] = self._keep(("list", kind, namespace, selector or ""), read)
+        answer: list[Obj] = self._keep(("list", kind, namespace, selector or ""), read,
+                                       KEEP_OWN_PERIODS if kind in UNWATCHED_OWN_KINDS else 1)
         return [dict(o) for o in answer]
 
     # -- writes: remembered until the watch echoes them ------------------------------------------
