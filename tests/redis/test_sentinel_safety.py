@@ -145,8 +145,11 @@ def test_a_full_restart_seeds_from_the_pod_with_the_most_data(make_env: list[Sen
         new = env.sentinel_master(timeout=20, other_than=env.address("orders-redis-0"))
         master = env.pod_at(new)
         for _ in deadline_loop(20, "the old master replicating the new one", 0.2):
-            if env.info("orders-redis-0").get("master_link_status") == "up":
-                break
+            try:  # Sentinel ends the demoted master's client connections (CLIENT KILL TYPE normal)
+                if env.info("orders-redis-0").get("master_link_status") == "up":
+                    break
+            except RedisError:
+                continue
         env.client("orders-redis-0").execute_command("REPLICAOF", *NO_MASTER)  # type: ignore[no-untyped-call]
         client = env.client(master)
         for i in range(100):
