@@ -50,12 +50,13 @@ bash .ci/build-monitoring.sh | tail -n 1
 
 # The default engine is Debian's Redis 7.0 above. RMSG_ENGINES (comma-separated, or "all") names the other
 # engines the matrix set of the redis tier runs on (.ci/test); by default the one of this commit's
-# rotation (`.ci/build-engine.sh ci`). Each is built once and cached. Valkey 9.1 is built whatever they
-# name: the redis tier's tests of the engine's own slot migration run on it
-# (tests/redis/test_cluster_atomic_migration.py).
+# rotation (`.ci/build-engine.sh ci`). Each is built once and cached. Whatever they name, Redis 8.0 is
+# built (the engine of the default image, redis:8.0, which the e2e tier and the demo run) and Valkey 9.1
+# (the redis tier's tests of the engine's own slot migration run on it:
+# tests/redis/test_cluster_atomic_migration.py).
 engines=${RMSG_ENGINES:-$(bash .ci/build-engine.sh ci)}
 [ "$engines" != all ] || engines=$(bash .ci/build-engine.sh list | paste -sd, -)
-for engine in $(printf '%s\n' ${engines//,/ } valkey-9.1 | awk '!seen[$0]++'); do
+for engine in $(printf '%s\n' ${engines//,/ } redis-8.0 valkey-9.1 | awk '!seen[$0]++'); do
   [ "$engine" != none ] || continue
   step "engine $engine (.ci/build-engine.sh)"
   bash .ci/build-engine.sh "$engine" | tail -n 1

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 CLUSTER="${KIND_CLUSTER:-rmsg-e2e}"
 IMAGE_REPO=redis-messaging-operator
 IMAGE_TAG=e2e
-REDIS_IMAGE="${REDIS_IMAGE:-redis:7.2}"
+REDIS_IMAGE="${REDIS_IMAGE:-redis:8.0}"  # the CRD's default image
 RELEASE=redis-messaging-operator
 OPERATOR_NS=redis-messaging
 PYTHON="${PYTHON:-.venv/bin/python}"

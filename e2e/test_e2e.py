@@ -14,7 +14,10 @@ import yaml
 from e2e_support import PLURAL, Cluster, eventually, resource
 from tls_certs import authority
 
-REDIS_IMAGE = os.environ.get("E2E_REDIS_IMAGE", "redis:7.2")
+from redis_messaging.api.models import DEFAULT_IMAGE
+from redis_messaging.redis import engine
+
+REDIS_IMAGE = os.environ.get("E2E_REDIS_IMAGE", DEFAULT_IMAGE)  # what a resource that names none runs
 SPEC: dict[str, Any] = {
     "mode": "sentinel",
     "image": REDIS_IMAGE,
@@ -36,6 +39,11 @@ def test_sentinel_resource_becomes_ready(cluster: Cluster, namespace: str) -> No
     body = ready(cluster, namespace)
     status = body["status"]
     assert status["observedGeneration"] == body["metadata"]["generation"]
+    if REDIS_IMAGE == DEFAULT_IMAGE:  # the default image's engine is what runs
+        wanted = engine.engine_of_image(DEFAULT_IMAGE)
+        running = engine.parse_summary(status.get("engine", ""))
+        assert wanted is not None
+        assert [(e.name, e.release) for e in running] == [(wanted.name, wanted.release)], status
     master = status["master"]
     assert cluster.masters(namespace, "orders") == [master]
     info = cluster.redis_cli(namespace, master, "INFO", "replication")

@@ -21,6 +21,10 @@ PLURAL = "redismessagings"
 SINGULAR = "redismessaging"
 SHORT_NAMES = ["rmsg"]
 API_VERSION = f"{GROUP}/{VERSION}"
+DEFAULT_IMAGE = "redis:8.0"
+"""spec.image when the resource names none: the engine CI builds (Debian's source package of Redis 8.0)
+and runs the e2e tier and the demo on, every run. The API server stores it in each resource it creates,
+so a later default never re-rolls an existing resource."""
 
 # Kubernetes names (DNS-1123 label); resources derive child names from them, so keep them short.
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -738,9 +742,10 @@ class RedisMessagingSpec(Model):
         json_schema_extra={"x-kubernetes-validations": [_cel("self == oldSelf", "mode is immutable")]},
     )
     image: str = Field(
-        "redis:7.2", min_length=1,
-        description="The Redis image of the Redis and Sentinel containers (redis-server, redis-sentinel and "
-        "redis-cli). A change rolls the pods one at a time.",
+        DEFAULT_IMAGE, min_length=1,
+        description="The Redis or Valkey image of the Redis and Sentinel containers (redis-server, "
+        "redis-sentinel and redis-cli). A change rolls the pods one at a time; a change the data cannot "
+        "follow (a downgrade, Valkey to Redis) is refused.",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         "IfNotPresent", description="imagePullPolicy of every container: Redis, Sentinel and exporter."
